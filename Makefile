@@ -1,0 +1,39 @@
+# Every target creates or reuses .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test unit docs lint demo bench bench-smoke postgres clean
+
+$(STAMP): setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+	  { echo "pgvisor needs Python 3.10 or newer"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python venv module missing: run 'apt-get install -y python3-venv' (root) and retry"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lint,docs]'
+	@touch $(STAMP)
+
+postgres:
+	@bash .ci/ensure-postgres
+
+test: $(STAMP) postgres
+	$(PY) -m gevent.monkey --module pytest tests $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m gevent.monkey --module pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --line-length 100 --select E,F,W,B,I --ignore E501 supervisor instances tests bench
+	$(VENV)/bin/lint-imports --config tox.ini
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W -q -b html docs docs/_build/html
+
+demo: $(STAMP) postgres
+	$(PY) -m supervisor.cli demo
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache

@@ -1,0 +1,1 @@
+"""pgvisor's supervising side: the Supervisor and everything that runs it."""

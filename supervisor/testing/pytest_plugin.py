@@ -1,0 +1,1 @@
+"""pytest fixtures of the throwaway Postgres kit (placeholder until the kit lands)."""

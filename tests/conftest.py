@@ -1,0 +1,28 @@
+"""Suite-wide rules: psycopg2 is cooperative, and an error that reaches the gevent hub
+fails the test that was running (a greenlet dying with a traceback is never silent)."""
+import gevent
+import pytest
+
+import instances.connectors  # noqa: F401  (installs psycogreen's wait callback)
+
+_hub_errors = []
+
+
+def _record_hub_error(context, type_, value, tb):
+    if type_ is not None and not issubclass(type_, (gevent.GreenletExit, KeyboardInterrupt)):
+        _hub_errors.append("%s in %r: %s" % (type_.__name__, context, value))
+    _original_handle_error(context, type_, value, tb)
+
+
+_hub = gevent.get_hub()
+_original_handle_error = _hub.handle_error
+_hub.handle_error = _record_hub_error
+
+
+@pytest.fixture(autouse=True)
+def no_hub_errors():
+    """Fail the test if any greenlet died with an unhandled exception during it."""
+    del _hub_errors[:]
+    yield
+    errors, _hub_errors[:] = list(_hub_errors), []
+    assert not errors, "errors reached the gevent hub: %s" % "; ".join(errors)
