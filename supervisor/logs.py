@@ -1,0 +1,161 @@
+"""Logging of the service: the text and JSON-lines formats and the password redaction.
+
+Every record leaving pgvisor's handler goes through :class:`RedactingFilter` first, which
+scrubs passwords from the message, its arguments, string ``extra`` values and the traceback:
+``password=...`` in libpq strings, ``scheme://user:secret@host`` URIs, ``"password": "..."``
+dict reprs, and every value given to :func:`register_secret` (the service registers the
+database password and the HTTP token at start-up).
+
+Text format::
+
+    2026-11-22T14:00:00.123Z INFO  supervisor.actor action=instance.restart instance=river  restarted
+
+JSON format: one object per line with ``ts``, ``level``, ``logger``, ``action``,
+``instance``, ``message``, ``exc`` and every other JSON-serializable ``extra`` key.
+Handlers are thread-safe (logging's own lock); redaction is pure string work.
+"""
+import json
+import logging
+import re
+import sys
+import time
+
+from instances.exceptions import InvalidConfigurationException
+
+MASK = "***"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR}
+FORMATS = ("text", "json")
+
+_PATTERNS = (
+    # libpq key=value and keyword reprs: password='quoted', password=unquoted
+    (re.compile(r"""(\b(?:password|passwd|pgpassword)\s*=\s*)"""
+                r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"&,;)]+)""",
+                re.IGNORECASE), r"\1" + MASK),
+    # URIs: scheme://user:secret@host
+    (re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]*@", re.IGNORECASE), r"\1" + MASK + "@"),
+    # dict reprs and JSON: 'password': 'secret' / "password": "secret"
+    (re.compile(r"""((['"])(?:password|passwd|token)\2\s*:\s*)(['"])(?:\\.|(?!\3).)*\3""",
+                re.IGNORECASE), r"\1\3" + MASK + r"\3"),
+)
+_secrets = set()
+
+
+def register_secret(value):
+    """Redact ``value`` wherever it appears in a log record from now on. Empty: ignored."""
+    if value:
+        _secrets.add(str(value))
+
+
+def unregister_secret(value):
+    """Stop redacting ``value`` (for tests and credential rotation)."""
+    _secrets.discard(str(value))
+
+
+def redact(text):
+    """Return ``text`` with passwords, URI credentials and registered secrets masked."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs secrets from a record in place; never drops a record.
+
+    The message is formatted with its args and the result redacted (``args`` become
+    empty); the traceback is formatted into ``exc_text`` and redacted; string ``extra``
+    values are redacted too. Called under the handler's lock, from any thread or greenlet.
+    """
+
+    _exc_formatter = logging.Formatter()
+
+    def filter(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must still reach the log, scrubbed
+            message = "%s %% %r" % (record.msg, record.args)
+        record.msg, record.args = redact(str(message)), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exc_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def _timestamp(record):
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return "%s.%03dZ" % (seconds, int(record.msecs))
+
+
+class TextFormatter(logging.Formatter):
+    """``<ts> <LEVEL> <logger> action=.. instance=..  <message>`` then the traceback."""
+
+    def format(self, record):
+        keys = "".join(" %s=%s" % (key, getattr(record, key)) for key in ("action", "instance")
+                       if getattr(record, key, None) is not None)
+        line = "%s %-5s %s%s  %s" % (_timestamp(record), record.levelname, record.name,
+                                     keys, record.getMessage())
+        exc = _exception_text(self, record)
+        return line + "\n" + exc if exc else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record):
+        obj = {"ts": _timestamp(record), "level": record.levelname, "logger": record.name,
+               "action": getattr(record, "action", None),
+               "instance": getattr(record, "instance", None),
+               "message": record.getMessage(), "exc": _exception_text(self, record) or None}
+        for key, value in vars(record).items():
+            if key in _STANDARD or key in obj:
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            obj[key] = value
+        return json.dumps(obj, default=str)
+
+
+def _exception_text(formatter, record):
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    parts = [p for p in (record.exc_text, record.stack_info) if p]
+    return "\n".join(parts)
+
+
+def configure_logging(level="info", fmt="text", stream=None):
+    """Install pgvisor's handler on the root logger; return it. Idempotent.
+
+    Replaces the handler a previous call installed (other handlers stay). ``level`` is one
+    of debug/info/warning/error, ``fmt`` text or json; anything else raises
+    InvalidConfigurationException. ``stream`` defaults to sys.stderr. Call from the main
+    greenlet at start-up or on reload.
+    """
+    if level not in LEVELS:
+        raise InvalidConfigurationException(
+            "logging level %r: must be one of %s" % (level, ", ".join(LEVELS)), "level", level)
+    if fmt not in FORMATS:
+        raise InvalidConfigurationException(
+            "log format %r: must be text or json" % (fmt,), "format", fmt)
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
+    handler._pgvisor = True
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_pgvisor", False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    return handler
