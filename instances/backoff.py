@@ -36,9 +36,9 @@ class Backoff:
         self.max_delay = float(self.max_delay if max_delay is None else max_delay)
         self.jitter = float(self.jitter if jitter is None else jitter)
         self._rng = random.random if rng is None else rng
-        self._validate()
         #: Failures since the last :meth:`reset` (0 after a success).
         self.attempts = 0
+        self._validate()
 
     def _validate(self):
         checks = (
@@ -50,7 +50,8 @@ class Backoff:
         for field, value, ok in checks:
             if not ok:
                 raise InvalidConfigurationException(
-                    "invalid backoff %s: %r" % (field, value), field, value)
+                    "invalid backoff %s: %r (initial=%r, max_delay=%r)"
+                    % (field, value, self.initial, self.max_delay), field, value)
 
     def peek(self):
         """The base delay (seconds, no jitter) :meth:`next` would use now."""

@@ -1,0 +1,372 @@
+"""Component: the hermes lifecycle on a greenlet, retries with backoff, stop, kill, links."""
+import logging
+
+import gevent
+import gevent.event
+import gevent.queue
+import pytest
+
+from instances.backoff import Backoff
+from instances.components import Component, ComponentKilled
+
+try:
+    from supervisor.testing import wait_for
+except ImportError:  # the testing kit lands separately
+    def wait_for(predicate, timeout=10.0, interval=0.01, message=None):
+        deadline = gevent.get_hub().loop.now() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if gevent.get_hub().loop.now() > deadline:
+                raise AssertionError(message or "condition not met within %ss" % timeout)
+            gevent.sleep(interval)
+
+
+class FakeStrategy:
+    """A working error strategy: answers one fixed action and remembers what it saw."""
+
+    def __init__(self, answer="retry"):
+        self.answer = answer
+        self.seen = []
+
+    def action(self, error):
+        self.seen.append(error)
+        return self.answer
+
+    def handle_exception(self, error):
+        return True, "fake: %s" % error
+
+
+class RecordingBackoff(Backoff):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.delays = []
+
+    def next(self):
+        delay = super().next()
+        self.delays.append(delay)
+        return delay
+
+
+class Recorder(Component):
+    """Records every hook call; behaviour per hook is injected as callables."""
+
+    def __init__(self, strategy=None, backoff=None, **hooks):
+        super().__init__("rec", strategy or FakeStrategy(),
+                         backoff or RecordingBackoff(initial=0.001, jitter=0))
+        self.events = []
+        self.hooks = hooks
+
+    def _hook(self, name, *args):
+        self.events.append(name)
+        hook = self.hooks.get(name)
+        return hook(self, *args) if hook else None
+
+    def set_up(self):
+        return self._hook("set_up")
+
+    def pre_execute(self):
+        return self._hook("pre_execute")
+
+    def execute(self, value):
+        return self._hook("execute", value)
+
+    def post_execute(self, value):
+        return self._hook("post_execute", value)
+
+    def tear_down(self):
+        return self._hook("tear_down")
+
+
+def stop_after(n):
+    """A post_execute hook that asks its own component to stop after n iterations."""
+    def hook(component, _value):
+        if component.events.count("post_execute") >= n:
+            assert component.stop() is True  # from inside: only asks
+    return hook
+
+
+@pytest.mark.timeout(10)
+def test_hooks_run_in_lifecycle_order_and_the_end_is_normal():
+    ended = gevent.event.Event()
+    comp = Recorder(post_execute=stop_after(2))
+    comp.link(lambda c: ended.set())
+    comp.start()
+    assert ended.wait(5)
+    assert comp.events == ["set_up", "pre_execute", "execute", "post_execute",
+                           "pre_execute", "execute", "post_execute", "tear_down"]
+    assert (comp.exit, comp.exception) == ("normal", None)
+    assert not comp.is_alive()
+
+
+@pytest.mark.timeout(10)
+def test_values_flow_from_pre_execute_through_execute_to_post_execute():
+    seen = []
+    comp = Recorder(pre_execute=lambda c: 21, execute=lambda c, v: v * 2,
+                    post_execute=lambda c, v: (seen.append(v), c.stop()))
+    comp.start()
+    assert comp.join(5)
+    assert seen == [42]
+
+
+@pytest.mark.timeout(10)
+def test_retry_tears_down_backs_off_sets_up_again_and_resets_after_success():
+    failures = iter([ValueError("one"), ValueError("two")])
+
+    def set_up(component):
+        error = next(failures, None)
+        if error:
+            raise error
+
+    comp = Recorder(strategy=FakeStrategy("retry"), set_up=set_up,
+                    post_execute=stop_after(1))
+    comp.start()
+    assert comp.join(5)
+    assert comp.events == ["set_up", "tear_down", "set_up", "tear_down", "set_up",
+                           "pre_execute", "execute", "post_execute", "tear_down"]
+    assert comp.backoff.delays == [0.001, 0.002]
+    assert comp.backoff.attempts == 0  # reset after the successful iteration
+    assert [str(e) for e in comp.error_strategy.seen] == ["one", "two"]
+    assert comp.exit == "normal"
+
+
+@pytest.mark.timeout(10)
+def test_backoff_restarts_from_initial_after_a_success_between_failures():
+    script = iter(["fail", "ok", "fail", "ok"])
+
+    def execute(component, _value):
+        if next(script) == "fail":
+            raise ConnectionError("lost")
+
+    comp = Recorder(strategy=FakeStrategy("reconnect"), execute=execute,
+                    post_execute=stop_after(2))
+    comp.start()
+    assert comp.join(5)
+    assert comp.backoff.delays == [0.001, 0.001]  # hermes would have waited 0.001, 0.002
+
+
+@pytest.mark.parametrize("answer", ["fatal", "die", "role_changed", "nonsense"])
+@pytest.mark.timeout(10)
+def test_ending_actions_stop_the_component_abnormally_with_the_error(answer):
+    error = RuntimeError("boom")
+
+    def execute(component, _value):
+        raise error
+
+    comp = Recorder(strategy=FakeStrategy(answer), execute=execute)
+    comp.start()
+    assert comp.join(5)
+    assert comp.exit == "abnormal"
+    assert comp.exception is error
+    assert comp.events[-1] == "tear_down"
+    assert comp.events.count("set_up") == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_failing_strategy_counts_as_die(caplog):
+    class Broken(FakeStrategy):
+        def action(self, error):
+            raise KeyError("strategy bug")
+
+    comp = Recorder(strategy=Broken(), execute=lambda c, v: 1 / 0)
+    comp.start()
+    assert comp.join(5)
+    assert comp.exit == "abnormal"
+    assert isinstance(comp.exception, ZeroDivisionError)
+    assert any(r.action == "component.strategy_error" for r in caplog.records)
+
+
+@pytest.mark.timeout(10)
+def test_stop_lets_the_current_execute_and_post_execute_finish():
+    in_execute = gevent.event.Event()
+    release = gevent.event.Event()
+
+    def execute(component, _value):
+        in_execute.set()
+        release.wait()
+        return "item"
+
+    comp = Recorder(execute=execute).start()
+    assert in_execute.wait(5)
+    stopper = gevent.spawn(comp.stop, 5)
+    wait_for(lambda: not comp.should_run, 5)
+    gevent.sleep(0)  # let the hub run any pending interrupt
+    assert comp.is_alive()
+    release.set()
+    assert stopper.get(timeout=5) is True
+    assert comp.events[-3:] == ["execute", "post_execute", "tear_down"]
+    assert comp.exit == "normal"
+
+
+class QueueReader(Component):
+    """A component blocking in pre_execute on a queue, the way a processor would."""
+
+    def __init__(self, queue, mark_interruptible=True):
+        super().__init__("reader", FakeStrategy(), Backoff(initial=0.001))
+        self.queue = queue
+        self.mark = mark_interruptible
+        self.got = []
+        self.torn_down = False
+
+    def pre_execute(self):
+        if self.mark:
+            with self.interruptible():
+                return self.queue.get()
+        return self.queue.get()
+
+    def execute(self, item):
+        self.got.append(item)
+
+    def tear_down(self):
+        self.torn_down = True
+
+
+@pytest.mark.timeout(10)
+def test_stop_interrupts_a_pre_execute_blocked_in_an_interruptible_wait():
+    queue = gevent.queue.Queue()
+    comp = QueueReader(queue).start()
+    queue.put("a")
+    wait_for(lambda: comp.got == ["a"], 5)
+    assert comp.stop(timeout=5) is True
+    assert comp.exit == "normal" and comp.torn_down
+    queue.put("b")
+    gevent.sleep(0)
+    assert comp.got == ["a"] and queue.qsize() == 1  # nothing taken after the stop
+
+
+@pytest.mark.timeout(10)
+def test_interruptible_pre_execute_attribute_marks_the_whole_hook():
+    class Whole(QueueReader):
+        interruptible_pre_execute = True
+
+    comp = Whole(gevent.queue.Queue(), mark_interruptible=False).start()
+    gevent.sleep(0)
+    assert comp.stop(timeout=5) is True
+    assert comp.exit == "normal"
+
+
+@pytest.mark.timeout(10)
+def test_stop_kills_a_component_stuck_outside_an_interruptible_wait():
+    comp = QueueReader(gevent.queue.Queue(), mark_interruptible=False).start()
+    gevent.sleep(0)
+    assert comp.stop(timeout=0.05) is False
+    assert comp.exit == "abnormal"
+    assert isinstance(comp.exception, ComponentKilled)
+    assert comp.torn_down
+
+
+@pytest.mark.timeout(10)
+def test_stop_interrupts_the_backoff_sleep():
+    comp = Recorder(strategy=FakeStrategy("reconnect"), backoff=Backoff(initial=60, max_delay=60),
+                    set_up=lambda c: 1 / 0)
+    comp.start()
+    wait_for(lambda: comp.backoff.attempts == 1, 5)
+    started = gevent.get_hub().loop.now()
+    assert comp.stop(timeout=5) is True
+    assert gevent.get_hub().loop.now() - started < 1.0
+    assert comp.exit == "normal"
+
+
+@pytest.mark.timeout(10)
+def test_kill_ends_abnormally_runs_tear_down_and_tells_links():
+    told = []
+    comp = QueueReader(gevent.queue.Queue()).start()
+    comp.link(told.append)
+    gevent.sleep(0)
+    comp.kill(block=True, timeout=5)
+    assert comp.exit == "abnormal"
+    assert isinstance(comp.exception, ComponentKilled)
+    assert comp.torn_down
+    wait_for(lambda: told == [comp], 5)
+
+
+@pytest.mark.timeout(10)
+def test_kill_before_the_greenlet_ran_is_abnormal_too():
+    told = gevent.event.Event()
+    comp = Recorder()
+    comp.link(lambda c: told.set())
+    comp.start()
+    comp.kill()
+    assert told.wait(5)
+    assert comp.exit == "abnormal" and comp.events == []
+
+
+@pytest.mark.timeout(10)
+def test_a_stopped_component_can_be_started_again():
+    queue = gevent.queue.Queue()
+    comp = QueueReader(queue)
+    comp.start()
+    assert comp.start() is comp  # idempotent while alive
+    first = comp.ident
+    assert comp.stop(5) is True
+    comp.start()
+    assert comp.is_alive() and comp.exit is None and comp.ident != first
+    queue.put("again")
+    wait_for(lambda: comp.got == ["again"], 5)
+    assert comp.stop(5) is True
+
+
+@pytest.mark.timeout(10)
+def test_link_callbacks_run_after_every_end_and_a_raising_one_is_logged(caplog):
+    told = []
+
+    def broken(component):
+        raise RuntimeError("callback bug")
+
+    comp = QueueReader(gevent.queue.Queue())
+    comp.link(broken)
+    comp.link(lambda c: told.append(c.exit))
+    for round_ in range(1, 3):
+        comp.start()
+        gevent.sleep(0)
+        comp.stop(5)
+        wait_for(lambda n=round_: len(told) == n, 5)
+    wait_for(lambda: told == ["normal", "normal"], 5)
+    errors = [r for r in caplog.records if getattr(r, "action", "") == "component.link_error"]
+    assert len(errors) == 2 and errors[0].levelno == logging.ERROR
+
+
+@pytest.mark.timeout(10)
+def test_link_after_the_end_is_still_called():
+    comp = Recorder(post_execute=stop_after(1)).start()
+    assert comp.join(5)
+    told = gevent.event.Event()
+    comp.link(lambda c: told.set())
+    assert told.wait(5)
+
+
+@pytest.mark.timeout(10)
+def test_heartbeat_advances_with_iterations_and_beat():
+    gate = gevent.queue.Queue()
+    comp = QueueReader(gate)
+    assert comp.heartbeat is None and comp.heartbeat_age() is None
+    comp.start()
+    first = comp.heartbeat
+    gevent.sleep(0.01)
+    gate.put(1)
+    wait_for(lambda: comp.heartbeat > first, 5)
+    before = comp.heartbeat
+    gevent.sleep(0.01)
+    comp.beat()
+    assert comp.heartbeat > before
+    assert 0 <= comp.heartbeat_age() < 1
+    comp.stop(5)
+
+
+@pytest.mark.timeout(10)
+def test_a_failing_tear_down_is_logged_and_the_end_stays_normal(caplog):
+    def tear_down(component):
+        raise OSError("close failed")
+
+    comp = Recorder(post_execute=stop_after(1), tear_down=tear_down).start()
+    assert comp.join(5)
+    assert comp.exit == "normal"
+    assert any(getattr(r, "action", "") == "component.tear_down_error" for r in caplog.records)
+
+
+def test_stop_and_join_before_start_are_harmless():
+    comp = Recorder()
+    assert comp.ident is None and not comp.is_alive()
+    assert comp.stop(1) is True
+    assert comp.join(0) is True
