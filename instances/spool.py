@@ -1,0 +1,355 @@
+"""The :class:`FileQueue`: a durable queue in a directory (mentat's filer protocol, done right).
+
+Layout (created with ``mode``, default owner-only)::
+
+    DIR/tmp/             files being written (``<base>@<owner>``), never delivered
+    DIR/incoming/        complete messages, FIFO by name (``<base>[.<attempts>]``)
+    DIR/pending/<owner>/ files claimed by one live consumer process
+    DIR/errors/          messages set aside, each with a ``.meta`` JSON
+
+Life of a file (every arrow is one atomic ``rename`` on one filesystem)::
+
+    put ──▶ tmp/ ──▶ incoming/ ──get──▶ pending/<owner>/ ──done──▶ deleted
+                        ▲                 │  │                    (or written to the
+                        │   owner died    │  └──failed / max_attempts──▶ errors/
+                        └──(recover)──────┘        out queue first)
+                        ▲                                               │
+                        └──────────────────requeue──────────────────────┘
+
+Delivery is at least once: a message whose consumer dies is delivered again (and a whole
+batch file is, even if some of its messages were done). Every message has a stable id
+(``item.id`` / ``item["id"]``: ``<base>#<index>``) for idempotent handlers.
+
+Messages are JSON objects (dicts). :meth:`FileQueue.put` takes a dict or a
+:class:`~instances.notification.Notification`; :meth:`FileQueue.get` returns a
+``Notification`` when the stored dict has a ``channel``, the dict otherwise; either way
+carrying its message id (the key ``"id"`` is reserved for it).
+
+Concurrency: one FileQueue belongs to one process and its hub thread; any number of
+greenlets may call it. Only :meth:`get` and a back-pressured :meth:`done` /
+:meth:`forward` block (the calling greenlet, never the hub). Several processes may share a
+directory: each claims with its own owner id. Create FileQueues after ``fork``.
+"""
+import collections
+import logging
+import os
+import time
+import weakref
+
+import gevent
+from gevent.event import Event
+from gevent.queue import Empty
+
+from instances import spool_codec, spool_errors, spool_layout, spool_names, spool_recovery
+from instances.exceptions import PgvisorError
+from instances.notification import Notification
+from instances.spool_output import OutputQueue, positive
+from instances.spool_writer import SpoolWriter
+
+log = logging.getLogger(__name__)
+
+#: FileQueues of this process by directory: a put wakes local getters at once.
+_local = collections.defaultdict(weakref.WeakSet)
+
+
+class QueueClosed(PgvisorError):
+    """:meth:`FileQueue.get` was called on (or woken by) a closed queue."""
+
+
+class _Claim:
+    """One claimed file of ``pending/<owner>/`` and the bookkeeping of its messages."""
+
+    __slots__ = ("name", "base", "path", "attempts", "size", "open", "inflight")
+
+    def __init__(self, name, path, size):
+        self.name, self.path, self.size = name, path, size
+        self.base, self.attempts = spool_names.split(name)
+        self.attempts += 1  # this delivery
+        self.open = size  # messages not yet done or failed
+        self.inflight = 0  # messages handed out, not yet done or failed
+
+
+class FileQueue:
+    """A spool directory as a queue (same interface as the memory queue). See the module."""
+
+    #: Seconds between looks at ``incoming/`` while idle (other processes' puts).
+    poll_interval = 0.05
+    #: Seconds between looks while a watcher (inotify) reports new files.
+    watched_poll_interval = 1.0
+    #: Seconds after which a ``tmp/`` file is stale even if its writer looks alive.
+    stale_tmp_age = 3600.0
+
+    def __init__(self, directory, owner=None, fsync=False, mode=0o700, max_attempts=5,
+                 output=None):
+        """Create the directories if needed, then :meth:`recover`. ``owner`` is an optional
+        label of this consumer (the owner id always adds host, pid and start time);
+        ``fsync`` the durability mode; ``mode`` the directories' permissions (files get
+        the same bits without execute); ``max_attempts`` deliveries before a message whose
+        consumers keep dying goes to ``errors/``; ``output`` an :class:`OutputQueue`."""
+        self.directory = os.path.abspath(directory)
+        self.mode = mode
+        self.max_attempts = positive(max_attempts, "max_attempts", int)
+        self.owner = spool_names.current_owner(owner)
+        self.output = output
+        file_mode = mode & 0o666
+        spool_layout.make_dirs(self.directory, mode)
+        self._pending = os.path.join(self.directory, "pending", self.owner)
+        spool_layout.make_dir(self._pending, mode)
+        self.writer = SpoolWriter(self.directory, self.owner, fsync, file_mode)
+        self._out = None
+        if output is not None:
+            spool_layout.make_dirs(output.directory, mode)
+            self._out = SpoolWriter(output.directory, self.owner, fsync, file_mode)
+        self._known = collections.deque()  # incoming/ names seen, oldest first
+        self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
+        self._inflight = {}  # id(item) -> (item, claim, index) handed out
+        self._wakeup = Event()
+        self._hub = gevent.get_hub()
+        self.closed = False
+        _local[self.directory].add(self)
+        self.recover()
+
+    @classmethod
+    def from_piper_options(cls, queue_in_dir, queue_out_dir=None, queue_out_limit=None,
+                           queue_out_wait=None, **options):
+        """Build from mentat piper's option names (``pgvisor piper`` uses this)."""
+        output = None
+        if queue_out_dir is not None:
+            output = OutputQueue(queue_out_dir, queue_out_limit, queue_out_wait)
+        return cls(queue_in_dir, output=output, **options)
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    def put(self, item, block=True, timeout=None):
+        """Enqueue one message (dict or Notification) as one file; return its message id.
+        ``block`` and ``timeout`` exist for interface compatibility: the spool is unbounded.
+        Does not yield."""
+        base = self.writer.write(spool_codec.encode(item))
+        self._wake_local(self.directory)
+        return spool_names.message_id(base, 0)
+
+    def put_batch(self, items):
+        """Enqueue ``items`` as ONE file (one write, one fsync, one rename); return their
+        message ids. Does not yield."""
+        items = list(items)
+        if not items:
+            return []
+        base = self.writer.write(spool_codec.encode_batch(items))
+        self._wake_local(self.directory)
+        return [spool_names.message_id(base, i) for i in range(len(items))]
+
+    # -- dequeue ---------------------------------------------------------------------
+
+    def get(self, block=True, timeout=None):
+        """The oldest message. Blocks the calling greenlet until one arrives, ``timeout``
+        seconds pass (:class:`gevent.queue.Empty`) or the queue is closed
+        (:class:`QueueClosed`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.closed:
+                raise QueueClosed("spool %s is closed" % self.directory)
+            entry = self._next_entry()
+            if entry is not None:
+                entry[1].inflight += 1
+                self._inflight[id(entry[0])] = entry
+                return entry[0]
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not block or (remaining is not None and remaining <= 0):
+                raise Empty()
+            self._wakeup.clear()
+            interval = self.poll_interval
+            self._wakeup.wait(interval if remaining is None else min(interval, remaining))
+
+    def _next_entry(self):
+        while not self._ready:
+            if not self._claim_next():
+                return None
+        return self._ready.popleft()
+
+    def _claim_next(self):
+        """Claim the oldest file of ``incoming/`` by renaming it into our pending dir;
+        the loser of a race with another consumer moves to the next name."""
+        incoming = os.path.join(self.directory, "incoming")
+        while True:
+            if not self._known:
+                self._known.extend(sorted(os.listdir(incoming)))
+                if not self._known:
+                    return False
+            name = self._known.popleft()
+            path = os.path.join(self._pending, name)
+            try:
+                os.rename(os.path.join(incoming, name), path)
+            except FileNotFoundError:
+                continue
+            if self._open_claim(name, path):
+                return True
+
+    def _open_claim(self, name, path):
+        try:
+            with open(path, "rb") as f:
+                items = spool_codec.decode(f.read(), spool_names.split(name)[0])
+        except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
+            self._banish(_Claim(name, path, 1), "undecodable", error, None)
+            return False
+        claim = _Claim(name, path, len(items))
+        if claim.attempts > self.max_attempts:
+            self._banish(claim, "max_attempts", "delivered %d times without an outcome"
+                         % (claim.attempts - 1), None)
+            return False
+        if not items:
+            os.unlink(path)
+            return False
+        self._ready.extend((item, claim, index) for index, item in enumerate(items))
+        return True
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def done(self, item):
+        """``item`` was handled. With an output queue, it is sent on first (may block the
+        calling greenlet on back-pressure); the file is deleted once all its messages
+        have an outcome."""
+        self.forward(item, item)
+
+    def forward(self, item, output):
+        """``item`` was handled and produced ``output`` (a message, a list of messages
+        written as one batch file, or None for nothing) for the output queue (piper
+        semantics). Without an output queue, ``output`` is dropped. Blocks the calling
+        greenlet while the output queue is over its limit."""
+        entry = self._take(item)
+        claim = entry[1]
+        if self._out is not None and output is not None:
+            data = spool_codec.encode_batch(output) if isinstance(output, list) else spool_codec.encode(output)
+            try:
+                self._out.write(data, self.output.limit, self.output.wait)
+            except BaseException:
+                claim.inflight += 1  # still ours: call done/failed again
+                self._inflight[id(item)] = entry
+                raise
+            self._wake_local(self.output.directory)
+        self._settle(claim)
+
+    def failed(self, item, error, tb_text):
+        """The handler failed on ``item``: it goes alone to ``errors/`` with a ``.meta``
+        (a batch's other messages are unaffected). Does not yield."""
+        _, claim, index = self._take(item)
+        message = item.to_dict() if isinstance(item, Notification) else item
+        meta = spool_errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
+                                      [message["id"]])
+        if claim.size == 1:
+            spool_errors.banish_file(self.writer, claim.path, claim.base, meta)
+            claim.open = 0
+        else:
+            spool_errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index),
+                                        meta)
+            self._settle(claim)
+        log.warning("message %s failed: %s", message["id"], error,
+                    extra={"action": "spool.failed", "directory": self.directory})
+
+    def _take(self, item):
+        try:
+            entry = self._inflight.pop(id(item))
+        except KeyError:
+            raise ValueError("%r was not handed out by this queue (or already settled)"
+                             % (item,)) from None
+        entry[1].inflight -= 1
+        return entry
+
+    def _settle(self, claim):
+        claim.open -= 1
+        if claim.open == 0:
+            try:
+                os.unlink(claim.path)
+            except FileNotFoundError:
+                pass
+        elif self.closed and claim.inflight == 0:
+            self._release(claim)
+
+    def _banish(self, claim, reason, error, tb_text):
+        ids = [spool_names.message_id(claim.base, i) for i in range(claim.size)]
+        meta = spool_errors.make_meta(reason, error, tb_text, claim.attempts, self.owner, ids)
+        spool_errors.banish_file(self.writer, claim.path, claim.base, meta)
+        claim.open = 0
+
+    def _release(self, claim):
+        """Give an unfinished claim back to ``incoming/`` (attempts unchanged)."""
+        os.rename(claim.path, os.path.join(self.directory, "incoming", claim.name))
+        claim.open = 0
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def recover(self):
+        """Crash recovery (run by the constructor): requeue claimed files of dead owners
+        and delete stale ``tmp/`` files. Returns ``(requeued, banished, tmp_removed)``."""
+        requeued, banished = self.requeue_pending_of_dead_owners()
+        removed = spool_recovery.clean_tmp(self.directory, self.stale_tmp_age)
+        return requeued, banished, removed
+
+    def requeue_pending_of_dead_owners(self):
+        """``pending/<owner>/`` of dead owners back to ``incoming/``: ``(requeued, banished)``."""
+        result = spool_recovery.recover_pending(self.writer, self.max_attempts, self.owner)
+        if result[0]:
+            self._wake_local(self.directory)
+        return result
+
+    def requeue(self, errors=True):
+        """Move ``errors/`` back to ``incoming/`` (attempts reset); returns the count."""
+        moved = spool_errors.requeue_errors(self.writer) if errors else 0
+        if moved:
+            self._wake_local(self.directory)
+        return moved
+
+    def qsize(self):
+        """Messages claimed but not handed out, plus FILES in ``incoming/`` (a batch file
+        counts once)."""
+        return len(self._ready) + len(os.listdir(os.path.join(self.directory, "incoming")))
+
+    def stats(self):
+        """See :func:`instances.spool_layout.stats`."""
+        return spool_layout.stats(self.directory)
+
+    # -- wake-up ---------------------------------------------------------------------
+
+    def wake(self):
+        """Wake getters blocked in :meth:`get` (new files may be in ``incoming/``). Call
+        from the hub thread (a put in this process calls it); :meth:`wake_threadsafe`
+        from any other thread."""
+        self._wakeup.set()
+
+    def wake_threadsafe(self):
+        self._hub.loop.run_callback_threadsafe(self.wake)
+
+    def attach_watcher(self, subscribe):
+        """Plug a change notifier: ``subscribe(callback)`` must arrange for ``callback()``
+        to be called (from any thread) when ``incoming/`` changes, e.g. an inotify watch.
+        Polling continues as a safety net at :attr:`watched_poll_interval`."""
+        subscribe(self.wake_threadsafe)
+        self.poll_interval = self.watched_poll_interval
+
+    @staticmethod
+    def _wake_local(directory):
+        for queue in list(_local.get(directory, ())):
+            queue._wakeup.set()
+
+    def close(self):
+        """Stop handing out messages: blocked getters raise :class:`QueueClosed`; claimed
+        files with no message in a handler go back to ``incoming/`` at once, the others
+        when their last handled message is settled (done/failed still work)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wakeup.set()
+        for claim in {id(c): c for _, c, _ in self._ready}.values():
+            if claim.inflight == 0 and claim.open:
+                self._release(claim)
+        self._ready.clear()
+        _local[self.directory].discard(self)
+        self.writer.close()
+        if self._out is not None:
+            self._out.close()
+        try:
+            os.rmdir(self._pending)
+        except OSError:
+            pass  # still holds files in handlers: recovered once we are gone
+
+    def __repr__(self):
+        return "<FileQueue %s owner=%s>" % (self.directory, self.owner)

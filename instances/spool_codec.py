@@ -1,0 +1,43 @@
+"""How spool messages are stored: one JSON object per file, or a JSON list (a batch).
+
+Messages are dicts; a :class:`~instances.notification.Notification` is stored as its
+``to_dict()`` and comes back as a Notification (any stored dict with a ``channel`` does).
+The key ``"id"`` holds the stable message id: kept when set, else ``<base>#<index>``.
+"""
+import json
+
+from instances import spool_names
+from instances.notification import Notification
+
+
+def encode(item):
+    """One message as file content (bytes)."""
+    return json.dumps(as_dict(item)).encode()
+
+
+def encode_batch(items):
+    """Several messages as the content of ONE file (bytes)."""
+    return json.dumps([as_dict(i) for i in items]).encode()
+
+
+def as_dict(item):
+    if isinstance(item, Notification):
+        return item.to_dict()
+    if isinstance(item, dict):
+        return item
+    raise TypeError("spool messages are dicts or Notifications, not %r" % (type(item),))
+
+
+def decode(data, base):
+    """File content -> the list of its items with ids set. Raises ValueError when the
+    content is not JSON, not UTF-8, or holds something other than JSON objects."""
+    loaded = json.loads(data)
+    messages = loaded if isinstance(loaded, list) else [loaded]
+    if not all(isinstance(m, dict) for m in messages):
+        raise ValueError("a message is not a JSON object")
+    items = []
+    for index, message in enumerate(messages):
+        if not message.get("id"):
+            message["id"] = spool_names.message_id(base, index)
+        items.append(Notification.from_dict(message) if "channel" in message else message)
+    return items

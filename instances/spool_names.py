@@ -1,0 +1,113 @@
+"""File and owner names of a spool (:mod:`instances.spool`): what a name encodes, and
+whether the process behind an owner name is still alive.
+
+A message file is named ``<base>[.<attempts>]``:
+
+* ``base`` = ``<time_ns:020d>-<pid>-<seq:010d>-<random>`` (optionally ``_<index>`` when one
+  message was split off a batch). Names sort by enqueue time, then writer pid, then the
+  writer's sequence number, so sorting a directory listing gives FIFO order. The base never
+  changes while a message lives in the spool, so it gives a stable message id.
+* ``attempts`` = how many deliveries of this file ended without an outcome (the consumer
+  died). Absent means 0. Recovery renames ``X.2`` to ``X.3``; requeue resets it.
+
+An owner id is ``[<label>@]<host>-<pid>-<start>``: ``start`` is the process start time
+(field 22 of ``/proc/<pid>/stat``), so a reused pid is never mistaken for the original
+process. A temporary file in ``tmp/`` is named ``<base>@<owner>`` so that the files of dead
+writers can be recognised and removed.
+
+Pure functions; safe from any greenlet or thread.
+"""
+import os
+import re
+import socket
+import time
+import uuid
+
+#: Characters allowed in an owner label (it becomes part of a directory name).
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+_last_time = 0
+_seq = 0
+
+
+def new_base():
+    """Return a fresh base name; strictly increasing within this process."""
+    global _last_time, _seq
+    now = max(time.time_ns(), _last_time + 1)  # wall clocks may step back; FIFO may not
+    _last_time = now
+    _seq += 1
+    return "%020d-%d-%010d-%s" % (now, os.getpid(), _seq, uuid.uuid4().hex[:8])
+
+
+def split(name):
+    """``"X.3"`` -> ``("X", 3)``; ``"X"`` -> ``("X", 0)``."""
+    base, _, attempts = name.partition(".")
+    return base, int(attempts) if attempts.isdigit() else 0
+
+
+def with_attempts(base, attempts):
+    """The file name of ``base`` after ``attempts`` unfinished deliveries."""
+    return "%s.%d" % (base, attempts) if attempts else base
+
+
+def message_id(base, index):
+    """The stable id of message ``index`` of the file ``base``."""
+    return "%s#%d" % (base, index)
+
+
+def enqueued_at(base):
+    """The enqueue time (``time.time()`` seconds) encoded in ``base``, or None."""
+    head = base.split("-", 1)[0]
+    return int(head) / 1e9 if head.isdigit() else None
+
+
+def tmp_name(base, owner):
+    return "%s@%s" % (base, owner)
+
+
+def tmp_owner(name):
+    """The owner id encoded in a ``tmp/`` file name, or None for foreign names."""
+    base, sep, owner = name.partition("@")
+    return owner if sep else None
+
+
+def hostname():
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def process_start_time(pid):
+    """Start time of ``pid`` in clock ticks since boot, "0" when unknown, None if gone
+    (a zombie is gone: it will never finish its work)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "0"
+    fields = stat.rsplit(b")", 1)[1].split()  # comm (field 2) may itself hold ')'
+    return None if fields[0] in (b"Z", b"X") else fields[19].decode()  # fields 3 and 22
+
+
+def current_owner(label=None):
+    """The owner id of this process (with ``label`` if given)."""
+    if label is not None and not _LABEL.match(label):
+        from instances.exceptions import InvalidConfigurationException
+        raise InvalidConfigurationException(
+            "owner label %r must match %s" % (label, _LABEL.pattern), "owner", label)
+    pid = os.getpid()
+    ident = "%s-%d-%s" % (hostname(), pid, process_start_time(pid) or "0")
+    return "%s@%s" % (label, ident) if label else ident
+
+
+def owner_alive(owner):
+    """False only when ``owner`` is certainly dead: same host, and its pid is gone or now
+    belongs to a process started at another time. Unknown formats and other hosts count
+    as alive (never steal work we cannot judge)."""
+    parts = owner.rpartition("@")[2].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != hostname():
+        return True
+    start = process_start_time(int(parts[1]))
+    if start is None:
+        return False
+    return start == parts[2] or "0" in (start, parts[2])

@@ -1,0 +1,94 @@
+"""Crash recovery of a spool: claimed files of dead owners, and stale ``tmp/`` files.
+
+* ``pending/<owner>/`` of an owner that is certainly dead
+  (:func:`instances.spool_names.owner_alive`) goes back to ``incoming/`` with its attempts
+  count raised by one; a file that has now been delivered ``max_attempts`` times goes to
+  ``errors/`` instead. Nothing that reached ``incoming/`` is lost: it is in ``incoming/``,
+  in some ``pending/<owner>/``, in ``errors/``, or was finished.
+* ``tmp/`` files of dead writers, and any ``tmp/`` file older than ``stale_age`` seconds,
+  are deleted. They were never renamed into ``incoming/``, so they were never enqueued:
+  their writer did not get a success back.
+
+Safe to run by several processes at once (a lost rename race is skipped). Runs on the
+caller's greenlet and does not yield.
+"""
+import logging
+import os
+import time
+
+from instances import spool_errors, spool_names
+
+log = logging.getLogger(__name__)
+
+
+def recover_pending(writer, max_attempts, own_owner):
+    """Give back the claimed files of dead owners; returns ``(requeued, banished)``."""
+    pending = os.path.join(writer.directory, "pending")
+    requeued = banished = 0
+    for owner in sorted(os.listdir(pending)):
+        if owner == own_owner or spool_names.owner_alive(owner):
+            continue
+        r, b = _recover_owner(writer, os.path.join(pending, owner), owner, max_attempts)
+        requeued, banished = requeued + r, banished + b
+    if requeued and writer.fsync:
+        writer.sync_dir("incoming")
+    return requeued, banished
+
+
+def _recover_owner(writer, owner_dir, owner, max_attempts):
+    requeued = banished = 0
+    for name in sorted(_listdir(owner_dir)):
+        base, attempts = spool_names.split(name)
+        attempts += 1  # the dead owner's delivery counts
+        path = os.path.join(owner_dir, name)
+        try:
+            if attempts >= max_attempts:
+                meta = spool_errors.make_meta(
+                    "max_attempts", "delivered %d times without an outcome" % attempts,
+                    None, attempts, owner, [spool_names.message_id(base, 0)])
+                spool_errors.banish_file(writer, path, base, meta)
+                banished += 1
+            else:
+                os.rename(path, os.path.join(
+                    writer.directory, "incoming", spool_names.with_attempts(base, attempts)))
+                requeued += 1
+        except FileNotFoundError:
+            continue  # another process recovered it first
+    try:
+        os.rmdir(owner_dir)
+    except OSError:
+        pass  # not empty (a late rename) or already gone: a later recovery handles it
+    if requeued or banished:
+        log.warning("recovered %d files of dead owner %s (%d to errors/)",
+                    requeued + banished, owner, banished,
+                    extra={"action": "spool.recover", "owner": owner})
+    return requeued, banished
+
+
+def clean_tmp(directory, stale_age):
+    """Delete ``tmp/`` files of dead writers or older than ``stale_age`` s; returns count."""
+    tmp = os.path.join(directory, "tmp")
+    now = time.time()
+    removed = 0
+    for name in _listdir(tmp):
+        owner = spool_names.tmp_owner(name)
+        path = os.path.join(tmp, name)
+        try:
+            stale = (owner is not None and not spool_names.owner_alive(owner)) or (
+                now - os.stat(path).st_mtime > stale_age)
+            if stale:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # renamed into place or removed meanwhile
+    if removed:
+        log.info("removed %d stale tmp/ files", removed,
+                 extra={"action": "spool.clean_tmp", "directory": directory})
+    return removed
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

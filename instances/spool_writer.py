@@ -1,0 +1,127 @@
+"""The :class:`SpoolWriter`: the enqueue side of a spool directory (mentat's filer protocol).
+
+Every file enters the spool the same way: created in ``tmp/`` with ``O_CREAT|O_EXCL``,
+written in full, optionally ``fsync``-ed, then atomically renamed into its target
+directory (``incoming/`` or ``errors/``), whose directory entry is ``fsync``-ed too in
+durable mode. Readers therefore only ever see complete files.
+
+Back-pressure: :meth:`SpoolWriter.write` with a ``limit`` first *reserves* its ``tmp/``
+file, then counts ``tmp/`` + ``incoming/`` (its own reservation included). Over the limit it
+gives the reservation back and waits. Every writer that proceeds has counted every earlier
+reservation, so the directory never holds more than ``limit`` files plus the ones writers
+reserved between counting and renaming (at most one per concurrent writer).
+"""
+import errno
+import os
+import time
+
+import gevent
+from gevent.queue import Full
+
+from instances import spool_names
+
+
+class SpoolWriter:
+    """Writes files into the spool ``directory`` (which must already have its subdirectories).
+
+    ``owner`` is the owner id put in ``tmp/`` names, ``fsync`` the durability mode,
+    ``file_mode`` the permission bits of new files. Writes block the calling greenlet only
+    on back-pressure (:func:`gevent.sleep`); the file operations themselves are short
+    system calls made on the hub thread.
+    """
+
+    def __init__(self, directory, owner, fsync=False, file_mode=0o600):
+        self.directory = directory
+        self.owner = owner
+        self.fsync = fsync
+        self.file_mode = file_mode
+        self.tmp_dir = os.path.join(directory, "tmp")
+        self._dir_fds = {}
+
+    def reserve(self):
+        """Create an empty, exclusively owned file in ``tmp/``: ``(fd, tmp_path, base)``."""
+        while True:
+            base = spool_names.new_base()
+            path = os.path.join(self.tmp_dir, spool_names.tmp_name(base, self.owner))
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, self.file_mode)
+            except FileExistsError:  # pragma: no cover  (random part collided)
+                continue
+            if self.file_mode & 0o077:
+                os.fchmod(fd, self.file_mode)  # the umask may have cut group/other bits
+            return fd, path, base
+
+    def discard(self, fd, tmp_path):
+        os.close(fd)
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+
+    def commit(self, fd, tmp_path, data, target, name):
+        """Write ``data`` (bytes) into the reserved file and rename it to ``target/name``."""
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            self.discard(fd, tmp_path)
+            raise
+        os.close(fd)
+        os.rename(tmp_path, os.path.join(self.directory, target, name))
+        if self.fsync:
+            self.sync_dir(target)
+        return name
+
+    def sync_dir(self, target):
+        """``fsync`` the directory ``target`` so that a rename into it survives a crash."""
+        fd = self._dir_fds.get(target)
+        if fd is None:
+            fd = self._dir_fds[target] = os.open(
+                os.path.join(self.directory, target), os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+
+    def put_file(self, data, target, name):
+        """Write ``data`` as ``target/name`` through ``tmp/`` (no limit)."""
+        fd, tmp_path, _ = self.reserve()
+        return self.commit(fd, tmp_path, data, target, name)
+
+    def count(self):
+        """Files in ``tmp/`` + ``incoming/``. ``tmp/`` is listed first, so a file renamed
+        between the two listings is counted twice, never missed."""
+        return _count(self.tmp_dir) + _count(os.path.join(self.directory, "incoming"))
+
+    def write(self, data, limit=None, wait=10.0, block=True, timeout=None):
+        """Enqueue ``data`` (bytes) into ``incoming/``; return the new file's base name.
+
+        With ``limit``, wait while the queue holds more than ``limit`` files, re-checking
+        every ``wait`` seconds (blocks the calling greenlet). Raises
+        :class:`gevent.queue.Full` if not ``block`` or after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fd, tmp_path, base = self.reserve()
+            if limit is None or self.count() <= limit:
+                return self.commit(fd, tmp_path, data, "incoming", base)
+            self.discard(fd, tmp_path)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not block or (remaining is not None and remaining <= 0):
+                raise Full()
+            gevent.sleep(wait if remaining is None else min(wait, remaining))
+
+    def close(self):
+        fds, self._dir_fds = self._dir_fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _count(path):
+    try:
+        with os.scandir(path) as entries:
+            return sum(1 for _ in entries)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            return 0
+        raise
