@@ -81,7 +81,7 @@ class Registry:
                                 % (self.path, exc)) from exc
         with self._locked():
             if not os.path.exists(self.path):
-                self._write({}, 0)
+                self._stat = self._write({}, 0)
                 log.info("created registry %s", self.path,
                          extra={"action": "registry.create", "instance": None})
             else:
@@ -137,7 +137,7 @@ class Registry:
         self._change(change, "registry.add", spec.name)
         return spec
 
-    def update(self, name, **fields):
+    def update(self, name, /, **fields):
         """Change fields of ``name`` (validated; renaming is refused); return the new spec.
 
         Raise UnknownInstance or InvalidConfigurationException; nothing changes then.
