@@ -1,0 +1,20 @@
+"""The throwaway Postgres kit: real PostgreSQL servers for tests, made and removed in
+well under a second each, plus a fault-injecting TCP proxy and a deadline poller.
+
+Public: :class:`PostgresCluster`, :class:`FaultProxy`, :func:`wait_for`, and the pytest
+fixtures of :mod:`supervisor.testing.pytest_plugin`. See docs/testing.rst.
+"""
+from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
+from supervisor.testing.cluster import PostgresCluster
+from supervisor.testing.waiting import wait_for
+
+__all__ = ["PostgresCluster", "FaultProxy", "wait_for", "ClusterError", "BinariesNotFound",
+           "find_bindir"]
+
+
+def __getattr__(name):
+    # FaultProxy pulls in gevent.server; import it only when asked for.
+    if name == "FaultProxy":
+        from supervisor.testing.proxy import FaultProxy
+        return FaultProxy
+    raise AttributeError(name)

@@ -1,0 +1,111 @@
+"""The data directory of a throwaway cluster: initdb once, copy, configure.
+
+``initdb`` costs about a second, so the kit runs it once per test process and server version
+into a *template* directory and gives every new cluster a copy of it (a fraction of that
+time). The template is removed when the process exits.
+
+Configuration written into every data directory:
+
+- ``postgresql.conf``: settings for speed over durability (no fsync), replication enabled so
+  a standby can be made from any cluster, the server log on stderr (the kit sends it to a
+  file next to the data directory), and the caller's ``settings`` last;
+- ``pg_hba.conf``: trust for everyone over the unix socket and 127.0.0.1, except members of
+  the group role :data:`PASSWORD_GROUP`, which must authenticate with scram-sha-256 both
+  locally and over TCP. Replication connections are trusted.
+"""
+import atexit
+import os
+import shutil
+import tempfile
+
+import gevent.lock
+
+from supervisor.testing import processes
+from supervisor.testing.binaries import program
+
+#: Group role whose members must give a password (scram-sha-256), even on the unix socket.
+PASSWORD_GROUP = "pgvisor_password_users"
+
+#: The cluster's superuser (initdb -U); trusted without a password.
+SUPERUSER = "postgres"
+
+#: Settings of every throwaway cluster (before the caller's own ``settings``).
+DEFAULT_SETTINGS = {
+    "fsync": False,
+    "synchronous_commit": False,
+    "full_page_writes": False,
+    "shared_buffers": "32MB",
+    "max_connections": 200,
+    "wal_level": "replica",
+    "max_wal_senders": 5,
+    "max_replication_slots": 5,
+    "wal_keep_size": "64MB",
+    "hot_standby": True,
+    "password_encryption": "scram-sha-256",
+    "logging_collector": False,
+    "log_destination": "stderr",
+    "log_line_prefix": "%m [%p] %q%a@%d ",
+    "log_min_messages": "warning",
+}
+
+_HBA = """\
+# written by supervisor.testing: members of {group} need scram, everyone else is trusted
+local   all          +{group}                  scram-sha-256
+host    all          +{group}   127.0.0.1/32   scram-sha-256
+host    all          +{group}   ::1/128        scram-sha-256
+local   all          all                       trust
+host    all          all        127.0.0.1/32   trust
+host    all          all        ::1/128        trust
+local   replication  all                       trust
+host    replication  all        127.0.0.1/32   trust
+host    replication  all        ::1/128        trust
+"""
+
+_templates = {}
+_template_lock = gevent.lock.RLock()
+
+
+def format_setting(value):
+    """A value as postgresql.conf wants it: on/off, bare numbers, quoted strings."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'%s'" % str(value).replace("\\", "\\\\").replace("'", "''")
+
+
+def _template(bindir):
+    """The initdb'd template for ``bindir``, made on first use (serialised between greenlets)."""
+    with _template_lock:
+        if bindir not in _templates:
+            top = tempfile.mkdtemp(prefix="pgvisor-template-")
+            atexit.register(shutil.rmtree, top, True)
+            processes.hand_over(top)
+            datadir = os.path.join(top, "data")
+            processes.run(
+                [program(bindir, "initdb"), "-D", datadir, "-U", SUPERUSER, "-A", "trust",
+                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                os.path.join(top, "initdb.log"), what="initdb")
+            _templates[bindir] = datadir
+        return _templates[bindir]
+
+
+def create(bindir, datadir, settings=None):
+    """Make ``datadir`` (must not exist) a configured copy of the template. Blocks the
+    calling greenlet for the copy (tens of milliseconds)."""
+    shutil.copytree(_template(bindir), datadir, symlinks=True)
+    processes.hand_over(datadir)
+    configure(datadir, settings)
+
+
+def configure(datadir, settings=None):
+    """Write the kit's postgresql.conf additions and pg_hba.conf into ``datadir``.
+
+    Both files already exist (from initdb), so they keep their owner."""
+    merged = dict(DEFAULT_SETTINGS, **(settings or {}))
+    lines = ["", "# written by supervisor.testing"]
+    lines += ["%s = %s" % (key, format_setting(value)) for key, value in merged.items()]
+    with open(os.path.join(datadir, "postgresql.conf"), "a", encoding="utf-8") as conf:
+        conf.write("\n".join(lines) + "\n")
+    with open(os.path.join(datadir, "pg_hba.conf"), "w", encoding="utf-8") as hba:
+        hba.write(_HBA.format(group=PASSWORD_GROUP))

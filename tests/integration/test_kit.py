@@ -1,0 +1,174 @@
+"""The throwaway Postgres kit does what it promises: lifecycle, DSNs, authentication,
+backend termination, standby/promote, fault proxy, cleanup."""
+import os
+
+import psycopg2
+import pytest
+
+from supervisor.testing import PostgresCluster, processes, wait_for
+from supervisor.testing.binaries import BinariesNotFound, find_bindir
+
+
+def _select_one(dsn, **kwargs):
+    conn = psycopg2.connect(dsn, connect_timeout=5, **kwargs)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_cluster_survives_stop_fast_immediate_restart_and_kill(pg_private_cluster):
+    cluster = pg_private_cluster
+    port = cluster.port
+    cluster.execute("CREATE TABLE kept (n int)")
+    cluster.execute("INSERT INTO kept VALUES (1)")
+    for action in (lambda: cluster.stop("fast"), lambda: cluster.stop("immediate"),
+                   cluster.kill):
+        pid = cluster.pid
+        action()
+        assert not cluster.running and not processes.alive(pid)
+        with pytest.raises(psycopg2.OperationalError):
+            _select_one(cluster.dsn)
+        cluster.start()
+        assert cluster.execute("SELECT n FROM kept") == [(1,)]
+    pid = cluster.pid
+    cluster.restart()
+    assert cluster.pid != pid and cluster.execute("SELECT 1") == [(1,)]
+    assert cluster.port == port != 5432
+
+
+@pytest.mark.timeout(30)
+def test_kill_takes_the_server_processes_down_too(pg_private_cluster):
+    conn = pg_private_cluster.connect()
+    backend = conn.get_backend_pid()
+    pg_private_cluster.kill()
+    assert not processes.alive(backend)
+    with pytest.raises(psycopg2.Error):
+        conn.cursor().execute("SELECT 1")
+
+
+@pytest.mark.timeout(30)
+def test_dsn_dsn_dict_and_tcp_dsn_connect(pg_cluster):
+    assert _select_one(pg_cluster.dsn) == 1
+    assert _select_one(pg_cluster.tcp_dsn) == 1
+    conn = psycopg2.connect(**pg_cluster.dsn_dict)
+    try:
+        assert conn.info.dbname == "postgres" and conn.info.user == "postgres"
+        assert conn.info.host == pg_cluster.host and conn.info.port == pg_cluster.port
+    finally:
+        conn.close()
+    assert "host=127.0.0.1" in pg_cluster.tcp_dsn
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix-socket", "tcp"])
+def test_password_user_must_give_its_password(pg_cluster, tcp):
+    pg_cluster.create_user("kit_pw_user", "s3cret 'pw'")
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            _select_one(pg_cluster.dsn_for(user="kit_pw_user", tcp=tcp))
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            _select_one(pg_cluster.dsn_for(user="kit_pw_user", tcp=tcp, password="wrong"))
+        good = pg_cluster.dsn_for(user="kit_pw_user", tcp=tcp, password="s3cret 'pw'")
+        assert _select_one(good) == 1
+    finally:
+        pg_cluster.drop_user("kit_pw_user")
+
+
+@pytest.mark.timeout(30)
+def test_terminate_backends_by_application_name(pg_database):
+    cluster = pg_database.cluster
+    victim = psycopg2.connect(pg_database.dsn, application_name="kit-victim")
+    bystander = psycopg2.connect(pg_database.dsn, application_name="kit-bystander")
+    try:
+        assert cluster.terminate_backends(application_name="kit-victim") == 1
+        with pytest.raises(psycopg2.OperationalError):
+            victim.cursor().execute("SELECT 1")
+        with bystander.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert cluster.terminate_backends(application_name="kit-victim") == 0
+    finally:
+        victim.close()
+        bystander.close()
+
+
+@pytest.mark.timeout(30)
+def test_pg_database_is_a_fresh_database_of_its_own(pg_database, pg_dsn):
+    assert pg_dsn == pg_database.dsn and "dbname=%s" % pg_database.name in pg_dsn
+    assert _select_one(pg_dsn) == 1
+    assert pg_database.execute("SELECT current_database()") == [(pg_database.name,)]
+    pg_database.execute("CREATE TABLE mine (n int)")
+    assert pg_database.execute("SELECT count(*) FROM mine") == [(0,)]
+
+
+@pytest.mark.timeout(30)
+def test_drop_database_succeeds_while_sessions_are_open(pg_cluster):
+    pg_cluster.create_database("kit dropped db")
+    held = psycopg2.connect(pg_cluster.dsn_for("kit dropped db"))
+    try:
+        pg_cluster.drop_database("kit dropped db")
+        assert not pg_cluster.execute(
+            "SELECT 1 FROM pg_database WHERE datname = 'kit dropped db'")
+    finally:
+        held.close()
+
+
+@pytest.mark.timeout(60)
+def test_standby_streams_and_promote_makes_it_writable(pg_pair):
+    primary, standby = pg_pair.primary, pg_pair.standby
+    assert standby.is_in_recovery() and not primary.is_in_recovery()
+    primary.execute("CREATE TABLE replicated (n int)")
+    primary.execute("INSERT INTO replicated VALUES (42)")
+
+    def replicated():
+        try:
+            return standby.execute("SELECT n FROM replicated")
+        except psycopg2.errors.UndefinedTable:
+            return None
+    assert wait_for(replicated, timeout=10, message="row not replicated") == [(42,)]
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        standby.execute("INSERT INTO replicated VALUES (1)")
+    standby.promote()
+    assert not standby.is_in_recovery()
+    standby.execute("INSERT INTO replicated VALUES (7)")
+    assert standby.execute("SELECT n FROM replicated ORDER BY n") == [(7,), (42,)]
+
+
+@pytest.mark.timeout(30)
+def test_cleanup_removes_directory_and_process():
+    cluster = PostgresCluster(name="kit-cleanup").start()
+    pid, tempdir = cluster.pid, cluster.host
+    assert os.path.isdir(cluster.datadir)
+    cluster.cleanup()
+    assert not processes.alive(pid) and not os.path.exists(tempdir)
+    cluster.cleanup()  # idempotent
+    assert cluster.removed and "removed" in repr(cluster)
+
+
+@pytest.mark.timeout(30)
+def test_context_manager_cleans_up_when_the_body_fails():
+    with pytest.raises(ZeroDivisionError):
+        with PostgresCluster(name="kit-ctx") as cluster:
+            pid, tempdir = cluster.pid, cluster.host
+            raise ZeroDivisionError("the test body failed")
+    assert not processes.alive(pid) and not os.path.exists(tempdir)
+
+
+@pytest.mark.timeout(10)
+def test_explicit_bindir_without_programs_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(BinariesNotFound, match="does not contain"):
+        find_bindir(str(tmp_path))
+    monkeypatch.setenv("PGVISOR_PG_BINDIR", str(tmp_path))
+    with pytest.raises(BinariesNotFound, match="PGVISOR_PG_BINDIR"):
+        PostgresCluster()
+
+
+@pytest.mark.timeout(10)
+def test_wait_for_returns_the_value_or_raises_at_the_deadline():
+    calls = []
+    assert wait_for(lambda: calls.append(1) or len(calls) >= 3 and "done") == "done"
+    with pytest.raises(AssertionError, match=r"never true: not true within 0.05s"):
+        wait_for(lambda: 0, timeout=0.05, message="never true")
