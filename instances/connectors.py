@@ -1,0 +1,391 @@
+"""The Postgres adapter: :class:`PostgresConnector` and driver-error translation.
+
+This is the only module of pgvisor that imports psycopg2 and psycogreen. Importing it makes
+psycopg2 cooperative for gevent (psycogreen's wait callback, wrapped, see
+:func:`_green_wait`), with or without monkey-patching. Every error leaving it is an
+:class:`instances.exceptions.DatabaseError` subclass whose message never contains the
+password; classification is by SQLSTATE and exception class (:func:`translate_error`).
+
+Connect-time failures: libpq reports the server's ``FATAL`` during the startup handshake
+(wrong password 28P01, unknown database 3D000, starting up 57P03, ...) only as message
+text, and psycopg2 leaves ``pgcode`` None. The wait callback therefore switches libpq's
+error verbosity to ``PQERRORS_VERBOSE`` while a connection is being established, so libpq
+writes the server's SQLSTATE field into the message in its fixed ``SEVERITY:  CODE:`` format,
+and reads that code back (:data:`_VERBOSE_SQLSTATE`). That is the one place where a message
+is parsed, and it parses libpq's machine field, never English words. libpq's own client-side
+failures (refused, DNS, timeout) have no SQLSTATE at all and count as connection loss; a
+missing password is detected with ``PQconnectionNeedsPassword``.
+"""
+import contextlib
+import ctypes
+import logging
+import operator
+import re
+
+import gevent
+import psycopg2
+import psycopg2._psycopg
+import psycopg2.errors  # noqa: F401  (registers the SQLSTATE subclasses)
+import psycopg2.extensions
+import psycopg2.extras
+from psycogreen.gevent import gevent_wait_callback
+
+from instances import dsn as _dsn
+from instances.dsn import quote_ident
+from instances.exceptions import (
+    ConnectionLost,
+    DatabaseError,
+    FatalDatabaseError,
+    InvalidConfigurationException,
+    RoleChanged,
+)
+
+__all__ = ["PostgresConnector", "translate_error", "is_database_error", "parse_dsn",
+           "redact_dsn", "quote_ident"]
+
+log = logging.getLogger(__name__)
+
+# -- connect-time SQLSTATE (see the module docstring) ---------------------------------------
+
+_PQERRORS_DEFAULT, _PQERRORS_VERBOSE = 1, 2
+_CONNECTION_OK = 0
+#: libpq's verbose error line: ``SEVERITY:  SQLSTATE: message`` (severity may be localized).
+_VERBOSE_SQLSTATE = re.compile(r"(?:^|\s)[^\s:]+:  ([0-9A-Z]{5}): ", re.MULTILINE)
+#: Attribute set on a connect-time psycopg2 error carrying the SQLSTATE libpq reported.
+CONNECT_SQLSTATE_ATTR = "pgvisor_connect_sqlstate"
+
+
+def _load_libpq():
+    """The libpq psycopg2 is linked against (symbols resolved through its extension module,
+    so never a different copy), or None when that is not possible on this platform."""
+    try:
+        lib = ctypes.CDLL(psycopg2._psycopg.__file__)
+        lib.PQsetErrorVerbosity.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.PQconnectionNeedsPassword.argtypes = [ctypes.c_void_p]
+        lib.PQstatus.argtypes = [ctypes.c_void_p]
+        return lib
+    except (OSError, AttributeError):  # pragma: no cover - non-ELF platforms
+        return None
+
+
+_libpq = _load_libpq()
+
+
+def _green_wait(conn, timeout=None):
+    """psycogreen's gevent wait callback, plus SQLSTATEs for connect-time failures.
+
+    Runs in the greenlet using ``conn``; blocks only that greenlet."""
+    ptr = conn.pgconn_ptr if _libpq is not None else None
+    if not ptr or _libpq.PQstatus(ptr) == _CONNECTION_OK:
+        return gevent_wait_callback(conn, timeout)
+    _libpq.PQsetErrorVerbosity(ptr, _PQERRORS_VERBOSE)
+    try:
+        gevent_wait_callback(conn, timeout)
+    except psycopg2.OperationalError as exc:
+        codes = _VERBOSE_SQLSTATE.findall(str(exc))
+        if codes:
+            setattr(exc, CONNECT_SQLSTATE_ATTR, codes[-1])
+        elif _libpq.PQconnectionNeedsPassword(ptr):
+            setattr(exc, CONNECT_SQLSTATE_ATTR, "28000")
+        raise
+    if _libpq.PQstatus(ptr) == _CONNECTION_OK:
+        _libpq.PQsetErrorVerbosity(ptr, _PQERRORS_DEFAULT)
+
+
+psycopg2.extensions.set_wait_callback(_green_wait)
+
+# -- error translation -----------------------------------------------------------------------
+
+_CODE_OF_CLASS = {cls: code for code, cls in psycopg2._psycopg.sqlstate_errors.items()}
+#: SQLSTATEs meaning "the connection is gone or the server is unavailable": reconnect.
+CONNECTION_SQLSTATES = frozenset(["57P01", "57P02", "57P03", "57P05", "53300", "25P03"])
+#: SQLSTATEs meaning "the server is read-only / in recovery": the role changed.
+ROLE_SQLSTATES = frozenset(["25006"])
+#: SQLSTATEs retrying cannot fix (plus class 28, authorization).
+FATAL_SQLSTATES = frozenset(["3D000", "57P04"])
+
+
+def _classify(code, exc, connecting):
+    if code:
+        if code[:2] in ("08", "53") and (connecting or code[:2] == "08"):
+            return ConnectionLost
+        if code in CONNECTION_SQLSTATES:
+            return ConnectionLost
+        if code in ROLE_SQLSTATES and not connecting:
+            return RoleChanged
+        if code[:2] == "28" or code in FATAL_SQLSTATES or connecting:
+            return FatalDatabaseError
+        return DatabaseError
+    if isinstance(exc, psycopg2.ProgrammingError) and connecting:
+        return FatalDatabaseError  # libpq rejected the DSN itself
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, OSError)):
+        return ConnectionLost
+    return DatabaseError
+
+
+def translate_error(exc, connecting=False, secrets=()):
+    """``exc`` (a psycopg2 error, an OSError, or anything) as a DatabaseError subclass.
+
+    ``connecting`` says the error came from establishing a connection (a ProgrammingError
+    there is an invalid DSN; any server SQLSTATE there but "unavailable" ones is fatal).
+    ``secrets`` are strings to redact from the message. Pure; never raises."""
+    if isinstance(exc, DatabaseError):
+        return exc
+    try:
+        code = (getattr(exc, "pgcode", None) or getattr(exc, CONNECT_SQLSTATE_ATTR, None)
+                or _CODE_OF_CLASS.get(type(exc)))
+        connecting = connecting or hasattr(exc, CONNECT_SQLSTATE_ATTR)
+        cls = _classify(code, exc, connecting)
+        text = (str(exc) or type(exc).__name__).strip()
+        message = "%s%s: %s" % (type(exc).__name__, " [%s]" % code if code else "",
+                                _dsn.scrub(text, secrets))
+        return cls(message, sqlstate=code)
+    except Exception:  # pragma: no cover - defensive: translation must not raise
+        return DatabaseError("untranslatable %s" % type(exc).__name__)
+
+
+def is_database_error(exc):
+    """True for driver errors and translated :class:`DatabaseError` s (the strategy's test)."""
+    return isinstance(exc, (psycopg2.Error, DatabaseError))
+
+
+# -- DSNs ------------------------------------------------------------------------------------
+
+def parse_dsn(dsn):
+    """A libpq string (keywords or URI, parsed by libpq) or a hermes dict as a dict of libpq
+    keywords. Raises :class:`InvalidConfigurationException` (field ``dsn``, value redacted)."""
+    if not isinstance(dsn, str):
+        return _dsn.normalize_dict(dsn)
+    try:
+        return psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        detail = _dsn.scrub(str(exc).strip(), _dsn.secret_fragments(dsn))
+        raise InvalidConfigurationException(
+            "dsn %s is invalid: %s" % (_dsn.redact_unparsed(dsn), detail),
+            "dsn", _dsn.redact_unparsed(dsn)) from None
+
+
+def _secrets_of(dsn):
+    """What to redact from messages about ``dsn``: its password, or when it cannot be parsed,
+    everything that looks like part of one."""
+    try:
+        password = parse_dsn(dsn).get("password")
+    except InvalidConfigurationException:
+        return _dsn.secret_fragments(dsn)
+    return [password] if password else []
+
+
+def redact_dsn(dsn):
+    """``dsn`` (string or dict) as a libpq string with the password shown as ``***``."""
+    try:
+        return _dsn.format_dsn(_dsn.redact_params(parse_dsn(dsn)))
+    except InvalidConfigurationException:
+        return _dsn.redact_unparsed(dsn) if isinstance(dsn, str) else "<invalid dsn>"
+
+
+# -- the connector ---------------------------------------------------------------------------
+
+_notify_tuple = operator.attrgetter("pid", "channel", "payload")
+
+_IDENTITY_SQL = (
+    "SELECT s.system_identifier::text, pg_is_in_recovery(),"
+    " CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())"
+    " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+    " FROM pg_control_system() s")
+
+
+class PostgresConnector:
+    """One shared autocommit connection (hermes API) plus the listener's primitives.
+
+    ``dsn`` is a libpq string or a hermes dict (``database``/``dbname``, ``host``, ``port``,
+    ``user``, ``password``). Connection parameters come from, in order of precedence: the
+    ``application_name`` / ``connect_timeout`` arguments, the DSN, the class attributes.
+
+    Concurrency: every method blocks only the calling greenlet (psycogreen). A connection
+    serves one greenlet at a time: the listener's greenlet owns a connector; other greenlets
+    use :meth:`is_server_master` / :meth:`server_identity`, which open their own connection.
+    Every error raised is a translated :class:`~instances.exceptions.DatabaseError`; after
+    :class:`~instances.exceptions.ConnectionLost` the next use reconnects.
+    """
+
+    #: Seconds allowed to establish a connection (libpq's and, when green, gevent's timer).
+    connect_timeout = 5
+    #: 1: TCP keepalives on.
+    keepalives = 1
+    #: Seconds of silence before the first TCP keepalive probe.
+    keepalives_idle = 10
+    #: Seconds between unanswered keepalive probes.
+    keepalives_interval = 5
+    #: Unanswered probes before the peer is dead: noticed after 10 + 5 * 3 = 25 seconds.
+    keepalives_count = 3
+    #: ``application_name`` (shown in ``pg_stat_activity``) when neither caller nor DSN set one.
+    application_name = "pgvisor"
+
+    def __init__(self, dsn, cursor_factory=psycopg2.extras.DictCursor, application_name=None,
+                 connect_timeout=None):
+        self.dsn = dsn
+        self.cursor_factory = cursor_factory
+        self._overrides = {"application_name": application_name,
+                           "connect_timeout": connect_timeout}
+        if application_name is not None:
+            self.application_name = application_name
+        self._secrets = _secrets_of(dsn)
+        self._conn = None
+
+    def __repr__(self):
+        return "<%s %s (%s)>" % (type(self).__name__, redact_dsn(self.dsn),
+                                 "connected" if self.connected else "not connected")
+
+    __str__ = __repr__
+
+    @property
+    def connected(self):
+        """True when the shared connection is open (as far as the client knows)."""
+        return self._conn is not None and not self._conn.closed
+
+    def connection_parameters(self):
+        """The keyword arguments given to libpq (contains the password: never log it).
+        Raises :class:`FatalDatabaseError` for an invalid DSN."""
+        params = {key: getattr(self, key) for key in (
+            "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+            "keepalives_count")}
+        params["application_name"] = type(self).application_name
+        try:
+            params.update(parse_dsn(self.dsn))
+        except InvalidConfigurationException as exc:
+            raise FatalDatabaseError(str(exc)) from None
+        params.update((k, v) for k, v in self._overrides.items() if v is not None)
+        return params
+
+    def _open(self):
+        """A new autocommit connection (blocks this greenlet up to connect_timeout)."""
+        params = self.connection_parameters()
+        timeout = float(params["connect_timeout"] or 0) or None
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            conn = psycopg2.connect(**params)
+            conn.autocommit = True
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise ConnectionLost("connecting to %s timed out after %s s" % (
+                redact_dsn(self.dsn), timeout)) from None
+        except psycopg2.Error as exc:
+            error = translate_error(exc, connecting=True, secrets=self._secrets)
+            log.warning("cannot connect to %s: %s", redact_dsn(self.dsn), error,
+                        extra={"action": "connector.connect_failed",
+                               "instance": params["application_name"]})
+            raise error from None
+        finally:
+            timer.close()
+        return conn
+
+    @property
+    def pg_connection(self):
+        """The shared autocommit connection, (re)connected lazily when missing or closed."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = self._open()
+            log.debug("connected to %s", redact_dsn(self.dsn), extra={
+                "action": "connector.connect", "instance": self.application_name})
+        return conn
+
+    @property
+    def pg_cursor(self):
+        """A new cursor (``cursor_factory``) on :attr:`pg_connection`. Errors raised by the
+        cursor itself are psycopg2's: wrap its use in :meth:`translated_errors`."""
+        return self.pg_connection.cursor(cursor_factory=self.cursor_factory)
+
+    def disconnect(self):
+        """Close the shared connection; idempotent, never raises."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except psycopg2.Error:  # pragma: no cover - close of a broken connection
+                pass
+            log.debug("disconnected", extra={
+                "action": "connector.disconnect", "instance": self.application_name})
+
+    def _failed(self, exc):
+        """Translate ``exc``; forget the shared connection when it is gone."""
+        error = translate_error(exc, secrets=self._secrets)
+        if isinstance(error, ConnectionLost):
+            self.disconnect()
+        return error
+
+    @contextlib.contextmanager
+    def translated_errors(self):
+        """Context manager turning psycopg2 errors into translated ones (for pg_cursor users)."""
+        try:
+            yield
+        except psycopg2.Error as exc:
+            raise self._failed(exc) from None
+
+    def execute(self, sql, params=None):
+        """Run ``sql`` on the shared connection: the rows, or None for a statement without
+        a result."""
+        with self.translated_errors():
+            with self.pg_connection.cursor(cursor_factory=self.cursor_factory) as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description is not None else None
+
+    def _query_once(self, sql):
+        """Rows of ``sql`` on a connection of its own, closed afterwards."""
+        conn = self._open()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall()
+        except psycopg2.Error as exc:
+            raise translate_error(exc, secrets=self._secrets) from None
+        finally:
+            conn.close()
+
+    def is_server_master(self):
+        """True when the server is a primary (not in recovery). Own short connection."""
+        return not self._query_once("SELECT pg_is_in_recovery()")[0][0]
+
+    def server_identity(self):
+        """``{"system_identifier": str, "timeline": int, "in_recovery": bool}`` of the server
+        (on a standby the timeline of its last restartpoint). Own short connection."""
+        system_identifier, in_recovery, timeline = self._query_once(_IDENTITY_SQL)[0]
+        return {"system_identifier": system_identifier, "timeline": int(timeline),
+                "in_recovery": bool(in_recovery)}
+
+    # -- listener primitives (hot path) ---------------------------------------------------
+
+    def listen(self, channels):
+        """LISTEN on each channel (quoted identifiers) in one round trip."""
+        if channels:
+            self.execute("".join("LISTEN %s;" % quote_ident(c) for c in channels))
+
+    def unlisten(self, channels=None):
+        """UNLISTEN each channel; None: every channel (``UNLISTEN *``)."""
+        if channels is None:
+            self.execute("UNLISTEN *")
+        elif channels:
+            self.execute("".join("UNLISTEN %s;" % quote_ident(c) for c in channels))
+
+    def fileno(self):
+        """The socket of the shared connection (connecting if needed), to wait on."""
+        return self.pg_connection.fileno()
+
+    def poll_notifies(self):
+        """Read what arrived: a list of ``(pid, channel, payload)``; never blocks."""
+        conn = self._conn if self._conn is not None else self.pg_connection
+        try:
+            conn.poll()
+        except psycopg2.Error as exc:
+            raise self._failed(exc) from None
+        notifies = conn.notifies
+        if not notifies:
+            return []
+        received = list(map(_notify_tuple, notifies))
+        del notifies[:]
+        return received
+
+    def notify(self, channel, payload=None):
+        """``pg_notify(channel, payload)`` on the shared connection."""
+        self.execute("SELECT pg_notify(%s, %s)", (channel, payload))
