@@ -242,7 +242,7 @@ class _Loader:
             if var in known:
                 self.set(known[var].name, _Entry(raw, "env", raw), settings.from_text)
             elif var.startswith("PGVISOR_"):
-                hint = _suggest(var, known, "%s")
+                hint = _suggest(var, known, "%s", cutoff=0.85)
                 if hint:
                     self.warn("%s is not a pgvisor setting, ignored%s" % (var, hint))
 
@@ -361,8 +361,8 @@ class _Loader:
         return Config(source=self.path, warnings=tuple(self.warnings), **sections)
 
 
-def _suggest(word, choices, form):
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+def _suggest(word, choices, form, cutoff=0.6):
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return "; did you mean %s?" % (form % match[0]) if match else ""
 
 

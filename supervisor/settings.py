@@ -229,9 +229,10 @@ def from_text(setting, text):
                 raise ValueError("not a JSON list: %s" % exc) from None
         return tuple(item.strip() for item in stripped.split(",") if item.strip())
     try:
-        return from_toml(setting, int(stripped) if kind == "int" else float(stripped))
+        number = int(stripped) if kind == "int" else float(stripped)
     except ValueError:
         raise ValueError("must be %s" % _TYPE_NAMES[kind]) from None
+    return from_toml(setting, number)
 
 
 # -- generated text ------------------------------------------------------------------------
