@@ -356,6 +356,8 @@ ADDER = """
 import sys
 from instances import InstanceSpec, Registry
 registry = Registry(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # start together with the others
 for i in range(int(sys.argv[3])):
     registry.add(InstanceSpec(name="%s-%d" % (sys.argv[2], i), channels=["c"],
                               handler="json:dumps"))
@@ -366,9 +368,14 @@ for i in range(int(sys.argv[3])):
 @pytest.mark.timeout(120)
 def test_concurrent_processes_editing_lose_nothing(registry, path):
     registry.add(make("shared"))
-    count = 15
-    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(path), who, str(count)])
+    count = 25
+    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(path), who, str(count)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for who in ("p1", "p2")]
+    assert [proc.stdout.readline() for proc in procs] == ["ready\n"] * 2
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.close()
     for i in range(count):
         registry.add(make("local-%d" % i))
     assert [proc.wait(timeout=100) for proc in procs] == [0, 0]
