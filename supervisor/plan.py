@@ -1,0 +1,271 @@
+"""The supervision policy: what to do with each instance, as a pure function.
+
+``plan(desired, observed, state) -> [Action, ...]`` compares the registry (desired specs)
+with what runs (:class:`Observed`) under the supervisor's situation (:class:`PlanState`) and
+returns at most one action per instance, sorted by name. No hub, no database, no clock, no
+restart budget: the Supervisor actor gathers the facts, calls :func:`plan`, and carries the
+actions out (spending the budget for ``Restart(budgeted=True)``, parking the instance when
+it is spent). Safe to call from any greenlet or thread; it never blocks.
+
+Rules, first match wins for each name (docs/supervision.rst has the same table)::
+
+    removed from the registry ....... alive: Stop(final "stopped")   else: Forget
+    disabled ........................ alive or not yet recorded: Stop(final "disabled")
+    parked (disabled_by_supervisor) . nothing: an operator's enable or restart clears it
+    paused (manual or db down) ...... alive with live changes: Apply; else nothing
+    role unknown, run_on != any ..... alive with live changes: Apply; else nothing
+    wrong role ...................... alive or not yet recorded: Stop(final "waiting")
+    not alive ....................... new, waiting or re-enabled: Start; died: Restart by
+                                      restart type (budgeted; not in grace); recorded
+                                      "stopped" (shut down, or a transient/temporary exit):
+                                      nothing until an explicit restart
+    alive, unresponsive ............. Restart("unresponsive", budgeted) unless in grace
+    alive, spec changed ............. live fields only: Apply; else Recreate
+
+Lifecycle of one instance as the plan sees it::
+
+    (new) --Start--> alive --death--> dead --Restart--> alive
+      |                |                 \\--(transient normal / temporary)--> stopped
+      |                +--Stop(waiting)--> waiting --role fits--Start--> alive
+      +----------------+--Stop(disabled)-> disabled --enabled--Start--> alive
+                       +--Stop(stopped)--> (removed) --Forget--> (gone)
+"""
+import dataclasses
+import typing
+
+#: Spec fields a running instance takes without a restart (listener channels, pool bounds
+#: and timeout) or that only the supervisor reads (restart type, role, budget, enabled).
+LIVE_FIELDS = frozenset({
+    "channels", "min_concurrency", "max_concurrency", "handler_timeout",
+    "restart", "run_on", "restart_max_rate", "enabled",
+})
+#: Spec fields that need a new instance (handler, queue and its bound, isolation, dsn).
+#: Any changed field not in LIVE_FIELDS is treated as one of these.
+RECREATE_FIELDS = frozenset({"handler", "queue", "queue_size", "isolation", "dsn", "name"})
+
+FINAL_STATES = ("stopped", "disabled", "waiting")
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What the supervisor knows about one instance's runtime (built by the actor).
+
+    ``exit`` is how it last died: None (never died, or stopped by us), "normal" or
+    "abnormal". ``heartbeat_age`` is seconds since its last heartbeat (None: none yet).
+    ``spec`` is the spec it was built or last applied with. ``parked`` is the reason it was
+    parked ``disabled_by_supervisor`` (None: not parked). ``final_state`` is the
+    ``Stop.final_state`` recorded by the last Stop carried out ("stopped", "disabled",
+    "waiting"), None once it is started again. ``connected`` is informational: the plan
+    never acts on a lost connection, the listener reconnects by its own backoff.
+    """
+
+    name: str
+    alive: bool = False
+    exit: typing.Optional[str] = None
+    heartbeat_age: typing.Optional[float] = None
+    spec: typing.Any = None
+    parked: typing.Optional[str] = None
+    final_state: typing.Optional[str] = None
+    connected: bool = True
+
+    @property
+    def waiting(self):
+        """Stopped by us because of the role or the database; started when they allow."""
+        return self.final_state == "waiting"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanState:
+    """The supervisor's situation for one planning pass.
+
+    ``paused``: manual pause or database outage (``db_up=False`` also counts as paused).
+    ``role``: "primary", "standby" or None (unknown). ``in_grace``: within
+    ``wait_after_db_revived`` after the database came back. ``heartbeat_timeout``: seconds
+    after which an alive instance's heartbeat is too old. ``ratelimit``: whether restarts
+    planned now count against the restart budget (periodic verify and deaths: True;
+    explicit verify: the caller's choice).
+    """
+
+    db_up: bool = True
+    paused: bool = False
+    role: typing.Optional[str] = "primary"
+    in_grace: bool = False
+    heartbeat_timeout: float = 30.0
+    ratelimit: bool = True
+
+    @property
+    def halted(self):
+        """No starts or restarts: paused by hand or the database is down."""
+        return self.paused or not self.db_up
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Start an instance that is not running and did not die (new, enabled, role fits)."""
+
+    name: str
+    spec: typing.Any
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Stop an instance (if alive) and record ``final_state``: "stopped" (removed or
+    done), "disabled" or "waiting" (wrong role). On an instance that is not running it only
+    records the state."""
+
+    name: str
+    reason: str
+    final_state: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+    """Restart a dead or unresponsive instance with ``spec``; ``budgeted``: the actor
+    spends one unit of the instance's restart budget first (and parks it if spent)."""
+
+    name: str
+    spec: typing.Any
+    reason: str
+    budgeted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    """Hand a running instance its new spec; ``changes`` names the fields (all live)."""
+
+    name: str
+    spec: typing.Any
+    changes: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Recreate:
+    """Replace a running instance because a field that needs a new one changed; not a
+    failure, so never budgeted."""
+
+    name: str
+    spec: typing.Any
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Forget:
+    """Drop the runtime record of an instance that was removed and is not running."""
+
+    name: str
+
+
+def plan(desired, observed, state):
+    """Return the actions that bring ``observed`` in line with ``desired``, sorted by name.
+
+    ``desired``: {name: InstanceSpec}; ``observed``: {name: Observed} (missing: never
+    started); ``state``: PlanState. Pure and deterministic.
+    """
+    actions = []
+    for name in sorted(set(desired) | set(observed)):
+        action = plan_one(name, desired.get(name), observed.get(name), state)
+        if action is not None:
+            actions.append(action)
+    return actions
+
+
+def plan_one(name, spec, obs, state):
+    """The action for one instance, or None; the rules of the module docstring."""
+    alive = obs is not None and obs.alive
+    final = obs.final_state if obs is not None else None
+    if spec is None:
+        if alive:
+            return Stop(name, "removed from the registry", "stopped")
+        return Forget(name) if obs is not None else None
+    if not spec.enabled:
+        if alive or final != "disabled":
+            return Stop(name, "disabled", "disabled")
+        return None
+    if obs is not None and obs.parked:
+        return None
+    fits = role_fits(spec.run_on, state.role)
+    if state.halted or fits is None:
+        return _live_changes(name, spec, obs) if alive else None
+    if not fits:
+        if alive or final != "waiting":
+            return Stop(name, "run_on=%s on a %s" % (spec.run_on, state.role), "waiting")
+        return None
+    if alive:
+        return _plan_alive(name, spec, obs, state)
+    return _plan_dead(name, spec, obs, state)
+
+
+def role_fits(run_on, role):
+    """True if ``run_on`` may run on a server of ``role``; None when the role is unknown
+    and that matters (run_on is not "any")."""
+    if run_on == "any":
+        return True
+    if role is None:
+        return None
+    return run_on == role
+
+
+def _plan_dead(name, spec, obs, state):
+    """Not alive, enabled, role fits, not parked, not halted."""
+    if obs is None:
+        return Start(name, spec, "new instance")
+    if obs.final_state == "waiting":
+        return Start(name, spec, "role fits and the database is up")
+    if obs.final_state == "disabled":
+        return Start(name, spec, "enabled")
+    if obs.final_state == "stopped":
+        return None
+    if obs.exit is None:
+        return Start(name, spec, "not started yet")
+    if _restartable(spec.restart, obs.exit):
+        if state.in_grace:
+            return None
+        return Restart(name, spec, "exited (%s)" % obs.exit, state.ratelimit)
+    return Stop(name, "%s instance exited (%s): not restarted" % (spec.restart, obs.exit),
+                "stopped")
+
+
+def _restartable(restart, exit_kind):
+    """OTP restart types: permanent always, transient after an abnormal exit, temporary
+    never."""
+    if restart == "permanent":
+        return True
+    return restart == "transient" and exit_kind == "abnormal"
+
+
+def _plan_alive(name, spec, obs, state):
+    """Alive, enabled, role fits, not parked, not halted."""
+    if _unresponsive(obs, state.heartbeat_timeout):
+        if state.in_grace:
+            return _live_changes(name, spec, obs)
+        return Restart(name, spec, "unresponsive: no heartbeat for %.1f s" % obs.heartbeat_age,
+                       state.ratelimit)
+    changed = changed_fields(obs.spec, spec)
+    recreate = [field for field in changed if field not in LIVE_FIELDS]
+    if recreate:
+        return Recreate(name, spec, "changed: %s" % ", ".join(recreate))
+    return Apply(name, spec, changed) if changed else None
+
+
+def _live_changes(name, spec, obs):
+    """Apply when only live fields changed (no restart involved), else nothing: used while
+    starts and restarts are held back (halted, unknown role, grace)."""
+    changed = changed_fields(obs.spec, spec)
+    if changed and not set(changed) - LIVE_FIELDS:
+        return Apply(name, spec, changed)
+    return None
+
+
+def _unresponsive(obs, timeout):
+    return obs.heartbeat_age is not None and obs.heartbeat_age > timeout
+
+
+def changed_fields(old, new):
+    """Sorted tuple of the field names whose values differ; () when ``old`` is None (the
+    running spec is unknown: nothing to compare) or equal."""
+    if old is None or old is new or old == new:
+        return ()
+    return tuple(sorted(
+        field.name for field in dataclasses.fields(new)
+        if getattr(old, field.name, None) != getattr(new, field.name)))
