@@ -17,6 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 
+from instances.dsn import redact_params, redact_unparsed
 from instances.exceptions import InvalidConfigurationException
 from instances.rates import parse_rate
 
@@ -40,21 +41,13 @@ QUEUE_DEFAULTS = {
     "mode": 0o700,             # permissions of the spool directories
     "batch": True,             # dequeue several messages per directory scan
 }
-_REDACTED = "********"
-_PASSWORD_KV = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"^([a-z]+://[^:/@?#]*:)[^@/?#]*@", re.IGNORECASE)
-_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def redact_dsn(dsn):
-    """Return ``dsn`` (libpq string, URI or dict) as a string with any password hidden."""
+    """``dsn`` (libpq string, URI or dict) as text with any password hidden; never raises."""
     if isinstance(dsn, Mapping):
-        return repr({k: (_REDACTED if k == "password" else v) for k, v in dsn.items()})
-    if not isinstance(dsn, str):
-        return repr(dsn)
-    text = _PASSWORD_KV.sub(lambda m: m.group(1) + _REDACTED, dsn)
-    text = _PASSWORD_URI.sub(lambda m: m.group(1) + _REDACTED + "@", text)
-    return _PASSWORD_QUERY.sub(lambda m: m.group(1) + _REDACTED, text)
+        return repr(redact_params(dsn))
+    return redact_unparsed(dsn) if isinstance(dsn, str) else repr(dsn)
 
 
 def _problem(field, value, why, shown=None):
