@@ -74,8 +74,9 @@ class RedactingFilter(logging.Filter):
     def filter(self, record):
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string must still reach the log, scrubbed
-            message = "%s %% %r" % (record.msg, record.args)
+        except Exception as exc:  # a bad format string still reaches the log, without
+            # its arguments: nothing says which of them holds a secret
+            message = "%s (arguments not shown: %s)" % (record.msg, exc)
         record.msg, record.args = redact(str(message)), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = self._exc_formatter.formatException(record.exc_info)
@@ -136,9 +137,9 @@ def _exception_text(formatter, record):
 
 
 def configure_logging(level="info", fmt="text", stream=None):
-    """Install pgvisor's handler on the root logger; return it. Idempotent.
+    """Install pgvisor's handler first on the root logger; return it. Idempotent.
 
-    Replaces the handler a previous call installed (other handlers stay). ``level`` is one
+    Replaces the handler a previous call installed (other handlers stay, after it). ``level`` is one
     of debug/info/warning/error, ``fmt`` text or json; anything else raises
     InvalidConfigurationException. ``stream`` defaults to sys.stderr. Call from the main
     greenlet at start-up or on reload.
@@ -156,6 +157,8 @@ def configure_logging(level="info", fmt="text", stream=None):
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_pgvisor", False)]:
         root.removeHandler(old)
-    root.addHandler(handler)
+    # First in line: the filter rewrites the record in place, so handlers installed by
+    # others (error reporters, pytest's capture) see it redacted too.
+    root.handlers.insert(0, handler)
     root.setLevel(LEVELS[level])
     return handler

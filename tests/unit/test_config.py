@@ -7,8 +7,7 @@ import pytest
 
 from instances.exceptions import InvalidConfigurationException
 from supervisor import settings
-from supervisor.config import (Config, format_dsn, load_config, parse_dsn,
-                               settings_help)
+from supervisor.config import Config, format_dsn, load_config, parse_dsn, settings_help
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "configuration.rst"
 DSN_ENV = {"PGVISOR_DATABASE_DSN": "host=db1 dbname=app"}
