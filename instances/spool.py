@@ -38,11 +38,10 @@ import weakref
 
 import gevent
 from gevent.event import Event
-from gevent.queue import Empty
 
 from instances import spool_codec, spool_errors, spool_layout, spool_names, spool_recovery
-from instances.exceptions import PgvisorError
 from instances.notification import Notification
+from instances.queues import Closed, Empty
 from instances.spool_output import OutputQueue, positive
 from instances.spool_writer import SpoolWriter
 
@@ -52,8 +51,8 @@ log = logging.getLogger(__name__)
 _local = collections.defaultdict(weakref.WeakSet)
 
 
-class QueueClosed(PgvisorError):
-    """:meth:`FileQueue.get` was called on (or woken by) a closed queue."""
+#: Raised by get/put of a closed FileQueue (the queue protocol's ``Closed``).
+QueueClosed = Closed
 
 
 class _Claim:
@@ -106,6 +105,8 @@ class FileQueue:
         self._wakeup = Event()
         self._hub = gevent.get_hub()
         self.closed = False
+        #: Greenlets blocked in :meth:`get` right now.
+        self.waiting = 0
         _local[self.directory].add(self)
         self.recover()
 
@@ -124,6 +125,7 @@ class FileQueue:
         """Enqueue one message (dict or Notification) as one file; return its message id.
         ``block`` and ``timeout`` exist for interface compatibility: the spool is unbounded.
         Does not yield."""
+        self._check_open()
         base = self.writer.write(spool_codec.encode(item))
         self._wake_local(self.directory)
         return spool_names.message_id(base, 0)
@@ -131,6 +133,7 @@ class FileQueue:
     def put_batch(self, items):
         """Enqueue ``items`` as ONE file (one write, one fsync, one rename); return their
         message ids. Does not yield."""
+        self._check_open()
         items = list(items)
         if not items:
             return []
@@ -146,8 +149,7 @@ class FileQueue:
         (:class:`QueueClosed`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.closed:
-                raise QueueClosed("spool %s is closed" % self.directory)
+            self._check_open()
             entry = self._next_entry()
             if entry is not None:
                 entry[1].inflight += 1
@@ -158,7 +160,15 @@ class FileQueue:
                 raise Empty()
             self._wakeup.clear()
             interval = self.poll_interval
-            self._wakeup.wait(interval if remaining is None else min(interval, remaining))
+            self.waiting += 1
+            try:
+                self._wakeup.wait(interval if remaining is None else min(interval, remaining))
+            finally:
+                self.waiting -= 1
+
+    def _check_open(self):
+        if self.closed:
+            raise QueueClosed("spool %s is closed" % self.directory)
 
     def _next_entry(self):
         while not self._ready:
@@ -244,6 +254,10 @@ class FileQueue:
             self._settle(claim)
         log.warning("message %s failed: %s", message["id"], error,
                     extra={"action": "spool.failed", "directory": self.directory})
+
+    def attempts(self, item):
+        """How many times ``item`` has been delivered, this delivery included (>= 1)."""
+        return self._inflight[id(item)][1].attempts
 
     def _take(self, item):
         try:

@@ -1,0 +1,403 @@
+"""FileQueue on real files in tmp_path, inside one process (processes: tests/integration)."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import gevent
+import pytest
+
+from instances import spool_names
+from instances.exceptions import InvalidConfigurationException
+from instances.notification import Notification
+from instances.queues import Closed, Empty, Full
+from instances.spool import FileQueue, OutputQueue
+from instances.spool_layout import stats
+from instances.spool_writer import SpoolWriter
+from supervisor.testing import wait_for
+
+
+def listing(directory, sub):
+    return sorted(os.listdir(os.path.join(str(directory), sub)))
+
+
+def drain(queue):
+    items = []
+    while True:
+        try:
+            item = queue.get(block=False)
+        except Empty:
+            return items
+        items.append(item)
+        queue.done(item)
+
+
+def dead_pid():
+    """A pid that certainly belonged to a process that is gone now (reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def fake_owner(pid, start):
+    return "%s-%d-%s" % (spool_names.hostname(), pid, start)
+
+
+def move_incoming_to_owner(directory, owner):
+    """What a consumer that then crashed would have left behind."""
+    owner_dir = os.path.join(str(directory), "pending", owner)
+    os.makedirs(owner_dir, exist_ok=True)
+    for name in listing(directory, "incoming"):
+        os.rename(os.path.join(str(directory), "incoming", name), os.path.join(owner_dir, name))
+
+
+@pytest.mark.timeout(10)
+def test_messages_come_out_in_enqueue_order_across_singles_and_batches(tmp_path):
+    queue = FileQueue(tmp_path)
+    expected = []
+    for i in range(30):
+        if i % 3 == 0:
+            queue.put_batch([{"n": "%d.a" % i}, {"n": "%d.b" % i}])
+            expected += ["%d.a" % i, "%d.b" % i]
+        else:
+            queue.put({"n": str(i)})
+            expected.append(str(i))
+    assert [item["n"] for item in drain(queue)] == expected
+    assert listing(tmp_path, "incoming") == []
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+
+
+@pytest.mark.timeout(10)
+def test_batch_is_one_file_and_each_message_keeps_its_own_id(tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch([{"n": i} for i in range(3)])
+    (name,) = listing(tmp_path, "incoming")
+    assert ids == ["%s#%d" % (name, i) for i in range(3)]
+    items = [queue.get(block=False) for _ in range(3)]
+    assert [item["id"] for item in items] == ids
+    assert listing(tmp_path, "pending/" + queue.owner) == [name]  # claimed whole
+    for item in items[:2]:
+        queue.done(item)
+    assert listing(tmp_path, "pending/" + queue.owner) == [name]  # one still open
+    queue.done(items[2])
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+
+
+@pytest.mark.timeout(10)
+def test_notifications_come_back_as_notifications_with_their_message_id(tmp_path):
+    queue = FileQueue(tmp_path)
+    sent = Notification("doc_changed", "42", pid=7, received_at=1.5)
+    message_id = queue.put(sent)
+    got = queue.get(block=False)
+    assert isinstance(got, Notification)
+    assert (got.channel, got.payload, got.kind, got.pid, got.received_at) == (
+        "doc_changed", "42", "notify", 7, 1.5)
+    assert got.id == message_id
+    with pytest.raises(TypeError):
+        queue.put("not a dict")
+
+
+@pytest.mark.timeout(10)
+def test_failed_message_of_a_batch_goes_alone_to_errors_with_meta(tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch([{"n": 0}, {"n": 1}, {"n": 2}])
+    first, bad, last = (queue.get(block=False) for _ in range(3))
+    queue.done(first)
+    queue.failed(bad, ValueError("boom"), "Traceback ...\nValueError: boom\n")
+    queue.done(last)
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+    base = ids[0].split("#")[0]
+    assert listing(tmp_path, "errors") == [base + "_1", base + "_1.meta"]
+    with open(os.path.join(str(tmp_path), "errors", base + "_1")) as f:
+        assert json.load(f) == {"n": 1, "id": ids[1]}
+    with open(os.path.join(str(tmp_path), "errors", base + "_1.meta")) as f:
+        meta = json.load(f)
+    assert meta["error"] == "ValueError('boom')"
+    assert meta["traceback"].endswith("ValueError: boom")
+    assert (meta["attempts"], meta["owner"], meta["message_id"], meta["reason"]) == (
+        1, queue.owner, ids[1], "failed")
+
+
+@pytest.mark.timeout(10)
+def test_requeued_error_comes_back_with_same_id_and_attempts_reset(tmp_path):
+    queue = FileQueue(tmp_path)
+    single_id = queue.put({"n": "single"})
+    batch_ids = queue.put_batch([{"n": "b0"}, {"n": "b1"}])
+    single, b0, b1 = (queue.get(block=False) for _ in range(3))
+    queue.failed(single, "bad", None)
+    queue.failed(b1, "bad", None)
+    queue.done(b0)
+    assert stats(str(tmp_path))["errors"] == 2
+    assert queue.requeue(errors=True) == 2
+    assert listing(tmp_path, "errors") == []
+    again = [queue.get(block=False) for _ in range(2)]
+    assert [(i["n"], i["id"]) for i in again] == [("single", single_id), ("b1", batch_ids[1])]
+    assert [queue.attempts(i) for i in again] == [1, 1]
+
+
+@pytest.mark.timeout(10)
+def test_directories_and_files_are_owner_only_by_default_despite_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        queue = FileQueue(tmp_path / "q")
+        queue.put({"n": 1})
+        queue.failed(queue.get(block=False), "x", None)
+        queue.put({"n": 2})
+    finally:
+        os.umask(old)
+    root = str(tmp_path / "q")
+    for sub in ("", "tmp", "incoming", "pending", "errors", "pending/" + queue.owner):
+        assert stat.S_IMODE(os.stat(os.path.join(root, sub)).st_mode) == 0o700, sub
+    for sub in ("incoming", "errors"):
+        for name in listing(root, sub):
+            assert stat.S_IMODE(os.stat(os.path.join(root, sub, name)).st_mode) == 0o600
+
+
+@pytest.mark.timeout(10)
+def test_group_permissions_are_configurable_and_not_cut_by_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        queue = FileQueue(tmp_path / "q", mode=0o770)
+        queue.put({"n": 1})
+    finally:
+        os.umask(old)
+    root = str(tmp_path / "q")
+    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming")).st_mode) == 0o770
+    (name,) = listing(root, "incoming")
+    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming", name)).st_mode) == 0o660
+
+
+@pytest.mark.timeout(20)
+def test_files_of_a_dead_owner_go_back_to_incoming_with_one_more_attempt(tmp_path):
+    FileQueue(tmp_path).put_batch([{"n": 0}, {"n": 1}])
+    owner = fake_owner(dead_pid(), "1")
+    move_incoming_to_owner(tmp_path, owner)
+    queue = FileQueue(tmp_path)  # recovery runs at open
+    assert not os.path.exists(os.path.join(str(tmp_path), "pending", owner))
+    items = [queue.get(block=False) for _ in range(2)]
+    assert [i["n"] for i in items] == [0, 1]
+    assert [queue.attempts(i) for i in items] == [2, 2]
+
+
+@pytest.mark.timeout(10)
+def test_a_reused_pid_is_not_mistaken_for_the_live_owner(tmp_path):
+    FileQueue(tmp_path).put({"n": 0})
+    reused = fake_owner(os.getpid(), "12345")  # our pid, but another start time
+    alive = fake_owner(os.getppid(), spool_names.process_start_time(os.getppid()))
+    other_host = "elsewhere-1-1"
+    move_incoming_to_owner(tmp_path, reused)
+    for owner in (alive, other_host):
+        os.makedirs(os.path.join(str(tmp_path), "pending", owner))
+        with open(os.path.join(str(tmp_path), "pending", owner, "x"), "w") as f:
+            f.write("{}")
+    queue = FileQueue(tmp_path)
+    assert queue.get(block=False)["n"] == 0
+    pending = stats(str(tmp_path))["pending"]
+    assert pending[alive] == 1 and pending[other_host] == 1 and reused not in pending
+
+
+@pytest.mark.timeout(20)
+def test_message_whose_consumers_keep_dying_goes_to_errors_after_max_attempts(tmp_path):
+    FileQueue(tmp_path, max_attempts=3).put({"n": 0})
+    owner = fake_owner(dead_pid(), "1")
+    for delivery in (1, 2):
+        queue = FileQueue(tmp_path, max_attempts=3)
+        assert queue.attempts(queue.get(block=False)) == delivery
+        os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+    queue = FileQueue(tmp_path, max_attempts=3)
+    assert queue.attempts(queue.get(block=False)) == 3
+    os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+    queue = FileQueue(tmp_path, max_attempts=3)
+    with pytest.raises(Empty):
+        queue.get(block=False)
+    (name, meta_name) = listing(tmp_path, "errors")
+    with open(os.path.join(str(tmp_path), "errors", meta_name)) as f:
+        meta = json.load(f)
+    assert (meta["reason"], meta["attempts"], meta["owner"]) == ("max_attempts", 3, owner)
+
+
+@pytest.mark.timeout(20)
+def test_stale_tmp_files_are_removed_at_open_and_never_delivered(tmp_path):
+    FileQueue(tmp_path)
+    tmp = os.path.join(str(tmp_path), "tmp")
+    dead = spool_names.tmp_name(spool_names.new_base(), fake_owner(dead_pid(), "1"))
+    old_foreign, fresh_foreign = "old.msg", "fresh.msg"
+    for name in (dead, old_foreign, fresh_foreign):
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write('{"n": "partial"}')
+    os.utime(os.path.join(tmp, old_foreign), (1, 1))
+    queue = FileQueue(tmp_path)
+    assert listing(tmp_path, "tmp") == [fresh_foreign]  # may still be in the making
+    with pytest.raises(Empty):
+        queue.get(block=False)
+
+
+@pytest.mark.timeout(10)
+def test_undecodable_file_goes_to_errors_and_the_next_one_is_delivered(tmp_path):
+    queue = FileQueue(tmp_path)
+    writer = SpoolWriter(str(tmp_path), queue.owner)
+    writer.put_file(b"", "incoming", spool_names.new_base())  # truncated by a crash
+    queue.put({"n": "good"})
+    assert queue.get(block=False)["n"] == "good"
+    name, meta_name = listing(tmp_path, "errors")
+    with open(os.path.join(str(tmp_path), "errors", meta_name)) as f:
+        assert json.load(f)["reason"] == "undecodable"
+
+
+@pytest.mark.timeout(10)
+def test_put_wakes_a_blocked_get_without_waiting_for_a_poll(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.poll_interval = 3600.0  # only a wake-up can deliver in time
+    events = []
+
+    def consume():
+        item = queue.get()
+        events.append(("got", item["n"]))
+
+    getter = gevent.spawn(consume)
+    wait_for(lambda: queue.waiting == 1, timeout=5)
+    events.append(("put", 1))
+    queue.put({"n": 1})
+    getter.join(timeout=5)
+    assert events == [("put", 1), ("got", 1)]
+
+
+@pytest.mark.timeout(10)
+def test_put_on_another_queue_object_of_the_same_directory_wakes_its_getter(tmp_path):
+    consumer, producer = FileQueue(tmp_path), FileQueue(tmp_path)
+    consumer.poll_interval = 3600.0
+    getter = gevent.spawn(consumer.get)
+    wait_for(lambda: consumer.waiting == 1, timeout=5)
+    producer.put({"n": 1})
+    assert getter.get(timeout=5)["n"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_watcher_wakes_a_blocked_get_from_another_thread(tmp_path):
+    queue = FileQueue(tmp_path)
+    callbacks = []
+    queue.attach_watcher(callbacks.append)
+    queue.poll_interval = 3600.0
+    getter = gevent.spawn(queue.get)
+    wait_for(lambda: queue.waiting == 1, timeout=5)
+    SpoolWriter(str(tmp_path), "elsewhere-1-1").write(b'{"n": 1}')  # no local wake
+    thread = gevent.get_hub().threadpool.spawn(callbacks[0])  # as inotify's thread would
+    thread.get(timeout=5)
+    assert getter.get(timeout=5)["n"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_get_times_out_with_empty_and_an_interrupted_get_loses_nothing(tmp_path):
+    queue = FileQueue(tmp_path)
+    with pytest.raises(Empty):
+        queue.get(timeout=0.01)
+    getter = gevent.spawn(queue.get)
+    wait_for(lambda: queue.waiting == 1, timeout=5)
+    getter.kill(timeout=5)
+    queue.put({"n": 1})
+    assert queue.get(timeout=5)["n"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_close_wakes_getters_and_gives_unhandled_claims_back(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch([{"n": 0}, {"n": 1}])  # claimed whole by the first get
+    queue.put_batch([{"n": 2}, {"n": 3}])
+    first, second = queue.get(block=False), queue.get(block=False)
+    third = queue.get(block=False)  # claims the second file; one message left in it
+    other = FileQueue(tmp_path)
+    other.poll_interval = 3600.0
+    outcome = []
+
+    def blocked_get():
+        try:
+            other.get()
+        except Closed:
+            outcome.append("closed")
+
+    blocked = gevent.spawn(blocked_get)
+    wait_for(lambda: other.waiting == 1, timeout=5)
+    other.close()
+    blocked.join(timeout=5)
+    assert outcome == ["closed"]
+    queue.close()
+    with pytest.raises(Closed):
+        queue.get(block=False)
+    with pytest.raises(Closed):
+        queue.put({"n": 9})
+    assert len(listing(tmp_path, "pending/" + queue.owner)) == 2  # messages in handlers
+    queue.done(first)
+    queue.failed(second, "x", None)
+    assert len(listing(tmp_path, "pending/" + queue.owner)) == 1
+    queue.done(third)
+    assert len(listing(tmp_path, "incoming")) == 1  # the unfinished batch, given back
+    assert [i["n"] for i in drain(FileQueue(tmp_path))] == [2, 3]  # at least once
+
+
+@pytest.mark.timeout(10)
+def test_done_with_an_output_queue_sends_the_message_on_with_its_id(tmp_path):
+    queue = FileQueue.from_piper_options(queue_in_dir=tmp_path / "in",
+                                         queue_out_dir=tmp_path / "out")
+    message_id = queue.put({"n": 1})
+    queue.put({"n": 2})
+    queue.put({"n": 3})
+    queue.done(queue.get(block=False))
+    queue.forward(queue.get(block=False), [{"m": "a"}, {"m": "b"}])
+    queue.forward(queue.get(block=False), None)  # filtered out
+    out = drain(FileQueue(tmp_path / "out"))
+    assert [(i.get("n"), i.get("m")) for i in out] == [(1, None), (None, "a"), (None, "b")]
+    assert out[0]["id"] == message_id
+    assert stats(str(tmp_path / "in"))["incoming"] == 0
+
+
+@pytest.mark.timeout(10)
+def test_output_back_pressure_blocks_the_handler_until_the_next_queue_drains(tmp_path):
+    queue = FileQueue.from_piper_options(queue_in_dir=tmp_path / "in",
+                                         queue_out_dir=tmp_path / "out",
+                                         queue_out_limit=2, queue_out_wait=0.01)
+    for n in range(3):
+        queue.put({"n": n})
+    queue.done(queue.get(block=False))
+    queue.done(queue.get(block=False))
+    third = queue.get(block=False)
+    forwarder = gevent.spawn(queue.done, third)
+    wait_for(lambda: stats(str(tmp_path / "in"))["pending"][queue.owner] == 1, timeout=5)
+    assert not forwarder.ready() and stats(str(tmp_path / "out"))["incoming"] == 2
+    next_queue = FileQueue(tmp_path / "out")
+    next_queue.done(next_queue.get(block=False))
+    forwarder.get(timeout=5)
+    assert stats(str(tmp_path / "out"))["incoming"] == 2
+    with pytest.raises(Full):
+        SpoolWriter(str(tmp_path / "out"), queue.owner).write(b"{}", limit=2, block=False)
+
+
+@pytest.mark.timeout(10)
+def test_piper_options_and_owner_labels_are_validated(tmp_path):
+    with pytest.raises(InvalidConfigurationException) as caught:
+        FileQueue.from_piper_options(queue_in_dir=tmp_path, queue_out_dir=tmp_path / "o",
+                                     queue_out_limit="lots")
+    assert caught.value.field == "queue_out_limit" and caught.value.value == "lots"
+    with pytest.raises(InvalidConfigurationException):
+        OutputQueue(tmp_path, wait=-1)
+    with pytest.raises(InvalidConfigurationException) as caught:
+        FileQueue(tmp_path, owner="a/b")
+    assert caught.value.field == "owner"
+    labelled = FileQueue(tmp_path, owner="worker-1")
+    assert labelled.owner.startswith("worker-1@") and labelled.owner.endswith(
+        "-%d-%s" % (os.getpid(), spool_names.process_start_time(os.getpid())))
+
+
+@pytest.mark.timeout(10)
+def test_stats_count_every_directory_and_the_oldest_age(tmp_path):
+    queue = FileQueue(tmp_path, fsync=True)
+    queue.put({"n": 0})
+    queue.put_batch([{"n": 1}, {"n": 2}])
+    queue.put({"n": 3})
+    queue.failed(queue.get(block=False), "x", None)
+    queue.get(block=False)
+    counts = queue.stats()
+    assert counts["incoming"] == 1 and counts["errors"] == 1 and counts["tmp"] == 0
+    assert counts["pending"] == {queue.owner: 1}
+    assert 0 <= counts["oldest_age"] < 60
+    assert queue.qsize() == 2  # one claimed message waiting + one file in incoming/
