@@ -37,9 +37,10 @@ class ClusterSQL:
 
     # -- DSNs -------------------------------------------------------------------------
 
-    def dsn_for(self, dbname="postgres", tcp=False, user=None, password=None):
-        """A libpq DSN string: the unix socket, or 127.0.0.1 when ``tcp``."""
-        parts = [("host", "127.0.0.1" if tcp else self.host), ("port", self.port),
+    def dsn_for(self, dbname="postgres", tcp=False, user=None, password=None, port=None):
+        """A libpq DSN string: the unix socket, or 127.0.0.1 when ``tcp``. ``port``
+        overrides the cluster's (e.g. a :class:`~supervisor.testing.FaultProxy` port)."""
+        parts = [("host", "127.0.0.1" if tcp else self.host), ("port", port or self.port),
                  ("dbname", dbname), ("user", user or SUPERUSER)]
         if password is not None:
             parts.append(("password", password))
