@@ -8,17 +8,18 @@ has one line per problem (``<file>: [section] key = <value>: <why>`` or
 resolved here and never appear in ``repr``, ``str``, ``to_dict()`` or error messages.
 
 Blocking file reads only (the config, password and token files): call at start-up or on
-reload from the main greenlet.
+reload from the main greenlet. DSNs are parsed by libpq through
+:func:`instances.connectors.parse_dsn`, the connector's own parser.
 """
 import dataclasses
 import difflib
 import logging
 import os
-import re
 import stat
 import sys
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from instances.connectors import parse_dsn
+from instances.dsn import format_dsn
 from instances.exceptions import InvalidConfigurationException
 from supervisor import logs, settings
 from supervisor.settings import BY_NAME, SECTIONS, SETTINGS
@@ -308,8 +309,9 @@ class _Loader:
         elif dsn is not None:
             try:
                 parsed = parse_dsn(dsn)
-            except ValueError as exc:
-                self.problem("database.dsn", "not a libpq connection string: %s" % exc)
+            except InvalidConfigurationException as exc:  # libpq's reason, redacted
+                why = str(exc).rpartition(" is invalid: ")[2]
+                self.problem("database.dsn", "not a libpq connection string: %s" % why)
             else:
                 if "password" in parsed and self.entries["database.dsn"].origin == "file":
                     self.warn("%s: [database] dsn: a password in the config file; prefer "
@@ -373,65 +375,6 @@ def _flatten(overrides):
                 yield "%s.%s" % (name, key), item
         else:
             yield name, value
-
-
-# -- libpq connection strings (pure; no psycopg2) ---------------------------------------------
-
-_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)")
-
-
-def parse_dsn(dsn):
-    """``"host=x port=5432"`` or ``postgresql://u:p@x:5432/db?k=v`` -> dict; ValueError."""
-    if dsn.startswith(("postgresql://", "postgres://")):
-        return _parse_uri(dsn)
-    params, pos = {}, 0
-    while dsn[pos:].strip():
-        match = _PAIR.match(dsn, pos)
-        if not match or (match.end() < len(dsn) and not dsn[match.end()].isspace()):
-            raise ValueError("expected key=value at character %d" % (pos + 1))
-        value = match.group(2)
-        value = value[1:-1] if value.startswith("'") else value
-        params[match.group(1)] = re.sub(r"\\(.)", r"\1", value)
-        pos = match.end()
-    return params
-
-
-def _parse_uri(dsn):
-    parts = urlsplit(dsn)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    params, hosts, ports = {}, [], []
-    user, colon, password = userinfo.partition(":")
-    if user:
-        params["user"] = unquote(user)
-    if colon:
-        params["password"] = unquote(password)
-    for item in filter(None, hostlist.split(",")):
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest[1:]
-        else:
-            host, _, port = item.partition(":")
-        hosts.append(unquote(host))
-        ports.append(port)
-    if any(hosts):
-        params["host"] = ",".join(hosts)
-    if any(ports):
-        params["port"] = ",".join(ports)
-    if parts.path.strip("/"):
-        params["dbname"] = unquote(parts.path[1:])
-    params.update(parse_qsl(parts.query, keep_blank_values=True))
-    return params
-
-
-def format_dsn(params):
-    """dict -> libpq ``key=value`` string, quoting values with spaces, quotes or backslashes."""
-    return " ".join("%s=%s" % (key, _quote(str(value))) for key, value in params.items())
-
-
-def _quote(value):
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'%s'" % value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def settings_help():
