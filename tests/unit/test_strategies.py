@@ -1,0 +1,162 @@
+"""Error translation and CommonErrorStrategy, fed with real psycopg2 exception objects and
+translated pgvisor errors (no database)."""
+import psycopg2
+import psycopg2.errors
+import pytest
+
+from instances.connectors import CONNECT_SQLSTATE_ATTR, translate_error
+from instances.exceptions import (
+    ConnectionLost,
+    DatabaseError,
+    FatalDatabaseError,
+    InvalidConfigurationException,
+    RoleChanged,
+)
+from instances.strategies import (
+    BACKOFF,
+    CONTINUE,
+    TERMINATE,
+    AbstractErrorStrategy,
+    CommonErrorStrategy,
+    Handling,
+)
+
+
+def sqlstate_error(code, message="boom"):
+    """A psycopg2 error of the class psycopg2 raises for ``code`` (its pgcode stays None:
+    psycopg2 only sets it from a server result, so the class must carry the SQLSTATE)."""
+    return psycopg2.errors.lookup(code)(message)
+
+
+def connect_error(code, message="FATAL:  boom"):
+    """An OperationalError as the connector's wait callback marks connect-time failures."""
+    exc = psycopg2.OperationalError(message)
+    setattr(exc, CONNECT_SQLSTATE_ATTR, code)
+    return exc
+
+
+CASES = [
+    # (id, error, translated class, sqlstate, action, (expected, hermes action))
+    ("admin_shutdown", sqlstate_error("57P01"), ConnectionLost, "57P01", "reconnect",
+     (True, BACKOFF)),
+    ("crash_shutdown", sqlstate_error("57P02"), ConnectionLost, "57P02", "reconnect",
+     (True, BACKOFF)),
+    ("cannot_connect_now", sqlstate_error("57P03"), ConnectionLost, "57P03", "reconnect",
+     (True, BACKOFF)),
+    ("connection_failure", sqlstate_error("08006"), ConnectionLost, "08006", "reconnect",
+     (True, BACKOFF)),
+    ("protocol_violation", sqlstate_error("08P01"), ConnectionLost, "08P01", "reconnect",
+     (True, BACKOFF)),
+    ("server_closed_no_pgcode", psycopg2.OperationalError("server closed the connection"),
+     ConnectionLost, None, "reconnect", (True, BACKOFF)),
+    ("connection_already_closed", psycopg2.InterfaceError("connection already closed"),
+     ConnectionLost, None, "reconnect", (True, BACKOFF)),
+    ("starting_up_at_connect", connect_error("57P03"), ConnectionLost, "57P03", "reconnect",
+     (True, BACKOFF)),
+    ("too_many_clients_at_connect", connect_error("53300"), ConnectionLost, "53300",
+     "reconnect", (True, BACKOFF)),
+    ("read_only_transaction", sqlstate_error("25006"), RoleChanged, "25006", "role_changed",
+     (True, TERMINATE)),
+    ("wrong_password", connect_error("28P01"), FatalDatabaseError, "28P01", "fatal",
+     (False, TERMINATE)),
+    ("no_hba_entry", connect_error("28000"), FatalDatabaseError, "28000", "fatal",
+     (False, TERMINATE)),
+    ("unknown_database", connect_error("3D000"), FatalDatabaseError, "3D000", "fatal",
+     (False, TERMINATE)),
+    ("no_connect_privilege", connect_error("42501"), FatalDatabaseError, "42501", "fatal",
+     (False, TERMINATE)),
+    ("auth_class_at_query_time", sqlstate_error("28P01"), FatalDatabaseError, "28P01",
+     "fatal", (False, TERMINATE)),
+    ("database_dropped", sqlstate_error("57P04"), FatalDatabaseError, "57P04", "fatal",
+     (False, TERMINATE)),
+    ("syntax_error", sqlstate_error("42601"), DatabaseError, "42601", "retry",
+     (True, BACKOFF)),
+    ("privilege_at_query_time", sqlstate_error("42501"), DatabaseError, "42501", "retry",
+     (True, BACKOFF)),
+    ("unique_violation", sqlstate_error("23505"), DatabaseError, "23505", "retry",
+     (True, BACKOFF)),
+    ("translated_connection_lost", ConnectionLost("gone", "57P01"), ConnectionLost, "57P01",
+     "reconnect", (True, BACKOFF)),
+    ("translated_role_changed", RoleChanged("ro", "25006"), RoleChanged, "25006",
+     "role_changed", (True, TERMINATE)),
+    ("translated_fatal", FatalDatabaseError("auth"), FatalDatabaseError, None, "fatal",
+     (False, TERMINATE)),
+]
+
+
+@pytest.mark.parametrize("error, cls, sqlstate", [c[1:4] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_translate_error_classifies_by_sqlstate_and_class(error, cls, sqlstate):
+    translated = translate_error(error)
+    assert type(translated) is cls
+    assert translated.sqlstate == sqlstate
+
+
+@pytest.mark.parametrize("error, action, handling", [(c[1], c[4], c[5]) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_common_strategy_maps_each_class_to_its_action(error, action, handling):
+    strategy = CommonErrorStrategy()
+    assert strategy.action(error) == action
+    result = strategy.handle_exception(error)
+    assert result == handling
+    expected, hermes_action = result  # unpacks like hermes' 2-tuple
+    assert (result.name, result.expected, result.action) == (action, expected, hermes_action)
+
+
+def test_classification_ignores_the_message_text():
+    # hermes matched (misspelled) English words; the text must make no difference here.
+    lying = sqlstate_error("42601", "server terminated abnormally: libpq connection lost")
+    assert CommonErrorStrategy().action(lying) == "retry"
+    lying = sqlstate_error("57P01", "syntax error at or near SELECT")
+    assert CommonErrorStrategy().action(lying) == "reconnect"
+
+
+def test_invalid_dsn_is_fatal_only_when_connecting():
+    error = psycopg2.ProgrammingError('invalid dsn: invalid connection option "foo"')
+    assert type(translate_error(error, connecting=True)) is FatalDatabaseError
+    assert type(translate_error(error)) is DatabaseError
+
+
+def test_any_server_error_while_connecting_is_fatal_unless_unavailability():
+    assert type(translate_error(sqlstate_error("0A000"), connecting=True)) is FatalDatabaseError
+    assert type(translate_error(sqlstate_error("08001"), connecting=True)) is ConnectionLost
+
+
+@pytest.mark.parametrize("error", [ValueError("bad"), KeyError("k"), RuntimeError("x"),
+                                   InvalidConfigurationException("bad", "f", "v")])
+def test_other_exceptions_die_unexpectedly(error):
+    strategy = CommonErrorStrategy()
+    assert strategy.action(error) == "die"
+    result = strategy.handle_exception(error)
+    assert result == (False, TERMINATE)
+    assert type(error).__name__ in result.message
+
+
+def test_messages_say_what_happened_and_keep_the_sqlstate():
+    strategy = CommonErrorStrategy()
+    assert "role changed" in strategy.handle_exception(sqlstate_error("25006")).message
+    fatal = strategy.handle_exception(connect_error("28P01", "FATAL:  28P01: password ..."))
+    assert "fatal" in fatal.message and "28P01" in fatal.message
+
+
+def test_translation_redacts_given_secrets():
+    error = psycopg2.ProgrammingError('invalid dsn: missing "=" after "hunter2"')
+    translated = translate_error(error, connecting=True, secrets=["hunter2"])
+    assert "hunter2" not in str(translated) and "***" in str(translated)
+
+
+def test_translate_error_never_raises_on_odd_input():
+    class Weird(Exception):
+        def __str__(self):
+            return ""
+
+    assert isinstance(translate_error(Weird()), DatabaseError)
+    assert type(translate_error(OSError(9, "bad fd"))) is ConnectionLost
+
+
+def test_hermes_constants_and_abstract_strategy():
+    assert (CONTINUE, BACKOFF, TERMINATE) == (1, 2, 3)
+    with pytest.raises(NotImplementedError):
+        AbstractErrorStrategy().handle_exception(ValueError())
+    handling = Handling(True, BACKOFF, "retry", "m")
+    assert handling == (True, BACKOFF) and handling.message == "m"
