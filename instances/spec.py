@@ -140,6 +140,25 @@ def import_handler(handler):
     return target
 
 
+def _check_path(field, value, required):
+    if (value is not None or required) and not (isinstance(value, str) and value):
+        raise _problem(field, value, "must be a directory path" + (
+            " (required)" if required else " or null"))
+    return value
+
+
+_QUEUE_CHECKS = {
+    "spool": lambda v: _check_path("queue.spool", v, required=True),
+    "fsync": lambda v: _check_bool("queue.fsync", v),
+    "max_attempts": lambda v: _check_int("queue.max_attempts", v, 1),
+    "queue_out_dir": lambda v: _check_path("queue.queue_out_dir", v, required=False),
+    "queue_out_limit": lambda v: _check_int("queue.queue_out_limit", v, 1),
+    "queue_out_wait": lambda v: _check_seconds("queue.queue_out_wait", v),
+    "mode": lambda v: _check_mode(v),
+    "batch": lambda v: _check_bool("queue.batch", v),
+}
+
+
 def _check_queue(value):
     if value is None:
         return None
@@ -149,19 +168,14 @@ def _check_queue(value):
     if unknown:
         raise _problem("queue", value, "unknown option(s) %s (known: %s)" % (
             ", ".join(map(repr, unknown)), ", ".join(QUEUE_DEFAULTS)))
-    queue = {**QUEUE_DEFAULTS, **value}
-    if not isinstance(queue["spool"], str) or not queue["spool"]:
-        raise _problem("queue.spool", queue["spool"], "must be a directory path (required)")
-    if queue["queue_out_dir"] is not None and not (
-            isinstance(queue["queue_out_dir"], str) and queue["queue_out_dir"]):
-        raise _problem("queue.queue_out_dir", queue["queue_out_dir"],
-                       "must be a directory path or null")
-    for key in ("fsync", "batch"):
-        _check_bool("queue." + key, queue[key])
-    _check_int("queue.max_attempts", queue["max_attempts"], 1)
-    _check_int("queue.queue_out_limit", queue["queue_out_limit"], 1)
-    queue["queue_out_wait"] = _check_seconds("queue.queue_out_wait", queue["queue_out_wait"])
-    queue["mode"] = _check_mode(queue["mode"])
+    queue, problems = {**QUEUE_DEFAULTS, **value}, []
+    for key, check in _QUEUE_CHECKS.items():
+        try:
+            queue[key] = check(queue[key])
+        except InvalidConfigurationException as exc:
+            problems.append(exc)
+    if problems:
+        raise combine(problems, "queue")
     return types.MappingProxyType(queue)
 
 
@@ -251,7 +265,7 @@ def validate(values, resolve_handler=True):
             try:
                 normalized[field] = check(values[field])
             except InvalidConfigurationException as exc:
-                problems.append(exc)
+                problems.extend(getattr(exc, "problems", [exc]))
                 normalized.pop(field)
     if resolve_handler and "handler" in normalized:
         try:

@@ -213,7 +213,7 @@ def test_queue_gets_defaults_and_round_trips():
     ({"spool": "/q", "max_attempts": 0}, "queue.max_attempts", "integer >= 1"),
     ({"spool": "/q", "queue_out_limit": 0}, "queue.queue_out_limit", "integer >= 1"),
     ({"spool": "/q", "queue_out_wait": 0}, "queue.queue_out_wait", "seconds > 0"),
-    ({"spool": "/q", "queue_out_dir": 3}, "queue.queue_out_dir", "directory path or null"),
+    ({"spool": "/q", "queue_out_dir": ""}, "queue.queue_out_dir", "directory path or null"),
     ({"spool": "/q", "mode": "rwx"}, "queue.mode", "permissions such as '0o700'"),
     ({"spool": "/q", "mode": 0o10000}, "queue.mode", "permissions"),
 ])
@@ -286,3 +286,10 @@ def test_equal_specs_hash_equal_and_pickle():
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != spec(max_concurrency=2)
     assert pickle.loads(pickle.dumps(a)) == a
+
+
+def test_every_queue_problem_is_reported():
+    error = error_of(queue={"spool": 3, "fsync": "no", "max_attempts": 0})
+    assert [p.field for p in error.problems] == ["queue.spool", "queue.fsync",
+                                                 "queue.max_attempts"]
+    assert str(error).splitlines()[0] == "3 problems in instance 'river':"
