@@ -30,7 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 log = logging.getLogger(__name__)
-_SECRET_HINT = ("pass", "token", "secret")
+_SECRET_HINT = ("pass", "pwd", "token", "secret")
 
 
 class _Section:
@@ -220,8 +220,10 @@ class _Loader:
         name = "%s.%s" % (section, settings.ALIASES.get((section, key), key))
         if name not in BY_NAME:
             hint = _suggest(key, settings.keys_of(section), "%s")
-            shown = logs.MASK if any(h in key.lower() for h in _SECRET_HINT) else \
-                logs.redact(settings.render(value))
+            near_secret = any(s.secret and s.key in hint for s in SETTINGS
+                              if s.section == section)
+            shown = logs.MASK if near_secret or any(h in key.lower() for h in _SECRET_HINT) \
+                else logs.redact(settings.render(value))
             self.unknown("[%s] %s = %s: unknown key%s" % (section, key, shown, hint), name)
             return
         entry = _Entry(value, "file", value)
