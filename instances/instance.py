@@ -1,0 +1,220 @@
+"""The :class:`Instance`: the runtime of one :class:`~instances.spec.InstanceSpec`.
+
+An instance is one listener + its queue + a pool of processors calling the handler::
+
+    Postgres NOTIFY -> listener (own connection) -> queue -> processors -> handler(n)
+
+The queue belongs to the Instance object, not to its parts: what is queued survives a
+restart of the instance inside the same process (and, with a spool, a crash of it).
+
+Lifecycle::
+
+    new --start()--> alive --stop()--> ended "normal"
+                       |  \\--kill()--> ended "abnormal" (as a crash would)
+                       \\--a part ends by itself--> the other part is killed,
+                                                  ended "abnormal" (or "normal")
+    every end calls on_death(instance) once, unless it was asked for by stop()
+
+Concurrency: every method is for greenlets of the hub's thread; ``on_death`` and
+``on_connection_lost`` are called in the hub and MUST NOT block or raise.
+"""
+import logging
+import time
+
+import gevent
+
+from instances.listeners import PostgresNotificationListener
+from instances.processors import ProcessorPool
+from instances.queues import MemoryQueue
+
+log = logging.getLogger(__name__)
+
+#: Spec fields an alive instance can take without a restart.
+LIVE_FIELDS = frozenset(("channels", "min_concurrency", "max_concurrency", "enabled",
+                         "restart", "run_on", "restart_max_rate", "handler_timeout"))
+
+
+def make_queue(spec):
+    """The queue an instance of ``spec`` uses: a MemoryQueue, or a FileQueue spool."""
+    if spec.queue is None:
+        return MemoryQueue(spec.queue_size)
+    from instances.spool import FileQueue  # the spool is optional weight
+    options = dict(spec.queue)
+    return FileQueue(options.pop("spool"), **_spool_options(options))
+
+
+def _spool_options(options):
+    return {key: value for key, value in options.items()
+            if key in ("fsync", "mode", "max_attempts", "queue_out_dir", "queue_out_limit",
+                       "queue_out_wait")}
+
+
+class Instance:
+    """The running form of ``spec``: start, stop, kill, apply live changes, report health.
+
+    ``dsn`` is used unless the spec overrides it. ``on_death(instance)`` is told about
+    every end not asked for by :meth:`stop`; ``on_connection_lost(instance, error)`` about
+    every lost database connection (the instance keeps reconnecting by itself).
+    """
+
+    def __init__(self, spec, dsn, on_death=None, on_connection_lost=None, queue=None):
+        self.spec = spec
+        self.dsn = spec.dsn if spec.dsn is not None else dsn
+        self.on_death = on_death
+        self.on_connection_lost = on_connection_lost
+        self.queue = queue if queue is not None else make_queue(spec)
+        self.listener = None
+        self.pool = None
+        #: None while alive or never started; "normal" or "abnormal" after an end.
+        self.exit = None
+        #: The exception that ended the instance, if any.
+        self.exception = None
+        self.started_at = None
+        self.ended_at = None
+        self._stopping = False
+        self._handler = spec.resolve_handler()
+
+    @property
+    def name(self):
+        return self.spec.name
+
+    @property
+    def alive(self):
+        return bool(self.listener and self.listener.is_alive() and self.pool
+                    and self.pool.alive)
+
+    @property
+    def connected(self):
+        return bool(self.listener and self.listener.connected)
+
+    def start(self):
+        """Start listener and processors; returns at once (connecting happens in the
+        listener's greenlet). No-op while alive."""
+        if self.alive:
+            return self
+        self.exit = self.exception = None
+        self._stopping = False
+        spec = self.spec
+        self.pool = ProcessorPool(self.queue, self._handler, spec.min_concurrency,
+                                  spec.max_concurrency, spec.handler_timeout, spec.name)
+        self.listener = PostgresNotificationListener(
+            self.dsn, spec.channels, self.queue, name=spec.name,
+            on_connection_lost=self._connection_lost)
+        self.pool.link(self._part_ended)
+        self.listener.link(self._part_ended)
+        self.started_at, self.ended_at = time.time(), None
+        self.pool.start()
+        self.listener.start()
+        log.info("instance %s started", spec.name,
+                 extra={"action": "instance.start", "instance": spec.name})
+        return self
+
+    def stop(self, timeout=10.0):
+        """Stop listening, let the processors finish their current item, then end them.
+
+        Blocks the caller up to about ``timeout`` seconds; items not started stay queued.
+        Returns True when everything ended cleanly. on_death is not called.
+        """
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        clean = True
+        if self.listener is not None:
+            clean = self.listener.stop(timeout) and clean
+        if self.pool is not None:
+            clean = self.pool.stop(max(0.1, deadline - time.monotonic())) and clean
+        self._ended("normal" if clean else "abnormal", None)
+        log.info("instance %s stopped%s", self.name, "" if clean else " (killed)",
+                 extra={"action": "instance.stop", "instance": self.name})
+        return clean
+
+    def kill(self):
+        """Kill listener and processors where they are, as a crash would (exit abnormal).
+
+        Returns at once; on_death follows from the hub."""
+        for part in (self.listener, self.pool):
+            if part is not None:
+                part.kill(block=False)
+
+    def apply(self, spec):
+        """Take ``spec`` live: channels and concurrency change without a restart.
+
+        Fields outside :data:`LIVE_FIELDS` need a new Instance; raises ValueError for them.
+        """
+        changed = {f for f in spec.to_dict() if getattr(spec, f) != getattr(self.spec, f)}
+        if changed - LIVE_FIELDS:
+            raise ValueError("fields %s need a restart" % ", ".join(sorted(changed - LIVE_FIELDS)))
+        self.spec = spec
+        if self.listener is not None and "channels" in changed:
+            self.listener.set_channels(spec.channels)
+        if self.pool is not None:
+            if changed & {"min_concurrency", "max_concurrency"}:
+                self.pool.resize(spec.min_concurrency, spec.max_concurrency)
+            self.pool.handler_timeout = spec.handler_timeout
+        return changed
+
+    def heartbeat_age(self):
+        """Seconds since the least recent progress of listener or processors.
+
+        A processor pool whose oldest handler runs past its timeout counts as hung too."""
+        if not self.alive:
+            return None
+        now = time.monotonic()
+        ages = [self.listener.heartbeat_age() or 0.0]
+        pool_beat = self.pool.heartbeat
+        if pool_beat is not None:
+            ages.append(now - pool_beat)
+        return max(ages)
+
+    def health(self):
+        """A dict for status pages: connected, heartbeat age, backlog, counters, last error."""
+        listener, pool = self.listener, self.pool
+        pool_stats = pool.stats() if pool is not None else {}
+        last_error = (listener.last_error if listener is not None else None) or (
+            pool.last_error if pool is not None else None) or self.exception
+        return {
+            "alive": self.alive, "connected": self.connected, "exit": self.exit,
+            "heartbeat_age": self.heartbeat_age(),
+            "backlog": self.queue.qsize(),
+            "received": listener.received if listener else 0,
+            "catch_ups": listener.catch_ups if listener else 0,
+            "reconnects": listener.reconnects if listener else 0,
+            "processed": pool_stats.get("processed", 0),
+            "failed": pool_stats.get("failed", 0),
+            "timed_out": pool_stats.get("timed_out", 0),
+            "concurrency": pool_stats.get("size", 0),
+            "last_error": None if last_error is None else str(last_error),
+        }
+
+    # -- internals (hub callbacks) --------------------------------------------------------
+    def _connection_lost(self, listener, error, was_connected):
+        if self.on_connection_lost is not None and not self._stopping:
+            try:
+                self.on_connection_lost(self, error)
+            except Exception:
+                log.exception("instance %s: on_connection_lost failed", self.name,
+                              extra={"action": "instance.callback_error", "instance": self.name})
+
+    def _part_ended(self, part):
+        if self._stopping or self.exit is not None:
+            return
+        other = self.pool if part is self.listener else self.listener
+        exit = part.exit or "abnormal"
+        self._ended(exit, part.exception)
+        if other is not None:
+            gevent.spawn(other.kill, block=False)
+        log.warning("instance %s ended (%s): %s", self.name, exit, part.exception,
+                    extra={"action": "instance.died", "instance": self.name})
+        if self.on_death is not None:
+            try:
+                self.on_death(self)
+            except Exception:
+                log.exception("instance %s: on_death failed", self.name,
+                              extra={"action": "instance.callback_error", "instance": self.name})
+
+    def _ended(self, exit, exception):
+        if self.exit is None:
+            self.exit, self.exception, self.ended_at = exit, exception, time.time()
+
+    def __repr__(self):
+        state = "alive" if self.alive else (self.exit or "new")
+        return "<Instance %s %s>" % (self.name, state)

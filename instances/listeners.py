@@ -1,0 +1,220 @@
+"""The :class:`PostgresNotificationListener`: LISTEN on channels, hand notifications on.
+
+The listener is a :class:`~instances.components.Component` with its own connection (never
+shared with another greenlet). One iteration of its loop::
+
+    pre_execute   wait until the socket is readable, a change is asked for, or the
+                  connection has been silent for ``ping_interval`` (then: a round trip
+                  with a deadline of ``ping_timeout``: a half-open TCP connection behind a
+                  dead peer never becomes readable, so silence alone proves nothing)
+    execute       poll() and drain the server's notifications (order kept)
+    post_execute  put each as a Notification into the queue; a full queue blocks the
+                  listener, which stops reading: back-pressure reaches the server, and
+                  nothing is ever dropped
+
+After every successful (re)LISTEN one ``catch_up`` notification is put before live ones:
+NOTIFY is not durable, whatever was sent while nobody listened is gone, and the handler
+re-reads its tables. A lost connection is retried with the component's backoff; the
+``on_connection_lost`` callback tells the owner at once (the supervisor checks the database).
+
+Concurrency: everything but :meth:`set_channels`, :attr:`connected` and the counters runs
+in the listener's own greenlet. :meth:`set_channels` may be called from any greenlet of
+the hub thread; the listener applies the change itself, between two iterations.
+"""
+import logging
+import time
+
+import gevent
+from gevent.hub import Waiter
+
+from instances.components import Component
+from instances.connectors import PostgresConnector
+from instances.exceptions import ConnectionLost, DatabaseError
+from instances.notification import Notification
+from instances.queues import Full
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = object()
+_WAKE = object()
+
+
+class PostgresNotificationListener(Component):
+    """LISTEN on ``channels`` with a connection of its own; put notifications into ``queue``.
+
+    ``dsn`` is a libpq string or hermes dict (or a ready :class:`PostgresConnector`, as
+    hermes took one); ``name`` becomes the ``application_name``.
+    """
+
+    #: Seconds of silence on the connection before a liveness round trip.
+    ping_interval = 2.0
+    #: Seconds a liveness round trip may take before the connection counts as dead.
+    #: With the defaults a silently dead peer is noticed within 2 + 5 = 7 seconds.
+    ping_timeout = 5.0
+    #: Seconds a blocked put waits before beating the heartbeat and trying again.
+    put_beat = 1.0
+
+    def __init__(self, dsn, channels, queue, name="listener", error_strategy=None,
+                 backoff=None, on_connection_lost=None):
+        super().__init__(name=name, error_strategy=error_strategy, backoff=backoff)
+        if isinstance(dsn, PostgresConnector):
+            self.connector = dsn
+        else:
+            self.connector = PostgresConnector(dsn, application_name=name)
+        self.queue = queue
+        self.channels = tuple(channels)
+        self.on_connection_lost = on_connection_lost
+        #: True between a successful LISTEN and the loss of the connection.
+        self.connected = False
+        #: The last database error (translated), or None.
+        self.last_error = None
+        self.received = 0
+        self.catch_ups = 0
+        self.reconnects = 0
+        self._listening = ()
+        self._waiter = None
+        self._io = None
+        self._sessions = 0
+
+    # -- owner API ------------------------------------------------------------------------
+    def set_channels(self, channels):
+        """Ask the listener to LISTEN/UNLISTEN so it listens on exactly ``channels``.
+
+        Returns at once; the listener's greenlet applies the change before its next read,
+        so notifications on channels kept are never dropped. Safe from any greenlet.
+        """
+        self.channels = tuple(channels)
+        self._wake()
+
+    def _wake(self):
+        waiter = self._waiter
+        if waiter is not None:
+            gevent.get_hub().loop.run_callback(self._switch_if_waiting, waiter)
+
+    def _switch_if_waiting(self, waiter):
+        if self._waiter is waiter:
+            self._waiter = None
+            waiter.switch(_WAKE)
+
+    # -- lifecycle hooks (listener's greenlet) --------------------------------------------
+    def set_up(self):
+        try:
+            self.connector.disconnect()
+            self.connector.listen(self.channels)
+        except DatabaseError as error:
+            self._lost(error)
+            raise
+        self._listening = self.channels
+        self._io = gevent.get_hub().loop.io(self.connector.fileno(), 1)
+        if self._sessions:
+            self.reconnects += 1
+        self._sessions += 1
+        self.connected = True
+        self.last_error = None
+        log.info("%s listening on %s", self.name, ", ".join(self.channels),
+                 extra={"action": "listener.listen", "instance": self.name})
+        self._put(Notification(None, "", Notification.CATCH_UP, 0, time.time()))
+        self.catch_ups += 1
+
+    def pre_execute(self):
+        if self._listening != self.channels:
+            self._apply_channels()
+        with self.interruptible():
+            outcome = self._wait_readable()
+        if outcome is _TIMEOUT:
+            self._ping()
+        return outcome
+
+    def execute(self, pre_exec_value):
+        try:
+            return self.connector.poll_notifies()
+        except DatabaseError as error:
+            self._lost(error)
+            raise
+
+    def post_execute(self, exec_value):
+        if not exec_value:
+            return
+        now = time.time()
+        put = self.queue.put
+        for pid, channel, payload in exec_value:
+            notification = Notification(channel, payload, "notify", pid, now)
+            try:
+                put(notification, True, self.put_beat)
+            except Full:
+                self._put(notification)
+        self.received += len(exec_value)
+
+    def tear_down(self):
+        self.connected = False
+        self._listening = ()
+        if self._io is not None:
+            self._io.close()
+            self._io = None
+        self.connector.disconnect()
+
+    # -- helpers (listener's greenlet) -----------------------------------------------------
+    def _put(self, notification):
+        """Put, beating the heartbeat while the queue stays full (back-pressure, not a hang)."""
+        while True:
+            try:
+                self.queue.put(notification, True, self.put_beat)
+                return
+            except Full:
+                self.beat()
+
+    def _wait_readable(self):
+        """Block until readable (None), a change is asked for (_WAKE) or silence (_TIMEOUT)."""
+        waiter = self._waiter = Waiter()
+        io = self._io
+        timer = gevent.get_hub().loop.timer(self.ping_interval)
+        io.start(waiter.switch, None)
+        timer.start(waiter.switch, _TIMEOUT)
+        try:
+            return waiter.get()
+        finally:
+            self._waiter = None
+            io.stop()
+            timer.close()
+
+    def _ping(self):
+        """A round trip within ping_timeout, or the connection counts as lost."""
+        try:
+            with gevent.Timeout(self.ping_timeout, ConnectionLost(
+                    "no answer from the server within %.1f s (half-open connection?)"
+                    % self.ping_timeout)):
+                self.connector.execute("SELECT 1")
+        except DatabaseError as error:
+            self._lost(error)
+            raise
+        self.beat()
+
+    def _apply_channels(self):
+        wanted, current = self.channels, self._listening
+        added = [c for c in wanted if c not in current]
+        removed = [c for c in current if c not in wanted]
+        try:
+            self.connector.unlisten(removed)
+            self.connector.listen(added)
+        except DatabaseError as error:
+            self._lost(error)
+            raise
+        self._listening = wanted
+        log.info("%s channels now %s (added %s, removed %s)", self.name, ", ".join(wanted),
+                 added or "-", removed or "-",
+                 extra={"action": "listener.channels", "instance": self.name})
+
+    def _lost(self, error):
+        """Record a database error; tell the owner when the connection is gone."""
+        self.last_error = error
+        was_connected, self.connected = self.connected, False
+        if isinstance(error, ConnectionLost):
+            # Drop the socket now: after a ping timeout it may be mid-protocol.
+            self.connector.disconnect()
+            if self.on_connection_lost is not None:
+                try:
+                    self.on_connection_lost(self, error, was_connected)
+                except Exception:
+                    log.exception("%s: on_connection_lost callback failed", self.name,
+                                  extra={"action": "listener.callback_error",
+                                         "instance": self.name})
