@@ -8,19 +8,7 @@ import pytest
 
 from instances.backoff import Backoff
 from instances.components import Component, ComponentKilled
-
-try:
-    from supervisor.testing import wait_for
-except ImportError:  # the testing kit lands separately
-    def wait_for(predicate, timeout=10.0, interval=0.01, message=None):
-        deadline = gevent.get_hub().loop.now() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if gevent.get_hub().loop.now() > deadline:
-                raise AssertionError(message or "condition not met within %ss" % timeout)
-            gevent.sleep(interval)
+from supervisor.testing import wait_for
 
 
 class FakeStrategy:

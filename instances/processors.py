@@ -1,0 +1,383 @@
+"""The :class:`ProcessorPool`: greenlets calling the handler for each queued notification.
+
+One pool consumes one queue (see :mod:`instances.queues`) with between ``min_concurrency``
+and ``max_concurrency`` worker greenlets, plus one manager greenlet that autoscales and
+enforces ``handler_timeout``::
+
+    queue.get() --> handler(item) --+-- returns ----------> queue.done(item)     processed
+                                    +-- raises -----------> queue.failed(...)    failed
+                                    +-- overruns timeout -> killed, failed(...)  timed_out
+
+Autoscale (cyme's): the manager adds one worker every ``scale_interval`` while the backlog
+(``queue.qsize()``) exceeds the number of workers and all of them are busy, up to max; a
+worker above min that waited ``idle_timeout`` for an item exits.
+
+Ordering: with ``max_concurrency == 1`` one worker handles items strictly in queue order,
+one at a time. With more, items start in queue order but run concurrently and may finish
+in any order, including two notifications of the same channel.
+
+Handler timeouts cost nothing per item: the manager sleeps until the earliest deadline of
+a running handler and throws :class:`HandlerTimeout` into that worker only if it is still
+on the same item. A handler that never yields to the hub cannot be interrupted (nor could
+gevent.Timeout); ``busy_since`` exposes it.
+
+Concurrency: every method is for greenlets of the hub's thread; ``stop`` and ``kill``
+block the caller (not the hub). Link callbacks run in the hub and MUST NOT block or raise.
+"""
+import logging
+import time
+import traceback
+
+import gevent
+import gevent.event
+from gevent import GreenletExit, getcurrent
+
+from instances.components import ComponentKilled, interrupt_if
+from instances.exceptions import InvalidConfigurationException
+from instances.queues import Closed, Empty
+
+log = logging.getLogger(__name__)
+
+
+class HandlerTimeout(BaseException):
+    """Thrown into a handler that overran ``handler_timeout`` (BaseException, like
+    gevent.Timeout, so a handler's ``except Exception`` does not swallow it)."""
+
+
+class _Stop(GreenletExit):
+    """Private: thrown by stop() into a worker waiting for an item."""
+
+
+class _Worker:
+    __slots__ = ("greenlet", "idle", "busy_since", "stopping", "timeout_sent")
+
+    def __init__(self):
+        self.greenlet = None
+        self.idle = False
+        self.busy_since = None  # time.monotonic() the current item started, None if idle
+        self.stopping = False
+        self.timeout_sent = None  # the busy_since we already threw HandlerTimeout for
+
+
+class ProcessorPool:
+    """Worker greenlets running ``handler(item)`` for items of ``queue``."""
+
+    #: Seconds a worker above min_concurrency waits for an item before it exits.
+    idle_timeout = 5.0
+    #: Seconds between autoscale checks while the pool may still grow.
+    scale_interval = 0.25
+    #: Seconds stop() waits for running handlers before it kills them.
+    stop_timeout = 10.0
+
+    def __init__(self, queue, handler, min_concurrency=1, max_concurrency=1,
+                 handler_timeout=60.0, name=""):
+        self.queue = queue
+        self.handler = handler
+        self.name = name
+        self._check_concurrency(min_concurrency, max_concurrency)
+        self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
+        if handler_timeout is not None and not handler_timeout > 0:
+            raise InvalidConfigurationException(
+                "handler_timeout must be > 0 seconds or None, got %r" % (handler_timeout,),
+                "handler_timeout", handler_timeout)
+        self.handler_timeout = handler_timeout
+        self.processed = self.failed = self.timed_out = 0
+        #: repr() of the last handler error or timeout, None if none yet.
+        self.last_error = None
+        #: None while running or never started; "normal" or "abnormal" after the end.
+        self.exit = None
+        self.exception = None
+        self._workers = {}  # greenlet -> _Worker
+        self._manager = None
+        self._wake_manager = gevent.event.Event()
+        self._running = False
+        self._ending = None  # None | "stop" | "kill"
+        self._links = []
+
+    @staticmethod
+    def _check_concurrency(low, high):
+        for field, value in (("min_concurrency", low), ("max_concurrency", high)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidConfigurationException(
+                    "%s must be an integer >= 1, got %r" % (field, value), field, value)
+        if low > high:
+            raise InvalidConfigurationException(
+                "min_concurrency %r exceeds max_concurrency %r" % (low, high),
+                "min_concurrency", low)
+
+    # -- owner API ---------------------------------------------------------------------
+    @property
+    def alive(self):
+        return self._running
+
+    @property
+    def size(self):
+        """Worker greenlets alive now (including ones finishing before they exit)."""
+        return len(self._workers)
+
+    def start(self):
+        """Spawn min_concurrency workers and the manager; no-op while alive. Returns self."""
+        if self._running:
+            return self
+        self._running, self._ending = True, None
+        self.exit = self.exception = None
+        self._workers = {}
+        for _ in range(self.min_concurrency):
+            self._spawn_worker()
+        self._manager = gevent.spawn(self._manage)
+        return self
+
+    def stop(self, timeout=None):
+        """Let running handlers finish, then end; after ``timeout`` seconds kill them.
+
+        Idle workers are interrupted at once; items not started stay in the queue. Blocks
+        the caller. Returns True when every worker ended by itself.
+        """
+        if not self._running:
+            return self.exit != "abnormal"
+        if self._ending is None:
+            self._ending = "stop"
+        workers = list(self._workers.values())
+        for worker in workers:
+            self._retire(worker)
+        if any(w.greenlet is getcurrent() for w in workers):
+            return True  # called from a handler: asked, cannot wait for ourselves
+        timeout = self.stop_timeout if timeout is None else timeout
+        gevent.joinall([w.greenlet for w in workers], timeout=timeout)
+        stuck = [w.greenlet for w in workers if not w.greenlet.dead]
+        if stuck:
+            log.warning("pool %s: %d handler(s) still running after %.1fs: killing them",
+                        self.name, len(stuck), timeout,
+                        extra={"action": "pool.stop_timeout", "instance": self.name})
+            self._ending = "kill"
+            self.exception = ComponentKilled("handlers killed at stop")
+            gevent.killall(stuck, ComponentKilled, block=True, timeout=timeout)
+        if self._running:  # a worker that ignored the kill: give up on it
+            self._finish("abnormal" if stuck else "normal", self.exception)
+        return not stuck and self.exit == "normal"
+
+    def kill(self, block=True, timeout=None):
+        """End the pool as a crash would: workers die where they are (exit "abnormal").
+
+        The items being handled are lost to a memory queue (a spool keeps them pending).
+        """
+        if not self._running:
+            return
+        self._ending = "kill"
+        self.exception = self.exception or ComponentKilled("pool %s killed" % self.name)
+        glets = list(self._workers)
+        for glet in glets:
+            self._workers[glet].stopping = True
+        gevent.killall(glets, ComponentKilled, block=block, timeout=timeout)
+        for glet in glets:  # one killed before it ever ran has no finally to remove it
+            if glet.dead:
+                self._workers.pop(glet, None)
+        if not self._workers and self._running:
+            self._finish("abnormal", self.exception)
+
+    def join(self, timeout=None):
+        """Block until every worker has ended or ``timeout``; True if the pool ended."""
+        gevent.joinall(list(self._workers), timeout=timeout)
+        return not self._running
+
+    def resize(self, min_concurrency, max_concurrency):
+        """Change the bounds live: spawn up to the new min; retire workers above the new
+        max (idle ones at once, busy ones after their current item)."""
+        self._check_concurrency(min_concurrency, max_concurrency)
+        self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
+        if not self._running or self._ending:
+            return
+        self._wake_manager.set()
+        while self._active() < min_concurrency:
+            self._spawn_worker()
+        surplus = self._active() - max_concurrency
+        for worker in sorted(self._workers.values(), key=lambda w: not w.idle):
+            if surplus <= 0:
+                break
+            if not worker.stopping:
+                self._retire(worker)
+                surplus -= 1
+
+    def link(self, callback):
+        """Call ``callback(pool)`` in the hub whenever the pool ends. MUST NOT block/raise."""
+        self._links.append(callback)
+
+    def unlink(self, callback):
+        if callback in self._links:
+            self._links.remove(callback)
+
+    # -- health ------------------------------------------------------------------------
+    @property
+    def busy_since(self):
+        """time.monotonic() when the oldest running handler started; None if none runs."""
+        starts = [w.busy_since for w in self._workers.values() if w.busy_since is not None]
+        return min(starts) if starts else None
+
+    @property
+    def heartbeat(self):
+        """Now if a worker waits for items (idle is alive), else the newest handler start
+        (None when no worker runs). Compare with :attr:`busy_since` to spot a hang."""
+        starts = []
+        for worker in self._workers.values():
+            if worker.busy_since is None:
+                return time.monotonic()
+            starts.append(worker.busy_since)
+        return max(starts) if starts else None
+
+    def stats(self):
+        return {"size": self.size, "processed": self.processed, "failed": self.failed,
+                "timed_out": self.timed_out, "last_error": self.last_error,
+                "busy_since": self.busy_since}
+
+    # -- workers -----------------------------------------------------------------------
+    def _active(self):
+        return sum(1 for w in self._workers.values() if not w.stopping)
+
+    def _spawn_worker(self):
+        worker = _Worker()
+        worker.greenlet = glet = gevent.Greenlet(self._work, worker)
+        self._workers[glet] = worker
+        glet.link(self._on_worker_end)
+        glet.start()
+
+    def _retire(self, worker):
+        worker.stopping = True
+        interrupt_if(worker.greenlet, lambda: worker.idle, _Stop())
+
+    def _work(self, worker):
+        try:
+            self._loop(worker)
+        except (_Stop, Closed):
+            pass
+        except Exception as error:  # the queue failed us: the pool cannot go on
+            log.exception("pool %s: worker crashed", self.name,
+                          extra={"action": "pool.worker_crashed", "instance": self.name})
+            self._crash(error)
+        finally:
+            self._workers.pop(worker.greenlet, None)
+
+    def _loop(self, worker):
+        """The hot path: keep per-item work to a few attribute stores."""
+        get, done, handler = self.queue.get, self.queue.done, self.handler
+        monotonic, workers = time.monotonic, self._workers
+        while not worker.stopping:
+            worker.idle = True
+            try:
+                item = get(True, self.idle_timeout if len(workers) > self.min_concurrency
+                           else None)
+            except Empty:
+                if self._active() > self.min_concurrency:
+                    return
+                continue
+            finally:
+                worker.idle = False
+            worker.busy_since = monotonic()
+            try:
+                handler(item)
+            except HandlerTimeout:
+                worker.busy_since = None
+                self._timed_out(item)
+            except (Exception, gevent.Timeout) as error:
+                worker.busy_since = None
+                self._failed(item, error)
+            else:
+                worker.busy_since = None
+                done(item)
+                self.processed += 1
+
+    def _failed(self, item, error):
+        tb_text = traceback.format_exc()
+        self.failed += 1
+        self.last_error = repr(error)
+        log.error("pool %s: handler failed on %r", self.name, item, exc_info=True,
+                  extra={"action": "handler.error", "instance": self.name})
+        self.queue.failed(item, error, tb_text)
+
+    def _timed_out(self, item):
+        tb_text = traceback.format_exc()  # where the handler was when it was stopped
+        error = TimeoutError("handler ran longer than %ss" % self.handler_timeout)
+        self.timed_out += 1
+        self.last_error = repr(error)
+        log.error("pool %s: handler timed out on %r", self.name, item, exc_info=True,
+                  extra={"action": "handler.timeout", "instance": self.name})
+        self.queue.failed(item, error, tb_text)
+
+    # -- manager: autoscale and handler deadlines ----------------------------------------
+    def _manage(self):
+        while self._running:
+            delay = self._enforce_deadlines()
+            if self._active() < self.max_concurrency and not self._ending:
+                self._maybe_grow()
+                delay = min(delay, self.scale_interval)
+            self._wake_manager.wait(delay)  # resize() wakes it early
+            self._wake_manager.clear()
+
+    def _maybe_grow(self):
+        workers = self._workers.values()
+        busy = all(w.busy_since is not None for w in workers if not w.stopping)
+        if busy and self.queue.qsize() > self._active():
+            self._spawn_worker()
+            log.debug("pool %s: grew to %d", self.name, self._active(),
+                      extra={"action": "pool.grow", "instance": self.name})
+
+    def _enforce_deadlines(self):
+        """Throw HandlerTimeout into overdue handlers; return seconds to the next deadline."""
+        limit = self.handler_timeout
+        if limit is None:
+            return 3600.0
+        now, next_check = time.monotonic(), limit
+        for worker in list(self._workers.values()):
+            since = worker.busy_since
+            if since is None:
+                continue
+            # A handler that swallowed the first throw gets another one a full limit later.
+            deadline = since + limit * (2 if worker.timeout_sent is since else 1)
+            if deadline <= now:
+                worker.timeout_sent = since
+                interrupt_if(worker.greenlet, lambda w=worker, s=since: w.busy_since is s,
+                             HandlerTimeout())
+                deadline = now + limit
+            next_check = min(next_check, deadline - now)
+        return max(next_check, 0.001)
+
+    # -- the end -----------------------------------------------------------------------
+    def _crash(self, error):
+        if self._ending != "kill":
+            self._ending, self.exception = "kill", error
+            for glet, worker in list(self._workers.items()):
+                worker.stopping = True
+                if glet is not getcurrent():
+                    glet.kill(ComponentKilled, block=False)
+
+    def _on_worker_end(self, glet):
+        """Hub: a worker greenlet ended. The pool ends with its last worker: abnormally
+        after kill() or a crash, normally after stop() or when the queue was closed."""
+        self._workers.pop(glet, None)
+        if self._workers or not self._running:
+            return
+        if self._ending == "kill":
+            self._finish("abnormal", self.exception)
+        else:
+            self._finish("normal", None)
+
+    def _finish(self, exit, exception):
+        self._running = False
+        self.exit, self.exception = exit, exception
+        if self._manager is not None:
+            self._manager.kill(block=False)
+        log.info("pool %s ended (%s)", self.name, exit,
+                 extra={"action": "pool.ended", "instance": self.name})
+        gevent.get_hub().loop.run_callback(self._notify_links)
+
+    def _notify_links(self):
+        for callback in list(self._links):
+            try:
+                callback(self)
+            except Exception:
+                log.exception("pool %s: link callback %r failed", self.name, callback,
+                              extra={"action": "pool.link_error", "instance": self.name})
+
+    def __repr__(self):
+        return "<ProcessorPool %s size=%d processed=%d failed=%d %s>" % (
+            self.name, self.size, self.processed, self.failed,
+            "alive" if self._running else (self.exit or "new"))

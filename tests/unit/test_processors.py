@@ -1,0 +1,381 @@
+"""ProcessorPool over a MemoryQueue: ordering, handler errors and timeouts, autoscale,
+resize, stop, kill, back-pressure."""
+import time
+
+import gevent
+import gevent.event
+import pytest
+
+from instances.components import ComponentKilled
+from instances.exceptions import InvalidConfigurationException
+from instances.processors import ProcessorPool
+from instances.queues import Closed, Full, MemoryQueue
+from supervisor.testing import wait_for
+
+
+class Gate:
+    """A handler that blocks on chosen items until released, recording what it saw."""
+
+    def __init__(self, block=lambda item: True):
+        self.block = block
+        self.release = gevent.event.Event()
+        self.started = []
+        self.finished = []
+
+    def __call__(self, item):
+        self.started.append(item)
+        if self.block(item):
+            self.release.wait()
+        self.finished.append(item)
+
+
+def make_pool(handler, queue=None, **kwargs):
+    kwargs.setdefault("name", "test")
+    pool = ProcessorPool(queue or MemoryQueue(100), handler, **kwargs)
+    return pool
+
+
+@pytest.fixture
+def pools():
+    """Pools created by a test; any still alive at the end are killed."""
+    created = []
+    yield created
+    for pool in created:
+        pool.kill(block=True, timeout=5)
+
+
+@pytest.mark.timeout(20)
+def test_single_worker_handles_a_thousand_items_strictly_in_queue_order(pools):
+    seen = []
+
+    def handler(item):
+        if item % 7 == 0:
+            gevent.sleep(0)  # yield mid-stream: order must still hold
+        seen.append(item)
+
+    queue = MemoryQueue(50)  # smaller than the input: the producer hits back-pressure
+    pool = make_pool(handler, queue)
+    pools.append(pool.start())
+    producer = gevent.spawn(lambda: [queue.put(i) for i in range(1000)])
+    wait_for(lambda: pool.processed == 1000, 10)
+    producer.get(timeout=1)
+    assert seen == list(range(1000))
+    assert pool.size == 1
+    assert (queue.put_count, queue.done_count, queue.failed_count) == (1000, 1000, 0)
+
+
+@pytest.mark.timeout(10)
+def test_a_raising_handler_sends_the_item_to_failed_and_the_pool_keeps_going(pools, caplog):
+    def handler(item):
+        if item % 2:
+            raise ValueError("odd item %d" % item)
+
+    queue = MemoryQueue(100)
+    pool = make_pool(handler, queue, name="river")
+    pools.append(pool.start())
+    for i in range(10):
+        queue.put(i)
+    wait_for(lambda: pool.processed + pool.failed == 10, 5)
+    assert (pool.processed, pool.failed, queue.failed_count) == (5, 5, 5)
+    assert pool.alive
+    failure = queue.errors[-1]
+    assert failure["item"] == 9 and "ValueError('odd item 9')" == failure["error"]
+    assert "in handler" in failure["traceback"]
+    assert pool.last_error == "ValueError('odd item 9')"
+    records = [r for r in caplog.records if getattr(r, "action", "") == "handler.error"]
+    assert len(records) == 5 and records[0].instance == "river" and records[0].exc_info
+
+
+@pytest.mark.timeout(10)
+def test_a_handler_over_its_timeout_is_killed_counted_and_failed(pools):
+    never = gevent.event.Event()
+    done = []
+
+    def handler(item):
+        if item == "slow":
+            try:
+                never.wait()
+            except Exception:  # a handler's catch-all must not swallow the timeout
+                pass
+        done.append(item)
+
+    queue = MemoryQueue(10)
+    pool = make_pool(handler, queue, handler_timeout=0.05)
+    pools.append(pool.start())
+    queue.put("slow")
+    queue.put("fast")
+    wait_for(lambda: done == ["fast"], 5)
+    assert (pool.timed_out, pool.failed, pool.processed) == (1, 0, 1)
+    failure = queue.errors[-1]
+    assert failure["item"] == "slow" and failure["error"].startswith("TimeoutError(")
+    assert "never.wait()" in failure["traceback"]  # where the handler was stuck
+
+
+@pytest.mark.timeout(10)
+def test_a_handler_inside_its_timeout_is_left_alone(pools):
+    gate = Gate()
+    pool = make_pool(gate, handler_timeout=30)
+    pools.append(pool.start())
+    pool.queue.put("a")
+    wait_for(lambda: gate.started == ["a"], 5)
+    gate.release.set()
+    wait_for(lambda: pool.processed == 1, 5)
+    assert pool.timed_out == 0
+
+
+@pytest.mark.timeout(10)
+def test_pool_grows_under_backlog_and_shrinks_back_to_min_after_idling(pools):
+    gate = Gate()
+    pool = make_pool(gate, min_concurrency=1, max_concurrency=4)
+    pool.scale_interval, pool.idle_timeout = 0.01, 0.05
+    pools.append(pool.start())
+    assert pool.size == 1
+    for i in range(10):
+        pool.queue.put(i)
+    wait_for(lambda: pool.size == 4, 5)
+    assert len(gate.started) == 4  # all four handle items concurrently
+    gevent.sleep(0.05)
+    assert pool.size == 4  # never beyond max
+    gate.release.set()
+    wait_for(lambda: pool.processed == 10, 5)
+    wait_for(lambda: pool.size == 1, 5)
+    gevent.sleep(0.15)
+    assert pool.size == 1  # never below min
+
+
+@pytest.mark.timeout(10)
+def test_pool_does_not_grow_while_workers_keep_up(pools):
+    pool = make_pool(lambda item: None, min_concurrency=1, max_concurrency=4)
+    pool.scale_interval = 0.01
+    pools.append(pool.start())
+    for i in range(50):
+        pool.queue.put(i)
+        gevent.sleep(0)
+    wait_for(lambda: pool.processed == 50, 5)
+    assert pool.size == 1
+
+
+@pytest.mark.timeout(10)
+def test_resize_live_spawns_up_to_min_and_retires_above_max(pools):
+    gate = Gate()
+    pool = make_pool(gate)
+    pools.append(pool.start())
+    pool.resize(3, 5)
+    assert pool.size == 3 and (pool.min_concurrency, pool.max_concurrency) == (3, 5)
+    pool.queue.put("busy")
+    wait_for(lambda: gate.started == ["busy"], 5)
+    pool.resize(1, 1)
+    wait_for(lambda: pool.size == 1, 5)  # the two idle ones left at once
+    gate.release.set()
+    wait_for(lambda: pool.processed == 1, 5)
+    pool.queue.put("after")
+    wait_for(lambda: pool.processed == 2, 5)
+    assert pool.size == 1
+
+
+def test_resize_rejects_bad_bounds_and_keeps_the_old_ones():
+    pool = make_pool(lambda item: None, min_concurrency=2, max_concurrency=3)
+    with pytest.raises(InvalidConfigurationException) as info:
+        pool.resize(4, 2)
+    assert info.value.field == "min_concurrency"
+    assert (pool.min_concurrency, pool.max_concurrency) == (2, 3)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"min_concurrency": 0}, "min_concurrency"),
+    ({"max_concurrency": "2"}, "max_concurrency"),
+    ({"handler_timeout": 0}, "handler_timeout"),
+])
+def test_invalid_settings_name_the_field(kwargs, field):
+    with pytest.raises(InvalidConfigurationException) as info:
+        make_pool(lambda item: None, **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.timeout(10)
+def test_stop_finishes_the_current_item_and_leaves_the_rest_queued(pools):
+    gate = Gate()
+    queue = MemoryQueue(10)
+    pool = make_pool(gate, queue)
+    ended = gevent.event.Event()
+    pool.link(lambda p: ended.set())
+    pools.append(pool.start())
+    for i in range(5):
+        queue.put(i)
+    wait_for(lambda: gate.started == [0], 5)
+    stopper = gevent.spawn(pool.stop, 5)
+    gevent.sleep(0.01)
+    assert pool.alive and not stopper.ready()
+    gate.release.set()
+    assert stopper.get(timeout=5) is True
+    assert gate.finished == [0] and queue.done_count == 1
+    assert queue.qsize() == 4
+    assert (pool.alive, pool.exit, pool.size) == (False, "normal", 0)
+    assert ended.wait(5)
+    # The queue outlives the pool: a new pool picks up where the old one stopped.
+    second = make_pool(gate, queue)
+    pools.append(second.start())
+    wait_for(lambda: gate.finished == [0, 1, 2, 3, 4], 5)
+
+
+@pytest.mark.timeout(10)
+def test_stop_of_an_idle_pool_is_prompt_and_takes_nothing(pools):
+    queue = MemoryQueue(10)
+    pool = make_pool(lambda item: None, queue, min_concurrency=3, max_concurrency=3)
+    pools.append(pool.start())
+    gevent.sleep(0)
+    started = gevent.get_hub().loop.now()
+    assert pool.stop(5) is True
+    assert gevent.get_hub().loop.now() - started < 1
+    queue.put("later")
+    assert queue.qsize() == 1
+
+
+@pytest.mark.timeout(10)
+def test_stop_kills_a_handler_that_outlives_the_timeout(pools):
+    gate = Gate()
+    pool = make_pool(gate, handler_timeout=None)
+    told = []
+    pool.link(told.append)
+    pools.append(pool.start())
+    pool.queue.put("stuck")
+    wait_for(lambda: gate.started == ["stuck"], 5)
+    assert pool.stop(timeout=0.05) is False
+    assert pool.exit == "abnormal" and isinstance(pool.exception, ComponentKilled)
+    wait_for(lambda: told == [pool], 5)
+
+
+@pytest.mark.timeout(10)
+def test_kill_is_abnormal_and_tells_links_once(pools):
+    gate = Gate()
+    pool = make_pool(gate, min_concurrency=2, max_concurrency=2)
+    told = []
+    pool.link(told.append)
+    pools.append(pool.start())
+    pool.queue.put("x")
+    wait_for(lambda: gate.started == ["x"], 5)
+    pool.kill()
+    assert (pool.alive, pool.exit, pool.size) == (False, "abnormal", 0)
+    assert isinstance(pool.exception, ComponentKilled)
+    wait_for(lambda: told == [pool], 5)
+    gevent.sleep(0.01)
+    assert told == [pool]
+
+
+@pytest.mark.timeout(10)
+def test_a_pool_can_be_started_again_after_kill(pools):
+    pool = make_pool(lambda item: None)
+    pools.append(pool.start())
+    pool.kill()
+    pool.start()
+    assert pool.alive and pool.exit is None and pool.size == 1
+    pool.queue.put(1)
+    wait_for(lambda: pool.processed == 1, 5)
+
+
+@pytest.mark.timeout(10)
+def test_a_closed_queue_is_drained_then_the_pool_ends_normally(pools):
+    queue = MemoryQueue(10)
+    pool = make_pool(lambda item: None, queue, min_concurrency=2, max_concurrency=2)
+    ended = gevent.event.Event()
+    pool.link(lambda p: ended.set())
+    pools.append(pool.start())
+    for i in range(3):
+        queue.put(i)
+    queue.close()
+    assert ended.wait(5)
+    assert (pool.processed, pool.exit) == (3, "normal")
+
+
+@pytest.mark.timeout(10)
+def test_a_failing_queue_ends_the_pool_abnormally(pools, caplog):
+    class BrokenQueue(MemoryQueue):
+        def done(self, item):
+            raise OSError("disk full")
+
+    pool = make_pool(lambda item: None, BrokenQueue(10), min_concurrency=2, max_concurrency=2)
+    ended = gevent.event.Event()
+    pool.link(lambda p: ended.set())
+    pools.append(pool.start())
+    pool.queue.put(1)
+    assert ended.wait(5)
+    assert pool.exit == "abnormal" and isinstance(pool.exception, OSError)
+    assert pool.size == 0
+    assert any(getattr(r, "action", "") == "pool.worker_crashed" for r in caplog.records)
+
+
+@pytest.mark.timeout(10)
+def test_heartbeat_and_busy_since_expose_a_hung_handler(pools):
+    gate = Gate()
+    pool = make_pool(gate)
+    assert pool.heartbeat is None and pool.busy_since is None
+    pools.append(pool.start())
+    gevent.sleep(0)
+    assert pool.busy_since is None
+    assert abs(pool.heartbeat - time.monotonic()) < 1  # idle counts as alive
+    pool.queue.put("hang")
+    wait_for(lambda: gate.started, 5)
+    since = pool.busy_since
+    assert since is not None and pool.heartbeat == since
+    gate.release.set()
+    wait_for(lambda: pool.busy_since is None, 5)
+
+
+@pytest.mark.timeout(10)
+def test_a_raising_link_callback_is_logged_and_others_still_run(pools, caplog):
+    told = []
+
+    def broken(pool):
+        raise RuntimeError("callback bug")
+
+    pool = make_pool(lambda item: None)
+    pool.link(broken)
+    pool.link(told.append)
+    pools.append(pool.start())
+    pool.stop(5)
+    wait_for(lambda: told == [pool], 5)
+    assert any(getattr(r, "action", "") == "pool.link_error" for r in caplog.records)
+
+
+@pytest.mark.timeout(10)
+def test_put_blocks_while_the_queue_is_full_and_never_drops():
+    queue = MemoryQueue(2)
+    queue.put("a")
+    queue.put("b")
+    with pytest.raises(Full):
+        queue.put("c", timeout=0.01)
+    blocked = gevent.spawn(queue.put, "c")
+    for _ in range(5):
+        gevent.sleep(0)
+    assert not blocked.ready() and queue.qsize() == 2
+    assert queue.get() == "a"
+    blocked.get(timeout=5)
+    assert [queue.get(), queue.get()] == ["b", "c"]
+    assert queue.put_count == 3
+
+
+def test_a_closed_queue_refuses_puts_and_drains_for_getters():
+    queue = MemoryQueue(5)
+    queue.put(1)
+    queue.close()
+    assert queue.closed
+    with pytest.raises(Closed):
+        queue.put(2)
+    assert queue.get() == 1
+    with pytest.raises(Closed):
+        queue.get()
+
+
+def test_memory_queue_keeps_only_the_last_failures():
+    queue = MemoryQueue(5, errors_kept=3)
+    for i in range(5):
+        queue.failed(i, ValueError(i), "tb %d" % i)
+    assert queue.failed_count == 5
+    assert [e["item"] for e in queue.errors] == [2, 3, 4]
+    assert queue.stats()["failed"] == 5
+
+
+def test_memory_queue_rejects_a_bad_size():
+    with pytest.raises(InvalidConfigurationException) as info:
+        MemoryQueue(0)
+    assert info.value.field == "queue_size"
