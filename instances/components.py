@@ -94,7 +94,8 @@ class Component:
     def __init__(self, name=None, error_strategy=None, backoff=None):
         self.name = name or type(self).__name__
         if error_strategy is None:
-            # Imported here: strategies is a sibling that may import components' users.
+            # Imported here: strategies loads the psycopg2 connector, which a component
+            # with its own strategy never needs.
             from instances.strategies import CommonErrorStrategy
             error_strategy = CommonErrorStrategy()
         self.error_strategy = error_strategy
@@ -290,10 +291,15 @@ class Component:
         return True
 
     def _classify(self, error):
+        """(action name, expected, log message) from the strategy's ``action(error)`` and
+        hermes' ``handle_exception(error) -> (expected, action)`` (``.message`` if given)."""
         try:
             action = self.error_strategy.action(error)
             handle = getattr(self.error_strategy, "handle_exception", None)
-            expected, message = handle(error) if handle else (False, repr(error))
+            handling = handle(error) if handle else (False, None)
+            expected = bool(handling[0])
+            message = getattr(handling, "message", None) or "%s: %s" % (
+                type(error).__name__, error)
         except Exception:
             log.exception("%s: error strategy failed on %r", self.name, error,
                           extra={"action": "component.strategy_error", "instance": self.name})

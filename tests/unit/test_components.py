@@ -8,6 +8,8 @@ import pytest
 
 from instances.backoff import Backoff
 from instances.components import Component, ComponentKilled
+from instances.exceptions import ConnectionLost
+from instances.strategies import CommonErrorStrategy
 from supervisor.testing import wait_for
 
 
@@ -23,7 +25,7 @@ class FakeStrategy:
         return self.answer
 
     def handle_exception(self, error):
-        return True, "fake: %s" % error
+        return True, 2  # hermes: (expected, BACKOFF)
 
 
 class RecordingBackoff(Backoff):
@@ -358,3 +360,24 @@ def test_stop_and_join_before_start_are_harmless():
     assert comp.ident is None and not comp.is_alive()
     assert comp.stop(1) is True
     assert comp.join(0) is True
+
+
+@pytest.mark.timeout(10)
+def test_common_strategy_retries_a_lost_connection_and_dies_on_a_bug(caplog):
+    errors = iter([ConnectionLost("server closed the connection"), ValueError("bug")])
+
+    def execute(component, _value):
+        raise next(errors)
+
+    comp = Recorder(strategy=CommonErrorStrategy(), execute=execute).start()
+    assert comp.join(5)
+    assert comp.events.count("set_up") == 2  # reconnected once
+    assert comp.exit == "abnormal" and isinstance(comp.exception, ValueError)
+    actions = [getattr(r, "action", "") for r in caplog.records]
+    assert "component.reconnect" in actions and "component.die" in actions
+    reconnect = next(r for r in caplog.records if r.action == "component.reconnect")
+    assert "server closed the connection" in reconnect.getMessage()
+
+
+def test_a_component_without_a_strategy_gets_the_common_one():
+    assert isinstance(Component().error_strategy, CommonErrorStrategy)
