@@ -6,7 +6,8 @@ Lifecycle::
            |                                                                     |
            +------------------------- cleanup() (idempotent) --------------------+--> gone
 
-Layout of the temporary directory (``tempfile.mkdtemp``): ``data/`` (the data directory),
+Layout of the temporary directory (``tempfile.mkdtemp`` in ``/dev/shm`` when possible, see
+:func:`supervisor.testing.datadir.base_directory`): ``data/`` (the data directory),
 ``postgres.log`` (the server log), and the unix socket (the directory *is* ``host``). The
 server listens on 127.0.0.1 at a free port (never 5432) and on the socket.
 
@@ -20,7 +21,6 @@ not meant to be called concurrently on one cluster from several greenlets.
 import os
 import shutil
 import signal
-import tempfile
 import time
 import weakref
 
@@ -53,6 +53,7 @@ class _Resources:
             for pid in left:
                 processes.signal_quietly(pid, signal.SIGKILL)
             processes.wait_gone(left, 5.0, blocking=True)
+        datadirs.remove_crashed_shared_memory(os.path.join(self.tempdir, "data"))
         shutil.rmtree(self.tempdir, ignore_errors=True)
 
 
@@ -80,10 +81,7 @@ class PostgresCluster(ClusterSQL):
         self.bindir = find_bindir(bindir)
         self.settings = dict(settings or {})
         self.port = processes.free_port()
-        tempdir = tempfile.mkdtemp(prefix="%s-" % name)
-        os.chmod(tempdir, 0o711)  # others may reach the socket; data/ stays 0700
-        processes.hand_over(tempdir)
-        self._resources = _Resources(tempdir)
+        self._resources = _Resources(datadirs.make_tempdir("%s-" % name))
         self._finalizer = weakref.finalize(self, self._resources.release)
         self._initialized = False
         self._password_group_made = False

@@ -1,15 +1,18 @@
 """The throwaway Postgres kit does what it promises: lifecycle, DSNs, authentication,
 backend termination, standby/promote, fault proxy, cleanup."""
 import os
+import shutil
+import sys
 import time
 
 import gevent
+import gevent.subprocess
 import psycogreen.gevent
 import psycopg2
 import pytest
 
 from supervisor.testing import FaultProxy, PostgresCluster, processes, wait_for
-from supervisor.testing.binaries import BinariesNotFound, find_bindir
+from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
 
 
 @pytest.fixture(autouse=True)
@@ -152,15 +155,28 @@ def test_standby_streams_and_promote_makes_it_writable(pg_pair):
     assert standby.execute("SELECT n FROM replicated ORDER BY n") == [(7,), (42,)]
 
 
+def _shm_ids():
+    with open("/proc/sysvipc/shm", encoding="ascii") as f:
+        return {line.split()[1] for line in f.read().splitlines()[1:]}
+
+
 @pytest.mark.timeout(30)
-def test_cleanup_removes_directory_and_process():
+@pytest.mark.parametrize("crashed", [False, True], ids=["running", "killed"])
+def test_cleanup_removes_directory_process_and_shared_memory(crashed):
     cluster = PostgresCluster(name="kit-cleanup").start()
     pid, tempdir = cluster.pid, cluster.host
-    assert os.path.isdir(cluster.datadir)
+    with open(os.path.join(cluster.datadir, "postmaster.pid"), encoding="ascii") as f:
+        shmid = f.read().splitlines()[6].split()[1]
+    assert shmid in _shm_ids()
+    if crashed:
+        cluster.kill()
     cluster.cleanup()
     assert not processes.alive(pid) and not os.path.exists(tempdir)
+    assert shmid not in _shm_ids()
     cluster.cleanup()  # idempotent
     assert cluster.removed and "removed" in repr(cluster)
+    with pytest.raises(ClusterError, match="cleaned up"):
+        cluster.start()
 
 
 @pytest.mark.timeout(30)
@@ -263,3 +279,32 @@ def test_delay_adds_latency_and_heal_removes_it(pg_cluster, proxy):
         assert time.monotonic() - started < 0.1
     finally:
         conn.close()
+
+
+_ABANDON = """
+import os, signal, sys
+from supervisor.testing import PostgresCluster, datadir
+cluster = PostgresCluster(name="kit-abandoned").start()
+template = os.path.dirname(datadir._templates[cluster.bindir])
+print(cluster.pid, cluster.host, template, flush=True)
+if sys.argv[1] == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["normal-exit", "sigkill"])
+def test_no_cluster_outlives_the_process_that_made_it(ending, tmp_path):
+    script = tmp_path / "abandon.py"
+    script.write_text(_ABANDON)
+    proc = gevent.subprocess.run([sys.executable, str(script), ending],
+                                 stdout=gevent.subprocess.PIPE, timeout=50)
+    pid, tempdir, template = proc.stdout.split()
+    wait_for(lambda: not processes.alive(int(pid)), timeout=10,
+             message="postmaster %s outlived its process" % int(pid))
+    if ending == "normal-exit":
+        assert proc.returncode == 0
+        assert not os.path.exists(tempdir) and not os.path.exists(template)
+    else:  # SIGKILL leaves the directories: nothing can remove them
+        shutil.rmtree(tempdir)
+        shutil.rmtree(template)
