@@ -42,6 +42,7 @@ from gevent.event import Event
 from instances import spool_codec, spool_errors, spool_layout, spool_names, spool_recovery
 from instances.notification import Notification
 from instances.queues import Closed, Empty
+from instances.spool_claims import Claimer
 from instances.spool_output import OutputQueue, positive
 from instances.spool_writer import SpoolWriter
 
@@ -53,19 +54,6 @@ _local = collections.defaultdict(weakref.WeakSet)
 
 #: Raised by get/put of a closed FileQueue (the queue protocol's ``Closed``).
 QueueClosed = Closed
-
-
-class _Claim:
-    """One claimed file of ``pending/<owner>/`` and the bookkeeping of its messages."""
-
-    __slots__ = ("name", "base", "path", "attempts", "size", "open", "inflight")
-
-    def __init__(self, name, path, size):
-        self.name, self.path, self.size = name, path, size
-        self.base, self.attempts = spool_names.split(name)
-        self.attempts += 1  # this delivery
-        self.open = size  # messages not yet done or failed
-        self.inflight = 0  # messages handed out, not yet done or failed
 
 
 class FileQueue:
@@ -99,7 +87,7 @@ class FileQueue:
         if output is not None:
             spool_layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, fsync, file_mode)
-        self._known = collections.deque()  # incoming/ names seen, oldest first
+        self._claimer = Claimer(self.writer, self._pending, self.owner, self.max_attempts)
         self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
         self._inflight = {}  # id(item) -> (item, claim, index) handed out
         self._wakeup = Event()
@@ -172,45 +160,13 @@ class FileQueue:
 
     def _next_entry(self):
         while not self._ready:
-            if not self._claim_next():
+            claimed = self._claimer.claim_next()
+            if claimed is None:
                 return None
+            claim, items = claimed
+            self._ready.extend((item, claim, index) for index, item in enumerate(items))
         return self._ready.popleft()
 
-    def _claim_next(self):
-        """Claim the oldest file of ``incoming/`` by renaming it into our pending dir;
-        the loser of a race with another consumer moves to the next name."""
-        incoming = os.path.join(self.directory, "incoming")
-        while True:
-            if not self._known:
-                self._known.extend(sorted(os.listdir(incoming)))
-                if not self._known:
-                    return False
-            name = self._known.popleft()
-            path = os.path.join(self._pending, name)
-            try:
-                os.rename(os.path.join(incoming, name), path)
-            except FileNotFoundError:
-                continue
-            if self._open_claim(name, path):
-                return True
-
-    def _open_claim(self, name, path):
-        try:
-            with open(path, "rb") as f:
-                items = spool_codec.decode(f.read(), spool_names.split(name)[0])
-        except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
-            self._banish(_Claim(name, path, 1), "undecodable", error, None)
-            return False
-        claim = _Claim(name, path, len(items))
-        if claim.attempts > self.max_attempts:
-            self._banish(claim, "max_attempts", "delivered %d times without an outcome"
-                         % (claim.attempts - 1), None)
-            return False
-        if not items:
-            os.unlink(path)
-            return False
-        self._ready.extend((item, claim, index) for index, item in enumerate(items))
-        return True
 
     # -- outcomes --------------------------------------------------------------------
 
@@ -228,7 +184,8 @@ class FileQueue:
         entry = self._take(item)
         claim = entry[1]
         if self._out is not None and output is not None:
-            data = spool_codec.encode_batch(output) if isinstance(output, list) else spool_codec.encode(output)
+            data = (spool_codec.encode_batch(output) if isinstance(output, list)
+                    else spool_codec.encode(output))
             try:
                 self._out.write(data, self.output.limit, self.output.wait)
             except BaseException:
@@ -276,18 +233,7 @@ class FileQueue:
             except FileNotFoundError:
                 pass
         elif self.closed and claim.inflight == 0:
-            self._release(claim)
-
-    def _banish(self, claim, reason, error, tb_text):
-        ids = [spool_names.message_id(claim.base, i) for i in range(claim.size)]
-        meta = spool_errors.make_meta(reason, error, tb_text, claim.attempts, self.owner, ids)
-        spool_errors.banish_file(self.writer, claim.path, claim.base, meta)
-        claim.open = 0
-
-    def _release(self, claim):
-        """Give an unfinished claim back to ``incoming/`` (attempts unchanged)."""
-        os.rename(claim.path, os.path.join(self.directory, "incoming", claim.name))
-        claim.open = 0
+            self._claimer.release(claim)
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -354,7 +300,7 @@ class FileQueue:
         self._wakeup.set()
         for claim in {id(c): c for _, c, _ in self._ready}.values():
             if claim.inflight == 0 and claim.open:
-                self._release(claim)
+                self._claimer.release(claim)
         self._ready.clear()
         _local[self.directory].discard(self)
         self.writer.close()
