@@ -6,15 +6,9 @@ fixtures of :mod:`supervisor.testing.pytest_plugin`. See docs/testing.rst.
 """
 from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
 from supervisor.testing.cluster import PostgresCluster
+from supervisor.testing.proxy import FaultProxy
 from supervisor.testing.waiting import wait_for
 
 __all__ = ["PostgresCluster", "FaultProxy", "wait_for", "ClusterError", "BinariesNotFound",
            "find_bindir"]
 
-
-def __getattr__(name):
-    # FaultProxy pulls in gevent.server; import it only when asked for.
-    if name == "FaultProxy":
-        from supervisor.testing.proxy import FaultProxy
-        return FaultProxy
-    raise AttributeError(name)

@@ -21,6 +21,9 @@ DEBIAN_GLOB = "/usr/lib/postgresql/*/bin"
 REQUIRED = ("initdb", "postgres", "pg_basebackup")
 
 
+_discovered = []  # the automatic discovery's answer, kept for the life of the process
+
+
 class ClusterError(RuntimeError):
     """A throwaway cluster could not be created, started, stopped or queried."""
 
@@ -65,9 +68,11 @@ def find_bindir(explicit=None):
                 return given
             raise BinariesNotFound(
                 "%s=%r does not contain %s" % (origin, given, ", ".join(REQUIRED)))
-    candidates = [_pg_config_bindir()] + _debian_bindirs()
-    for bindir in candidates:
+    if _discovered and _has_server(_discovered[0]):
+        return _discovered[0]
+    for bindir in [_pg_config_bindir()] + _debian_bindirs():
         if _has_server(bindir):
+            _discovered[:] = [bindir]
             return bindir
     raise BinariesNotFound(
         "PostgreSQL server binaries (initdb, postgres) not found: looked at %s, "

@@ -3,15 +3,15 @@
 Load with ``-p supervisor.testing.pytest_plugin`` (pgvisor's tox.ini does) or
 ``pytest_plugins = ["supervisor.testing.pytest_plugin"]`` in a conftest.py.
 
-=====================  ========  =========================================================
-fixture                scope     gives
-=====================  ========  =========================================================
-``pg_cluster``         session   the shared primary :class:`PostgresCluster` (do not stop it)
-``pg_database``        function  a fresh database on it: :class:`PostgresDatabase`
-``pg_dsn``             function  that database's libpq DSN string
-``pg_private_cluster`` function  a primary of your own: stop, kill, restart it at will
-``pg_pair``            function  :class:`PostgresPair` ``.primary`` and streaming ``.standby``
-=====================  ========  =========================================================
+======================  ========  ========================================================
+fixture                 scope     gives
+======================  ========  ========================================================
+``pg_cluster``          session   the shared primary PostgresCluster (never stop it)
+``pg_database``         function  a fresh database on it: :class:`PostgresDatabase`
+``pg_dsn``              function  that database's libpq DSN string
+``pg_private_cluster``  function  a primary of your own: stop, kill, restart it at will
+``pg_pair``             function  :class:`PostgresPair`: ``.primary``, streaming ``.standby``
+======================  ========  ========================================================
 
 When the server programs are missing the fixtures *fail* (never skip) with how to get them.
 """
