@@ -1,0 +1,185 @@
+"""Prometheus metrics of a Supervisor, read at scrape time.
+
+:class:`SupervisorCollector` is a ``prometheus_client`` custom collector: every scrape calls
+the supervisor's ``status()``, ``database_status()`` and ``counters`` once and turns the
+snapshot into metric families, so the notification path pays nothing for metrics. Register
+it on a private :class:`prometheus_client.CollectorRegistry` (:func:`make_registry` does),
+never on the global default one: two supervisors in one process (tests) do not collide.
+
+The families, their types and labels are listed in :data:`FAMILIES` and documented in
+docs/http.rst ("Metrics"). Concurrency: ``collect`` runs in the scraping greenlet, does not
+block (the supervisor's status methods read a snapshot) and never raises for a malformed
+latency histogram (it is left out and logged at debug level).
+"""
+import logging
+import math
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+log = logging.getLogger(__name__)
+
+#: Instance states (Supervisor.status); each is exported, with 0 when no instance has it.
+STATES = ("starting", "running", "waiting", "stopped", "disabled", "disabled_by_supervisor")
+
+#: Database roles reported by ``pgvisor_database_role`` (one is 1, the others 0).
+ROLES = ("primary", "standby")
+
+#: Per-instance counters: (metric name without ``_total``, status key, help text).
+INSTANCE_COUNTERS = (
+    ("pgvisor_restarts", "restarts", "Restarts of the instance by the supervisor."),
+    ("pgvisor_notifications_received", "received",
+     "Notifications read by the instance's listener (catch_up included)."),
+    ("pgvisor_notifications_processed", "processed",
+     "Notifications the handler finished without an error."),
+    ("pgvisor_notifications_failed", "failed",
+     "Notifications whose handler raised (sent to the error path)."),
+    ("pgvisor_notifications_timed_out", "timed_out",
+     "Notifications whose handler ran over handler_timeout and was killed."),
+    ("pgvisor_reconnects", "reconnects", "Reconnections of the instance's listener."),
+    ("pgvisor_catch_ups", "catch_ups",
+     "catch_up notifications emitted after a (re)LISTEN."),
+)
+
+#: Supervisor-wide counters: (metric name without ``_total``, counters key, help text).
+SUPERVISOR_COUNTERS = (
+    ("pgvisor_restarts_rate_limited", "restarts_rate_limited",
+     "Automatic restarts refused by restart_max_rate (the instance was parked)."),
+    ("pgvisor_hub_blocks", "hub_blocks",
+     "Times the gevent hub was blocked longer than the monitor's threshold."),
+    ("pgvisor_instance_deaths", "deaths", "Instance deaths seen by the supervisor."),
+    ("pgvisor_database_outages", "outages", "Database outages seen by the supervisor."),
+    ("pgvisor_database_role_changes", "role_changes", "Role changes of the database."),
+    ("pgvisor_verifies", "verifies", "Verify passes of the supervisor."),
+)
+
+#: Every family this collector can emit: name -> (type, labels). Used by docs and tests.
+FAMILIES = {
+    "pgvisor_instances": ("gauge", ("state",)),
+    "pgvisor_instance_up": ("gauge", ("instance",)),
+    "pgvisor_queue_depth": ("gauge", ("instance",)),
+    "pgvisor_database_up": ("gauge", ()),
+    "pgvisor_database_role": ("gauge", ("role",)),
+    "pgvisor_paused": ("gauge", ()),
+    "pgvisor_handler_seconds": ("histogram", ("instance",)),
+    **{name: ("counter", ("instance",)) for name, _, _ in INSTANCE_COUNTERS},
+    **{name: ("counter", ()) for name, _, _ in SUPERVISOR_COUNTERS},
+}
+
+
+class SupervisorCollector:
+    """A custom collector over ``supervisor`` (anything with ``status()``,
+    ``database_status()`` and ``counters``, see CONVENTIONS "Supervisor")."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+
+    def describe(self):
+        # Without describe(), registering calls collect() once to learn the names; the
+        # supervisor may not be started yet, so describe nothing (an "unchecked" collector).
+        return []
+
+    def collect(self):
+        """Yield the metric families of one snapshot; called by the registry per scrape."""
+        status = self.supervisor.status()
+        database = self.supervisor.database_status()
+        counters = dict(self.supervisor.counters)
+        yield from self._instance_families(status)
+        yield from self._database_families(database)
+        for name, key, text in SUPERVISOR_COUNTERS:
+            yield CounterMetricFamily(name, text, value=counters.get(key, 0))
+        histogram = self._histogram(status)
+        if histogram is not None:
+            yield histogram
+
+    def _instance_families(self, status):
+        by_state = GaugeMetricFamily("pgvisor_instances", "Instances by state.",
+                                     labels=["state"])
+        counts = dict.fromkeys(STATES, 0)
+        for entry in status.values():
+            counts[entry.get("state")] = counts.get(entry.get("state"), 0) + 1
+        for state, count in counts.items():
+            by_state.add_metric([str(state)], count)
+        yield by_state
+        up = GaugeMetricFamily("pgvisor_instance_up",
+                               "1 when the instance is running (listening), else 0.",
+                               labels=["instance"])
+        depth = GaugeMetricFamily("pgvisor_queue_depth",
+                                  "Notifications waiting in the instance's queue.",
+                                  labels=["instance"])
+        counters = [CounterMetricFamily(name, text, labels=["instance"])
+                    for name, _, text in INSTANCE_COUNTERS]
+        for name in sorted(status):
+            entry = status[name]
+            up.add_metric([name], 1 if entry.get("state") == "running" else 0)
+            depth.add_metric([name], entry.get("backlog") or 0)
+            for family, (_, key, _) in zip(counters, INSTANCE_COUNTERS, strict=True):
+                family.add_metric([name], entry.get(key) or 0)
+        yield up
+        yield depth
+        yield from counters
+
+    def _database_families(self, database):
+        yield GaugeMetricFamily("pgvisor_database_up", "1 when the database answers probes.",
+                                value=1 if database.get("state") == "up" else 0)
+        role = GaugeMetricFamily("pgvisor_database_role",
+                                 "1 for the role the database plays now (0 for the others).",
+                                 labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1 if database.get("role") == name else 0)
+        yield role
+        yield GaugeMetricFamily("pgvisor_paused",
+                                "1 while the supervisor is paused (operator or outage).",
+                                value=1 if database.get("paused") else 0)
+
+    def _histogram(self, status):
+        family = HistogramMetricFamily("pgvisor_handler_seconds",
+                                       "Seconds the handler took per notification.",
+                                       labels=["instance"])
+        found = False
+        for name in sorted(status):
+            raw = status[name].get("latency_buckets")
+            if raw is None:
+                continue
+            try:
+                buckets, total = latency_buckets(raw, status[name].get("latency_sum"))
+            except (TypeError, ValueError) as exc:
+                log.debug("latency_buckets of %s left out: %s", name, exc,
+                          extra={"action": "metrics.bad_histogram", "instance": name})
+                continue
+            family.add_metric([name], buckets, total)
+            found = True
+        return family if found else None
+
+
+def latency_buckets(raw, latency_sum=None):
+    """``(buckets, sum)`` for HistogramMetricFamily from a status' ``latency_buckets``.
+
+    Accepted: a mapping or a list of ``(upper_bound, cumulative_count)`` pairs, bounds in
+    seconds (numbers, or "+Inf"); a missing +Inf bucket is added with the largest count.
+    Raise ValueError if the counts are not cumulative (non-decreasing integers).
+    """
+    pairs = list(raw.items()) if isinstance(raw, Mapping) else [tuple(p) for p in raw]
+    parsed = sorted((float(bound), count) for bound, count in pairs)
+    counts = [count for _, count in parsed]
+    if not parsed or any(not isinstance(c, int) or isinstance(c, bool) or c < 0
+                         for c in counts):
+        raise ValueError("bucket counts must be integers >= 0")
+    if counts != sorted(counts):
+        raise ValueError("bucket counts must be cumulative (non-decreasing)")
+    if not math.isinf(parsed[-1][0]):
+        parsed.append((math.inf, counts[-1]))
+    buckets = [("+Inf" if math.isinf(b) else repr(b), c) for b, c in parsed]
+    return buckets, float(latency_sum or 0.0)
+
+
+def make_registry(supervisor):
+    """A private CollectorRegistry holding a SupervisorCollector over ``supervisor``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SupervisorCollector(supervisor))
+    return registry
