@@ -166,11 +166,12 @@ class Component:
             return False
         return self.exit == "normal"
 
-    def kill(self, block=False, timeout=None):
+    def kill(self, block=True, timeout=None):
         """End the greenlet as a crash would: exit "abnormal" with ComponentKilled.
 
-        tear_down() still runs in the dying greenlet. ``block``: wait up to ``timeout``
-        seconds for the end.
+        tear_down() still runs in the dying greenlet. ``block`` (as gevent's kill): wait
+        up to ``timeout`` seconds for the end; pass ``block=False`` from the hub (a link
+        callback), which cannot wait.
         """
         glet = self._greenlet
         if glet is not None and not glet.dead:

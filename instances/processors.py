@@ -76,10 +76,7 @@ class ProcessorPool:
         self.name = name
         self._check_concurrency(min_concurrency, max_concurrency)
         self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
-        if handler_timeout is not None and not handler_timeout > 0:
-            raise InvalidConfigurationException(
-                "handler_timeout must be > 0 seconds or None, got %r" % (handler_timeout,),
-                "handler_timeout", handler_timeout)
+        self._wake_manager = gevent.event.Event()
         self.handler_timeout = handler_timeout
         self.processed = self.failed = self.timed_out = 0
         #: repr() of the last handler error or timeout, None if none yet.
@@ -89,7 +86,6 @@ class ProcessorPool:
         self.exception = None
         self._workers = {}  # greenlet -> _Worker
         self._manager = None
-        self._wake_manager = gevent.event.Event()
         self._running = False
         self._ending = None  # None | "stop" | "kill"
         self._links = []
@@ -106,6 +102,21 @@ class ProcessorPool:
                 "min_concurrency", low)
 
     # -- owner API ---------------------------------------------------------------------
+    @property
+    def handler_timeout(self):
+        """Seconds a handler may run (None: no limit); settable live, applies at once."""
+        return self._handler_timeout
+
+    @handler_timeout.setter
+    def handler_timeout(self, seconds):
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(
+                seconds, (int, float)) or not seconds > 0):
+            raise InvalidConfigurationException(
+                "handler_timeout must be > 0 seconds or None, got %r" % (seconds,),
+                "handler_timeout", seconds)
+        self._handler_timeout = seconds
+        self._wake_manager.set()
+
     @property
     def alive(self):
         return self._running
@@ -160,6 +171,8 @@ class ProcessorPool:
         """End the pool as a crash would: workers die where they are (exit "abnormal").
 
         The items being handled are lost to a memory queue (a spool keeps them pending).
+        ``block``: wait up to ``timeout`` seconds for the workers to die; pass
+        ``block=False`` from the hub (a link callback), which cannot wait.
         """
         if not self._running:
             return

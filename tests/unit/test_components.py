@@ -264,7 +264,7 @@ def test_kill_ends_abnormally_runs_tear_down_and_tells_links():
     comp = QueueReader(gevent.queue.Queue()).start()
     comp.link(told.append)
     gevent.sleep(0)
-    comp.kill(block=True, timeout=5)
+    comp.kill(timeout=5)
     assert comp.exit == "abnormal"
     assert isinstance(comp.exception, ComponentKilled)
     assert comp.torn_down
@@ -277,7 +277,7 @@ def test_kill_before_the_greenlet_ran_is_abnormal_too():
     comp = Recorder()
     comp.link(lambda c: told.set())
     comp.start()
-    comp.kill()
+    comp.kill(block=False)
     assert told.wait(5)
     assert comp.exit == "abnormal" and comp.events == []
 

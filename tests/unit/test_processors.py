@@ -112,6 +112,20 @@ def test_a_handler_over_its_timeout_is_killed_counted_and_failed(pools):
 
 
 @pytest.mark.timeout(10)
+def test_a_timeout_set_live_applies_to_the_running_handler(pools):
+    gate = Gate()
+    pool = make_pool(gate, handler_timeout=None)
+    pools.append(pool.start())
+    pool.queue.put("slow")
+    wait_for(lambda: gate.started == ["slow"], 5)
+    pool.handler_timeout = 0.05
+    wait_for(lambda: pool.timed_out == 1, 5)
+    with pytest.raises(InvalidConfigurationException):
+        pool.handler_timeout = "soon"
+    assert pool.handler_timeout == 0.05
+
+
+@pytest.mark.timeout(10)
 def test_a_handler_inside_its_timeout_is_left_alone(pools):
     gate = Gate()
     pool = make_pool(gate, handler_timeout=30)
