@@ -87,7 +87,8 @@ class FileQueue:
         if output is not None:
             spool_layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, fsync, file_mode)
-        self._claimer = Claimer(self.writer, self._pending, self.owner, self.max_attempts)
+        self._claimer = Claimer(self.writer, self._pending, self.owner, self.max_attempts,
+                                mode)
         self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
         self._inflight = {}  # id(item) -> (item, claim, index) handed out
         self._wakeup = Event()
@@ -306,10 +307,6 @@ class FileQueue:
         self.writer.close()
         if self._out is not None:
             self._out.close()
-        try:
-            os.rmdir(self._pending)
-        except OSError:
-            pass  # still holds files in handlers: recovered once we are gone
 
     def __repr__(self):
         return "<FileQueue %s owner=%s>" % (self.directory, self.owner)

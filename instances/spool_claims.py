@@ -11,7 +11,7 @@ does not yield.
 import collections
 import os
 
-from instances import spool_codec, spool_errors, spool_names
+from instances import spool_codec, spool_errors, spool_layout, spool_names
 
 
 class Claim:
@@ -30,8 +30,9 @@ class Claim:
 class Claimer:
     """Claims files for the owner whose pending directory is ``pending_dir``."""
 
-    def __init__(self, writer, pending_dir, owner, max_attempts):
+    def __init__(self, writer, pending_dir, owner, max_attempts, mode=0o700):
         self.writer = writer
+        self.mode = mode
         self.incoming = os.path.join(writer.directory, "incoming")
         self.pending_dir = pending_dir
         self.owner = owner
@@ -50,7 +51,10 @@ class Claimer:
             try:
                 os.rename(os.path.join(self.incoming, name), path)
             except FileNotFoundError:
-                continue  # another consumer was faster
+                if not os.path.isdir(self.pending_dir):  # removed under us: make it again
+                    spool_layout.make_dir(self.pending_dir, self.mode)
+                    self._known.appendleft(name)
+                continue  # else another consumer was faster
             opened = self._open(name, path)
             if opened is not None:
                 return opened

@@ -401,3 +401,15 @@ def test_stats_count_every_directory_and_the_oldest_age(tmp_path):
     assert counts["pending"] == {queue.owner: 1}
     assert 0 <= counts["oldest_age"] < 60
     assert queue.qsize() == 2  # one claimed message waiting + one file in incoming/
+
+
+@pytest.mark.timeout(10)
+def test_closing_one_queue_object_does_not_break_another_of_the_same_process(tmp_path):
+    consumer, inspector = FileQueue(tmp_path), FileQueue(tmp_path)
+    assert consumer.owner == inspector.owner  # one process, one owner id
+    inspector.close()
+    consumer.put({"n": 1})
+    consumer.done(consumer.get(block=False))
+    os.rmdir(os.path.join(str(tmp_path), "pending", consumer.owner))  # an operator tidying up
+    consumer.put({"n": 2})
+    assert consumer.get(block=False)["n"] == 2  # claimed although its pending dir had gone
