@@ -42,9 +42,15 @@ class _Resources:
     def __init__(self, tempdir):
         self.tempdir = tempdir
         self.proc = None
+        self.owner_pid = os.getpid()
 
     def release(self):
-        """Stop the postmaster (blocking: may run at interpreter exit) and remove the dir."""
+        """Stop the postmaster (blocking: may run at interpreter exit) and remove the dir.
+
+        Does nothing in a forked child (its exit hooks must not take the parent's clusters).
+        """
+        if os.getpid() != self.owner_pid:
+            return
         proc, self.proc = self.proc, None
         if proc is not None and processes.alive(proc.pid):
             children = processes.children_of(proc.pid)

@@ -51,6 +51,7 @@ DEFAULT_SETTINGS = {
     "max_replication_slots": 5,
     "wal_keep_size": "64MB",
     "hot_standby": True,
+    "wal_retrieve_retry_interval": "100ms",  # a standby reconnects at once after a restart
     "password_encryption": "scram-sha-256",
     # segments as files in the data directory: removed with it even after a crash
     "dynamic_shared_memory_type": "mmap",
@@ -86,6 +87,11 @@ def format_setting(value):
     return "'%s'" % str(value).replace("\\", "\\\\").replace("'", "''")
 
 
+def _remove_in_owner(path, owner_pid):
+    if os.getpid() == owner_pid:  # not in a forked child: the parent still uses it
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def base_directory():
     """Where temporary cluster directories go: ``PGVISOR_PG_TMPDIR``, else ``/dev/shm`` when
     writable with 1 GiB free (a tmpfs: several times faster than most disks), else the
@@ -117,7 +123,7 @@ def _template(bindir):
     with _template_lock:
         if bindir not in _templates:
             top = make_tempdir("pgvisor-template-")
-            atexit.register(shutil.rmtree, top, True)
+            atexit.register(_remove_in_owner, top, os.getpid())
             datadir = os.path.join(top, "data")
             processes.run(
                 [program(bindir, "initdb"), "-D", datadir, "-U", SUPERUSER, "-A", "trust",

@@ -1,7 +1,9 @@
 """The throwaway Postgres kit does what it promises: lifecycle, DSNs, authentication,
 backend termination, standby/promote, fault proxy, cleanup."""
+import atexit
 import os
 import shutil
+import socket
 import sys
 import time
 
@@ -63,6 +65,33 @@ def test_cluster_survives_stop_fast_immediate_restart_and_kill(pg_private_cluste
     cluster.restart()
     assert cluster.pid != pid and cluster.execute("SELECT 1") == [(1,)]
     assert cluster.port == port != 5432
+
+
+@pytest.mark.timeout(30)
+def test_start_moves_to_another_port_when_its_port_was_taken():
+    cluster = PostgresCluster(name="kit-port")
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", cluster.port))
+            squatter.listen()
+            taken = cluster.port
+            cluster.start()
+        assert cluster.port not in (taken, 5432)
+        assert _select_one(cluster.tcp_dsn) == 1
+    finally:
+        cluster.cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_forked_child_exit_leaves_the_parents_cluster_alone(pg_private_cluster):
+    pid = os.fork()
+    if pid == 0:  # the child runs the exit hooks of a normal exit (finalizers are among them)
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(0)
+    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, message="child did not exit")
+    assert pg_private_cluster.running and pg_private_cluster.execute("SELECT 1") == [(1,)]
 
 
 @pytest.mark.timeout(30)
