@@ -74,6 +74,7 @@ class Registry:
         self._version = 0
         self._stat = None
         self._callbacks = []
+        self._enable_callbacks = []
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as exc:
@@ -163,7 +164,16 @@ class Registry:
         return result[0]
 
     def enable(self, name):
-        return self.update(name, enabled=True)
+        """Enable ``name``; return its spec. Tells :meth:`on_enable` listeners even when it
+        was enabled already (an operator's enable clears a supervisor's parking)."""
+        spec = self.update(name, enabled=True)
+        for callback in list(self._enable_callbacks):
+            try:
+                callback(name)
+            except Exception:
+                log.exception("registry enable callback %r failed", callback,
+                              extra={"action": "registry.callback_failed", "instance": name})
+        return spec
 
     def disable(self, name):
         return self.update(name, enabled=False)
@@ -174,6 +184,11 @@ class Registry:
         A callback that raises is logged with its traceback; the change stands.
         """
         self._callbacks.append(callback)
+        return callback
+
+    def on_enable(self, callback):
+        """Call ``callback(name)`` after every :meth:`enable`, changed or not."""
+        self._enable_callbacks.append(callback)
         return callback
 
     def reload(self):

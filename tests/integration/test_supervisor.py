@@ -1,0 +1,131 @@
+"""The Supervisor against a real Postgres: starts, deaths, the restart budget, registry
+changes, async operations."""
+import time
+
+import psycopg2
+import pytest
+
+from instances import InstanceSpec, Registry
+from supervisor import Supervisor, get_current
+from supervisor.testing import wait_for
+from tests import handlers
+
+
+def _spec(name="river", **fields):
+    values = {"name": name, "channels": ["doc_changed"], "handler": "tests.handlers:record"}
+    values.update(fields)
+    return InstanceSpec.from_dict(values)
+
+
+def _notify(dsn, channel, payload):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    handlers.reset()
+    return Registry(tmp_path / "registry.json")
+
+
+@pytest.fixture
+def supervisor(registry, pg_dsn):
+    sup = Supervisor(registry, pg_dsn, interval=3600, wait_after_db_revived=0.5,
+                     probe_interval=0.2)
+    yield sup
+    sup.stop(timeout=5)
+
+
+def _state(sup, name):
+    return sup.status()[name]["state"]
+
+
+def _wait_state(sup, name, state, timeout=10):
+    wait_for(lambda: _state(sup, name) == state, timeout,
+             message="%s never became %s: %r" % (name, state, sup.status().get(name)))
+
+
+@pytest.mark.timeout(30)
+def test_registered_instance_runs_and_handles_notifications(registry, supervisor, pg_dsn):
+    registry.add(_spec())
+    supervisor.start()
+    assert get_current() is supervisor
+    _wait_state(supervisor, "river", "running")
+    _notify(pg_dsn, "doc_changed", "42")
+    wait_for(lambda: [n.payload for n in handlers.seen if n.kind == "notify"] == ["42"], 5)
+    assert handlers.seen[0].kind == "catch_up"
+
+
+@pytest.mark.timeout(30)
+def test_killed_instance_restarts_at_once_then_parks_over_budget(registry, supervisor):
+    registry.add(_spec())
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    first = supervisor.instance("river")
+    killed_at = time.monotonic()
+    first.kill()
+    wait_for(lambda: supervisor.instance("river") is not first
+             and supervisor.instance("river").alive, 5)
+    assert time.monotonic() - killed_at < 0.5
+    assert supervisor.status()["river"]["restarts"] == 1
+    # A second death inside the 1/m window: parked with a reason, not restarted.
+    second = supervisor.instance("river")
+    second.kill()
+    _wait_state(supervisor, "river", "disabled_by_supervisor")
+    status = supervisor.status()["river"]
+    assert "restart budget 1/m spent" in status["parked_reason"]
+    assert supervisor.counters["restarts_rate_limited"] == 1
+    # An operator's restart clears it.
+    assert supervisor.restart(["river"]).get(timeout=10) == {"river": "started"}
+    _wait_state(supervisor, "river", "running")
+
+
+@pytest.mark.timeout(30)
+def test_enable_clears_parking(registry, supervisor):
+    registry.add(_spec(restart_max_rate="0/m"))
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    supervisor.instance("river").kill()
+    _wait_state(supervisor, "river", "disabled_by_supervisor")
+    registry.enable("river")
+    _wait_state(supervisor, "river", "running")
+
+
+@pytest.mark.timeout(30)
+def test_registry_changes_are_reflected_within_one_request(registry, supervisor):
+    supervisor.start()
+    registry.add(_spec("a"))
+    registry.add(_spec("b"))
+    _wait_state(supervisor, "a", "running")
+    _wait_state(supervisor, "b", "running")
+    registry.update("a", channels=["one", "two"], max_concurrency=3)
+    wait_for(lambda: supervisor.instance("a").listener._listening == ("one", "two"), 5)
+    assert supervisor.instance("a").pool.max_concurrency == 3
+    registry.disable("b")
+    _wait_state(supervisor, "b", "disabled")
+    assert not supervisor.instance("b").alive
+    registry.remove("a")
+    wait_for(lambda: "a" not in supervisor.status(), 5)
+
+
+@pytest.mark.timeout(30)
+def test_async_operations_report_outcomes_and_merge_duplicates(registry, supervisor):
+    registry.add(_spec())
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    first = supervisor.verify(["river"])
+    second = supervisor.verify(["river"])
+    assert first is second
+    assert first.get(timeout=5) == {"river": "unchanged"}
+    assert supervisor.restart(["river", "nope"]).get(timeout=10) == {
+        "river": "restarted", "nope": "unknown instance"}
+    assert supervisor.shutdown(["river"]).get(timeout=10) == {"river": "stopped"}
+    assert _state(supervisor, "river") == "stopped"
+    # A verify leaves an operator's shutdown alone; a restart brings it back.
+    assert supervisor.verify().get(timeout=5) == {"river": "unchanged"}
+    assert supervisor.restart("river").get(timeout=10) == {"river": "started"}
+    _wait_state(supervisor, "river", "running")
