@@ -1,39 +1,18 @@
 """The throwaway Postgres kit does what it promises: lifecycle, DSNs, authentication,
-backend termination, standby/promote, fault proxy, cleanup."""
+backend termination, standby/promote, cleanup (the proxy: test_kit_proxy.py)."""
 import atexit
 import os
 import shutil
 import socket
 import sys
-import time
 
 import gevent
+import gevent.os
 import gevent.subprocess
-import psycogreen.gevent
 import psycopg2
 import pytest
 
-from supervisor.testing import (
-    FaultProxy,
-    PostgresCluster,
-    binaries,
-    processes,
-    pytest_plugin,
-    wait_for,
-)
-from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
-
-
-@pytest.fixture(autouse=True)
-def cooperative_psycopg2():
-    """Proxy tests interrupt queries with gevent.Timeout: psycopg2 must wait in gevent."""
-    psycogreen.gevent.patch_psycopg()
-
-
-@pytest.fixture
-def proxy(pg_cluster):
-    with FaultProxy(pg_cluster.port) as proxy:
-        yield proxy
+from supervisor.testing import ClusterError, PostgresCluster, processes, wait_for
 
 
 def _select_one(dsn, **kwargs):
@@ -84,13 +63,13 @@ def test_start_moves_to_another_port_when_its_port_was_taken():
 
 @pytest.mark.timeout(30)
 def test_forked_child_exit_leaves_the_parents_cluster_alone(pg_private_cluster):
-    pid = os.fork()
+    pid = gevent.os.fork()  # gevent's: its child watcher would reap a plain fork's child
     if pid == 0:  # the child runs the exit hooks of a normal exit (finalizers are among them)
         try:
             atexit._run_exitfuncs()
         finally:
             os._exit(0)
-    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, message="child did not exit")
+    assert gevent.os.waitpid(pid, 0)[1] == 0
     assert pg_private_cluster.running and pg_private_cluster.execute("SELECT 1") == [(1,)]
 
 
@@ -222,136 +201,6 @@ def test_context_manager_cleans_up_when_the_body_fails():
             pid, tempdir = cluster.pid, cluster.host
             raise ZeroDivisionError("the test body failed")
     assert not processes.alive(pid) and not os.path.exists(tempdir)
-
-
-@pytest.mark.timeout(10)
-def test_explicit_bindir_without_programs_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(BinariesNotFound, match="does not contain"):
-        find_bindir(str(tmp_path))
-    monkeypatch.setenv("PGVISOR_PG_BINDIR", str(tmp_path))
-    with pytest.raises(BinariesNotFound, match="PGVISOR_PG_BINDIR"):
-        PostgresCluster()
-
-
-def _fake_bindir(path):
-    path.mkdir(parents=True)
-    for name in binaries.REQUIRED:
-        (path / name).write_text("#!/bin/sh\n")
-        (path / name).chmod(0o755)
-    return str(path)
-
-
-@pytest.mark.timeout(10)
-def test_discovery_picks_the_newest_debian_version_numerically(tmp_path, monkeypatch):
-    for version in ("9.6", "16", "10"):
-        _fake_bindir(tmp_path / version / "bin")
-    monkeypatch.delenv("PGVISOR_PG_BINDIR", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no pg_config
-    monkeypatch.setattr(binaries, "_discovered", [])
-    monkeypatch.setattr(binaries, "DEBIAN_GLOB", str(tmp_path / "*" / "bin"))
-    assert find_bindir() == str(tmp_path / "16" / "bin")
-    assert find_bindir(_fake_bindir(tmp_path / "mine")) == str(tmp_path / "mine")
-
-
-@pytest.mark.timeout(10)
-def test_missing_binaries_say_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.delenv("PGVISOR_PG_BINDIR", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(binaries, "_discovered", [])
-    monkeypatch.setattr(binaries, "DEBIAN_GLOB", str(tmp_path / "*" / "bin"))
-    with pytest.raises(BinariesNotFound, match="apt-get install postgresql.*PGVISOR_PG_BINDIR"):
-        find_bindir()
-
-
-@pytest.mark.timeout(10)
-def test_fixtures_fail_rather_than_skip_without_binaries(tmp_path, monkeypatch):
-    monkeypatch.setenv("PGVISOR_PG_BINDIR", str(tmp_path))
-    with pytest.raises(pytest.fail.Exception, match="PGVISOR_PG_BINDIR"):
-        pytest_plugin._cluster("kit-no-binaries")
-
-
-@pytest.mark.timeout(10)
-def test_wait_for_returns_the_value_or_raises_at_the_deadline():
-    calls = []
-    assert wait_for(lambda: calls.append(1) or len(calls) >= 3 and "done") == "done"
-    with pytest.raises(AssertionError, match=r"never true: not true within 0.05s"):
-        wait_for(lambda: 0, timeout=0.05, message="never true")
-
-
-@pytest.mark.timeout(30)
-def test_proxy_forwards_to_the_cluster(pg_cluster, proxy):
-    dsn = proxy.dsn_for(pg_cluster, "postgres")
-    assert "port=%d" % proxy.port in dsn and proxy.port != pg_cluster.port
-    conn = psycopg2.connect(dsn, application_name="kit-proxied")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT application_name FROM pg_stat_activity "
-                        "WHERE pid = pg_backend_pid()")
-            assert cur.fetchone() == ("kit-proxied",)
-            cur.execute("SELECT repeat('x', 1000000)")  # more than one chunk
-            assert len(cur.fetchone()[0]) == 1000000
-        assert proxy.connections == 1
-    finally:
-        conn.close()
-    wait_for(lambda: proxy.connections == 0, message="proxy kept a closed connection")
-
-
-@pytest.mark.timeout(30)
-def test_blackhole_hangs_queries_silently_and_heal_restores(pg_cluster, proxy):
-    conn = psycopg2.connect(proxy.dsn_for(pg_cluster), application_name="kit-blackholed")
-    ticks = []
-    heartbeat = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
-    try:
-        proxy.blackhole()
-        with pytest.raises(gevent.Timeout):
-            with gevent.Timeout(0.5):
-                conn.cursor().execute("SELECT 1")
-        assert len(ticks) >= 10, "the hub was blocked during the blackhole"
-        with pytest.raises(gevent.Timeout):
-            with gevent.Timeout(0.3):
-                psycopg2.connect(proxy.dsn_for(pg_cluster)).close()
-        # half-open silence: the server never heard that anything went wrong
-        assert pg_cluster.execute("SELECT count(*) FROM pg_stat_activity "
-                                  "WHERE application_name = 'kit-blackholed'") == [(1,)]
-        proxy.heal()
-        assert _select_one(proxy.dsn_for(pg_cluster)) == 1
-    finally:
-        heartbeat.kill()
-        conn.close()
-
-
-@pytest.mark.timeout(30)
-def test_reset_cuts_current_connections_only(pg_cluster, proxy):
-    conn = psycopg2.connect(proxy.dsn_for(pg_cluster), application_name="kit-reset")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        assert proxy.reset() == 1
-        with pytest.raises(psycopg2.OperationalError):
-            conn.cursor().execute("SELECT 1")
-        wait_for(lambda: not pg_cluster.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'kit-reset'"),
-            message="the server kept the reset session")
-        assert _select_one(proxy.dsn_for(pg_cluster)) == 1
-    finally:
-        conn.close()
-
-
-@pytest.mark.timeout(30)
-def test_delay_adds_latency_and_heal_removes_it(pg_cluster, proxy):
-    conn = psycopg2.connect(proxy.dsn_for(pg_cluster))
-    try:
-        cur = conn.cursor()
-        proxy.delay(100)
-        started = time.monotonic()
-        cur.execute("SELECT 1")
-        assert time.monotonic() - started >= 0.2  # query and answer: one chunk each
-        proxy.heal()
-        started = time.monotonic()
-        cur.execute("SELECT 1")
-        assert time.monotonic() - started < 0.1
-    finally:
-        conn.close()
 
 
 _ABANDON = """
