@@ -23,18 +23,23 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 import gevent.pool
 import gevent.pywsgi
 
+from instances.dsn import scrub, secret_fragments
 from instances.exceptions import InvalidConfigurationException
-from supervisor.http_routes import HttpError, Request, Response, Routes, scrub_body
+from supervisor.http_routes import HttpError, Request, Response, Routes
 from supervisor.metrics import make_registry
 from supervisor.settings import is_loopback
 
 log = logging.getLogger(__name__)
 
 MUTATING = ("PUT", "DELETE", "POST")
+#: Secret fragments shorter than this are not scrubbed from answers (they would mangle
+#: ordinary words; passwords are redacted where errors are made, this is a second net).
+MIN_SCRUBBED = 4
 #: Routes readable without a token even when ``token_for_reads`` is set (probes).
 OPEN_PATHS = ("/health",)
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request",
@@ -155,13 +160,39 @@ class HttpApi:
         if isinstance(response.body, bytes):
             payload = response.body
         else:
-            body = scrub_body(response.body, self.routes.secrets())
+            body = scrub_body(response.body, self._secrets())
             payload = (json.dumps(body, default=_jsonable, ensure_ascii=False, indent=1)
                        + "\n").encode("utf-8")
         headers = [("Content-Type", response.content_type),
                    ("Content-Length", str(len(payload))),
                    ("Cache-Control", "no-store")] + response.headers
         return payload, headers
+
+
+    def _secrets(self):
+        """Fragments that must not appear in any answer: the DSN passwords we know."""
+        dsns = [getattr(self.supervisor, "dsn", None)]
+        dsns += [spec.dsn for spec in self.supervisor.registry]
+        found = set()
+        for dsn in dsns:
+            if isinstance(dsn, Mapping):
+                dsn = dict(dsn)
+            if isinstance(dsn, (str, dict)):
+                found.update(secret_fragments(dsn))
+        return sorted((f for f in found if len(f) >= MIN_SCRUBBED), key=len, reverse=True)
+
+
+def scrub_body(value, fragments):
+    """``value`` (a JSON-able object) with every string scrubbed of ``fragments``."""
+    if not fragments:
+        return value
+    if isinstance(value, str):
+        return scrub(value, fragments)
+    if isinstance(value, Mapping):
+        return {scrub_body(k, fragments): scrub_body(v, fragments) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_body(v, fragments) for v in value]
+    return value
 
 
 class _Body:

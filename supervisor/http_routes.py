@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from instances.dsn import redact_params, scrub, secret_fragments
+from instances.dsn import redact_params
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, UnknownInstance
 from instances.spec import NAME_PATTERN, InstanceSpec, redact_dsn
@@ -32,9 +32,6 @@ _NAME = re.compile(NAME_PATTERN + r"\Z")
 _OPERATION_ID = re.compile(r"[0-9a-f]{1,32}\Z")
 ACTIONS = ("restart", "verify", "shutdown")
 JSON_TYPE = "application/json"
-#: Secret fragments shorter than this are not scrubbed from answers (they would mangle
-#: ordinary words; passwords are redacted where errors are made, this is a second net).
-MIN_SCRUBBED = 4
 
 
 class HttpError(Exception):
@@ -275,31 +272,6 @@ class Routes:
             self.operations.get(op_id)[2].join(timeout)
         view = self.operations.view(op_id)
         return Response(202 if view["status"] == "pending" else 200, view)
-
-    # -- redaction ----------------------------------------------------------------------------
-
-    def secrets(self):
-        """Fragments that must not appear in any answer (the DSN passwords we know)."""
-        dsns = [getattr(self.supervisor, "dsn", None)]
-        dsns += [spec.dsn for spec in self.supervisor.registry]
-        found = set()
-        for dsn in dsns:
-            if isinstance(dsn, (str, Mapping)):
-                found.update(secret_fragments(dict(dsn) if isinstance(dsn, Mapping) else dsn))
-        return sorted((f for f in found if len(f) >= MIN_SCRUBBED), key=len, reverse=True)
-
-
-def scrub_body(value, fragments):
-    """``value`` (a JSON-able object) with every string scrubbed of ``fragments``."""
-    if not fragments:
-        return value
-    if isinstance(value, str):
-        return scrub(value, fragments)
-    if isinstance(value, Mapping):
-        return {scrub_body(k, fragments): scrub_body(v, fragments) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_body(v, fragments) for v in value]
-    return value
 
 
 def instance_view(name, spec, status):

@@ -507,6 +507,23 @@ def test_dict_dsn_password_is_redacted_in_answers_and_errors(client, pg_dsn):
     assert SECRET not in client.call("GET", "/instances/lake").text
 
 
+def test_known_passwords_are_scrubbed_from_status_text(client, supervisor, river,
+                                                       monkeypatch):
+    """A second net: a status string quoting a DSN password verbatim is scrubbed."""
+    supervisor.dsn = "%s password=%s" % (supervisor.dsn, SECRET)
+    real_status = supervisor.status
+
+    def leaky_status():
+        status = real_status()
+        status["river"]["last_error"] = "could not connect with %s" % SECRET
+        return status
+    monkeypatch.setattr(supervisor, "status", leaky_status)
+    reply = client.call("GET", "/instances/river")
+    assert reply.status == 200
+    assert SECRET not in reply.text
+    assert reply.body["last_error"] == "could not connect with ***"
+
+
 def test_one_access_log_line_per_request_without_query_or_token(secured, caplog):
     with caplog.at_level(logging.INFO, logger="supervisor.http"):
         secured.call("POST", "/instances/nope/restart?wait=1&secret=" + SECRET, token=TOKEN)
