@@ -176,7 +176,7 @@ class Executor:
         for action in actions:
             if isinstance(action, (Stop, Recreate)) or (
                     isinstance(action, Restart) and self._alive(action.name)):
-                stopping.append(self.sup.records[action.name])
+                stopping.append(self.record(action.name))
         self._stop_all(stopping)
         for action in actions:
             outcome[action.name] = self._carry_out_one(action)
