@@ -34,9 +34,9 @@ ROLES = ("primary", "standby")
 INSTANCE_COUNTERS = (
     ("pgvisor_restarts", "restarts", "Restarts of the instance by the supervisor."),
     ("pgvisor_notifications_received", "received",
-     "Notifications read by the instance's listener (catch_up included)."),
+     "NOTIFY notifications read by the instance's listener (catch_up not counted)."),
     ("pgvisor_notifications_processed", "processed",
-     "Notifications the handler finished without an error."),
+     "Notifications (catch_up included) the handler finished without an error."),
     ("pgvisor_notifications_failed", "failed",
      "Notifications whose handler raised (sent to the error path)."),
     ("pgvisor_notifications_timed_out", "timed_out",
