@@ -34,19 +34,30 @@ LIVE_FIELDS = frozenset(("channels", "min_concurrency", "max_concurrency", "enab
                          "restart", "run_on", "restart_max_rate", "handler_timeout"))
 
 
-def make_queue(spec):
-    """The queue an instance of ``spec`` uses: a MemoryQueue, or a FileQueue spool."""
+def make_queue(spec, owner=None):
+    """The queue an instance of ``spec`` uses: a MemoryQueue, or a FileQueue spool opened
+    with the spec's queue options (``owner`` labels its claims, as in FileQueue)."""
     if spec.queue is None:
         return MemoryQueue(spec.queue_size)
-    from instances.spool import FileQueue  # the spool is optional weight
-    options = dict(spec.queue)
-    return FileQueue(options.pop("spool"), **_spool_options(options))
+    from instances.spool import FileQueue, OutputQueue  # the spool is optional weight
+    options = spec.queue
+    output = None
+    if options.get("queue_out_dir"):
+        output = OutputQueue(options["queue_out_dir"], options.get("queue_out_limit"),
+                             options.get("queue_out_wait"))
+    return FileQueue(options["spool"], owner=owner, fsync=options.get("fsync", False),
+                     mode=options.get("mode", 0o700),
+                     max_attempts=options.get("max_attempts", 5), output=output)
 
 
-def _spool_options(options):
-    return {key: value for key, value in options.items()
-            if key in ("fsync", "mode", "max_attempts", "queue_out_dir", "queue_out_limit",
-                       "queue_out_wait")}
+def make_pool(spec, queue, handler):
+    """The processors of ``spec``: greenlets in this process, or worker processes
+    (``isolation="process"``, see :mod:`instances.workers`) sharing the spool."""
+    if spec.isolation == "process":
+        from instances.workers import WorkerProcesses
+        return WorkerProcesses(queue, spec)
+    return ProcessorPool(queue, handler, spec.min_concurrency, spec.max_concurrency,
+                         spec.handler_timeout, spec.name)
 
 
 class Instance:
@@ -95,11 +106,12 @@ class Instance:
         self.exit = self.exception = None
         self._stopping = False
         spec = self.spec
-        self.pool = ProcessorPool(self.queue, self._handler, spec.min_concurrency,
-                                  spec.max_concurrency, spec.handler_timeout, spec.name)
+        self.pool = make_pool(spec, self.queue, self._handler)
         self.listener = PostgresNotificationListener(
             self.dsn, spec.channels, self.queue, name=spec.name,
             on_connection_lost=self._connection_lost)
+        # A spool takes each drained read as one file (one write, fsync, rename).
+        self.listener.batch = bool(spec.queue is not None and spec.queue.get("batch", True))
         self.pool.link(self._part_ended)
         self.listener.link(self._part_ended)
         self.started_at, self.ended_at = time.time(), None

@@ -10,7 +10,8 @@ shared with another greenlet). One iteration of its loop::
     execute       poll() and drain the server's notifications (order kept)
     post_execute  put each as a Notification into the queue; a full queue blocks the
                   listener, which stops reading: back-pressure reaches the server, and
-                  nothing is ever dropped
+                  nothing is ever dropped. With ``batch`` and a spool (``put_batch``),
+                  the whole read goes in as one batch file instead
 
 After every successful (re)LISTEN one ``catch_up`` notification is put before live ones:
 NOTIFY is not durable, whatever was sent while nobody listened is gone, and the handler
@@ -53,6 +54,9 @@ class PostgresNotificationListener(Component):
     ping_timeout = 5.0
     #: Seconds a blocked put waits before beating the heartbeat and trying again.
     put_beat = 1.0
+    #: Put each drained read as ONE batch when the queue offers ``put_batch`` (a spool:
+    #: one write, one fsync, one rename per read). A memory queue never batches.
+    batch = False
 
     def __init__(self, dsn, channels, queue, name="listener", error_strategy=None,
                  backoff=None, on_connection_lost=None):
@@ -75,6 +79,7 @@ class PostgresNotificationListener(Component):
         self._waiter = None
         self._io = None
         self._sessions = 0
+        self._put_batch = None
 
     # -- owner API ------------------------------------------------------------------------
     def set_channels(self, channels):
@@ -105,6 +110,7 @@ class PostgresNotificationListener(Component):
             self._lost(error)
             raise
         self._listening = self.channels
+        self._put_batch = getattr(self.queue, "put_batch", None) if self.batch else None
         self._io = gevent.get_hub().loop.io(self.connector.fileno(), 1)
         if self._sessions:
             self.reconnects += 1
@@ -136,6 +142,11 @@ class PostgresNotificationListener(Component):
         if not exec_value:
             return
         now = time.time()
+        if self._put_batch is not None:
+            self._put_batch([Notification(channel, payload, "notify", pid, now)
+                             for pid, channel, payload in exec_value])
+            self.received += len(exec_value)
+            return
         put = self.queue.put
         for pid, channel, payload in exec_value:
             notification = Notification(channel, payload, "notify", pid, now)

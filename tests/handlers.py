@@ -3,6 +3,10 @@
 Handlers record what they saw in module-level lists so a test can assert on them; call
 :func:`reset` at the start of a test.
 """
+import os
+import signal
+import time
+
 import gevent
 
 seen = []
@@ -44,3 +48,42 @@ def noop(notification):
 def cpu_spin(notification):
     """Hold the CPU for a moment without yielding (a hung handler)."""
     gevent.idle()
+
+
+# -- handlers for worker processes (tests/integration/test_isolation.py and friends) ------
+# They run in other processes: they report by appending lines to the file named by the
+# environment variable PGVISOR_TEST_OUT (children inherit the test's environment).
+
+def _payload(message):
+    return message.get("payload", "") if isinstance(message, dict) else (message.payload or "")
+
+
+def _append(line):
+    with open(os.environ["PGVISOR_TEST_OUT"], "a") as out:
+        out.write(line + "\n")
+
+
+def job(message):
+    """Append ``<payload> <pid>`` to $PGVISOR_TEST_OUT, unless the payload starts with:
+    ``bad`` (raise), ``crash`` (SIGKILL this process), ``spin`` (hold the CPU forever),
+    ``hang`` (block forever while $PGVISOR_TEST_HANG is set)."""
+    payload = _payload(message)
+    if payload.startswith("bad"):
+        raise ValueError("bad payload %r" % payload)
+    if payload.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if payload.startswith("spin"):
+        while True:
+            pass
+    if payload.startswith("hang") and os.environ.get("PGVISOR_TEST_HANG"):
+        gevent.sleep(3600)
+    _append("%s %d" % (payload, os.getpid()))
+
+
+def burn_5ms(message):
+    """About 5 ms of pure-Python CPU work, never yielding (a CPU-bound handler)."""
+    end = time.perf_counter() + 0.005
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
