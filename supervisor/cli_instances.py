@@ -1,0 +1,203 @@
+"""``pgvisor instances list|show|add|update|remove|enable|disable``: the registry verbs.
+
+They edit the registry file directly through :class:`~instances.registry.Registry` (atomic
+writes under its lock), so they work with the service down; a running service picks every
+edit up through its registry file watcher. The file is ``--registry PATH``, else the
+config's ``[registry] path`` (``-c``), else ``PGVISOR_REGISTRY_PATH``.
+
+A handler whose module is not importable where the CLI runs (another virtualenv, the
+application's own path) is stored unchecked, with a warning: the service resolves it when
+it starts the instance. Blocking file I/O, milliseconds; main greenlet.
+"""
+import contextlib
+import importlib.util
+import json
+import os
+
+from instances.exceptions import InvalidConfigurationException, RegistryError
+from instances.registry import InstanceExists, Registry, UnknownInstance
+from instances.spec import InstanceSpec, redact_dsn
+from supervisor import cli_output
+from supervisor.cli_commands import load
+from supervisor.cli_output import CliError, emit_json, error, key_values, say, table
+from supervisor.settings import BY_NAME
+
+#: (flag destination, spec field) of the typed add/update flags.
+FIELD_FLAGS = (("channels", "channels"), ("handler", "handler"),
+               ("min", "min_concurrency"), ("max", "max_concurrency"),
+               ("run_on", "run_on"), ("restart", "restart"), ("queue_size", "queue_size"),
+               ("handler_timeout", "handler_timeout"), ("isolation", "isolation"),
+               ("dsn", "dsn"), ("restart_max_rate", "restart_max_rate"),
+               ("enabled", "enabled"))
+EDIT_NOTE = "(a running service picks the change up from the file)"
+
+
+def registry_path(args):
+    if args.registry:
+        return os.path.abspath(args.registry)
+    if args.config:
+        return load(args.config).registry.path
+    env = os.environ.get(BY_NAME["registry.path"].env)
+    if env:
+        return os.path.abspath(env)
+    raise CliError("which registry? give -c CONFIG or --registry PATH (or set %s)"
+                   % BY_NAME["registry.path"].env, cli_output.USAGE)
+
+
+@contextlib.contextmanager
+def registry_errors():
+    """Registry and spec exceptions as CliErrors with the documented exit codes."""
+    try:
+        yield
+    except UnknownInstance as exc:
+        raise CliError(str(exc), cli_output.UNKNOWN_INSTANCE) from None
+    except InstanceExists as exc:
+        raise CliError(str(exc), cli_output.FAILED) from None
+    except InvalidConfigurationException as exc:
+        raise CliError(str(exc), cli_output.USAGE) from None
+    except RegistryError as exc:
+        raise CliError(str(exc), cli_output.FAILED) from None
+
+
+def cmd_instances(args):
+    path = registry_path(args)
+    with registry_errors():
+        return _VERBS[args.verb](args, path)
+
+
+def _open(path, resolve=False):
+    return Registry(path, resolve=resolve)
+
+
+def _specs(path):
+    """The registered specs, without creating a missing file."""
+    return list(_open(path)) if os.path.exists(path) else []
+
+
+def view(spec):
+    """A spec as shown: its fields, the dsn's password masked."""
+    data = spec.to_dict()
+    if data.get("dsn") is not None:
+        data["dsn"] = redact_dsn(data["dsn"])
+    return data
+
+
+def do_list(args, path):
+    views = [view(spec) for spec in _specs(path)]
+    if args.json:
+        emit_json(views)
+        return cli_output.OK
+    say(table(views, [
+        ("NAME", "name"), ("ENABLED", "enabled"), ("CHANNELS", "channels"),
+        ("HANDLER", "handler"),
+        ("CONCURRENCY", lambda v: "%d-%d" % (v["min_concurrency"], v["max_concurrency"])),
+        ("RUN ON", "run_on"), ("RESTART", "restart"),
+        ("QUEUE", lambda v: "spool %s" % v["queue"]["spool"] if v["queue"] else "memory")],
+        empty="no instances in %s" % path))
+    return cli_output.OK
+
+
+def do_show(args, path):
+    if not os.path.exists(path):
+        raise UnknownInstance("no instance named %r in registry %s (the file does not "
+                              "exist)" % (args.name, path))
+    data = view(_open(path).get(args.name))
+    if args.json:
+        emit_json(data)
+    else:
+        say(key_values(data))
+    return cli_output.OK
+
+
+def spec_fields(args):
+    """The spec fields given by the add/update flags (None: flag not given)."""
+    fields = {field: getattr(args, dest) for dest, field in FIELD_FLAGS
+              if getattr(args, dest, None) is not None}
+    if getattr(args, "queue_spool", None):
+        fields["queue"] = {"spool": os.path.abspath(args.queue_spool)}
+    if getattr(args, "memory_queue", False):
+        fields["queue"] = None
+    if isinstance(fields.get("handler_timeout"), str):
+        fields["handler_timeout"] = _seconds_or_none(fields["handler_timeout"])
+    for item in args.set or ():
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            raise CliError("--set %r: must be FIELD=VALUE (VALUE as JSON, or text)" % item,
+                           cli_output.USAGE)
+        try:
+            fields[field.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            fields[field.strip()] = raw
+    return fields
+
+
+def _seconds_or_none(text):
+    if text.strip().lower() in ("none", "null", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError("--handler-timeout %r: must be seconds or 'none'" % text,
+                       cli_output.USAGE) from None
+
+
+def importable(handler):
+    """False when the handler's module cannot be found here (warn, store unchecked)."""
+    module = handler.partition(":")[0] if isinstance(handler, str) else ""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found and module:
+        error("warning: handler %r: module %r is not importable here; stored unchecked (the "
+              "service checks it when it starts the instance)" % (handler, module))
+    return found
+
+
+def do_add(args, path):
+    fields = dict(spec_fields(args), name=args.name)
+    resolve = importable(fields.get("handler"))
+    spec = InstanceSpec.from_dict(fields, resolve=resolve)
+    registry = _open(path, resolve)
+    registry.add(spec)
+    return _changed(args, "added", registry, spec)
+
+
+def do_update(args, path):
+    fields = spec_fields(args)
+    if not fields:
+        raise CliError("nothing to update: give at least one field flag (see "
+                       "`pgvisor instances update --help`)", cli_output.USAGE)
+    resolve = "handler" in fields and importable(fields["handler"])
+    registry = _open(path, resolve)
+    spec = registry.update(args.name, **fields)
+    return _changed(args, "updated", registry, spec)
+
+
+def do_remove(args, path):
+    registry = _open(path)
+    return _changed(args, "removed", registry, registry.remove(args.name))
+
+
+def do_enable(args, path):
+    registry = _open(path)
+    return _changed(args, "enabled", registry, registry.enable(args.name))
+
+
+def do_disable(args, path):
+    registry = _open(path)
+    return _changed(args, "disabled", registry, registry.disable(args.name))
+
+
+def _changed(args, what, registry, spec):
+    if args.json:
+        emit_json({"result": what, "instance": view(spec), "registry": registry.path,
+                   "registry_version": registry.version})
+    else:
+        say("%s %s in %s, version %d %s" % (what, spec.name, registry.path, registry.version,
+                                             EDIT_NOTE))
+    return cli_output.OK
+
+
+_VERBS = {"list": do_list, "show": do_show, "add": do_add, "update": do_update,
+          "remove": do_remove, "enable": do_enable, "disable": do_disable}

@@ -1,0 +1,272 @@
+"""The :class:`Service`: what ``pgvisor run`` runs, wired together and driven by signals.
+
+Wiring (in start order): the :class:`~instances.registry.Registry` file, the
+:class:`~supervisor.Supervisor`, a :class:`~supervisor.watch.FileWatcher` on the registry file
+(a hand or CLI edit reaches ``supervisor.reload_registry()``), the
+:class:`~supervisor.http.HttpApi`, systemd readiness and watchdog pings
+(:mod:`supervisor.sdnotify`). Logging and the secrets are set up by the caller (the CLI)
+before the Service exists.
+
+Lifecycle::
+
+    run() -- start() --> serving --SIGHUP--> reload() (config + registry), serving
+                            |
+                        SIGTERM/SIGINT --> shutdown(): drain, stop --> run() returns 0
+                                             |
+                                         2nd SIGTERM/SIGINT --> run() returns 1 at once
+
+Drain (the contract for memory queues; a spool keeps its backlog on disk anyway): the
+listeners keep listening (a notification nobody listens for is lost the same way) while
+every memory-queue instance works off its backlog, for at most ``shutdown_grace``
+seconds; then the supervisor stops every instance: each finishes the notification in its
+handler within ``shutdown_grace`` more, then is killed. Notifications still queued are
+dropped and counted in an ``instance.dropped_at_shutdown`` warning; the ``catch_up`` at
+the next start is how the handler finds their rows. So a shutdown takes at most about
+2 x shutdown_grace.
+
+Concurrency: run() blocks the calling greenlet (the main one); signal handlers run in
+greenlets of their own and only set events or spawn the reload; nothing here raises
+SystemExit (the CLI turns the returned code into the exit status).
+"""
+import logging
+import signal
+import time
+
+import gevent
+import gevent.event
+
+from instances.exceptions import InvalidConfigurationException, RegistryError
+from instances.registry import Registry
+from supervisor import logs
+from supervisor.actor import Supervisor
+from supervisor.sdnotify import Notifier
+from supervisor.service_reload import apply_changes, config_changes
+
+log = logging.getLogger(__name__)
+
+
+def supervisor_options(cfg):
+    """The Supervisor's keyword arguments from a Config."""
+    s = cfg.supervisor
+    return dict(interval=s.interval, restart_max_rate=s.restart_max_rate,
+                wait_after_db_revived=s.wait_after_db_revived,
+                watch_path=cfg.failover.watch_path, failover_files=cfg.failover.files,
+                heartbeat_timeout=s.heartbeat_timeout, shutdown_grace=s.shutdown_grace,
+                probe_interval=s.probe_interval, probe_timeout=s.probe_timeout,
+                failover_debounce=cfg.failover.debounce)
+
+
+class Service:
+    """The service of ``config`` (a :class:`~supervisor.config.Config`).
+
+    ``load_config``: a callable returning a fresh Config (raising
+    InvalidConfigurationException), used by SIGHUP; None: SIGHUP reloads the registry only.
+    ``notifier``: a :class:`~supervisor.sdnotify.Notifier` (default: from the environment).
+    """
+
+    #: Seconds between looks at the backlogs while draining.
+    drain_poll_interval = 0.05
+    #: Seconds the HTTP server gives running requests at shutdown.
+    http_stop_timeout = 2.0
+    #: Seconds a SIGHUP waits for the supervisor to re-read the registry.
+    reload_timeout = 10.0
+
+    def __init__(self, config, load_config=None, notifier=None):
+        self.config = config
+        self.load_config = load_config
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
+        self.registry = self.supervisor = self.watcher = self.http = None
+        self._stop_requested = gevent.event.Event()
+        self._abort = gevent.event.Event()
+        self._signals = []
+        self._greenlets = []
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self):
+        """Start, serve until SIGTERM/SIGINT, drain and stop; return the exit code (0 after a
+        clean shutdown, 1 when start-up failed or a second signal cut the shutdown short,
+        2 when the registry file is invalid). Blocks the calling greenlet."""
+        self._install_signals()
+        try:
+            self.start()
+        except (InvalidConfigurationException, RegistryError) as exc:
+            log.error("cannot start: %s", exc, extra={"action": "service.start_failed",
+                                                      "instance": None})
+            self._stop_parts()
+            return 2
+        except OSError as exc:
+            log.error("cannot start: %s", exc, extra={"action": "service.start_failed",
+                                                      "instance": None})
+            self._stop_parts()
+            return 1
+        self._stop_requested.wait()
+        stopper = gevent.spawn(self.shutdown)
+        gevent.wait([stopper, self._abort], count=1)
+        if not stopper.ready():
+            log.warning("second signal: exiting at once without waiting for the drain",
+                        extra={"action": "service.abort", "instance": None})
+            return 1
+        self._cancel_signals()
+        return stopper.get()
+
+    def start(self):
+        """Open the registry, start the supervisor, the registry watcher and the HTTP API;
+        tell systemd READY=1. Raises RegistryError, InvalidConfigurationException or
+        OSError (address in use); what started stays started (see :meth:`_stop_parts`)."""
+        cfg = self.config
+        self.registry = Registry(cfg.registry.path)
+        self.supervisor = Supervisor(self.registry, cfg.database.connect_dsn(),
+                                     **supervisor_options(cfg))
+        log.info("pgvisor starting: database %s, registry %s (%d instances)",
+                 cfg.database.display_dsn(), self.registry.path, len(self.registry),
+                 extra={"action": "service.start", "instance": None})
+        self.supervisor.start()
+        if cfg.registry.watch:
+            from supervisor.watch import FileWatcher
+            self.watcher = FileWatcher.for_file(self.registry.path, self._registry_changed,
+                                                field="registry.path")
+            self.watcher.start()
+        if cfg.http.address is not None:
+            from supervisor.http import HttpApi
+            self.http = HttpApi(self.supervisor, listen=cfg.http.address, token=cfg.http.token,
+                                max_body=cfg.http.max_body)
+            self.http.start()
+        if self.notifier.watchdog_interval:
+            self._greenlets.append(gevent.spawn(self._ping_watchdog))
+        self.notifier.notify("READY=1", "STATUS=supervising %d instances" % len(self.registry))
+        log.info("pgvisor ready", extra={"action": "service.ready", "instance": None})
+
+    def shutdown(self):
+        """Drain (see the module docstring) and stop everything; return 0. Blocks."""
+        self.notifier.notify("STOPPING=1", "STATUS=draining")
+        grace = self.supervisor.shutdown_grace
+        log.info("draining: memory queues get %.1f s to finish their backlog", grace,
+                 extra={"action": "service.drain", "instance": None})
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        left = self.drain(grace)
+        if left:
+            log.warning("drain time over with work left: %s", ", ".join(
+                "%s=%d" % item for item in sorted(left.items())),
+                extra={"action": "service.drain_timeout", "instance": None})
+        self.supervisor.stop(timeout=grace)
+        for name, count in sorted(self.backlogs().items()):
+            if count:
+                log.warning("instance %s: %d queued notification(s) not handled, dropped at "
+                            "shutdown (memory queue; the next start's catch_up covers them)",
+                            name, count, extra={"action": "instance.dropped_at_shutdown",
+                                                "instance": name, "dropped": count})
+        self._stop_parts()
+        log.info("pgvisor stopped", extra={"action": "service.stop", "instance": None})
+        return 0
+
+    def drain(self, timeout):
+        """Wait until no memory-queue instance has a backlog or a running handler, at most
+        ``timeout`` seconds; return ``{name: backlog}`` of those still busy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.busy()
+            if not busy or time.monotonic() >= deadline or self._abort.is_set():
+                return busy
+            gevent.sleep(self.drain_poll_interval)
+
+    def busy(self):
+        """``{name: backlog}`` of alive memory-queue instances with work queued or running."""
+        busy = {}
+        for name in self.supervisor.status():
+            instance = self.supervisor.instance(name)
+            if instance is None or instance.spec.queue is not None or not instance.alive:
+                continue
+            backlog = instance.queue.qsize()
+            if backlog or instance.pool.busy_since is not None:
+                busy[name] = backlog
+        return busy
+
+    def backlogs(self):
+        """``{name: items queued}`` of the memory-queue instances (after the stop: lost)."""
+        found = {}
+        for name in self.supervisor.status():
+            instance = self.supervisor.instance(name)
+            if instance is not None and instance.spec.queue is None:
+                found[name] = instance.queue.qsize()
+        return found
+
+    def _stop_parts(self):
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.supervisor is not None and self.supervisor.running:
+            self.supervisor.stop(timeout=self.config.supervisor.shutdown_grace)
+        if self.http is not None:
+            self.http.stop(self.http_stop_timeout)
+        self.notifier.close()
+
+    # -- reload -----------------------------------------------------------------------------
+    def reload(self):
+        """SIGHUP: reload the config (apply what can change live, report what needs a
+        restart; an invalid file changes nothing) and the registry. Returns True if the
+        config was valid. Blocks the calling greenlet for file I/O and up to
+        ``reload_timeout`` for the registry."""
+        self.notifier.notify("RELOADING=1", "MONOTONIC_USEC=%d" % (time.monotonic() * 1e6))
+        ok = True
+        if self.load_config is not None:
+            try:
+                new = self.load_config()
+            except InvalidConfigurationException as exc:
+                ok = False
+                for line in getattr(exc, "problems", [str(exc)]):
+                    log.error("config reload rejected, the running config stays: %s", line,
+                              extra={"action": "config.reload_rejected", "instance": None})
+            else:
+                for secret in new.secrets():
+                    logs.register_secret(secret)
+                apply_changes(self, config_changes(self.config, new), new)
+                self.config = new
+        outcome = self.supervisor.reload_registry()
+        outcome.join(self.reload_timeout)
+        log.info("reloaded%s; registry %s", "" if ok else " (config rejected)",
+                 "changed" if outcome.value else "unchanged or invalid",
+                 extra={"action": "service.reload", "instance": None})
+        self.notifier.notify("READY=1")
+        return ok
+
+    def _registry_changed(self, names):
+        """Watcher callback (own greenlet): the registry file was written."""
+        self.supervisor.reload_registry()
+
+    # -- signals and systemd ----------------------------------------------------------------
+    def _install_signals(self):
+        self._signals = [gevent.signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM"),
+                         gevent.signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT"),
+                         gevent.signal_handler(signal.SIGHUP, self._on_hup)]
+
+    def _cancel_signals(self):
+        for handle in self._signals:
+            handle.cancel()
+        self._signals = []
+
+    def _on_stop_signal(self, name):
+        if self._stop_requested.is_set():
+            self._abort.set()
+            return
+        log.info("%s: shutting down (send it again to exit at once)", name,
+                 extra={"action": "service.signal", "instance": None, "signal": name})
+        self._stop_requested.set()
+
+    def _on_hup(self):
+        if self._stop_requested.is_set() or self.supervisor is None:
+            return
+        log.info("SIGHUP: reloading the config and the registry",
+                 extra={"action": "service.signal", "instance": None, "signal": "SIGHUP"})
+        try:
+            self.reload()
+        except Exception:  # a signal greenlet's edge: never let a reload bug kill the hub
+            log.exception("reload failed", extra={"action": "service.reload_failed",
+                                                  "instance": None})
+
+    def _ping_watchdog(self):
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            gevent.sleep(self.notifier.watchdog_interval)
