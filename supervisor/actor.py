@@ -21,6 +21,7 @@ import gevent.queue
 from supervisor.budget import RestartBudget
 from supervisor.current import set_current
 from supervisor.execution import Executor
+from supervisor.hubwatch import HubWatch
 from supervisor.monitor import DatabaseMonitor
 from supervisor.plan import PlanState, plan
 from supervisor.records import observed_of, status_of
@@ -36,7 +37,11 @@ class Supervisor:
 
     See DESIGN.md for the meaning of every argument; ``options`` (keyword only):
     heartbeat_timeout, shutdown_grace, probe_interval, probe_timeout, failover_debounce,
-    instance_factory.
+    instance_factory, hub_monitor, max_blocking_time.
+
+    Outage and grace: the database monitor's reports arrive as ``database`` requests; a
+    report of "down" pauses supervision, the next "up" starts the grace (a generation
+    number and a timer that queues ``grace_over``); only the newest grace's timer ends it.
     """
 
     #: Seconds between periodic verifies of every instance.
@@ -49,6 +54,10 @@ class Supervisor:
     shutdown_grace = 10.0
     #: Seconds failover-file events are collected before one role check.
     failover_debounce = 0.5
+    #: Report hub blocking (gevent's monitor thread) as log lines and ``hub_blocks``.
+    hub_monitor = True
+    #: Seconds one greenlet may hold the hub before it counts as a block.
+    max_blocking_time = 0.1
 
     def __init__(self, registry, dsn, interval=60.0, restart_max_rate="1/m",
                  wait_after_db_revived=35.0, watch_path=None, failover_files=None,
@@ -59,7 +68,8 @@ class Supervisor:
         self.wait_after_db_revived = wait_after_db_revived
         self.watch_path = watch_path
         self.failover_files = tuple(failover_files or DEFAULT_FAILOVER_FILES)
-        for key in ("heartbeat_timeout", "shutdown_grace", "failover_debounce"):
+        for key in ("heartbeat_timeout", "shutdown_grace", "failover_debounce",
+                    "hub_monitor", "max_blocking_time"):
             if options.get(key) is not None:
                 setattr(self, key, options.pop(key))
         self.budget = RestartBudget(restart_max_rate)
@@ -74,9 +84,12 @@ class Supervisor:
         self.counters = dict.fromkeys(("restarts", "restarts_rate_limited", "deaths", "outages",
                                        "role_changes", "verifies", "hub_blocks"), 0)
         self.database = None  # the last DatabaseState
+        self.last_up = None  # the last DatabaseState that was up
         self._db_since = time.time()
         self._manual_pause = False
-        self._revived_at = None
+        self._grace = 0  # generation of the newest grace; 0: none yet
+        self._grace_timer = None  # the greenlet that queues grace_over (None: not in grace)
+        self.hubwatch = HubWatch(self._hub_blocked, self.max_blocking_time)
         self._merged = {}
         self._greenlets = []
         self._watcher = None
@@ -95,6 +108,8 @@ class Supervisor:
             return self
         self.running = True
         self._greenlets = [gevent.spawn(self._serve), gevent.spawn(self._tick_forever)]
+        if self.hub_monitor:
+            self.hubwatch.start()
         self.monitor.start()
         if self.watch_path:
             from supervisor.watch import FileWatcher
@@ -116,6 +131,9 @@ class Supervisor:
         if self._watcher is not None:
             self._watcher.stop()
         self.monitor.stop()
+        if self._grace_timer is not None:
+            self._grace_timer.kill(block=False)
+        self.hubwatch.stop()
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         log.info("supervisor stopped", extra={"action": "supervisor.stop", "instance": None})
 
@@ -156,6 +174,16 @@ class Supervisor:
     def db_up(self):
         return self.database is not None and self.database.up
 
+    @property
+    def role(self):
+        """The server's role as last probed ("primary", "standby"), None when unknown."""
+        return self.database.role if self.database is not None else None
+
+    @property
+    def in_grace(self):
+        """True from a revival until its ``wait_after_db_revived`` is over."""
+        return self._grace_timer is not None
+
     # -- reading (any greenlet; snapshots only) ----------------------------------------
     def instance(self, name):
         record = self.records.get(name)
@@ -177,7 +205,7 @@ class Supervisor:
             "system_identifier": db.system_identifier if db is not None else None,
             "timeline": db.timeline if db is not None else None,
             "error": db.error if db is not None else None,
-            "in_grace": self._in_grace(),
+            "in_grace": self.in_grace,
         }
 
     def _paused_by(self):
@@ -185,16 +213,12 @@ class Supervisor:
             return "operator"
         if not self.db_up:
             return "outage"
-        return "grace" if self._in_grace() else None
-
-    def _in_grace(self):
-        return (self._revived_at is not None
-                and time.monotonic() - self._revived_at < self.wait_after_db_revived)
+        return "grace" if self.in_grace else None
 
     def plan_state(self, ratelimit=True):
         db = self.database
         return PlanState(db_up=self.db_up, paused=self._manual_pause,
-                         role=db.role if db is not None else None, in_grace=self._in_grace(),
+                         role=db.role if db is not None else None, in_grace=self.in_grace,
                          heartbeat_timeout=self.heartbeat_timeout, ratelimit=ratelimit)
 
     # -- requests ----------------------------------------------------------------------
@@ -243,7 +267,10 @@ class Supervisor:
     def _failover_event(self, names):
         log.info("failover files changed: %s: checking the role", ", ".join(sorted(names)),
                  extra={"action": "supervisor.failover_event", "instance": None})
-        self.monitor.check_now()
+        self._put("role_check", None)
+
+    def _hub_blocked(self, block):
+        self.counters["hub_blocks"] += 1
 
     def _instance_died(self, instance):
         self._put("died", [instance.name], instance=instance)
@@ -252,6 +279,48 @@ class Supervisor:
         self.monitor.check_now()
 
     # -- used by the executor (actor greenlet) -----------------------------------------
+    def database_changed(self, state):
+        """Record the monitor's report ``state``: count outages and role changes, start a
+        grace on a revival. Returns True when the role differs from the last one seen up."""
+        previous, last_up = self.database, self.last_up
+        was_up = previous is not None and previous.up
+        self.database = state
+        if not state.up:
+            if was_up or previous is None:
+                self.counters["outages"] += 1
+                self._db_since = time.time()
+                log.warning("database down: supervision paused (%s)", state.error,
+                            extra={"action": "supervisor.outage", "instance": None})
+            return False
+        self.last_up = state
+        role_changed = last_up is not None and last_up.role != state.role
+        if role_changed:
+            self.counters["role_changes"] += 1
+        if role_changed or not was_up:
+            self._db_since = time.time()
+        if previous is not None and not was_up:
+            self._begin_grace()
+        return role_changed
+
+    def _begin_grace(self):
+        self._grace += 1
+        if self._grace_timer is not None:
+            self._grace_timer.kill(block=False)
+        self._grace_timer = gevent.spawn_later(self.wait_after_db_revived, self._put,
+                                               "grace_over", None, generation=self._grace)
+        log.info("database revived: instances have %.1f s to reconnect",
+                 self.wait_after_db_revived,
+                 extra={"action": "supervisor.revived", "instance": None})
+
+    def end_grace(self, generation):
+        """End the grace of ``generation``; False if a newer one (or none) is running."""
+        if generation != self._grace or self._grace_timer is None:
+            return False
+        self._grace_timer = None
+        log.info("grace after the revival over: verifying every instance",
+                 extra={"action": "supervisor.grace_over", "instance": None})
+        return True
+
     def desired(self, names=None):
         specs = {spec.name: spec for spec in self.registry}
         if names is None:

@@ -4,15 +4,20 @@ Runs only in the Supervisor's actor greenlet (it writes records and instances, w
 other greenlet does). Starting is quick (instances connect in their own greenlets);
 stopping waits for the current notification up to the shutdown grace, so the stops of one
 request run side by side and a request costs at most one grace period.
+
+Two facts the pure plan does not see are applied here: a death during an outage, a manual
+pause or the revive grace is *free* (its restart spends no budget), and an instance whose
+listener was refused by the server's role (RoleChanged, e.g. LISTEN on a standby) is not
+started again on that role: it waits for a role change or an operator's restart/enable.
 """
+import inspect
 import logging
-import time
 
 import gevent
 
 from instances.exceptions import FatalDatabaseError, RoleChanged
 from instances.instance import Instance
-from supervisor.plan import Apply, Forget, Recreate, Restart, Stop
+from supervisor.plan import Apply, Forget, Recreate, Restart, Start, Stop, role_fits
 from supervisor.records import Record
 
 log = logging.getLogger(__name__)
@@ -20,13 +25,23 @@ log = logging.getLogger(__name__)
 UNKNOWN = "unknown instance"
 
 
+def _takes_queue(factory):
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "queue" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 class Executor:
     """Request handlers of ``supervisor``; ``instance_factory(spec, dsn, on_death,
-    on_connection_lost)`` builds instances (default: :class:`~instances.instance.Instance`)."""
+    on_connection_lost)`` builds instances (default: :class:`~instances.instance.Instance`;
+    a factory that also takes ``queue=`` gets the old instance's queue on a restart)."""
 
     def __init__(self, supervisor, instance_factory=None):
         self.sup = supervisor
         self.factory = instance_factory or self._make_instance
+        self._pass_queue = _takes_queue(self.factory)
 
     def _make_instance(self, spec, dsn, on_death, on_connection_lost, queue=None):
         return Instance(spec, dsn, on_death=on_death, on_connection_lost=on_connection_lost,
@@ -62,6 +77,12 @@ class Executor:
     def on_registry(self, names):
         return self.on_verify(None, ratelimit=True)
 
+    def on_role_check(self, names):
+        """A failover file changed: the monitor probes now (its report follows as a
+        ``database`` request when something changed)."""
+        self.sup.monitor.check_now()
+        return {}
+
     def on_reload(self, names):
         try:
             self.sup.registry.reload()  # on a change, callbacks queue a verify
@@ -72,34 +93,32 @@ class Executor:
         return True
 
     def on_enabled(self, names):
-        """An operator enabled ``names``: clear parking and budgets, then verify them."""
+        """An operator enabled ``names``: clear parking, role blocks and budgets, verify."""
         for name in names:
             record = self.sup.records.get(name)
-            if record is not None and record.parked:
-                log.info("instance %s unparked by enable", name,
-                         extra={"action": "supervisor.unpark", "instance": name})
-                record.parked, record.exit = None, None  # a fresh start, not a restart
+            if record is not None:
+                if record.parked:
+                    log.info("instance %s unparked by enable", name,
+                             extra={"action": "supervisor.unpark", "instance": name})
+                    record.exit = None  # a fresh start, not a restart
+                record.parked = record.blocked_role = None
                 record.changed()
-                self.sup.budget.reset(name)
+            self.sup.budget.reset(name)
         return self.on_verify(names, ratelimit=True)
 
     def on_restart(self, names):
         desired = self.sup.desired(names)
         outcome = self._unknown(names)
-        stopping = []
-        for name in names:
-            if name in outcome:
-                continue
-            record = self.record(name)
-            record.parked, record.final_state = None, None
-            self.sup.budget.reset(name)
-            if record.instance is not None and record.instance.alive:
-                stopping.append(record)
+        records = [self.record(n) for n in names if n not in outcome]
+        for record in records:
+            record.parked = record.final_state = record.blocked_role = None
+            self.sup.budget.reset(record.name)
+        stopping = [r for r in records if r.instance is not None and r.instance.alive]
         self._stop_all(stopping)
-        for name in names:
-            if name not in outcome:
-                was = any(r.name == name for r in stopping)
-                outcome[name] = self._explicit_start(self.record(name), desired[name], was)
+        for record in records:
+            was_running = any(r is record for r in stopping)
+            outcome[record.name] = self._explicit_start(record, desired[record.name],
+                                                        was_running)
         return outcome
 
     def on_shutdown(self, names):
@@ -107,62 +126,64 @@ class Executor:
         records = [self.record(n) for n in names if n not in outcome]
         self._stop_all([r for r in records if r.instance is not None and r.instance.alive])
         for record in records:
-            record.final_state, record.exit = "stopped", None
+            record.final_state, record.exit, record.died_in_outage = "stopped", None, False
             record.changed()
             outcome[record.name] = "stopped"
         return outcome
 
     def on_died(self, names, instance):
-        record = self.sup.records.get(instance.name)
+        sup, name = self.sup, instance.name
+        record = sup.records.get(name)
         if record is None or record.instance is not instance:
             return {}  # an instance we already replaced or stopped
-        self.sup.counters["deaths"] += 1
-        record.exit = instance.exit or "abnormal"
-        record.last_error = None if instance.exception is None else str(instance.exception)
-        record.changed()
+        sup.counters["deaths"] += 1
         error = instance.exception
+        record.exit = instance.exit or "abnormal"
+        record.last_error = None if error is None else str(error)
+        record.changed()
         if isinstance(error, RoleChanged):
+            # The server refused the listener for its role: wait for a role change (or an
+            # operator), do not restart against the same role (that would flap forever).
             record.exit, record.final_state = None, "waiting"
-            self.sup.monitor.check_now()
-            return {instance.name: "waiting"}
+            record.blocked_role = sup.role or "unknown"
+            log.warning("instance %s waits: the %s refused it (%s)", name,
+                        record.blocked_role, error,
+                        extra={"action": "supervisor.role_refused", "instance": name})
+            sup.monitor.check_now()
+            return {name: "waiting"}
         if isinstance(error, FatalDatabaseError):
-            return {instance.name: self._park(record, "fatal database error: %s" % error)}
-        if not self.sup.db_up or self.sup.paused or self.sup._in_grace():
-            record.died_in_outage = True
-            self.sup.monitor.check_now()
-            return {instance.name: "waiting"}
-        return self.on_verify([instance.name], ratelimit=True)
+            return {name: self._park(record, "fatal database error: %s" % error)}
+        if sup.paused or sup.in_grace:
+            record.died_in_outage = True  # restarted after the grace, free of budget
+            sup.monitor.check_now()
+            return {name: "waiting"}
+        return self.on_verify([name], ratelimit=True)
 
     def on_database(self, names, state):
-        sup, previous = self.sup, self.sup.database
-        was_up = previous is not None and previous.up
-        sup.database, sup._db_since = state, time.time()
-        if was_up and not state.up:
-            sup.counters["outages"] += 1
-        if state.up and previous is not None and not was_up:
-            sup._revived_at = time.monotonic()
-            gevent.spawn_later(sup.wait_after_db_revived, sup._put, "grace_over", None)
-            log.info("database revived: instances have %.1f s to reconnect",
-                     sup.wait_after_db_revived,
-                     extra={"action": "supervisor.revived", "instance": None})
-        if state.up and previous is not None and previous.up and previous.role != state.role:
-            sup.counters["role_changes"] += 1
+        """The monitor saw a change; the actor records it (pausing, grace, role)."""
+        if self.sup.database_changed(state) and state.up:
+            for record in self.sup.records.values():
+                record.blocked_role = None  # a new role: refused instances may try again
         if not state.up:
             return {}
         return self.on_verify(None, ratelimit=True)
 
-    def on_grace_over(self, names):
-        """The grace after a revival is over: instances not back are restarted, free."""
+    def on_grace_over(self, names, generation):
+        """The grace after a revival is over: instances still not connected are restarted,
+        then a verify restarts the dead; neither spends restart budget."""
         sup = self.sup
-        if sup._in_grace():
+        if not sup.end_grace(generation) or not sup.db_up:
             return {}
-        for record in sup.records.values():
-            instance = record.instance
-            if instance is not None and instance.alive and not instance.connected:
-                record.died_in_outage = True
-                record.exit = "abnormal"
-                self._stop_all([record])
-        return self.on_verify(None, ratelimit=True)
+        desired, state = sup.desired(), sup.plan_state(ratelimit=False)
+        late = [Restart(r.name, desired[r.name], "not back %.1f s after the database revived"
+                        % sup.wait_after_db_revived, budgeted=False)
+                for r in sup.records.values()
+                if r.instance is not None and r.instance.alive and not r.instance.connected
+                and r.name in desired and desired[r.name].enabled and not r.parked
+                and role_fits(desired[r.name].run_on, state.role)]
+        outcome = self.carry_out(late)
+        outcome.update(self.on_verify(None, ratelimit=False))
+        return outcome
 
     def on_stop(self, names):
         records = [r for r in self.sup.records.values()
@@ -172,13 +193,15 @@ class Executor:
 
     # -- actions --------------------------------------------------------------------------
     def carry_out(self, actions):
-        outcome, stopping = {}, []
+        outcome, kept = {}, []
         for action in actions:
-            if isinstance(action, (Stop, Recreate)) or (
-                    isinstance(action, Restart) and self._alive(action.name)):
-                stopping.append(self.record(action.name))
-        self._stop_all(stopping)
-        for action in actions:
+            if isinstance(action, (Start, Restart)) and self._role_blocked(action.name):
+                outcome[action.name] = "waiting"
+            else:
+                kept.append(action)
+        self._stop_all([self.sup.records[a.name] for a in kept
+                        if isinstance(a, (Stop, Recreate, Restart)) and self._alive(a.name)])
+        for action in kept:
             outcome[action.name] = self._carry_out_one(action)
         return outcome
 
@@ -192,17 +215,24 @@ class Executor:
                      extra={"action": "supervisor.forget", "instance": action.name})
             return "stopped"
         if isinstance(action, Stop):
-            record.final_state, record.exit = action.final_state, None
-            record.changed()
-            log.info("instance %s stopped: %s", action.name, action.reason,
-                     extra={"action": "supervisor.stop_instance", "instance": action.name})
-            return action.final_state if action.final_state != "waiting" else "stopped"
+            return self._record_stop(record, action)
         if isinstance(action, Apply):
             record.instance.apply(action.spec)
             return "updated: %s" % ", ".join(action.changes)
         if isinstance(action, Restart):
             return self._restart(record, action)
         return self._start(record, action.spec, "started", reason=action.reason)
+
+    def _record_stop(self, record, action):
+        """A Stop: the instance (if it ran) is stopped already; record the state."""
+        record.final_state, record.exit, record.died_in_outage = action.final_state, None, False
+        if action.final_state == "disabled":  # an operator's disable clears parking too
+            record.parked = record.blocked_role = None
+            self.sup.budget.reset(record.name)
+        record.changed()
+        log.info("instance %s stopped: %s", record.name, action.reason,
+                 extra={"action": "supervisor.stop_instance", "instance": record.name})
+        return action.final_state if action.final_state != "waiting" else "stopped"
 
     def _restart(self, record, action):
         free = record.died_in_outage or not action.budgeted
@@ -226,9 +256,10 @@ class Executor:
         old = record.instance
         queue = old.queue if old is not None and old.spec.queue == spec.queue and (
             old.spec.queue_size == spec.queue_size) else None
+        extra = {"queue": queue} if self._pass_queue else {}
         try:
             record.instance = self.factory(spec, self.sup.dsn, self.sup._instance_died,
-                                           self.sup._connection_lost, queue=queue)
+                                           self.sup._connection_lost, **extra)
             record.instance.start()
         except Exception as error:  # a bad handler or queue: fail fast, spend nothing
             return self._park(record, "cannot start: %s" % error)
@@ -250,16 +281,20 @@ class Executor:
 
     def _stop_all(self, records):
         """Stop the instances of ``records`` side by side (each within the grace)."""
-        if not records:
-            return
         grace = self.sup.shutdown_grace
         jobs = [gevent.spawn(r.instance.stop, grace) for r in records
                 if r.instance is not None and r.instance.alive]
-        gevent.joinall(jobs, timeout=grace + 5)
+        if jobs:
+            gevent.joinall(jobs, timeout=grace + 5)
 
     def _alive(self, name):
         record = self.sup.records.get(name)
         return record is not None and record.instance is not None and record.instance.alive
+
+    def _role_blocked(self, name):
+        record = self.sup.records.get(name)
+        return (record is not None and record.blocked_role is not None
+                and record.blocked_role == (self.sup.role or "unknown"))
 
     def _unknown(self, names):
         if names is None:

@@ -38,6 +38,15 @@ class DatabaseState:
     error: typing.Optional[str] = None
     fatal: bool = False
 
+    def same(self, other):
+        """True when ``other`` says the same (two "down" states differ only by ``fatal``:
+        a changed error text is not news)."""
+        if other is None or self.up != other.up:
+            return False
+        if not self.up:
+            return self.fatal == other.fatal
+        return self == other
+
 
 class DatabaseMonitor:
     """Probe ``dsn`` periodically and on demand; ``report(state)`` on every change."""
@@ -105,16 +114,18 @@ class DatabaseMonitor:
     def _observe(self):
         state = self.probe()
         previous = self.state
-        if (previous is not None and state.up and previous.up
-                and state.role != previous.role):
+        last_role = self._last_up.role if self._last_up is not None else None
+        if state.up and last_role is not None and state.role != last_role:
+            # A changed role (also across an outage) is believed when a second probe
+            # ``role_debounce`` later agrees: a flapping failover costs one change, not two.
             gevent.sleep(self.role_debounce)
             confirmed = self.probe()
-            if confirmed.role != state.role:
-                log.info("role flap ignored: %s -> %s -> %s", previous.role, state.role,
+            if not confirmed.up or confirmed.role != state.role:
+                log.info("role flap ignored: %s -> %s -> %s", last_role, state.role,
                          confirmed.role, extra={"action": "monitor.role_flap", "instance": None})
                 return
             state = confirmed
-        if state != previous:
+        if not state.same(previous):
             self._log_change(previous, state, self._last_up)
             self.state = state
             if state.up:
@@ -129,8 +140,8 @@ class DatabaseMonitor:
             return
         if previous is None or not previous.up:
             log.info("database up: %s, timeline %s", state.role, state.timeline, extra=extra)
-        elif previous.role != state.role:
-            log.warning("database role changed: %s -> %s", previous.role, state.role,
+        if last_up is not None and last_up.role != state.role:
+            log.warning("database role changed: %s -> %s", last_up.role, state.role,
                         extra=dict(extra, action="monitor.role_changed"))
         if last_up is not None and (last_up.system_identifier != state.system_identifier
                                     or last_up.timeline != state.timeline):

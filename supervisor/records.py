@@ -13,9 +13,10 @@ from supervisor.plan import Observed
 STATES = ("starting", "running", "waiting", "stopped", "disabled", "disabled_by_supervisor")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Record:
-    """The runtime record of one instance name (mutable; the actor's alone)."""
+    """The runtime record of one instance name (mutable; the actor's alone; compared by
+    identity)."""
 
     name: str
     instance: typing.Any = None
@@ -29,6 +30,9 @@ class Record:
     last_error: typing.Optional[str] = None
     #: The death happened while the database was down or paused: its restart is free.
     died_in_outage: bool = False
+    #: The role ("primary", "standby", "unknown") whose server refused the instance
+    #: (RoleChanged): not started again until the role changes or an operator says so.
+    blocked_role: typing.Optional[str] = None
     since: float = dataclasses.field(default_factory=time.time)
 
     def changed(self):
@@ -58,7 +62,7 @@ def state_of(record, spec, db_up):
         return "disabled_by_supervisor"
     if spec is not None and not spec.enabled:
         return "disabled"
-    if record.final_state == "waiting" or (record.exit and not db_up):
+    if record.final_state == "waiting" or record.died_in_outage or (record.exit and not db_up):
         return "waiting"
     return "stopped"
 
