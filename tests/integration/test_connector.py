@@ -142,7 +142,8 @@ def test_a_waiting_query_lets_other_greenlets_run(connector):
     query.get(timeout=10)
     stop.set()
     beat.join(timeout=5)
-    assert len(gaps) > 100 and max(gaps) < 0.05
+    # Blocking would show one gap of 2 s; the margin absorbs a loaded 2-core CI machine.
+    assert len(gaps) > 100 and max(gaps) < 0.25
 
 
 @pytest.mark.timeout(30)
