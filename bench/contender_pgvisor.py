@@ -1,0 +1,76 @@
+"""Contenders 3 and 4: pgvisor as shipped — one instance under a real Supervisor, logging
+configured at INFO (text, to stderr), the Prometheus collector registered — with a memory
+queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mode).
+
+Run monkey-patched, as the ``pgvisor`` command runs:
+``python -m gevent.monkey --module bench.contender_pgvisor ARGS``. ``--profile FILE``
+writes cProfile's top functions (by own time) of the measured part to FILE.
+"""
+import cProfile
+import io
+import os
+import pstats
+import tempfile
+
+import gevent.event
+from prometheus_client import generate_latest
+
+from bench import protocol, sink
+from instances import InstanceSpec, Registry
+from supervisor import Supervisor
+from supervisor.logs import configure_logging
+from supervisor.metrics import make_registry
+from supervisor.testing import wait_for
+
+NAME = "bench"
+
+
+def options(parser):
+    parser.add_argument("--spool", help="spool directory (default: a memory queue)")
+    parser.add_argument("--fsync", action="store_true", help="the spool's fsync mode")
+    parser.add_argument("--profile", help="write the top cProfile costs to this file")
+
+
+def make_supervisor(args, workdir):
+    queue = None if args.spool is None else {"spool": args.spool, "fsync": args.fsync}
+    registry = Registry(os.path.join(workdir, "registry.json"))
+    registry.add(InstanceSpec(name=NAME, channels=(args.channel,), handler="bench.sink:handle",
+                              queue=queue))
+    return Supervisor(registry, args.dsn)
+
+
+def write_profile(profiler, path, limit=25):
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(out.getvalue())
+
+
+def main():
+    args = protocol.arguments(__doc__, options)
+    configure_logging("info", "text")
+    workdir = tempfile.mkdtemp(prefix="pgvisor-bench-")
+    sup = make_supervisor(args, workdir)
+    metrics = make_registry(sup)
+    finished = gevent.event.Event()
+    sink.state.reset(args.expected, finished.set)
+    sup.start()
+    wait_for(lambda: sup.instance(NAME) is not None and sup.instance(NAME).connected,
+             timeout=30, message="the pgvisor instance listens")
+    profiler = cProfile.Profile() if args.profile else None
+    protocol.ready()
+    if profiler is not None:
+        profiler.enable()
+    timed_out = not finished.wait(args.timeout)
+    if profiler is not None:
+        profiler.disable()
+        write_profile(profiler, args.profile)
+    figures = sink.summary()
+    scraped = len(generate_latest(metrics))
+    sup.stop(timeout=5)
+    protocol.result(figures, timed_out=timed_out, metrics_bytes=scraped)
+
+
+if __name__ == "__main__":
+    main()
