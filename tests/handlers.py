@@ -5,7 +5,6 @@ Handlers record what they saw in module-level lists so a test can assert on them
 """
 import os
 import signal
-import time
 
 import gevent
 
@@ -77,13 +76,22 @@ def job(message):
             pass
     if payload.startswith("hang") and os.environ.get("PGVISOR_TEST_HANG"):
         gevent.sleep(3600)
-    _append("%s %d" % (payload, os.getpid()))
+    _append("%s %d" % (payload or "catch_up", os.getpid()))
 
 
 def burn_5ms(message):
-    """About 5 ms of pure-Python CPU work, never yielding (a CPU-bound handler)."""
-    end = time.perf_counter() + 0.005
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
-    return n
+    """About 5 ms of pure-Python CPU work (a fixed amount of work, not of wall time, so
+    a process that shares its core takes longer), never yielding: a CPU-bound handler."""
+    total = 0
+    for i in range(55000):
+        total += i * i % 7
+    return total
+
+
+def shout(message):
+    """Piper handler: the message with its payload upper-cased; raise for ``bad`` payloads."""
+    payload = _payload(message)
+    if payload.startswith("bad"):
+        raise ValueError("bad payload %r" % payload)
+    return {"payload": payload.upper(), "source": message["id"] if isinstance(
+        message, dict) else message.id}

@@ -1,0 +1,142 @@
+"""``pgvisor piper``: mentat's piper daemon over a spool, without Postgres.
+
+::
+
+    queue_in_dir ──get──▶ handler(message) ──return value──▶ queue_out_dir (optional)
+                                 └── raises ──▶ queue_in_dir/errors/ with a .meta
+
+The handler's return value goes on to the output queue (``FileQueue.forward``): a message
+(dict or Notification), a list of them (one batch file), or None (nothing goes on). Without
+``--queue-out-dir`` it is dropped and the input file deleted. ``--once`` drains the input
+queue and exits; otherwise it runs until SIGTERM or SIGINT, then lets running handlers
+finish (``--stop-timeout``) and gives unstarted messages back to ``incoming/``.
+
+:func:`print_message` is the demo handler (mentat's DemoPrintComponent): it prints each
+message and passes it on. Exit codes: 0 done, 2 bad arguments or options.
+"""
+import argparse
+import json
+import logging
+import signal
+import sys
+
+import gevent
+import gevent.event
+
+from instances.exceptions import InvalidConfigurationException
+from instances.notification import Notification
+from instances.processors import ProcessorPool
+from instances.spec import import_handler
+from instances.spool import FileQueue
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at a drained queue in ``--once`` mode.
+ONCE_POLL = 0.05
+
+
+def print_message(message):
+    """The demo handler: print the message as JSON on stdout, pass it on unchanged."""
+    data = message.to_dict() if isinstance(message, Notification) else message
+    print(json.dumps(data, sort_keys=True), flush=True)
+    return message
+
+
+class PiperQueue:
+    """The input FileQueue as the pool sees it: ``done`` forwards what the handler
+    returned. Counts messages handed out and not yet settled (``inflight``)."""
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.inflight = 0
+        self._results = {}
+
+    def wrap(self, handler):
+        """``handler`` storing its return value for :meth:`done`."""
+        def run(item):
+            self._results[id(item)] = handler(item)
+        return run
+
+    def get(self, block=True, timeout=None):
+        item = self.queue.get(block, timeout)
+        self.inflight += 1
+        return item
+
+    def done(self, item):
+        try:
+            self.queue.forward(item, self._results.pop(id(item), None))
+        finally:
+            self.inflight -= 1
+
+    def failed(self, item, error, tb_text):
+        self._results.pop(id(item), None)
+        try:
+            self.queue.failed(item, error, tb_text)
+        finally:
+            self.inflight -= 1
+
+    def qsize(self):
+        return self.queue.qsize()
+
+    def drained(self):
+        return self.inflight == 0 and self.queue.qsize() == 0
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="pgvisor piper", description=__doc__.split("\n")[0])
+    p.add_argument("--queue-in-dir", required=True, help="the input spool directory")
+    p.add_argument("--queue-out-dir", help="the next spool (default: none, results dropped)")
+    p.add_argument("--queue-out-limit", type=int, help="files allowed in the next spool "
+                   "before writers wait (default 10000)")
+    p.add_argument("--queue-out-wait", type=float, help="seconds between checks while the "
+                   "next spool is full (default 10)")
+    p.add_argument("--handler", required=True, help="module:callable, called per message")
+    p.add_argument("--concurrency", type=int, default=1, help="handler greenlets (default 1)")
+    p.add_argument("--max-attempts", type=int, default=5,
+                   help="deliveries before a message whose consumer keeps dying is set aside")
+    p.add_argument("--fsync", action="store_true", help="fsync every file written")
+    p.add_argument("--once", action="store_true", help="drain the input queue, then exit")
+    p.add_argument("--stop-timeout", type=float, default=10.0,
+                   help="seconds running handlers get to finish at exit (default 10)")
+    return p
+
+
+def main(argv=None):
+    """Run the piper; returns the process exit code. Blocks the calling greenlet."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = import_handler(args.handler)
+        queue = FileQueue.from_piper_options(
+            args.queue_in_dir, args.queue_out_dir, args.queue_out_limit, args.queue_out_wait,
+            fsync=args.fsync, max_attempts=args.max_attempts)
+        piper = PiperQueue(queue)
+        pool = ProcessorPool(piper, piper.wrap(handler), args.concurrency, args.concurrency,
+                             None, "piper")
+    except InvalidConfigurationException as error:
+        print("pgvisor piper: %s" % error, file=sys.stderr)
+        return 2
+    stop = gevent.event.Event()
+    handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)]
+    pool.link(lambda _: stop.set())
+    pool.start()
+    log.info("piper %s -> %s with %s", args.queue_in_dir, args.queue_out_dir or "-",
+             args.handler, extra={"action": "piper.start"})
+    try:
+        while not stop.wait(ONCE_POLL if args.once else None):
+            if args.once and piper.drained():
+                break
+    finally:
+        clean = pool.stop(args.stop_timeout)
+        queue.close()
+        for handle in handlers:
+            handle.cancel()
+    log.info("piper stopped", extra={"action": "piper.stop"})
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    from gevent import monkey
+    monkey.patch_all()
+    sys.exit(main())
