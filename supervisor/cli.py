@@ -19,7 +19,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES  # noqa: E402
-from supervisor import cli_output  # noqa: E402
+from supervisor import cli_output, logs  # noqa: E402
 from supervisor.cli_output import CliError  # noqa: E402
 from supervisor.settings import settings_help  # noqa: E402
 
@@ -162,6 +162,8 @@ def main(argv=None):
             from supervisor.cli_commands import delegate
             return delegate(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
+        if args.command != "run":  # run sets up the service's logging itself
+            logs.configure_logging("warning", "text")
         return args.func(args)
     except CliError as exc:
         cli_output.error(exc)

@@ -96,8 +96,11 @@ def cmd_action(args):
             code = cli_output.FAILED
     if args.json:
         emit_json(results)
-    else:
-        for name, body in results.items():
+        return code
+    for name, body in results.items():
+        if "status" not in body:
+            cli_output.error("%s %s: %s" % (args.command, name, body.get("error")))
+        else:
             say("%s %s: %s" % (args.command, name, _describe(body, name)))
     return code
 
@@ -114,8 +117,6 @@ def _outcome_failed(body, name):
 
 
 def _describe(body, name):
-    if "error" in body and "status" not in body:
-        return "error: %s" % body["error"]
     if body.get("status") == "done":
         return str(_outcome(body, name))
     if body.get("status") == "failed":

@@ -1,0 +1,36 @@
+"""Handlers for the service run as a subprocess by the acceptance tests.
+
+They report to files in the directory named by the ``ACCEPTANCE_OUT`` environment variable
+(the test reads them): ``handled.log`` gets one line per event, ``<kind> <channel>
+<payload>``. :func:`gated` blocks each live notification until the file ``gate`` exists
+in that directory, so a test decides when handlers may finish.
+"""
+import os
+
+import gevent
+
+
+def _out(name):
+    return os.path.join(os.environ["ACCEPTANCE_OUT"], name)
+
+
+def _write(line):
+    with open(_out("handled.log"), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def record(notification):
+    """Write ``<kind> <channel> <payload>``."""
+    _write("%s %s %s" % (notification.kind, notification.channel or "-",
+                         notification.payload or "-"))
+
+
+def gated(notification):
+    """catch_up: recorded at once; notify: ``start``, wait for the gate file, ``done``."""
+    if notification.kind != "notify":
+        record(notification)
+        return
+    _write("start %s" % notification.payload)
+    while not os.path.exists(_out("gate")):
+        gevent.sleep(0.01)
+    _write("done %s" % notification.payload)
