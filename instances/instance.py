@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 LIVE_FIELDS = frozenset(("channels", "min_concurrency", "max_concurrency", "enabled",
                          "restart", "run_on", "restart_max_rate", "handler_timeout"))
 
+#: Notifications per spool file with process isolation: a batch file is claimed whole by
+#: one worker process, so smaller batches spread a burst over the processes.
+PROCESS_BATCH_SIZE = 16
+
 
 def make_queue(spec, owner=None):
     """The queue an instance of ``spec`` uses: a MemoryQueue, or a FileQueue spool opened
@@ -112,6 +116,8 @@ class Instance:
             on_connection_lost=self._connection_lost)
         # A spool takes each drained read as one file (one write, fsync, rename).
         self.listener.batch = bool(spec.queue is not None and spec.queue.get("batch", True))
+        if spec.isolation == "process":
+            self.listener.batch_size = PROCESS_BATCH_SIZE
         self.pool.link(self._part_ended)
         self.listener.link(self._part_ended)
         self.started_at, self.ended_at = time.time(), None

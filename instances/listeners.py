@@ -57,6 +57,8 @@ class PostgresNotificationListener(Component):
     #: Put each drained read as ONE batch when the queue offers ``put_batch`` (a spool:
     #: one write, one fsync, one rename per read). A memory queue never batches.
     batch = False
+    #: Most notifications per batch file (a batch is claimed whole by one consumer).
+    batch_size = 1000
 
     def __init__(self, dsn, channels, queue, name="listener", error_strategy=None,
                  backoff=None, on_connection_lost=None):
@@ -143,8 +145,10 @@ class PostgresNotificationListener(Component):
             return
         now = time.time()
         if self._put_batch is not None:
-            self._put_batch([Notification(channel, payload, "notify", pid, now)
-                             for pid, channel, payload in exec_value])
+            size = self.batch_size
+            for start in range(0, len(exec_value), size):
+                self._put_batch([Notification(channel, payload, "notify", pid, now)
+                                 for pid, channel, payload in exec_value[start:start + size]])
             self.received += len(exec_value)
             return
         put = self.queue.put

@@ -342,7 +342,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
-    config = json.loads(_read_line(0))
+    line = _read_line(0)
+    if line is None:
+        log.error("no spec on stdin", extra={"action": "workers.no_spec"})
+        return 2
+    config = json.loads(line)
     sys.path.extend(p for p in config["path"] if p not in sys.path)
     from instances import connectors  # noqa: F401  (psycogreen for handlers using psycopg2)
     from instances.instance import make_queue
@@ -369,7 +373,7 @@ def _read_line(fd):
     while not data.endswith(b"\n"):
         chunk = os.read(fd, 65536)  # before the hub runs anything: blocking is fine
         if not chunk:
-            raise SystemExit("instances.workers: no spec on stdin")
+            return None
         data += chunk
     return data
 
