@@ -5,16 +5,18 @@ gevent's monitor thread (``gevent.config.monitor_thread``) wakes every
 emits :class:`gevent.events.EventLoopBlocked` *in the monitor thread*. A HubWatch
 subscribes to that event::
 
-    monitor thread: EventLoopBlocked --> _on_event: attribute (walk the blocked frames),
-                                         keep it, hub.loop.run_callback_threadsafe(_flush)
+    monitor thread: EventLoopBlocked --> _on_event: attribute it, keep it,
+                                         hub.loop.run_callback_threadsafe(_flush)
     hub thread:     _flush (once the hub runs again) --> one WARNING line "hub.blocked",
                                                           on_block(Block)
 
 A long block is seen several times by the monitor thread; every sighting before the hub
 runs again belongs to the same block, so each block gives one log line and one
 ``on_block`` call (the supervisor counts them in ``counters["hub_blocks"]``). The block is
-attributed to the instance whose listener or processor greenlet was running (the nearest
-frame whose ``self`` is a Component or ProcessorPool names it), else ``instance`` is None.
+attributed to the instance whose listener or processor greenlet was running (the greenlet
+runs a bound method of a Component or ProcessorPool, which carries the instance's name),
+else ``instance`` is None. The stack is the one gevent's report took when it saw the block
+(its report goes on to walk every greenlet, which can take longer than the block).
 
 gevent's settings are process-wide: the first running HubWatch sets ``monitor_thread``,
 ``max_blocking_time`` and turns gevent's own stderr report off; the last one to stop
@@ -22,8 +24,7 @@ restores them and stops the monitor thread if it started it. start/stop: the hub
 """
 import dataclasses
 import logging
-import sys
-import traceback
+import re
 import typing
 import warnings
 
@@ -47,14 +48,22 @@ class Block:
     stack: tuple
 
 
-def owner_of(frame, depth=60):
-    """The name of the instance part (Component, ProcessorPool) nearest to ``frame``."""
-    while frame is not None and depth > 0:
-        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
-        if isinstance(owner, (Component, ProcessorPool)):
-            return owner.name
-        frame, depth = frame.f_back, depth - 1
-    return None
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def owner_of(glet):
+    """The instance name of the Component or ProcessorPool whose method ``glet`` runs."""
+    owner = getattr(getattr(glet, "_run", None), "__self__", None)
+    return owner.name if isinstance(owner, (Component, ProcessorPool)) else None
+
+
+def blocked_stack(info, depth):
+    """The innermost ``depth`` frames ("file:line function") of gevent's report lines."""
+    for index, line in enumerate(info[:-1]):
+        if str(line).startswith("Blocked Stack"):
+            frames = _FRAME.findall(str(info[index + 1]))
+            return tuple("%s:%s %s" % frame for frame in frames[-depth:])
+    return ()
 
 
 class HubWatch:
@@ -129,10 +138,8 @@ class HubWatch:
             if seen is not None and seen[0] is event.greenlet:
                 self._seen = seen[:2] + (seen[2] + 1,) + seen[3:]
                 return
-            frame = sys._current_frames().get(hub.thread_ident)
-            stack = tuple("%s:%d %s" % (f.filename, f.lineno, f.name)
-                          for f in traceback.extract_stack(frame)[-self.stack_depth:])
-            self._seen = (event.greenlet, owner_of(frame), 1, stack)
+            stack = blocked_stack(event.info, self.stack_depth)
+            self._seen = (event.greenlet, owner_of(event.greenlet), 1, stack)
             hub.loop.run_callback_threadsafe(self._flush)
         except Exception:  # noqa: BLE001 -- a report is not worth a broken monitor thread
             self._seen = None
