@@ -2,14 +2,14 @@
 
 One greenlet (the actor) owns every record and instance and serves a request queue:
 restart, verify, shutdown, instance died, registry changed, database state changed,
-grace over, periodic tick, stop. Callers never touch that state; they put a request and
+role check (a failover file changed), grace over, periodic tick, stop. Callers never touch that state; they put a request and
 get a greenlet back whose value is ``{name: outcome}``. Identical requests waiting in the
 queue are merged (the second caller gets the first caller's greenlet). No locks.
 
 What the actor does with a request is decided by the pure policy :func:`supervisor.plan.plan`
 and carried out by :class:`~supervisor.execution.Executor`; the database's state comes from
 :class:`~supervisor.monitor.DatabaseMonitor`, failover-file events from
-:class:`~supervisor.watch.FileWatcher`.
+:class:`~supervisor.watch.FileWatcher`, hub blocks from :class:`~supervisor.hubwatch.HubWatch`.
 """
 import logging
 import time
@@ -24,7 +24,7 @@ from supervisor.execution import Executor
 from supervisor.hubwatch import HubWatch
 from supervisor.monitor import DatabaseMonitor
 from supervisor.plan import PlanState, plan
-from supervisor.records import observed_of, status_of
+from supervisor.records import database_status_of, observed_of, status_of
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ class Supervisor:
         self.failover_files = tuple(failover_files or DEFAULT_FAILOVER_FILES)
         for key in ("heartbeat_timeout", "shutdown_grace", "failover_debounce",
                     "hub_monitor", "max_blocking_time"):
-            if options.get(key) is not None:
-                setattr(self, key, options.pop(key))
+            value = options.pop(key, None)  # None: the class default
+            if value is not None:
+                setattr(self, key, value)
         self.budget = RestartBudget(restart_max_rate)
         self.monitor = DatabaseMonitor(dsn, self._database_changed,
                                        options.pop("probe_interval", None),
@@ -197,23 +198,9 @@ class Supervisor:
                                 desired.get(name), self.db_up) for name in names}
 
     def database_status(self):
-        db = self.database
-        return {
-            "state": "unknown" if db is None else ("up" if db.up else "down"),
-            "paused": self.paused, "paused_by": self._paused_by(),
-            "role": db.role if db is not None else None, "since": self._db_since,
-            "system_identifier": db.system_identifier if db is not None else None,
-            "timeline": db.timeline if db is not None else None,
-            "error": db.error if db is not None else None,
-            "in_grace": self.in_grace,
-        }
-
-    def _paused_by(self):
-        if self._manual_pause:
-            return "operator"
-        if not self.db_up:
-            return "outage"
-        return "grace" if self.in_grace else None
+        """The database as the supervisor sees it (see CONVENTIONS: database_status)."""
+        return database_status_of(self.database, self._db_since, self._manual_pause,
+                                  self.in_grace)
 
     def plan_state(self, ratelimit=True):
         db = self.database

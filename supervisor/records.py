@@ -1,4 +1,5 @@
-"""What the supervisor remembers about each instance, and how that reads as a status.
+"""What the supervisor remembers about each instance, and how that reads as a status
+(also the database's status, from the monitor's last report).
 
 A :class:`Record` is owned by the Supervisor's actor greenlet: only it writes records.
 :func:`status_of` turns a record (and the instance's health) into the status dict callers
@@ -92,4 +93,20 @@ def status_of(record, spec, db_up):
         "timed_out": health.get("timed_out", 0),
         "catch_ups": health.get("catch_ups", 0),
         "reconnects": health.get("reconnects", 0),
+    }
+
+
+def database_status_of(db, since, manual_pause, in_grace):
+    """The database status dict from the last DatabaseState ``db`` (None: no probe yet)."""
+    up = db is not None and db.up
+    paused_by = "operator" if manual_pause else (
+        "outage" if not up else ("grace" if in_grace else None))
+    return {
+        "state": "unknown" if db is None else ("up" if up else "down"),
+        "paused": manual_pause or not up, "paused_by": paused_by,
+        "role": db.role if db is not None else None, "since": since,
+        "system_identifier": db.system_identifier if db is not None else None,
+        "timeline": db.timeline if db is not None else None,
+        "error": db.error if db is not None else None,
+        "in_grace": in_grace,
     }
