@@ -21,7 +21,8 @@ Watching (no polling of pids):
   under its restart budget. The other children are asked to stop (SIGTERM: finish the
   current message, give claims back, exit), and SIGKILLed after ``stop_timeout``.
 * **hang**: a child silent for ``heartbeat_timeout`` seconds (a handler holding the CPU
-  without yielding: its hub cannot beat) is SIGKILLed, then handled as a death.
+  without yielding: its hub cannot beat), or without a first beat ``start_timeout``
+  seconds after its start, is SIGKILLed, then handled as a death.
 
 Concurrency: ``min_concurrency`` children at start, one more (up to ``max_concurrency``)
 each ``scale_interval`` while the spool backlog exceeds their number; never fewer until a
@@ -72,6 +73,8 @@ class WorkerProcesses:
     beat_interval = 1.0
     #: Seconds without a beat after which a child counts as hung and is SIGKILLed.
     heartbeat_timeout = 30.0
+    #: Seconds a new child may take to start (import, open the spool) before its first beat.
+    start_timeout = 30.0
     #: Seconds a stopping child may finish its message before it is SIGKILLed.
     stop_timeout = 10.0
     #: Seconds between the watcher's looks (hang check, growth).
@@ -265,7 +268,7 @@ class WorkerProcesses:
             self._gone.set()
         if child.retiring or not self._running:
             return
-        how = ("hung: no beat for %.1fs" % self.heartbeat_timeout if child.stuck
+        how = ("hung: no beat for %.1fs" % (time.monotonic() - child.last_beat) if child.stuck
                else "killed by signal %d" % -code if code < 0 else "exit code %d" % code)
         error = WorkerDied("worker %d of %s ended (%s)" % (child.proc.pid, self.name, how))
         self.deaths += 1
@@ -290,7 +293,8 @@ class WorkerProcesses:
         while self._running:
             now = time.monotonic()
             for child in self._serving():
-                if not child.stuck and now - child.last_beat > self.heartbeat_timeout:
+                limit = self.heartbeat_timeout if child.counts else self.start_timeout
+                if not child.stuck and now - child.last_beat > limit:
                     child.stuck = True
                     self.hangs += 1
                     log.error("pool %s: worker %d silent for %.1fs: killing it", self.name,
@@ -358,6 +362,7 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     pool.link(lambda _: stop.set())
+    os.write(args.beat_fd, b"0 0 0\n")  # ready: from now on the heartbeat_timeout applies
     pool.start()
     watchers = [gevent.spawn(_beat, args.beat_fd, args.beat_interval, pool, stop),
                 gevent.spawn(_watch_stdin, stop)]
