@@ -4,6 +4,11 @@ An instance is one listener + its queue + a pool of processors calling the handl
 
     Postgres NOTIFY -> listener (own connection) -> queue -> processors -> handler(n)
 
+With ``queue={"spool": DIR, ...}`` the queue is a FileQueue (the listener spools each
+drained read as one batch file unless ``batch`` is false); with ``isolation="process"``
+the processors are child processes sharing that spool (:mod:`instances.workers`), and a
+worker that dies or hangs ends the instance "abnormal" (its owner restarts it).
+
 The queue belongs to the Instance object, not to its parts: what is queued survives a
 restart of the instance inside the same process (and, with a spool, a crash of it).
 
