@@ -43,7 +43,10 @@ def cmd_run(args):
     """``pgvisor run``: the service in the foreground until SIGTERM/SIGINT."""
     from supervisor.service import Service  # the service's weight only where it runs
 
-    logs.configure_logging(args.log_level or "info", args.log_format or "text")
+    try:  # the flags' logging already for load_config's warnings; load reports bad ones
+        logs.configure_logging(args.log_level or "info", args.log_format or "text")
+    except InvalidConfigurationException:
+        logs.configure_logging()
     overrides = {name: getattr(args, dest) for dest, name in args.setting_flags}
     cfg = load(args.config, overrides)
     logs.configure_logging(cfg.logging.level, cfg.logging.format)
