@@ -4,12 +4,11 @@ queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mo
 
 Run monkey-patched, as the ``pgvisor`` command runs:
 ``python -m gevent.monkey --module bench.contender_pgvisor ARGS``. ``--profile FILE``
-writes cProfile's top functions (by own time) of the measured part to FILE.
+writes pyinstrument's flat profile (functions by own time) of the measured part to FILE,
+then its call tree. A sampling profiler reads the stack of the greenlet running at each
+sample, so greenlet switches do not smear the times (cProfile's do).
 """
-import cProfile
-import io
 import os
-import pstats
 import tempfile
 
 import gevent.event
@@ -39,12 +38,19 @@ def make_supervisor(args, workdir):
     return Supervisor(registry, args.dsn)
 
 
-def write_profile(profiler, path, limit=25):
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(limit)
+def write_profile(profiler, path):
+    from pyinstrument.renderers import ConsoleRenderer
+    flat = profiler.output(ConsoleRenderer(flat=True, time="percent_of_total"))
+    tree = profiler.output(ConsoleRenderer(time="percent_of_total"))
     with open(path, "w", encoding="utf-8") as f:
-        f.write(out.getvalue())
+        f.write(flat + "\n----- call tree -----\n" + tree)
+
+
+def make_profiler(path):
+    if not path:
+        return None
+    from pyinstrument import Profiler
+    return Profiler(interval=0.0005)
 
 
 def main():
@@ -58,13 +64,13 @@ def main():
     sup.start()
     wait_for(lambda: sup.instance(NAME) is not None and sup.instance(NAME).connected,
              timeout=30, message="the pgvisor instance listens")
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = make_profiler(args.profile)
     protocol.ready()
     if profiler is not None:
-        profiler.enable()
+        profiler.start()
     timed_out = not finished.wait(args.timeout)
     if profiler is not None:
-        profiler.disable()
+        profiler.stop()
         write_profile(profiler, args.profile)
     figures = sink.summary()
     scraped = len(generate_latest(metrics))

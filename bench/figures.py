@@ -99,6 +99,9 @@ def isolation_rows(table, by_workers):
     for workers, runs in sorted(by_workers.items()):
         s = spread([r["drain_rate"] for r in runs])
         label = "pgvisor, %d worker process%s" % (workers, "es" if workers > 1 else "")
+        ms = spread([r.get("handler_ms") for r in runs])
+        note = "%.2fx 1 worker" % (s[0] / one[0]) if s and one else ""
+        if ms:
+            note += "; handler %.1f ms CPU (1 worker's limit %.0f/s)" % (ms[0], 1000 / ms[0])
         table.add("process isolation, CPU-bound handler (notifications/s)", label, _runs(runs),
-                  s if s else ("failed",) * 3, None,
-                  "%.2fx 1 worker" % (s[0] / one[0]) if s and one else "")
+                  s if s else ("failed",) * 3, None, note)
