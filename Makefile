@@ -37,3 +37,16 @@ demo: $(STAMP) postgres
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache
+
+# Benchmarks (bench/README.md): a throwaway cluster from the testing kit, one table.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) setup.py
+	$(PY) -m pip install -q -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) postgres
+	$(PY) -m bench.run --verbose
+
+bench-smoke: $(BENCH_STAMP) postgres
+	$(PY) -m bench.run --smoke
