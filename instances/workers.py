@@ -337,8 +337,8 @@ def _signal(child, signum):
 # -- the child ---------------------------------------------------------------------------
 
 def main(argv=None):
-    """A worker process: read the spec from stdin, consume the spool until SIGTERM, SIGINT
-    or EOF on stdin (the parent is gone), beating on ``--beat-fd``. Returns the exit code."""
+    """A worker process: read the spec from stdin, consume the spool until SIGTERM or
+    EOF on stdin (the parent is gone), beating on ``--beat-fd``. Returns the exit code."""
     parser = argparse.ArgumentParser(prog="instances.workers")
     parser.add_argument("--beat-fd", type=int, required=True)
     parser.add_argument("--beat-interval", type=float, default=WorkerProcesses.beat_interval)
@@ -359,8 +359,8 @@ def main(argv=None):
     queue = make_queue(spec, owner=spec.name)
     pool = ProcessorPool(queue, spec.resolve_handler(), 1, 1, spec.handler_timeout, spec.name)
     stop = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stop.set)
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
     pool.link(lambda _: stop.set())
     os.write(args.beat_fd, b"0 0 0\n")  # ready: from now on the heartbeat_timeout applies
     pool.start()
