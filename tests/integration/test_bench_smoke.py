@@ -1,0 +1,34 @@
+"""The benchmarks still run: ``python -m bench.run --smoke`` (tiny sizes, one repetition)
+exits 0 and prints the table. No speed is asserted here: benchmarks are never timed tests."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytest.importorskip("asyncpg", reason="the bench extras are not installed (pip install .[bench])")
+pytest.importorskip("pyinstrument", reason="the bench extras are not installed")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_smoke_benchmarks_run_every_contender_and_print_the_table(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--results", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=140)
+    assert proc.returncode == 0, "bench.run --smoke failed:\n%s\n%s" % (
+        proc.stdout[-3000:], proc.stderr[-3000:])
+    out = proc.stdout
+    assert "| figure | contender | runs x n | median | min | max | vs raw | target |" in out
+    for contender in ("raw psycopg2", "asyncpg", "pgvisor memory", "pgvisor spool fsync=off",
+                      "pgvisor spool fsync=on", "pgvisor, 2 worker processes"):
+        assert "| %s |" % contender in out, contender
+    for figure in ("drain rate", "latency at 1,000/s", "restart after kill", "verify pass",
+                   "memory per instance", "outage: DB stop", "process isolation"):
+        assert figure in out, figure
+    assert "0 failure(s)" in out
+    written = results.read_text(encoding="utf-8")
+    assert "## Machine" in written and "| raw psycopg2 |" in written
