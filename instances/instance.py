@@ -14,11 +14,14 @@ restart of the instance inside the same process (and, with a spool, a crash of i
 
 Lifecycle::
 
-    new --start()--> alive --stop()--> ended "normal"
+    new --start()--> alive --stop()/drain()--> ended "normal" (or "abnormal": killed)
                        |  \\--kill()--> ended "abnormal" (as a crash would)
                        \\--a part ends by itself--> the other part is killed,
                                                   ended "abnormal" (or "normal")
-    every end calls on_death(instance) once, unless it was asked for by stop()
+    every end calls on_death(instance) once, unless it was asked for by stop()/drain()
+
+stop() is for a restart (what is queued stays for the next Instance on the queue);
+drain() is for the end of the process (a memory queue's backlog is worked off first).
 
 Concurrency: every method is for greenlets of the hub's thread; ``on_death`` and
 ``on_connection_lost`` are called in the hub and MUST NOT block or raise.
@@ -76,6 +79,9 @@ class Instance:
     every end not asked for by :meth:`stop`; ``on_connection_lost(instance, error)`` about
     every lost database connection (the instance keeps reconnecting by itself).
     """
+
+    #: Seconds between looks at a memory queue's backlog while :meth:`drain` waits.
+    drain_poll_interval = 0.02
 
     def __init__(self, spec, dsn, on_death=None, on_connection_lost=None, queue=None):
         self.spec = spec
@@ -135,19 +141,62 @@ class Instance:
     def stop(self, timeout=10.0):
         """Stop listening, let the processors finish their current item, then end them.
 
-        Blocks the caller up to about ``timeout`` seconds; items not started stay queued.
-        Returns True when everything ended cleanly. on_death is not called.
+        Blocks the caller up to about ``timeout`` seconds; items not started stay queued
+        (a new Instance on the same queue handles them). Returns True when everything
+        ended cleanly. on_death is not called.
         """
+        clean = self._shut(timeout, work_off=False)
+        log.info("instance %s stopped%s", self.name, "" if clean else " (killed)",
+                 extra={"action": "instance.stop", "instance": self.name})
+        return clean
+
+    def drain(self, timeout=10.0):
+        """Shut down for good, handling what can be handled within ``timeout`` seconds.
+
+        Stops the listener (no new notifications), lets the processors work off a memory
+        queue's backlog until it is empty or the time is up, then stops the pool: handlers
+        in flight finish within what is left, then are killed. What a memory queue still
+        holds is dropped: logged with its count (``instance.dropped_at_shutdown``) and
+        returned; the next start's ``catch_up`` is how the handler finds those rows. A
+        spool keeps its backlog on disk for the next start: nothing is dropped (returns 0).
+
+        Blocks the caller up to about ``timeout`` seconds (a handler that ignores the kill
+        adds a moment). on_death is not called; :attr:`exit` says whether the end was clean.
+        """
+        clean = self._shut(timeout, work_off=self.spec.queue is None)
+        backlog = self.queue.qsize()
+        extra = {"instance": self.name}
+        if self.spec.queue is not None:
+            log.info("instance %s drained%s: nothing dropped, the spool keeps %d queued "
+                     "notification(s) on disk for the next start", self.name,
+                     "" if clean else " (killed)", backlog,
+                     extra=dict(extra, action="instance.kept_at_shutdown", kept=backlog))
+            return 0
+        if backlog:
+            log.warning("instance %s: %d queued notification(s) not handled, dropped at "
+                        "shutdown (memory queue; the next start's catch_up covers them)",
+                        self.name, backlog,
+                        extra=dict(extra, action="instance.dropped_at_shutdown", dropped=backlog))
+        log.info("instance %s drained%s", self.name, "" if clean else " (killed)",
+                 extra=dict(extra, action="instance.drain"))
+        return backlog
+
+    def _shut(self, timeout, work_off):
+        """Stop the listener, optionally wait for the queue to empty, stop the pool: all
+        within about ``timeout`` seconds. Returns True when both parts ended cleanly."""
         self._stopping = True
         deadline = time.monotonic() + timeout
         clean = True
         if self.listener is not None:
             clean = self.listener.stop(timeout) and clean
-        if self.pool is not None:
-            clean = self.pool.stop(max(0.1, deadline - time.monotonic())) and clean
+        pool = self.pool
+        if work_off and pool is not None:
+            # The pool keeps working (and autoscaling); nothing signals "empty": look.
+            while pool.alive and self.queue.qsize() and time.monotonic() < deadline:
+                gevent.sleep(self.drain_poll_interval)
+        if pool is not None:
+            clean = pool.stop(max(0.1, deadline - time.monotonic())) and clean
         self._ended("normal" if clean else "abnormal", None)
-        log.info("instance %s stopped%s", self.name, "" if clean else " (killed)",
-                 extra={"action": "instance.stop", "instance": self.name})
         return clean
 
     def kill(self):

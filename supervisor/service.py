@@ -15,14 +15,14 @@ Lifecycle::
                                              |
                                          2nd SIGTERM/SIGINT --> run() returns 1 at once
 
-Drain (the contract for memory queues; a spool keeps its backlog on disk anyway): the
-listeners keep listening (a notification nobody listens for is lost the same way) while
-every memory-queue instance works off its backlog, for at most ``shutdown_grace``
-seconds; then the supervisor stops every instance: each finishes the notification in its
-handler within ``shutdown_grace`` more, then is killed. Notifications still queued are
-dropped and counted in an ``instance.dropped_at_shutdown`` warning; the ``catch_up`` at
-the next start is how the handler finds their rows. So a shutdown takes at most about
-2 x shutdown_grace.
+Drain (the contract): the supervisor is paused (nothing is started or restarted any
+more), then every instance drains side by side (:meth:`~instances.instance.Instance.drain`):
+its listener stops, a memory queue's backlog is worked off, the handlers in flight finish,
+all within one ``shutdown_grace``; past it the handlers are killed. Notifications still in a
+memory queue are dropped and counted in an ``instance.dropped_at_shutdown`` warning; the
+``catch_up`` at the next start is how the handler finds their rows. A spool keeps its
+backlog on disk. Then the supervisor stops (nothing is left running). So a shutdown takes
+at most about one shutdown_grace.
 
 Concurrency: run() blocks the calling greenlet (the main one); signal handlers run in
 greenlets of their own and only set events or spawn the reload; nothing here raises
@@ -64,8 +64,8 @@ class Service:
     ``notifier``: a :class:`~supervisor.sdnotify.Notifier` (default: from the environment).
     """
 
-    #: Seconds between looks at the backlogs while draining.
-    drain_poll_interval = 0.05
+    #: Seconds the drain waits beyond shutdown_grace for instances killing their handlers.
+    drain_extra_time = 5.0
     #: Seconds the HTTP server gives running requests at shutdown.
     http_stop_timeout = 2.0
     #: Seconds a SIGHUP waits for the supervisor to re-read the registry.
@@ -140,57 +140,40 @@ class Service:
         """Drain (see the module docstring) and stop everything; return 0. Blocks."""
         self.notifier.notify("STOPPING=1", "STATUS=draining")
         grace = self.supervisor.shutdown_grace
-        log.info("draining: memory queues get %.1f s to finish their backlog", grace,
+        log.info("draining: listeners stop, instances get %.1f s to work off their memory "
+                 "queues and finish their handlers", grace,
                  extra={"action": "service.drain", "instance": None})
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        self.supervisor.pause()  # a drained instance must not be started again
         left = self.drain(grace)
         if left:
             log.warning("drain time over with work left: %s", ", ".join(
                 "%s=%d" % item for item in sorted(left.items())),
                 extra={"action": "service.drain_timeout", "instance": None})
         self.supervisor.stop(timeout=grace)
-        for name, count in sorted(self.backlogs().items()):
-            if count:
-                log.warning("instance %s: %d queued notification(s) not handled, dropped at "
-                            "shutdown (memory queue; the next start's catch_up covers them)",
-                            name, count, extra={"action": "instance.dropped_at_shutdown",
-                                                "instance": name, "dropped": count})
         self._stop_parts()
         log.info("pgvisor stopped", extra={"action": "service.stop", "instance": None})
         return 0
 
     def drain(self, timeout):
-        """Wait until no memory-queue instance has a backlog or a running handler, at most
-        ``timeout`` seconds; return ``{name: backlog}`` of those still busy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            busy = self.busy()
-            if not busy or time.monotonic() >= deadline or self._abort.is_set():
-                return busy
-            gevent.sleep(self.drain_poll_interval)
-
-    def busy(self):
-        """``{name: backlog}`` of alive memory-queue instances with work queued or running."""
-        busy = {}
-        for name in self.supervisor.status():
-            instance = self.supervisor.instance(name)
-            if instance is None or instance.spec.queue is not None or not instance.alive:
-                continue
-            backlog = instance.queue.qsize()
-            if backlog or instance.pool.busy_since is not None:
-                busy[name] = backlog
-        return busy
-
-    def backlogs(self):
-        """``{name: items queued}`` of the memory-queue instances (after the stop: lost)."""
-        found = {}
-        for name in self.supervisor.status():
-            instance = self.supervisor.instance(name)
-            if instance is not None and instance.spec.queue is None:
-                found[name] = instance.queue.qsize()
-        return found
+        """Drain every instance side by side (each within ``timeout`` seconds); return
+        ``{name: dropped}`` of those that dropped notifications or had to be killed."""
+        instances = [self.supervisor.instance(name) for name in self.supervisor.status()]
+        instances = [i for i in instances if i is not None]
+        jobs = [(instance, instance.alive, gevent.spawn(instance.drain, timeout))
+                for instance in instances]
+        gevent.joinall([job for _, _, job in jobs], timeout=timeout + self.drain_extra_time)
+        left = {}
+        for instance, was_alive, job in jobs:
+            dropped = job.value if job.successful() else None
+            if dropped is None:
+                job.kill(block=False)  # did not finish (or failed): the stop takes over
+                left[instance.name] = instance.queue.qsize()
+            elif dropped or (was_alive and instance.exit == "abnormal"):
+                left[instance.name] = dropped
+        return left
 
     def _stop_parts(self):
         for greenlet in self._greenlets:
