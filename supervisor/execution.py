@@ -256,6 +256,8 @@ class Executor:
         old = record.instance
         queue = old.queue if old is not None and old.spec.queue == spec.queue and (
             old.spec.queue_size == spec.queue_size) else None
+        if old is not None and (queue is None or not self._pass_queue):
+            self._close_queue(old)
         extra = {"queue": queue} if self._pass_queue else {}
         try:
             record.instance = self.factory(spec, self.sup.dsn, self.sup._instance_died,
@@ -268,6 +270,16 @@ class Executor:
         log.info("instance %s %s (%s)", record.name, outcome, reason,
                  extra={"action": "supervisor." + outcome, "instance": record.name})
         return outcome
+
+    def _close_queue(self, old):
+        """The old instance's queue is not reused: close it (a FileQueue hands its claims
+        back and closes its directory fds)."""
+        try:
+            getattr(old.queue, "close", lambda: None)()
+        except Exception:  # the old queue's trouble must not stop the new instance
+            log.exception("instance %s: closing the old queue failed", old.name,
+                          extra={"action": "supervisor.queue_close_failed",
+                                 "instance": old.name})
 
     def _park(self, record, reason):
         record.parked = reason
