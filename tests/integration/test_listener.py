@@ -10,6 +10,8 @@ from instances.listeners import PostgresNotificationListener
 from instances.queues import MemoryQueue
 from supervisor.testing import FaultProxy, wait_for
 
+pytestmark = pytest.mark.usefixtures("hub_heartbeat")
+
 
 def _notify_many(dsn, items):
     """Commit one NOTIFY per (channel, payload) in a single transaction."""

@@ -1,0 +1,76 @@
+"""Integration-test fixtures: ``hub_heartbeat``, the proof that nothing blocks the hub.
+
+Opt in per test (``def test_x(hub_heartbeat)``) or per module
+(``pytestmark = pytest.mark.usefixtures("hub_heartbeat")``). A greenlet ticks every
+:data:`TICK` seconds for the whole test and records how much later than asked each tick
+came; at teardown the test fails if the worst stall reached :data:`MAX_STALL` (issue 3: a
+heartbeat greenlet never stalls more than 50 ms). The worst stall of the run is shown in
+the terminal summary.
+"""
+import time
+
+import gevent
+import pytest
+
+#: Seconds between two ticks of the heartbeat greenlet.
+TICK = 0.005
+#: Seconds a tick may come late before the test fails (the issue's 50 ms).
+MAX_STALL = 0.050
+
+_worst = {"stall": 0.0, "test": None, "tests": 0}
+
+
+class HubHeartbeat:
+    """A greenlet that sleeps ``tick`` seconds in a loop and keeps the worst lateness.
+
+    Concurrency: start() and stop() from any greenlet of the hub's thread; the loop runs
+    in its own greenlet and never raises.
+    """
+
+    def __init__(self, tick=TICK):
+        self.tick = tick
+        #: Seconds the latest tick came later than asked, at worst.
+        self.max_stall = 0.0
+        self.ticks = 0
+        self._greenlet = None
+
+    def start(self):
+        self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def stop(self):
+        """Kill the loop (blocks the caller until it is dead); return the worst stall."""
+        self._greenlet.kill()
+        return self.max_stall
+
+    def _run(self):
+        clock, last = time.perf_counter, time.perf_counter()
+        while True:
+            gevent.sleep(self.tick)
+            now = clock()
+            stall = now - last - self.tick
+            if stall > self.max_stall:
+                self.max_stall = stall
+            last = now
+            self.ticks += 1
+
+
+@pytest.fixture
+def hub_heartbeat(request):
+    """Fail the test if the hub was blocked for :data:`MAX_STALL` or more while it ran."""
+    beat = HubHeartbeat().start()
+    yield beat
+    stall = beat.stop()
+    _worst["tests"] += 1
+    if stall > _worst["stall"]:
+        _worst["stall"], _worst["test"] = stall, request.node.nodeid
+    assert beat.ticks > 0, "the heartbeat greenlet never ran"
+    assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms)" % (
+        stall * 1000, MAX_STALL * 1000)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _worst["tests"]:
+        terminalreporter.write_line(
+            "hub heartbeat: worst stall %.1f ms over %d test(s) (limit %.0f ms), in %s" % (
+                _worst["stall"] * 1000, _worst["tests"], MAX_STALL * 1000, _worst["test"]))
