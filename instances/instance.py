@@ -255,6 +255,8 @@ class Instance:
             "timed_out": pool_stats.get("timed_out", 0),
             "concurrency": pool_stats.get("size", 0),
             "last_error": None if last_error is None else str(last_error),
+            "latency_buckets": pool_stats.get("latency_buckets"),
+            "latency_sum": pool_stats.get("latency_sum"),
         }
 
     # -- internals (hub callbacks) --------------------------------------------------------

@@ -24,6 +24,7 @@ gevent.Timeout); ``busy_since`` exposes it.
 Concurrency: every method is for greenlets of the hub's thread; ``stop`` and ``kill``
 block the caller (not the hub). Link callbacks run in the hub and MUST NOT block or raise.
 """
+import bisect
 import logging
 import time
 import traceback
@@ -68,6 +69,13 @@ class ProcessorPool:
     scale_interval = 0.25
     #: Seconds stop() waits for running handlers before it kills them.
     stop_timeout = 10.0
+    #: Items a worker handles back to back before it yields to other greenlets: a queue
+    #: that always has an item never blocks ``get``, and a handler that never does I/O
+    #: would otherwise hold the hub (and every other instance) for a whole backlog.
+    yield_every = 64
+    #: Upper bounds (seconds) of the handler latency histogram (Prometheus-style buckets).
+    latency_bounds = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                      2.5, 5.0, 10.0)
 
     def __init__(self, queue, handler, min_concurrency=1, max_concurrency=1,
                  handler_timeout=60.0, name=""):
@@ -79,6 +87,9 @@ class ProcessorPool:
         self._wake_manager = gevent.event.Event()
         self.handler_timeout = handler_timeout
         self.processed = self.failed = self.timed_out = 0
+        #: Handled items per latency bucket (the last one: above every bound), and the sum.
+        self.latency_counts = [0] * (len(self.latency_bounds) + 1)
+        self.latency_sum = 0.0
         #: repr() of the last handler error or timeout, None if none yet.
         self.last_error = None
         #: None while running or never started; "normal" or "abnormal" after the end.
@@ -240,7 +251,16 @@ class ProcessorPool:
     def stats(self):
         return {"size": self.size, "processed": self.processed, "failed": self.failed,
                 "timed_out": self.timed_out, "last_error": self.last_error,
-                "busy_since": self.busy_since}
+                "busy_since": self.busy_since, "latency_buckets": self.latency_buckets(),
+                "latency_sum": self.latency_sum}
+
+    def latency_buckets(self):
+        """Cumulative ``[(upper bound in seconds, count), ...]``, the last bound ``"+Inf"``."""
+        total, cumulative = 0, []
+        for bound, count in zip(self.latency_bounds + ("+Inf",), self.latency_counts):
+            total += count
+            cumulative.append((bound, total))
+        return cumulative
 
     # -- workers -----------------------------------------------------------------------
     def _active(self):
@@ -273,6 +293,8 @@ class ProcessorPool:
         """The hot path: keep per-item work to a few attribute stores."""
         get, done, handler = self.queue.get, self.queue.done, self.handler
         monotonic, workers = time.monotonic, self._workers
+        streak, yield_every = 0, self.yield_every
+        counts, bounds, bucket_of = self.latency_counts, self.latency_bounds, bisect.bisect_left
         while not worker.stopping:
             worker.idle = True
             try:
@@ -294,9 +316,16 @@ class ProcessorPool:
                 worker.busy_since = None
                 self._failed(item, error)
             else:
+                elapsed = monotonic() - worker.busy_since
                 worker.busy_since = None
                 done(item)
                 self.processed += 1
+                counts[bucket_of(bounds, elapsed)] += 1
+                self.latency_sum += elapsed
+            streak += 1
+            if streak >= yield_every:
+                streak = 0
+                gevent.sleep(0)
 
     def _failed(self, item, error):
         tb_text = traceback.format_exc()

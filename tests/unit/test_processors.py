@@ -393,3 +393,50 @@ def test_memory_queue_rejects_a_bad_size():
     with pytest.raises(InvalidConfigurationException) as info:
         MemoryQueue(0)
     assert info.value.field == "queue_size"
+
+
+@pytest.mark.timeout(10)
+def test_handler_latency_lands_in_cumulative_buckets():
+    queue = MemoryQueue()
+    pool = ProcessorPool(queue, lambda item: None, 1, 1, None, name="latency")
+    for i in range(10):
+        queue.put(i)
+    pool.start()
+    try:
+        wait_for(lambda: pool.processed == 10, 5)
+    finally:
+        pool.stop(5)
+    buckets = pool.latency_buckets()
+    assert buckets[-1] == ("+Inf", 10)
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts) and counts[0] == 10  # a no-op handler: under 0.5 ms
+    assert 0 <= pool.latency_sum < 0.005 * 10
+    assert pool.stats()["latency_buckets"] == buckets
+
+
+@pytest.mark.timeout(30)
+def test_a_long_backlog_never_holds_the_hub():
+    queue = MemoryQueue(200000)
+    for i in range(100000):
+        queue.put(i)
+    gaps, done = [], gevent.event.Event()
+
+    def heartbeat():
+        last = time.monotonic()
+        while not done.is_set():
+            gevent.sleep(0.001)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = gevent.spawn(heartbeat)
+    pool = ProcessorPool(queue, lambda item: None, 1, 1, None, name="backlog")
+    pool.start()
+    try:
+        wait_for(lambda: pool.processed == 100000, 20)
+    finally:
+        done.set()
+        beat.join(5)
+        pool.stop(5)
+    # Without yielding, the worker would hold the hub for the whole backlog (~100 ms+).
+    assert len(gaps) > 10 and max(gaps) < 0.05, max(gaps)
