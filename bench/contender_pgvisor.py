@@ -4,9 +4,8 @@ queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mo
 
 Run monkey-patched, as the ``pgvisor`` command runs:
 ``python -m gevent.monkey --module bench.contender_pgvisor ARGS``. ``--profile FILE``
-writes pyinstrument's flat profile (functions by own time) of the measured part to FILE,
-then its call tree. A sampling profiler reads the stack of the greenlet running at each
-sample, so greenlet switches do not smear the times (cProfile's do).
+writes pyinstrument's profile of the measured part to FILE: functions by own time
+(:mod:`bench.profiling`), then the call tree.
 """
 import os
 import tempfile
@@ -40,10 +39,11 @@ def make_supervisor(args, workdir):
 
 def write_profile(profiler, path):
     from pyinstrument.renderers import ConsoleRenderer
-    flat = profiler.output(ConsoleRenderer(flat=True, time="percent_of_total"))
+
+    from bench.profiling import flat_text
     tree = profiler.output(ConsoleRenderer(time="percent_of_total"))
     with open(path, "w", encoding="utf-8") as f:
-        f.write(flat + "\n----- call tree -----\n" + tree)
+        f.write(flat_text(profiler.last_session) + "\ncall tree:\n" + tree)
 
 
 def make_profiler(path):

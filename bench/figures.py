@@ -102,6 +102,6 @@ def isolation_rows(table, by_workers):
         ms = spread([r.get("handler_ms") for r in runs])
         note = "%.2fx 1 worker" % (s[0] / one[0]) if s and one else ""
         if ms:
-            note += "; handler %.1f ms CPU (1 worker's limit %.0f/s)" % (ms[0], 1000 / ms[0])
+            note += "; burn() took %.1f ms in the bench process after the run" % ms[0]
         table.add("process isolation, CPU-bound handler (notifications/s)", label, _runs(runs),
                   s if s else ("failed",) * 3, None, note)

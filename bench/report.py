@@ -116,7 +116,8 @@ def write_results(path, machine_info, table, notes, profile_text, command):
               table.verdicts_markdown(), "", "## How it was measured", "", notes.strip(), ""]
     if profile_text:
         parts += ["## Profile of the pgvisor contender (drain, memory queue)", "",
-                  "cProfile of the measured part, top functions by own time:", "", "```",
+                  "pyinstrument, one more drain run (the measured part only): functions by own",
+                  "time as a share of the Python work, then the call tree.", "", "```",
                   profile_text.rstrip(), "```", ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
