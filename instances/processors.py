@@ -257,7 +257,8 @@ class ProcessorPool:
     def latency_buckets(self):
         """Cumulative ``[(upper bound in seconds, count), ...]``, the last bound ``"+Inf"``."""
         total, cumulative = 0, []
-        for bound, count in zip(self.latency_bounds + ("+Inf",), self.latency_counts):
+        for bound, count in zip(self.latency_bounds + ("+Inf",), self.latency_counts,
+                                strict=True):
             total += count
             cumulative.append((bound, total))
         return cumulative
