@@ -84,11 +84,10 @@ def cost_rows(table, costs):
 def build_table(results, costs, size):
     """The one table: contender figures, then supervisor costs, then isolation."""
     table = Table()
-    for key in ("drain", "e2e"):
-        rate_rows(table, key, results[key])
-    for key in ("lat1000", "lat10000"):
+    for key in ("drain", "e2e", "lat1000", "lat10000"):
         if key in results:
-            latency_rows(table, key, results[key])
+            rows = rate_rows if key in ("drain", "e2e") else latency_rows
+            rows(table, key, results[key])
     cost_rows(table, costs)
     isolation_rows(table, costs.get("isolation") or {})
     return table

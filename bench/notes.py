@@ -48,9 +48,9 @@ METHOD = """\
 """
 
 
-def text(size, profile_text):
+def text(size, spool_base):
     """The "How it was measured" section (and what limits pgvisor) for ``size``."""
-    return METHOD.format(producer="bench.producer.Producer", spool="bench spool base",
+    return METHOD.format(producer="bench.producer.Producer", spool=spool_base,
                          **size) + "\n" + LIMITS
 
 

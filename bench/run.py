@@ -214,7 +214,7 @@ def main(argv=None):
     if path:
         command = "make bench-smoke" if args.smoke else "make bench"
         report.write_results(path, report.machine(server, SPOOL_BASE), table,
-                             notes.text(bench.size, profile_text), profile_text, command)
+                             notes.text(bench.size, SPOOL_BASE), profile_text, command)
         print("wrote %s" % path)
     return 1 if bench.failures else 0
 
