@@ -93,8 +93,6 @@ def _check_name(value):
 def _check_channels(value):
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise _problem("channels", value, "must be a list of channel names")
-    if not value:
-        raise _problem("channels", value, "must name at least one channel")
     seen = set()
     for channel in value:
         if not isinstance(channel, str) or not channel:
@@ -245,6 +243,11 @@ def _cross_problems(values):
             "min_concurrency=%r, max_concurrency=%r: min_concurrency must not exceed "
             "max_concurrency" % (low, high), "min_concurrency,max_concurrency",
             {"min_concurrency": low, "max_concurrency": high}))
+    if values.get("channels") == () and values.get("queue", 0) is None:
+        problems.append(InvalidConfigurationException(
+            "channels=[], queue=None: an instance without channels reads a spool (no "
+            "Postgres): set queue={\"spool\": DIR}, or name at least one channel",
+            "channels,queue", {"channels": [], "queue": None}))
     if values.get("isolation") == "process" and values.get("queue", 0) is None:
         problems.append(InvalidConfigurationException(
             "isolation='process', queue=None: process isolation needs a spool queue "
@@ -301,6 +304,7 @@ class InstanceSpec:
     """
 
     name: str
+    #: LISTEN channels; empty: a spool-source instance (no listener, no database).
     channels: tuple
     handler: str
     #: Processor greenlets kept running even when idle.
@@ -377,6 +381,12 @@ class InstanceSpec:
         data = self.to_dict()
         data.update(changes)
         return self.from_dict(data, "handler" in changes if resolve is None else resolve)
+
+    @property
+    def needs_database(self):
+        """False for a spool-source instance (``channels=[]``): it consumes its spool
+        without a listener, so the database's state and role do not gate it."""
+        return bool(self.channels)
 
     def resolve_handler(self):
         """Return the handler callable (imports its module: blocks while importing)."""

@@ -52,7 +52,6 @@ def test_spec_is_frozen():
     ("name", "a" * 65, "must match"),
     ("name", 7, "must match"),
     ("channels", "doc_changed", "must be a list of channel names"),
-    ("channels", [], "at least one channel"),
     ("channels", ["a", "a"], "'a' is listed twice"),
     ("channels", [""], "is not a non-empty string"),
     ("channels", [3], "is not a non-empty string"),
@@ -104,6 +103,38 @@ def test_min_above_max_names_both_fields():
     assert str(error).startswith("min_concurrency=4, max_concurrency=2:")
     assert error.field == "min_concurrency,max_concurrency"
     assert error.value == {"min_concurrency": 4, "max_concurrency": 2}
+
+
+def test_no_channels_without_a_spool_names_channels_and_queue():
+    error = error_of(channels=[])
+    assert str(error).startswith("channels=[], queue=None:")
+    assert "spool" in str(error) and "at least one channel" in str(error)
+    assert error.field == "channels,queue"
+    assert error.value == {"channels": [], "queue": None}
+
+
+def test_no_channels_without_a_spool_is_rejected_by_replace_too():
+    with pytest.raises(InvalidConfigurationException) as info:
+        spec().replace(channels=[])
+    assert info.value.field == "channels,queue"
+
+
+def test_no_channels_with_an_invalid_queue_reports_the_queue_problem_only():
+    error = error_of(channels=[], queue={"spool": ""})
+    assert error.field == "queue.spool"
+
+
+def test_no_channels_with_a_spool_is_a_spool_source_instance_without_database():
+    source = spec(channels=[], queue={"spool": "/in", "queue_out_dir": "/out"})
+    assert source.channels == () and source.needs_database is False
+    assert spec().needs_database is True
+    again = InstanceSpec.from_dict(json.loads(json.dumps(source.to_dict())))
+    assert again == source and again.to_dict()["channels"] == []
+
+
+def test_spool_source_instance_may_be_process_isolated():
+    source = spec(channels=[], queue={"spool": "/in"}, isolation="process")
+    assert source.isolation == "process" and not source.needs_database
 
 
 def test_process_isolation_requires_a_spool_queue():
