@@ -7,7 +7,15 @@ An instance is one listener + its queue + a pool of processors calling the handl
 With ``queue={"spool": DIR, ...}`` the queue is a FileQueue (the listener spools each
 drained read as one batch file unless ``batch`` is false); with ``isolation="process"``
 the processors are child processes sharing that spool (:mod:`instances.workers`), and a
-worker that dies or hangs ends the instance "abnormal" (its owner restarts it).
+worker that dies or hangs ends the instance "abnormal" (its owner restarts it). With a
+``queue_out_dir`` the handler's return value goes on to that spool (piper semantics, see
+:mod:`instances.processors`).
+
+A *spool-source* instance (``channels=[]``, a spool required) has no listener and no
+database: its processors consume whatever other writers put into the spool (mentat's
+piper as a registry instance)::
+
+    spool DIR -> processors -> handler(message) -> return value -> queue_out_dir (optional)
 
 The queue belongs to the Instance object, not to its parts: what is queued survives a
 restart of the instance inside the same process (and, with a spool, a crash of it).
@@ -62,6 +70,22 @@ def make_queue(spec, owner=None):
                      max_attempts=options.get("max_attempts", 5), output=output)
 
 
+def checked_output(handler):
+    """``handler`` whose return value must be something an output spool takes (None, a
+    message, a list of messages): anything else raises TypeError in the handler's call,
+    so the message goes to ``errors/`` instead of failing the output write."""
+    from instances.spool_codec import as_dict
+
+    def run(item):
+        result = handler(item)
+        if result is not None:
+            for message in (result if isinstance(result, list) else (result,)):
+                as_dict(message)
+        return result
+    run.__wrapped__ = handler
+    return run
+
+
 def make_pool(spec, queue, handler):
     """The processors of ``spec``: greenlets in this process, or worker processes
     (``isolation="process"``, see :mod:`instances.workers`) sharing the spool."""
@@ -99,6 +123,8 @@ class Instance:
         self.ended_at = None
         self._stopping = False
         self._handler = spec.resolve_handler()
+        if spec.queue is not None and spec.queue.get("queue_out_dir"):
+            self._handler = checked_output(self._handler)
 
     @property
     def name(self):
@@ -106,37 +132,46 @@ class Instance:
 
     @property
     def alive(self):
-        return bool(self.listener and self.listener.is_alive() and self.pool
-                    and self.pool.alive)
+        listening = not self.spec.channels or (self.listener and self.listener.is_alive())
+        return bool(listening and self.pool and self.pool.alive)
 
     @property
     def connected(self):
-        return bool(self.listener and self.listener.connected)
+        """True while the listener is connected; always for a spool-source instance
+        (nothing to connect)."""
+        return not self.spec.channels or bool(self.listener and self.listener.connected)
 
     def start(self):
         """Start listener and processors; returns at once (connecting happens in the
-        listener's greenlet). No-op while alive."""
+        listener's greenlet). A spool-source instance starts its processors only.
+        No-op while alive."""
         if self.alive:
             return self
         self.exit = self.exception = None
         self._stopping = False
         spec = self.spec
         self.pool = make_pool(spec, self.queue, self._handler)
-        self.listener = PostgresNotificationListener(
-            self.dsn, spec.channels, self.queue, name=spec.name,
-            on_connection_lost=self._connection_lost)
-        # A spool takes each drained read as one file (one write, fsync, rename).
-        self.listener.batch = bool(spec.queue is not None and spec.queue.get("batch", True))
-        if spec.isolation == "process":
-            self.listener.batch_size = PROCESS_BATCH_SIZE
         self.pool.link(self._part_ended)
-        self.listener.link(self._part_ended)
+        self.listener = self._make_listener() if spec.channels else None
         self.started_at, self.ended_at = time.time(), None
         self.pool.start()
-        self.listener.start()
+        if self.listener is not None:
+            self.listener.start()
         log.info("instance %s started", spec.name,
                  extra={"action": "instance.start", "instance": spec.name})
         return self
+
+    def _make_listener(self):
+        spec = self.spec
+        listener = PostgresNotificationListener(
+            self.dsn, spec.channels, self.queue, name=spec.name,
+            on_connection_lost=self._connection_lost)
+        # A spool takes each drained read as one file (one write, fsync, rename).
+        listener.batch = bool(spec.queue is not None and spec.queue.get("batch", True))
+        if spec.isolation == "process":
+            listener.batch_size = PROCESS_BATCH_SIZE
+        listener.link(self._part_ended)
+        return listener
 
     def stop(self, timeout=10.0):
         """Stop listening, let the processors finish their current item, then end them.
@@ -210,11 +245,15 @@ class Instance:
     def apply(self, spec):
         """Take ``spec`` live: channels and concurrency change without a restart.
 
-        Fields outside :data:`LIVE_FIELDS` need a new Instance; raises ValueError for them.
+        Fields outside :data:`LIVE_FIELDS` need a new Instance, and so does a change of
+        channels to or from none (a listener to add or remove); raises ValueError for them.
         """
         changed = {f for f in spec.to_dict() if getattr(spec, f) != getattr(self.spec, f)}
         if changed - LIVE_FIELDS:
             raise ValueError("fields %s need a restart" % ", ".join(sorted(changed - LIVE_FIELDS)))
+        if spec.needs_database != self.spec.needs_database:
+            raise ValueError("channels to or from none need a restart (a listener to %s)"
+                             % ("add" if spec.needs_database else "remove"))
         self.spec = spec
         if self.listener is not None and "channels" in changed:
             self.listener.set_channels(spec.channels)
@@ -231,7 +270,7 @@ class Instance:
         if not self.alive:
             return None
         now = time.monotonic()
-        ages = [self.listener.heartbeat_age() or 0.0]
+        ages = [(self.listener.heartbeat_age() if self.listener else None) or 0.0]
         pool_beat = self.pool.heartbeat
         if pool_beat is not None:
             ages.append(now - pool_beat)

@@ -8,6 +8,11 @@ enforces ``handler_timeout``::
                                     +-- raises -----------> queue.failed(...)    failed
                                     +-- overruns timeout -> killed, failed(...)  timed_out
 
+A queue that offers ``forward(item, result)`` (a FileQueue) gets the handler's return value
+instead of ``done(item)``: with an output queue (``queue_out_dir``) the result goes on to it
+(piper semantics: a message, a list of them, or None for nothing); without one it is
+dropped, exactly as ``done`` would. A memory queue has no ``forward``: ``done(item)``.
+
 Autoscale (cyme's): the manager adds one worker every ``scale_interval`` while the backlog
 (``queue.qsize()``) exceeds the number of workers and all of them are busy, up to max; a
 worker above min that waited ``idle_timeout`` for an item exits.
@@ -293,6 +298,7 @@ class ProcessorPool:
     def _loop(self, worker):
         """The hot path: keep per-item work to a few attribute stores."""
         get, done, handler = self.queue.get, self.queue.done, self.handler
+        forward = getattr(self.queue, "forward", None)  # None: a memory queue
         monotonic, workers = time.monotonic, self._workers
         streak, yield_every = 0, self.yield_every
         counts, bounds, bucket_of = self.latency_counts, self.latency_bounds, bisect.bisect_left
@@ -309,7 +315,7 @@ class ProcessorPool:
                 worker.idle = False
             worker.busy_since = monotonic()
             try:
-                handler(item)
+                result = handler(item)
             except HandlerTimeout:
                 worker.busy_since = None
                 self._timed_out(item)
@@ -319,7 +325,10 @@ class ProcessorPool:
             else:
                 elapsed = monotonic() - worker.busy_since
                 worker.busy_since = None
-                done(item)
+                if forward is None:
+                    done(item)
+                else:
+                    forward(item, result)
                 self.processed += 1
                 counts[bucket_of(bounds, elapsed)] += 1
                 self.latency_sum += elapsed

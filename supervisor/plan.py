@@ -22,6 +22,10 @@ Rules, first match wins for each name (docs/supervision.rst has the same table):
     alive, unresponsive ............. Restart("unresponsive", budgeted) unless in grace
     alive, spec changed ............. live fields only: Apply; else Recreate
 
+A spec that does not need the database (``needs_database`` False: a spool-source instance,
+``channels=[]``) ignores the database's state, the revive grace and the role: only a
+manual pause holds it. Its channels changing to some (or back) is a Recreate.
+
 Lifecycle of one instance as the plan sees it::
 
     (new) --Start--> alive --death--> dead --Restart--> alive
@@ -78,7 +82,8 @@ class Observed:
 class PlanState:
     """The supervisor's situation for one planning pass.
 
-    ``paused``: manual pause or database outage (``db_up=False`` also counts as paused).
+    ``paused``: manual pause (``db_up=False`` halts too, except instances that do not
+    need the database).
     ``role``: "primary", "standby" or None (unknown). ``in_grace``: within
     ``wait_after_db_revived`` after the database came back. ``heartbeat_timeout``: seconds
     after which an alive instance's heartbeat is too old. ``ratelimit``: whether restarts
@@ -184,7 +189,10 @@ def plan_one(name, spec, obs, state):
         return None
     if obs is not None and obs.parked:
         return None
-    fits = role_fits(spec.run_on, state.role)
+    if getattr(spec, "needs_database", True):
+        fits = role_fits(spec.run_on, state.role)
+    else:  # a spool source: only a manual pause holds it
+        state, fits = dataclasses.replace(state, db_up=True, in_grace=False), True
     if state.halted or fits is None:
         return _live_changes(name, spec, obs) if alive else None
     if not fits:
@@ -242,7 +250,7 @@ def _plan_alive(name, spec, obs, state):
         return Restart(name, spec, "unresponsive: no heartbeat for %.1f s" % obs.heartbeat_age,
                        state.ratelimit)
     changed = changed_fields(obs.spec, spec)
-    recreate = [field for field in changed if field not in LIVE_FIELDS]
+    recreate = [field for field in changed if _needs_recreate(field, obs.spec, spec)]
     if recreate:
         return Recreate(name, spec, "changed: %s" % ", ".join(recreate))
     return Apply(name, spec, changed) if changed else None
@@ -252,9 +260,17 @@ def _live_changes(name, spec, obs):
     """Apply when only live fields changed (no restart involved), else nothing: used while
     starts and restarts are held back (halted, unknown role, grace)."""
     changed = changed_fields(obs.spec, spec)
-    if changed and not set(changed) - LIVE_FIELDS:
+    if changed and not any(_needs_recreate(field, obs.spec, spec) for field in changed):
         return Apply(name, spec, changed)
     return None
+
+
+def _needs_recreate(field, old, new):
+    """A field not in LIVE_FIELDS, or channels going to or from none (a listener to add or
+    remove)."""
+    if field not in LIVE_FIELDS:
+        return True
+    return field == "channels" and bool(old.channels) != bool(new.channels)
 
 
 def _unresponsive(obs, timeout):

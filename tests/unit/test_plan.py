@@ -297,3 +297,41 @@ def test_ten_thousand_instances_plan_in_one_pass(capsys):
     with capsys.disabled():
         print("\nplan() over 10,000 instances: %.1f ms, %d actions"
               % (elapsed * 1000, len(actions)))
+
+
+SOURCE = spec("a", channels=[], queue={"spool": "/in", "queue_out_dir": "/out"})
+
+
+@pytest.mark.parametrize("state", [
+    PlanState(db_up=False, role=None), UNKNOWN_ROLE, STANDBY, GRACE,
+], ids=["db_down", "role_unknown", "standby", "grace"])
+def test_spool_source_starts_and_restarts_whatever_the_database(state):
+    assert not SOURCE.needs_database
+    assert one(SOURCE, None, state) == Start("a", SOURCE, "new instance")
+    assert one(SOURCE, dead(SOURCE), state) == Restart("a", SOURCE, "exited (abnormal)", True)
+    assert one(SOURCE, running(SOURCE), state) is None
+
+
+def test_spool_source_is_held_by_a_manual_pause_and_a_disable():
+    assert one(SOURCE, None, PAUSED) is None
+    assert one(SOURCE, dead(SOURCE), PlanState(db_up=False, paused=True)) is None
+    off = SOURCE.replace(enabled=False)
+    assert one(off, running(SOURCE), PlanState(db_up=False)) == Stop("a", "disabled",
+                                                                      "disabled")
+
+
+def test_database_instances_still_wait_while_a_spool_source_starts():
+    state = PlanState(db_up=False, role=None)
+    actions = plan({"a": A, "s": SOURCE.replace(name="s")}, {}, state)
+    assert [type(a).__name__ + ":" + a.name for a in actions] == ["Start:s"]
+
+
+def test_channels_to_or_from_none_recreate_other_channel_changes_apply():
+    with_channels = SOURCE.replace(channels=["ch"])
+    assert one(with_channels, running(SOURCE)) == Recreate("a", with_channels,
+                                                           "changed: channels")
+    assert one(SOURCE, running(with_channels)) == Recreate("a", SOURCE, "changed: channels")
+    more = with_channels.replace(channels=["ch", "other"])
+    assert one(more, running(with_channels)) == Apply("a", more, ("channels",))
+    # while starts are held (database down), a listener cannot be added live either
+    assert one(with_channels, running(SOURCE), PlanState(db_up=False, role=None)) is None
