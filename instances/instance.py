@@ -5,17 +5,12 @@ An instance is one listener + its queue + a pool of processors calling the handl
     Postgres NOTIFY -> listener (own connection) -> queue -> processors -> handler(n)
 
 With ``queue={"spool": DIR, ...}`` the queue is a FileQueue (the listener spools each
-drained read as one batch file unless ``batch`` is false); with ``isolation="process"``
-the processors are child processes sharing that spool (:mod:`instances.workers`), and a
-worker that dies or hangs ends the instance "abnormal" (its owner restarts it). With a
-``queue_out_dir`` the handler's return value goes on to that spool (piper semantics, see
-:mod:`instances.processors`).
-
-A *spool-source* instance (``channels=[]``, a spool required) has no listener and no
-database: its processors consume whatever other writers put into the spool (mentat's
-piper as a registry instance)::
-
-    spool DIR -> processors -> handler(message) -> return value -> queue_out_dir (optional)
+drained read as one batch file unless ``batch`` is false; with ``queue_out_dir`` the
+handler's return value goes on, see :mod:`instances.processors`); with
+``isolation="process"`` the processors are child processes sharing that spool
+(:mod:`instances.workers`), and a worker that dies or hangs ends the instance "abnormal".
+A *spool source* (``channels=[]``) has no listener and no database: mentat's piper as an
+instance, ``spool DIR -> processors -> handler(message) -> queue_out_dir (optional)``.
 
 The queue belongs to the Instance object, not to its parts: what is queued survives a
 restart of the instance inside the same process (and, with a spool, a crash of it).
@@ -59,15 +54,12 @@ def make_queue(spec, owner=None):
     with the spec's queue options (``owner`` labels its claims, as in FileQueue)."""
     if spec.queue is None:
         return MemoryQueue(spec.queue_size)
-    from instances.spool import FileQueue, OutputQueue  # the spool is optional weight
+    from instances.spool import FileQueue  # the spool is optional weight
     options = spec.queue
-    output = None
-    if options.get("queue_out_dir"):
-        output = OutputQueue(options["queue_out_dir"], options.get("queue_out_limit"),
-                             options.get("queue_out_wait"))
-    return FileQueue(options["spool"], owner=owner, fsync=options.get("fsync", False),
-                     mode=options.get("mode", 0o700),
-                     max_attempts=options.get("max_attempts", 5), output=output)
+    return FileQueue.from_piper_options(
+        options["spool"], options.get("queue_out_dir") or None, options.get("queue_out_limit"),
+        options.get("queue_out_wait"), owner=owner, fsync=options.get("fsync", False),
+        mode=options.get("mode", 0o700), max_attempts=options.get("max_attempts", 5))
 
 
 def checked_output(handler):
@@ -82,7 +74,6 @@ def checked_output(handler):
             for message in (result if isinstance(result, list) else (result,)):
                 as_dict(message)
         return result
-    run.__wrapped__ = handler
     return run
 
 
