@@ -153,7 +153,8 @@ class Executor:
             return {name: "waiting"}
         if isinstance(error, FatalDatabaseError):
             return {name: self._park(record, "fatal database error: %s" % error)}
-        if sup.paused or sup.in_grace:
+        spec = sup.desired().get(name)
+        if (sup.paused or sup.in_grace) and (spec is None or spec.needs_database):
             record.died_in_outage = True  # restarted after the grace, free of budget
             sup.monitor.check_now()
             return {name: "waiting"}
@@ -164,8 +165,7 @@ class Executor:
         if self.sup.database_changed(state) and state.up:
             for record in self.sup.records.values():
                 record.blocked_role = None  # a new role: refused instances may try again
-        if not state.up:
-            return {}
+        # Down too: instances that need no database (spool sources) are planned anyway.
         return self.on_verify(None, ratelimit=True)
 
     def on_grace_over(self, names, generation):

@@ -165,14 +165,6 @@ def test_spool_source_added_while_the_database_is_down_runs_database_instances_w
     assert sup.instance("river") is None and sup.status()["river"]["state"] != "running"
 
 
-# The two below need supervisor/execution.py to consult the plan while the database is
-# down (on_database returns before verifying; on_died parks every death of an outage as
-# "waiting"): reported to its owner. strict: they fail loudly once that is fixed.
-_EXECUTOR_GAP = pytest.mark.xfail(strict=True, reason="supervisor/execution.py holds every "
-                                  "start and restart while the database is down")
-
-
-@_EXECUTOR_GAP
 @pytest.mark.timeout(20)
 def test_spool_source_registered_before_a_start_without_database_runs(
         tmp_path, registry, supervise):
@@ -182,7 +174,6 @@ def test_spool_source_registered_before_a_start_without_database_runs(
     _wait_running(sup, "piper")
 
 
-@_EXECUTOR_GAP
 @pytest.mark.timeout(20)
 def test_spool_source_killed_while_the_database_is_down_is_restarted(
         tmp_path, registry, supervise):
