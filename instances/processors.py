@@ -327,8 +327,8 @@ class ProcessorPool:
                 worker.busy_since = None
                 if forward is None:
                     done(item)
-                else:
-                    forward(item, result)
+                elif not self._forwarded(forward, item, result):
+                    continue
                 self.processed += 1
                 counts[bucket_of(bounds, elapsed)] += 1
                 self.latency_sum += elapsed
@@ -336,6 +336,16 @@ class ProcessorPool:
             if streak >= yield_every:
                 streak = 0
                 gevent.sleep(0)
+
+    def _forwarded(self, forward, item, result):
+        """Hand the handler's ``result`` on; an output the queue cannot write (not a
+        message, not JSON) fails that item alone, as if the handler had raised."""
+        try:
+            forward(item, result)
+        except (TypeError, ValueError) as error:
+            self._failed(item, error)
+            return False
+        return True
 
     def _failed(self, item, error):
         tb_text = traceback.format_exc()

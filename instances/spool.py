@@ -182,11 +182,15 @@ class FileQueue:
         written as one batch file, or None for nothing) for the output queue (piper
         semantics). Without an output queue, ``output`` is dropped. Blocks the calling
         greenlet while the output queue is over its limit."""
-        entry = self._take(item)
-        claim = entry[1]
+        data = None
         if self._out is not None and output is not None:
+            # Encode before taking the item: an output that is not JSON raises here and the
+            # item is still ours, for failed().
             data = (spool_codec.encode_batch(output) if isinstance(output, list)
                     else spool_codec.encode(output))
+        entry = self._take(item)
+        claim = entry[1]
+        if data is not None:
             try:
                 self._out.write(data, self.output.limit, self.output.wait)
             except BaseException:

@@ -252,3 +252,21 @@ def test_process_isolated_spool_source_forwards_from_its_worker_processes(
     _put(tmp_path / "in", "p1", "p2")
     wait_for(lambda: _waiting_files(tmp_path / "out") == 2, 30)
     assert sorted(m["payload"] for m in _taken(tmp_path / "out")) == ["P1", "P2"]
+
+
+def unencodable_result(message):
+    """A dict the spool cannot write as JSON (a set inside)."""
+    return {"channel": "out", "payload": "x", "tags": {"a", "b"}}
+
+
+def test_handler_result_that_is_not_json_fails_that_message_alone(
+        tmp_path, registry, supervise, pg_dsn):
+    registry.add(_source(
+        tmp_path, handler="tests.integration.test_piper_instance:unencodable_result"))
+    sup = supervise(pg_dsn)
+    _wait_running(sup, "piper")
+    _put(tmp_path / "in", "x", "y")
+    wait_for(lambda: len(os.listdir(tmp_path / "in" / "errors")) == 4, 10)
+    status = sup.status()["piper"]
+    assert (status["state"], status["restarts"], status["failed"]) == ("running", 0, 2)
+    assert not any(stats(str(tmp_path / "in"))["pending"].values())
