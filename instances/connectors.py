@@ -19,7 +19,6 @@ missing password is detected with ``PQconnectionNeedsPassword``.
 import contextlib
 import ctypes
 import logging
-import operator
 import re
 
 import gevent
@@ -184,8 +183,6 @@ def redact_dsn(dsn):
 
 
 # -- the connector ---------------------------------------------------------------------------
-
-_notify_tuple = operator.attrgetter("pid", "channel", "payload")
 
 _IDENTITY_SQL = (
     "SELECT s.system_identifier::text, pg_is_in_recovery(),"
@@ -373,7 +370,9 @@ class PostgresConnector:
         return self.pg_connection.fileno()
 
     def poll_notifies(self):
-        """Read what arrived: a list of ``(pid, channel, payload)``; never blocks."""
+        """Read what arrived: a list of notifies, oldest first, each with ``pid``,
+        ``channel`` and ``payload`` attributes; never blocks. The list is handed over, not
+        copied (the connection starts a new one): this is the listener's hot path."""
         conn = self._conn if self._conn is not None else self.pg_connection
         try:
             conn.poll()
@@ -382,9 +381,8 @@ class PostgresConnector:
         notifies = conn.notifies
         if not notifies:
             return []
-        received = list(map(_notify_tuple, notifies))
-        del notifies[:]
-        return received
+        conn.notifies = []
+        return notifies
 
     def notify(self, channel, payload=None):
         """``pg_notify(channel, payload)`` on the shared connection."""

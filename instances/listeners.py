@@ -144,18 +144,19 @@ class PostgresNotificationListener(Component):
         if not exec_value:
             return
         now = time.time()
+        make = Notification.from_fields
         if self._put_batch is not None:
             size = self.batch_size
             for start in range(0, len(exec_value), size):
-                self._put_batch([Notification(channel, payload, "notify", pid, now)
-                                 for pid, channel, payload in exec_value[start:start + size]])
+                self._put_batch([make((n.channel, n.payload, "notify", n.pid, now, None))
+                                 for n in exec_value[start:start + size]])
             self.received += len(exec_value)
             return
-        put = self.queue.put
-        for pid, channel, payload in exec_value:
-            notification = Notification(channel, payload, "notify", pid, now)
+        put, beat = self.queue.put, self.put_beat
+        for n in exec_value:
+            notification = make((n.channel, n.payload, "notify", n.pid, now, None))
             try:
-                put(notification, True, self.put_beat)
+                put(notification, True, beat)
             except Full:
                 self._put(notification)
         self.received += len(exec_value)

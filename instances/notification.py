@@ -1,47 +1,57 @@
 """The :class:`Notification`: one event handed from a listener to a handler."""
+import operator
 import time
 
+_FIELDS = ("channel", "payload", "kind", "pid", "received_at", "id")
 
-class Notification:
-    """One notification as a handler sees it.
 
-    ``channel`` the channel name; ``payload`` the payload (``str``, may be empty);
-    ``kind`` is ``"notify"`` for a NOTIFY from the server and ``"catch_up"`` for the one
-    synthetic notification put after every (re)LISTEN (NOTIFY is not durable: re-read your
-    tables); ``pid`` the notifying backend's pid (0 for a catch_up); ``received_at`` the
-    ``time.time()`` of receipt; ``id`` a stable message id when the notification went
-    through a spool (None otherwise).
+class Notification(tuple):
+    """One notification as a handler sees it (immutable).
+
+    ``channel`` the channel name (None for a catch_up); ``payload`` the payload (``str``,
+    may be empty); ``kind`` is ``"notify"`` for a NOTIFY from the server and ``"catch_up"``
+    for the one synthetic notification put after every (re)LISTEN (NOTIFY is not durable:
+    re-read your tables); ``pid`` the notifying backend's pid (0 for a catch_up);
+    ``received_at`` the ``time.time()`` of receipt; ``id`` a stable message id when the
+    notification went through a spool (None otherwise).
+
+    A tuple underneath: the listener builds one per NOTIFY at C speed with
+    :meth:`from_fields`, which matters on the hot path (see bench/).
     """
 
-    __slots__ = ("channel", "payload", "kind", "pid", "received_at", "id")
+    __slots__ = ()
 
     NOTIFY = "notify"
     CATCH_UP = "catch_up"
 
-    def __init__(self, channel, payload="", kind="notify", pid=0, received_at=None, id=None):
-        self.channel = channel
-        self.payload = payload
-        self.kind = kind
-        self.pid = pid
-        self.received_at = time.time() if received_at is None else received_at
-        self.id = id
+    channel = property(operator.itemgetter(0), doc="the channel name")
+    payload = property(operator.itemgetter(1), doc="the payload (str)")
+    kind = property(operator.itemgetter(2), doc='"notify" or "catch_up"')
+    pid = property(operator.itemgetter(3), doc="the notifying backend's pid (0: catch_up)")
+    received_at = property(operator.itemgetter(4), doc="time.time() of receipt")
+    id = property(operator.itemgetter(5), doc="stable message id (spooled), else None")
+
+    def __new__(cls, channel, payload="", kind="notify", pid=0, received_at=None, id=None):
+        return tuple.__new__(cls, (channel, payload, kind, pid,
+                                   time.time() if received_at is None else received_at, id))
+
+    #: ``Notification.from_fields((channel, payload, kind, pid, received_at, id))``: no
+    #: defaults, no checks; for hot paths that have every field at hand.
+    from_fields = classmethod(tuple.__new__)
 
     def to_dict(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+        return dict(zip(_FIELDS, self, strict=True))
 
     @classmethod
     def from_dict(cls, data):
-        return cls(**{name: data.get(name) for name in cls.__slots__ if name in data})
+        return cls(**{name: data[name] for name in _FIELDS if name in data})
 
-    def __eq__(self, other):
-        if not isinstance(other, Notification):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __hash__(self):
-        return hash((self.channel, self.payload, self.kind, self.pid, self.received_at))
+    def __getnewargs__(self):
+        return tuple(self)
 
     def __repr__(self):
-        payload = self.payload if len(self.payload or "") <= 40 else self.payload[:37] + "..."
+        payload = self.payload
+        if len(payload or "") > 40:
+            payload = payload[:37] + "..."
         return "<Notification %s channel=%r payload=%r pid=%s>" % (
             self.kind, self.channel, payload, self.pid)

@@ -296,12 +296,14 @@ class ProcessorPool:
             self._workers.pop(worker.greenlet, None)
 
     def _loop(self, worker):
-        """The hot path: keep per-item work to a few attribute stores."""
+        """The hot path: block for an item, then handle what is queued back to back
+        (``get(False)``) until the queue is empty, yielding every ``yield_every`` items.
+        Per item: a handler call, two clock reads and a few counter updates."""
         get, done, handler = self.queue.get, self.queue.done, self.handler
         forward = getattr(self.queue, "forward", None)  # None: a memory queue
         monotonic, workers = time.monotonic, self._workers
-        streak, yield_every = 0, self.yield_every
         counts, bounds, bucket_of = self.latency_counts, self.latency_bounds, bisect.bisect_left
+        yield_every = self.yield_every
         while not worker.stopping:
             worker.idle = True
             try:
@@ -313,28 +315,38 @@ class ProcessorPool:
                 continue
             finally:
                 worker.idle = False
-            worker.busy_since = monotonic()
-            try:
-                result = handler(item)
-            except HandlerTimeout:
-                worker.busy_since = None
-                self._timed_out(item)
-            except (Exception, gevent.Timeout) as error:
-                worker.busy_since = None
-                self._failed(item, error)
-            else:
-                elapsed = monotonic() - worker.busy_since
-                worker.busy_since = None
-                if forward is None:
-                    done(item)
-                elif not self._forwarded(forward, item, result):
-                    continue
-                self.processed += 1
-                counts[bucket_of(bounds, elapsed)] += 1
-                self.latency_sum += elapsed
-            streak += 1
+            streak = 0
+            while True:
+                started = worker.busy_since = monotonic()
+                try:
+                    result = handler(item)
+                except HandlerTimeout:
+                    worker.busy_since = None
+                    self._timed_out(item)
+                except (Exception, gevent.Timeout) as error:
+                    worker.busy_since = None
+                    self._failed(item, error)
+                else:
+                    elapsed = monotonic() - started
+                    worker.busy_since = None
+                    if forward is None:
+                        done(item)
+                    elif not self._forwarded(forward, item, result):
+                        elapsed = None
+                    if elapsed is not None:
+                        self.processed += 1
+                        counts[bucket_of(bounds, elapsed)] += 1
+                        self.latency_sum += elapsed
+                if worker.stopping:
+                    return
+                streak += 1
+                if streak >= yield_every:
+                    break  # back to the blocking get: it yields only when empty, so sleep
+                try:
+                    item = get(False)
+                except Empty:
+                    break
             if streak >= yield_every:
-                streak = 0
                 gevent.sleep(0)
 
     def _forwarded(self, forward, item, result):

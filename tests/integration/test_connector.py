@@ -180,14 +180,15 @@ def test_listen_notify_round_trip_with_a_hostile_channel_name(connector, pg_dsn)
     received = []
     wait_for(lambda: received.extend(connector.poll_notifies()) or len(received) >= 2, 10)
     pid = backend_pid(sender)
-    assert received == [(pid, HOSTILE, "payload ü"), (pid, "plain", "")]
+    assert [(n.pid, n.channel, n.payload) for n in received] == [
+        (pid, HOSTILE, "payload ü"), (pid, "plain", "")]
     assert connector.pg_connection.notifies == []
     connector.unlisten([HOSTILE])
     sender.notify(HOSTILE, "not heard")
     sender.notify("plain", "marker")
     received = []
     wait_for(lambda: received.extend(connector.poll_notifies()) or received, 10)
-    assert received == [(pid, "plain", "marker")]
+    assert [(n.pid, n.channel, n.payload) for n in received] == [(pid, "plain", "marker")]
     assert connector.execute("SELECT count(*) FROM victim")[0][0] == 0  # table still there
     connector.unlisten()
     assert connector.execute("SELECT count(*) FROM pg_listening_channels()")[0][0] == 0
