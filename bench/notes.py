@@ -59,22 +59,26 @@ LIMITS = """\
 
 Throughput: the drain figure is where the framework shows, and the gap to raw psycopg2 is
 per-notification Python work the raw loop does not do. Nothing waits (no lock, no sleep;
-greenlet switches happen per drained read and per 64 handled items, not per notification). On top of the raw loop's
-`poll()` + handler, for every notification:
+greenlet switches happen per drained read and per 64 handled items, not per notification).
+Already done after profiling: `Notification` is a tuple subclass built at C speed
+(`Notification.from_fields`), `poll_notifies` hands psycopg2's notify list over instead of
+copying it, and a worker handles a backlog back to back with `get(False)` (the idle flag,
+`try/finally` and timeout arithmetic happen once per wake-up, not per item). What is left,
+on top of the raw loop's `poll()` + handler, for every notification:
 
-1. `instances/processors.py` `ProcessorPool._loop` (the largest own time below), per item:
-   `worker.idle` set twice around a `try/finally`, the `get()` timeout recomputed, `time.monotonic()` twice (`busy_since`
-   and the handler's elapsed time), the latency histogram (`bisect.bisect_left` over the
-   bounds, a list increment, a float add), `queue.done(item)` (only a counter for a memory
-   queue), `self.processed += 1`, and a `gevent.sleep(0)` every `yield_every` (64) items.
-2. `instances/listeners.py` `post_execute` puts, and `instances/processors.py`
+1. `instances/listeners.py` `post_execute` puts, and `instances/processors.py`
    `ProcessorPool._loop` gets, one queue item per notification (`MemoryQueue.put/get` are
-   gevent's compiled methods, but still two calls and a wake-up check per item).
-3. `instances/notification.py` `Notification.__init__`: a Python-level constructor (six
-   attribute stores) for every notification; building a plain tuple of the same fields is
-   about four times cheaper.
-4. `instances/connectors.py` `poll_notifies`: a `(pid, channel, payload)` tuple per
-   psycopg2 `Notify` (C-level `attrgetter`: small).
+   gevent's compiled methods, but still two calls and a wake-up check per item): the price
+   of handing work from the listener greenlet to processor greenlets, which is what lets a
+   slow handler, a hung handler or a handler timeout never stop the listener.
+2. `ProcessorPool._loop` per item: `time.monotonic()` twice (`busy_since`, which the handler
+   timeout and hang detection read, and the elapsed time for the latency histogram), the
+   histogram update (`bisect.bisect_left`, a list increment, a float add),
+   `queue.done(item)` and `self.processed += 1`.
+
+A hand-off between greenlets costs about as much as asyncpg's hand-off between asyncio
+tasks; reaching 0.8x of a raw loop whose handler does nothing would mean handling
+notifications in the listener's own greenlet, which gives up the isolation above.
 
 psycopg2 decodes each channel and payload through the Python-level UTF-8 codec wrapper
 (`encodings/utf_8.py decode` in the profile) for every contender, raw included. In the
