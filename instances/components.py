@@ -39,6 +39,7 @@ import gevent
 from gevent import GreenletExit, getcurrent
 
 from instances.backoff import Backoff
+from instances.links import Links
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Component:
         self._greenlet = None
         self._should_run = False
         self._interruptible = False
-        self._links = []
+        self._links = Links("component")
 
     # -- hooks (run in the component's greenlet) ------------------------------------
     def set_up(self):
@@ -198,13 +199,12 @@ class Component:
         The callback runs in the hub: it MUST NOT block or raise (an error is logged).
         Linking after the end calls it soon, as gevent's link does.
         """
-        self._links.append(callback)
+        self._links.add(callback)
         if self._greenlet is not None and self._greenlet.dead and self.exit is not None:
-            gevent.get_hub().loop.run_callback(self._call_link, callback)
+            self._links.notify_soon(self, [callback])
 
     def unlink(self, callback):
-        with contextlib.suppress(ValueError):
-            self._links.remove(callback)
+        self._links.remove(callback)
 
     # -- helpers for subclasses (component's greenlet) --------------------------------
     def beat(self):
@@ -326,15 +326,7 @@ class Component:
             return
         if self.exit is None:  # killed before it ever ran
             self._end("abnormal", glet.exception or glet.value or ComponentKilled())
-        for callback in list(self._links):
-            self._call_link(callback)
-
-    def _call_link(self, callback):
-        try:
-            callback(self)
-        except Exception:
-            log.exception("%s: link callback %r failed", self.name, callback,
-                          extra={"action": "component.link_error", "instance": self.name})
+        self._links.notify(self)
 
     def __repr__(self):
         state = "alive" if self.is_alive() else (self.exit or "new")

@@ -40,6 +40,7 @@ from gevent import GreenletExit, getcurrent
 
 from instances.components import ComponentKilled, interrupt_if
 from instances.exceptions import InvalidConfigurationException
+from instances.links import Links
 from instances.queues import Closed, Empty
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class ProcessorPool:
         self._manager = None
         self._running = False
         self._ending = None  # None | "stop" | "kill"
-        self._links = []
+        self._links = Links("pool")
 
     @staticmethod
     def _check_concurrency(low, high):
@@ -229,11 +230,10 @@ class ProcessorPool:
 
     def link(self, callback):
         """Call ``callback(pool)`` in the hub whenever the pool ends. MUST NOT block/raise."""
-        self._links.append(callback)
+        self._links.add(callback)
 
     def unlink(self, callback):
-        if callback in self._links:
-            self._links.remove(callback)
+        self._links.remove(callback)
 
     # -- health ------------------------------------------------------------------------
     @property
@@ -441,15 +441,7 @@ class ProcessorPool:
             self._manager.kill(block=False)
         log.info("pool %s ended (%s)", self.name, exit,
                  extra={"action": "pool.ended", "instance": self.name})
-        gevent.get_hub().loop.run_callback(self._notify_links)
-
-    def _notify_links(self):
-        for callback in list(self._links):
-            try:
-                callback(self)
-            except Exception:
-                log.exception("pool %s: link callback %r failed", self.name, callback,
-                              extra={"action": "pool.link_error", "instance": self.name})
+        self._links.notify_soon(self)
 
     def __repr__(self):
         return "<ProcessorPool %s size=%d processed=%d failed=%d %s>" % (

@@ -43,6 +43,7 @@ import gevent.os
 from gevent import subprocess
 
 from instances.components import ComponentKilled
+from instances.links import Links
 from instances.processors import ProcessorPool
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class WorkerProcesses:
         self._gone = gevent.event.Event()
         self._running = False
         self._watcher = None
-        self._links = []
+        self._links = Links("workers")
 
     # -- owner API ---------------------------------------------------------------------
     @property
@@ -172,11 +173,10 @@ class WorkerProcesses:
 
     def link(self, callback):
         """Call ``callback(pool)`` in the hub when the pool ends. MUST NOT block/raise."""
-        self._links.append(callback)
+        self._links.add(callback)
 
     def unlink(self, callback):
-        if callback in self._links:
-            self._links.remove(callback)
+        self._links.remove(callback)
 
     # -- health ------------------------------------------------------------------------
     busy_since = None  # handlers run in the children; hangs are judged by their beats
@@ -312,15 +312,7 @@ class WorkerProcesses:
             self._watcher.kill(block=False)
         log.info("pool %s ended (%s)", self.name, exit,
                  extra={"action": "workers.ended", "instance": self.name})
-        gevent.get_hub().loop.run_callback(self._notify_links)
-
-    def _notify_links(self):
-        for callback in list(self._links):
-            try:
-                callback(self)
-            except Exception:
-                log.exception("pool %s: link callback %r failed", self.name, callback,
-                              extra={"action": "workers.link_error", "instance": self.name})
+        self._links.notify_soon(self)
 
     def __repr__(self):
         return "<WorkerProcesses %s pids=%s %s>" % (
