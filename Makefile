@@ -8,10 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: test unit docs lint demo bench bench-smoke postgres clean
 
 $(STAMP): setup.py
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
-	  { echo "pgvisor needs Python 3.10 or newer"; exit 1; }
-	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
-	  echo "python venv module missing: run 'apt-get install -y python3-venv' (root) and retry"; exit 1; }
+	@bash .ci/ensure-venv $(PYTHON) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint,docs]'
 	@touch $(STAMP)
