@@ -7,8 +7,8 @@ fixtures of :mod:`supervisor.testing.pytest_plugin`. See docs/testing.rst.
 from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
 from supervisor.testing.cluster import PostgresCluster
 from supervisor.testing.proxy import FaultProxy
-from supervisor.testing.waiting import wait_for
+from supervisor.testing.waiting import holds, wait_for
 
-__all__ = ["PostgresCluster", "FaultProxy", "wait_for", "ClusterError", "BinariesNotFound",
+__all__ = ["PostgresCluster", "FaultProxy", "wait_for", "holds", "ClusterError", "BinariesNotFound",
            "find_bindir"]
 

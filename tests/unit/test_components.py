@@ -1,5 +1,6 @@
 """Component: the hermes lifecycle on a greenlet, retries with backoff, stop, kill, links."""
 import logging
+import time
 
 import gevent
 import gevent.event
@@ -333,11 +334,11 @@ def test_heartbeat_advances_with_iterations_and_beat():
     assert comp.heartbeat is None and comp.heartbeat_age() is None
     comp.start()
     first = comp.heartbeat
-    gevent.sleep(0.01)
+    wait_for(lambda: time.monotonic() > first, 1)
     gate.put(1)
     wait_for(lambda: comp.heartbeat > first, 5)
     before = comp.heartbeat
-    gevent.sleep(0.01)
+    wait_for(lambda: time.monotonic() > before, 1)
     comp.beat()
     assert comp.heartbeat > before
     assert 0 <= comp.heartbeat_age() < 1

@@ -10,7 +10,7 @@ from instances.components import ComponentKilled
 from instances.exceptions import InvalidConfigurationException
 from instances.processors import ProcessorPool
 from instances.queues import Closed, Full, MemoryQueue
-from supervisor.testing import wait_for
+from supervisor.testing import holds, wait_for
 
 
 class Gate:
@@ -148,13 +148,11 @@ def test_pool_grows_under_backlog_and_shrinks_back_to_min_after_idling(pools):
         pool.queue.put(i)
     wait_for(lambda: pool.size == 4, 5)
     assert len(gate.started) == 4  # all four handle items concurrently
-    gevent.sleep(0.05)
-    assert pool.size == 4  # never beyond max
+    holds(lambda: pool.size == 4, 0.05, message="never beyond max")
     gate.release.set()
     wait_for(lambda: pool.processed == 10, 5)
     wait_for(lambda: pool.size == 1, 5)
-    gevent.sleep(0.15)
-    assert pool.size == 1  # never below min
+    holds(lambda: pool.size == 1, 0.15, message="never below min")
 
 
 @pytest.mark.timeout(10)
@@ -218,8 +216,7 @@ def test_stop_finishes_the_current_item_and_leaves_the_rest_queued(pools):
         queue.put(i)
     wait_for(lambda: gate.started == [0], 5)
     stopper = gevent.spawn(pool.stop, 5)
-    gevent.sleep(0.01)
-    assert pool.alive and not stopper.ready()
+    holds(lambda: pool.alive and not stopper.ready(), 0.01)
     gate.release.set()
     assert stopper.get(timeout=5) is True
     assert gate.finished == [0] and queue.done_count == 1
@@ -272,8 +269,7 @@ def test_kill_is_abnormal_and_tells_links_once(pools):
     assert (pool.alive, pool.exit, pool.size) == (False, "abnormal", 0)
     assert isinstance(pool.exception, ComponentKilled)
     wait_for(lambda: told == [pool], 5)
-    gevent.sleep(0.01)
-    assert told == [pool]
+    holds(lambda: told == [pool], 0.01, message="told once")
 
 
 @pytest.mark.timeout(10)
