@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
 .PHONY: test unit docs lint demo bench bench-smoke postgres clean
@@ -16,7 +17,7 @@ $(STAMP): setup.py
 postgres:
 	@bash .ci/ensure-postgres
 
-test: $(STAMP) postgres
+test: $(BENCH_STAMP) postgres
 	$(PY) -m gevent.monkey --module pytest tests $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -36,7 +37,6 @@ clean:
 	rm -rf $(VENV) docs/_build .pytest_cache
 
 # Benchmarks (bench/README.md): a throwaway cluster from the testing kit, one table.
-BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) setup.py
 	$(PY) -m pip install -q -e '.[bench]'
