@@ -50,6 +50,8 @@ _PQERRORS_DEFAULT, _PQERRORS_VERBOSE = 1, 2
 _CONNECTION_OK = 0
 #: libpq's verbose error line: ``SEVERITY:  SQLSTATE: message`` (severity may be localized).
 _VERBOSE_SQLSTATE = re.compile(r"(?:^|\s)[^\s:]+:  ([0-9A-Z]{5}): ", re.MULTILINE)
+#: The source-location line verbose connect errors carry: noise in an operator's log.
+_VERBOSE_LOCATION = re.compile(r"^LOCATION:  .*$\n?", re.MULTILINE)
 #: Attribute set on a connect-time psycopg2 error carrying the SQLSTATE libpq reported.
 CONNECT_SQLSTATE_ATTR = "pgvisor_connect_sqlstate"
 
@@ -135,7 +137,7 @@ def translate_error(exc, connecting=False, secrets=()):
                 or _CODE_OF_CLASS.get(type(exc)))
         connecting = connecting or hasattr(exc, CONNECT_SQLSTATE_ATTR)
         cls = _classify(code, exc, connecting)
-        text = (str(exc) or type(exc).__name__).strip()
+        text = _VERBOSE_LOCATION.sub("", str(exc) or type(exc).__name__).strip()
         message = "%s%s: %s" % (type(exc).__name__, " [%s]" % code if code else "",
                                 _dsn.scrub(text, secrets))
         return cls(message, sqlstate=code)
