@@ -1,10 +1,11 @@
 """Process isolation: :class:`WorkerProcesses` runs an instance's processors as child
-processes that share its spool, and :func:`main` is such a child.
+processes that share its spool; one such child, both its ends and their protocol, is
+:mod:`instances.worker_child` (whose :func:`main` is re-exported here).
 
 ::
 
     parent (the service)                       child (python -m gevent.monkey --module
-                                                      instances.workers, one per worker)
+                                                      instances.worker_child, one per worker)
     listener ─▶ FileQueue(DIR) ─ files ─▶ FileQueue(DIR, own owner) ─▶ ProcessorPool(1) ─▶ handler
     WorkerProcesses ◀── beat pipe: "processed failed timed_out\\n" every beat_interval ──┘
                     ─── stdin: the spec as one JSON line, then held open (EOF: stop) ──▶
@@ -29,39 +30,24 @@ each ``scale_interval`` while the spool backlog exceeds their number; never fewe
 restart. Each child runs one processor greenlet. Every parent method is for greenlets of
 the hub's thread; ``stop`` and a blocking ``kill`` block the caller; links run in the hub.
 """
-import argparse
-import json
 import logging
-import os
 import signal
 import sys
 import time
 
 import gevent
 import gevent.event
-import gevent.os
-from gevent import subprocess
 
 from instances.components import ComponentKilled
 from instances.links import Links
 from instances.processors import ProcessorPool
+from instances.worker_child import WorkerChild, main  # noqa: F401  (main: re-exported)
 
 log = logging.getLogger(__name__)
 
 
 class WorkerDied(Exception):
     """A worker process ended while its pool was running (crash, SIGKILL or hang)."""
-
-
-class _Child:
-    __slots__ = ("proc", "fd", "last_beat", "counts", "retiring", "stuck", "reader")
-
-    def __init__(self, proc, fd):
-        self.proc, self.fd = proc, fd
-        self.last_beat = time.monotonic()
-        self.counts = None  # (processed, failed, timed_out) of the last beat; None: not ready
-        self.retiring = self.stuck = False
-        self.reader = None
 
 
 class WorkerProcesses:
@@ -90,7 +76,7 @@ class WorkerProcesses:
         self.exit = self.exception = self.last_error = None
         #: Children that died unexpectedly / were killed as hung, since creation.
         self.deaths = self.hangs = 0
-        self._children = {}  # pid -> _Child
+        self._children = {}  # pid -> WorkerChild
         self._ended_counts = [0, 0, 0]
         self._gone = gevent.event.Event()
         self._running = False
@@ -169,7 +155,7 @@ class WorkerProcesses:
             self._spawn()
         for child in self._serving()[max_concurrency:]:
             child.retiring = True
-            _signal(child, signal.SIGTERM)
+            child.signal(signal.SIGTERM)
 
     def link(self, callback):
         """Call ``callback(pool)`` in the hub when the pool ends. MUST NOT block/raise."""
@@ -200,56 +186,20 @@ class WorkerProcesses:
     def _serving(self):
         return [c for c in self._children.values() if not c.retiring]
 
-    def _command(self, beat_fd):
-        return [sys.executable, "-m", "gevent.monkey", "--module", "instances.workers",
-                "--beat-fd", str(beat_fd), "--beat-interval", str(self.beat_interval),
-                "--stop-timeout", str(self.stop_timeout)]
-
     def _spawn(self):
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = subprocess.Popen(self._command(write_fd), stdin=subprocess.PIPE,
-                                    pass_fds=(write_fd,))
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        child = self._children[proc.pid] = _Child(proc, read_fd)
+        child = WorkerChild.start(self.beat_interval, self.stop_timeout)
+        self._children[child.proc.pid] = child
         self._gone.clear()
         spec = dict(self.spec.to_dict(), handler_timeout=self.handler_timeout)
-        try:
-            proc.stdin.write(json.dumps({"spec": spec, "path": sys.path}).encode() + b"\n")
-            proc.stdin.flush()
-        except OSError:
-            pass  # it died at once: its reader sees the EOF
+        child.send({"spec": spec, "path": sys.path})
         child.reader = gevent.spawn(self._read, child)
-        log.info("pool %s: worker %d started", self.name, proc.pid,
+        log.info("pool %s: worker %d started", self.name, child.proc.pid,
                  extra={"action": "workers.spawn", "instance": self.name})
         return child
 
     def _read(self, child):
         """Reader greenlet of one child: beats until EOF, then the child's end."""
-        gevent.os.make_nonblocking(child.fd)
-        pending = b""
-        try:
-            while True:
-                data = gevent.os.nb_read(child.fd, 4096)
-                if not data:
-                    break
-                child.last_beat = time.monotonic()
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
-                if lines:
-                    child.counts = tuple(int(n) for n in lines[-1].split()[:3])
-        except (OSError, ValueError):
-            log.exception("pool %s: bad beat from worker %d", self.name, child.proc.pid,
-                          extra={"action": "workers.bad_beat", "instance": self.name})
-        finally:
-            os.close(child.fd)
-        _signal(child, signal.SIGKILL)  # no pipe, no watch: never leave one running
-        code = child.proc.wait()
-        self._child_ended(child, code)
+        self._child_ended(child, child.read_beats(self.name))
 
     def _child_ended(self, child, code):
         self._children.pop(child.proc.pid, None)
@@ -286,7 +236,7 @@ class WorkerProcesses:
     def _signal_all(self, signum):
         for child in list(self._children.values()):
             child.retiring = True
-            _signal(child, signum)
+            child.signal(signum)
 
     def _watch(self):
         """Watcher greenlet: SIGKILL hung children; grow while the backlog is larger."""
@@ -300,7 +250,7 @@ class WorkerProcesses:
                     log.error("pool %s: worker %d silent for %.1fs: killing it", self.name,
                               child.proc.pid, now - child.last_beat,
                               extra={"action": "workers.hung", "instance": self.name})
-                    _signal(child, signal.SIGKILL)
+                    child.signal(signal.SIGKILL)
             serving = len(self._serving())
             if serving < self.max_concurrency and self.queue.qsize() > serving:
                 self._spawn()
@@ -317,85 +267,3 @@ class WorkerProcesses:
     def __repr__(self):
         return "<WorkerProcesses %s pids=%s %s>" % (
             self.name, sorted(self._children), "alive" if self._running else (self.exit or "new"))
-
-
-def _signal(child, signum):
-    try:
-        child.proc.send_signal(signum)
-    except OSError:
-        pass  # already gone (not yet reaped: the reader does that)
-
-
-# -- the child ---------------------------------------------------------------------------
-
-def main(argv=None):
-    """A worker process: read the spec from stdin, consume the spool until SIGTERM or
-    EOF on stdin (the parent is gone), beating on ``--beat-fd``. Returns the exit code."""
-    parser = argparse.ArgumentParser(prog="instances.workers")
-    parser.add_argument("--beat-fd", type=int, required=True)
-    parser.add_argument("--beat-interval", type=float, default=WorkerProcesses.beat_interval)
-    parser.add_argument("--stop-timeout", type=float, default=WorkerProcesses.stop_timeout)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker[%(process)d] "
-                        "%(levelname)s %(name)s: %(message)s")
-    line = _read_line(0)
-    if line is None:
-        log.error("no spec on stdin", extra={"action": "workers.no_spec"})
-        return 2
-    config = json.loads(line)
-    sys.path.extend(p for p in config["path"] if p not in sys.path)
-    from instances import connectors  # noqa: F401  (psycogreen for handlers using psycopg2)
-    from instances.instance import make_queue
-    from instances.spec import InstanceSpec
-    spec = InstanceSpec.from_dict(config["spec"], resolve=False)
-    queue = make_queue(spec, owner=spec.name)
-    pool = ProcessorPool(queue, spec.resolve_handler(), 1, 1, spec.handler_timeout, spec.name)
-    stop = gevent.event.Event()
-    gevent.signal_handler(signal.SIGTERM, stop.set)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
-    pool.link(lambda _: stop.set())
-    os.write(args.beat_fd, b"0 0 0\n")  # ready: from now on the heartbeat_timeout applies
-    pool.start()
-    watchers = [gevent.spawn(_beat, args.beat_fd, args.beat_interval, pool, stop),
-                gevent.spawn(_watch_stdin, stop)]
-    stop.wait()
-    clean = pool.stop(args.stop_timeout)
-    queue.close()
-    gevent.killall(watchers)
-    return 0 if clean and pool.exit == "normal" else 1
-
-
-def _read_line(fd):
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)  # before the hub runs anything: blocking is fine
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def _beat(fd, interval, pool, stop):
-    gevent.os.make_nonblocking(fd)
-    while not stop.is_set():
-        line = b"%d %d %d\n" % (pool.processed, pool.failed, pool.timed_out)
-        try:
-            gevent.os.nb_write(fd, line)
-        except OSError:  # the parent is gone
-            stop.set()
-            return
-        stop.wait(interval)
-
-
-def _watch_stdin(stop):
-    gevent.os.make_nonblocking(0)
-    try:
-        while gevent.os.nb_read(0, 4096):
-            pass
-    except OSError:
-        pass
-    stop.set()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
