@@ -6,9 +6,10 @@ fixtures of :mod:`supervisor.testing.pytest_plugin`. See docs/testing.rst.
 """
 from supervisor.testing.binaries import BinariesNotFound, ClusterError, find_bindir
 from supervisor.testing.cluster import PostgresCluster
+from supervisor.testing.heartbeat import HubHeartbeat
 from supervisor.testing.proxy import FaultProxy
 from supervisor.testing.waiting import holds, wait_for
 
-__all__ = ["PostgresCluster", "FaultProxy", "wait_for", "holds", "ClusterError", "BinariesNotFound",
+__all__ = ["PostgresCluster", "FaultProxy", "HubHeartbeat", "wait_for", "holds", "ClusterError", "BinariesNotFound",
            "find_bindir"]
 

@@ -7,10 +7,9 @@ came; at teardown the test fails if the worst stall reached :data:`MAX_STALL` (i
 heartbeat greenlet never stalls more than 50 ms). The worst stall of the run is shown in
 the terminal summary.
 """
-import time
-
-import gevent
 import pytest
+
+from supervisor.testing import HubHeartbeat
 
 #: Seconds between two ticks of the heartbeat greenlet.
 TICK = 0.005
@@ -20,45 +19,10 @@ MAX_STALL = 0.050
 _worst = {"stall": 0.0, "test": None, "tests": 0}
 
 
-class HubHeartbeat:
-    """A greenlet that sleeps ``tick`` seconds in a loop and keeps the worst lateness.
-
-    Concurrency: start() and stop() from any greenlet of the hub's thread; the loop runs
-    in its own greenlet and never raises.
-    """
-
-    def __init__(self, tick=TICK):
-        self.tick = tick
-        #: Seconds the latest tick came later than asked, at worst.
-        self.max_stall = 0.0
-        self.ticks = 0
-        self._greenlet = None
-
-    def start(self):
-        self._greenlet = gevent.spawn(self._run)
-        return self
-
-    def stop(self):
-        """Kill the loop (blocks the caller until it is dead); return the worst stall."""
-        self._greenlet.kill()
-        return self.max_stall
-
-    def _run(self):
-        clock, last = time.perf_counter, time.perf_counter()
-        while True:
-            gevent.sleep(self.tick)
-            now = clock()
-            stall = now - last - self.tick
-            if stall > self.max_stall:
-                self.max_stall = stall
-            last = now
-            self.ticks += 1
-
-
 @pytest.fixture
 def hub_heartbeat(request):
     """Fail the test if the hub was blocked for :data:`MAX_STALL` or more while it ran."""
-    beat = HubHeartbeat().start()
+    beat = HubHeartbeat(TICK).start()
     yield beat
     stall = beat.stop()
     _worst["tests"] += 1
