@@ -293,7 +293,8 @@ class Component:
 
     def _classify(self, error):
         """(action name, expected, log message) from the strategy's ``action(error)`` and
-        hermes' ``handle_exception(error) -> (expected, action)`` (``.message`` if given)."""
+        ``handle_exception(error) -> (expected, message)``; only ``[0]`` and ``.message`` are
+        read, so a hermes strategy answering ``(expected, action)`` works too."""
         try:
             action = self.error_strategy.action(error)
             handle = getattr(self.error_strategy, "handle_exception", None)

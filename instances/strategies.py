@@ -1,9 +1,11 @@
 """Error strategies: what a component does about an exception (hermes' strategies, fixed).
 
-A strategy answers ``handle_exception(error) -> (expected, action)`` exactly as hermes did,
-with hermes' action constants :data:`CONTINUE`, :data:`BACKOFF`, :data:`TERMINATE`. The
-answer is a :class:`Handling`, a 2-tuple that also carries ``.name`` (the action's name)
-and ``.message`` (a sentence for logs and ``last_error``).
+A strategy answers ``handle_exception(error) -> (expected, message)`` (DESIGN.md's
+contract): was the error anticipated, and a sentence for logs and ``last_error``. The answer
+is a :class:`Handling`, that 2-tuple plus ``.action`` (hermes' constant :data:`CONTINUE`,
+:data:`BACKOFF` or :data:`TERMINATE`, which hermes returned in the message's place) and
+``.name`` (the action's name). Components read only ``[0]`` and ``.message``, so a hermes
+strategy returning ``(expected, action)`` keeps working.
 
 :class:`CommonErrorStrategy` classifies by the translated error's ``kind`` (which
 :func:`instances.connectors.translate_error` derives from SQLSTATE and exception class),
@@ -33,28 +35,28 @@ RECONNECT, ROLE_CHANGED, FATAL, RETRY, DIE = "reconnect", "role_changed", "fatal
 
 
 class Handling(tuple):
-    """``(expected, action)`` as hermes returned it (compares equal to that 2-tuple), plus
-    ``.name`` (the action name) and ``.message``."""
+    """``(expected, message)`` (compares equal to that 2-tuple), plus ``.action`` (hermes'
+    CONTINUE / BACKOFF / TERMINATE) and ``.name`` (the action name)."""
 
     def __new__(cls, expected, action, name, message):
-        self = super().__new__(cls, (expected, action))
+        self = super().__new__(cls, (expected, message))
         self.name = name
-        self.message = message
+        self.action = action
         return self
 
     def __getnewargs__(self):
-        return (self[0], self[1], self.name, self.message)
+        return (self[0], self.action, self.name, self[1])
 
     expected = property(lambda self: self[0])
-    action = property(lambda self: self[1])
+    message = property(lambda self: self[1])
 
 
 class AbstractErrorStrategy:
     """Base class: subclasses implement :meth:`handle_exception`."""
 
     def handle_exception(self, error):
-        """``(expected, action)`` for ``error``: was it an anticipated condition, and which
-        of CONTINUE / BACKOFF / TERMINATE the component should do. Must not raise."""
+        """``(expected, message)`` for ``error``: was it an anticipated condition, and what
+        to log about it (a :class:`Handling` also says the action). Must not raise."""
         raise NotImplementedError
 
 

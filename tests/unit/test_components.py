@@ -382,3 +382,23 @@ def test_common_strategy_retries_a_lost_connection_and_dies_on_a_bug(caplog):
 
 def test_a_component_without_a_strategy_gets_the_common_one():
     assert isinstance(Component().error_strategy, CommonErrorStrategy)
+
+
+class HermesStrategy:
+    """A strategy written for hermes: handle_exception answers (expected, action)."""
+
+    def action(self, error):
+        return "die"
+
+    def handle_exception(self, error):
+        return (False, 3)
+
+
+def test_a_hermes_strategy_answering_expected_action_still_works(caplog):
+    comp = QueueReader(gevent.queue.Queue())
+    comp.error_strategy = HermesStrategy()
+    comp.execute = lambda value: (_ for _ in ()).throw(RuntimeError("boom"))
+    comp.queue.put(1)
+    comp.start()
+    wait_for(lambda: not comp.is_alive(), 5)
+    assert comp.exit == "abnormal" and isinstance(comp.exception, RuntimeError)

@@ -98,9 +98,10 @@ def test_common_strategy_maps_each_class_to_its_action(error, action, handling):
     strategy = CommonErrorStrategy()
     assert strategy.action(error) == action
     result = strategy.handle_exception(error)
-    assert result == handling
-    expected, hermes_action = result  # unpacks like hermes' 2-tuple
-    assert (result.name, result.expected, result.action) == (action, expected, hermes_action)
+    assert (result.expected, result.action) == handling
+    expected, message = result  # DESIGN.md: handle_exception(error) -> (expected, message)
+    assert (result.name, result.expected, result.message) == (action, expected, message)
+    assert isinstance(message, str) and message
 
 
 def test_classification_ignores_the_message_text():
@@ -128,7 +129,7 @@ def test_other_exceptions_die_unexpectedly(error):
     strategy = CommonErrorStrategy()
     assert strategy.action(error) == "die"
     result = strategy.handle_exception(error)
-    assert result == (False, TERMINATE)
+    assert (result.expected, result.action) == (False, TERMINATE)
     assert type(error).__name__ in result.message
 
 
@@ -159,4 +160,4 @@ def test_hermes_constants_and_abstract_strategy():
     with pytest.raises(NotImplementedError):
         AbstractErrorStrategy().handle_exception(ValueError())
     handling = Handling(True, BACKOFF, "retry", "m")
-    assert handling == (True, BACKOFF) and handling.message == "m"
+    assert handling == (True, "m") and handling.action == BACKOFF and handling.name == "retry"
