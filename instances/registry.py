@@ -72,6 +72,7 @@ class Registry:
         self._specs = {}
         self._version = 0
         self._stat = None
+        self._enables = {}
         self._callbacks = []
         self._enable_callbacks = []
         try:
@@ -85,7 +86,7 @@ class Registry:
                 log.info("created registry %s", self.path,
                          extra={"action": "registry.create", "instance": None})
             else:
-                self._specs, self._version, self._stat = self._read()
+                self._specs, self._version, self._stat, self._enables = self._read()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -164,15 +165,16 @@ class Registry:
 
     def enable(self, name):
         """Enable ``name``; return its spec. Tells :meth:`on_enable` listeners even when it
-        was enabled already (an operator's enable clears a supervisor's parking)."""
-        spec = self.update(name, enabled=True)
-        for callback in list(self._enable_callbacks):
-            try:
-                callback(name)
-            except Exception:
-                log.exception("registry enable callback %r failed", callback,
-                              extra={"action": "registry.callback_failed", "instance": name})
-        return spec
+        was enabled already (an operator's enable clears a supervisor's parking): the file
+        counts enables, so a Registry in another process (the service, when the CLI
+        enables) tells its listeners on reload too."""
+        result = []
+
+        def change(specs):
+            specs[name] = self._known(specs, name).replace(resolve=False, enabled=True)
+            result.append(specs[name])
+        self._change(change, "registry.enable", name, enable=True)
+        return result[0]
 
     def disable(self, name):
         return self.update(name, enabled=False)
@@ -186,7 +188,8 @@ class Registry:
         return callback
 
     def on_enable(self, callback):
-        """Call ``callback(name)`` after every :meth:`enable`, changed or not."""
+        """Call ``callback(name)`` after every :meth:`enable`, changed or not, here or (seen
+        on :meth:`reload`) in another process; enables seen together are told once."""
         self._enable_callbacks.append(callback)
         return callback
 
@@ -196,8 +199,8 @@ class Registry:
         Raise RegistryError naming the file and every problem if it is invalid: the
         previous state stays in force.
         """
-        specs, version, stat = self._read()
-        return self._adopt(specs, version, stat)
+        specs, version, stat, enables = self._read()
+        return self._adopt(specs, version, stat, enables)
 
     def changed_on_disk(self):
         """Cheap poll: True if the file's inode, size or mtime differ from the last read."""
@@ -214,32 +217,43 @@ class Registry:
                 name, self.path, ", ".join(sorted(specs)) or "none"))
         return specs[name]
 
-    def _change(self, change, action, name):
+    def _change(self, change, action, name, enable=False):
         """Read-modify-write under the lock: ``change(specs)`` edits a copy of the file's
-        specs in place (or raises, and nothing is written)."""
+        specs in place (or raises, and nothing is written); ``enable`` counts an enable."""
         with self._locked():
-            specs, version, stat = self._read()
+            specs, version, stat, enables = self._read()
             new = dict(specs)
             change(new)
-            if new != specs:
+            new_enables = {n: c for n, c in enables.items() if n in new}
+            if enable:
+                new_enables[name] = new_enables.get(name, 0) + 1
+            if new != specs or new_enables != enables:
                 version = max(version, self._version) + 1
-                stat = self._write(new, version)
+                stat = self._write(new, version, new_enables)
                 log.info("%s %s: registry version %d", action, name, version,
                          extra={"action": action, "instance": name})
-        self._adopt(new, version, stat)
+        self._adopt(new, version, stat, new_enables)
 
-    def _adopt(self, specs, version, stat):
+    def _adopt(self, specs, version, stat, enables):
         changed = specs != self._specs
+        enabled = sorted(n for n, count in enables.items()
+                         if n in specs and count > self._enables.get(n, 0))
         self._version = max(version, self._version + 1 if changed else self._version)
-        self._specs, self._stat = specs, stat
+        self._specs, self._stat, self._enables = specs, stat, enables
         if changed:
-            for callback in list(self._callbacks):
-                try:
-                    callback(self)
-                except Exception:
-                    log.exception("registry change callback %r failed", callback,
-                                  extra={"action": "registry.callback_failed", "instance": None})
+            self._tell(self._callbacks, self, "registry.callback_failed")
+        for name in enabled:
+            self._tell(self._enable_callbacks, name, "registry.callback_failed")
         return changed
+
+    @staticmethod
+    def _tell(callbacks, argument, action):
+        for callback in list(callbacks):
+            try:
+                callback(argument)
+            except Exception:
+                log.exception("registry callback %r failed", callback,
+                              extra={"action": action, "instance": None})
 
     @contextlib.contextmanager
     def _locked(self):
@@ -265,9 +279,9 @@ class Registry:
             os.close(fd)  # releases the lock
 
     def _read(self):
-        """Parse the file: ``(specs, version, fingerprint)``; raise RegistryError."""
+        """Parse the file: ``(specs, version, fingerprint, enables)``; raise RegistryError."""
         return registry_file.read(self.path)
 
-    def _write(self, specs, version):
+    def _write(self, specs, version, enables=None):
         """Atomically replace the file; return its fingerprint. Raise RegistryError."""
-        return registry_file.write(self.path, specs, version, self.file_mode)
+        return registry_file.write(self.path, specs, version, self.file_mode, enables)

@@ -2,7 +2,12 @@
 
 The format, one object with the specs sorted by name, pretty-printed for humans::
 
-    {"format": 1, "version": 7, "instances": [{"name": "river", ...}, ...]}
+    {"format": 1, "version": 7, "instances": [{"name": "river", ...}, ...],
+     "enables": {"river": 2}}
+
+``enables`` (optional) counts the operator's enables per instance, so an enable that
+changes no spec (the instance was enabled already, but parked by the supervisor) still
+reaches a service that only sees the file.
 
 :func:`parse` rejects an invalid file with an error naming it and every problem, one per
 line; :func:`write` replaces the file atomically (temp file in the same directory, fsync,
@@ -24,21 +29,22 @@ FORMAT = 1
 
 
 def read(path):
-    """Parse the file at ``path``: ``(specs, version, fingerprint)``; raise RegistryError."""
+    """Parse the file at ``path``: ``(specs, version, fingerprint, enables)``; raise
+    RegistryError."""
     try:
         with open(path, "rb") as f:
             stat = fingerprint(os.fstat(f.fileno()))
             raw = f.read()
     except OSError as exc:
         raise RegistryError("cannot read registry %s: %s" % (path, exc)) from exc
-    specs, version = parse(raw, path)
-    return specs, version, stat
+    specs, version, enables = parse(raw, path)
+    return specs, version, stat, enables
 
 
-def write(path, specs, version, file_mode):
+def write(path, specs, version, file_mode, enables=None):
     """Atomically replace the file at ``path`` with ``specs`` (a new file gets ``file_mode``,
     an existing one keeps its mode and owner); return its fingerprint. Raise RegistryError."""
-    text = dump(specs.values(), version)
+    text = dump(specs.values(), version, enables)
     directory = os.path.dirname(path)
     tmp = None
     try:
@@ -59,15 +65,18 @@ def write(path, specs, version, file_mode):
     return stat
 
 
-def dump(specs, version):
+def dump(specs, version, enables=None):
     """The file's text for ``specs`` (sorted by name), pretty-printed for humans."""
     doc = {"format": FORMAT, "version": version,
            "instances": [s.to_dict() for s in sorted(specs, key=lambda s: s.name)]}
+    if enables:
+        doc["enables"] = dict(sorted(enables.items()))
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def parse(raw, path="<registry>"):
-    """Parse the file's bytes into ``({name: spec}, version)``; handlers are not imported.
+    """Parse the file's bytes into ``({name: spec}, version, {name: enables})``; handlers
+    are not imported.
 
     Raise RegistryError naming ``path`` and every problem, one per line.
     """
@@ -97,14 +106,19 @@ def parse(raw, path="<registry>"):
     if problems:
         raise RegistryError("invalid registry %s:\n%s" % (
             path, "\n".join("  " + p for p in problems)))
-    return specs, doc.get("version", 0)
+    return specs, doc.get("version", 0), dict(doc.get("enables", {}))
 
 
 def _document_problems(doc):
     if not isinstance(doc, dict):
         return ['must be an object {"format": %d, "version": N, "instances": [...]}' % FORMAT]
-    problems = ["unknown key %r (known: format, version, instances)" % key
-                for key in doc if key not in ("format", "version", "instances")]
+    problems = ["unknown key %r (known: format, version, instances, enables)" % key
+                for key in doc if key not in ("format", "version", "instances", "enables")]
+    enables = doc.get("enables", {})
+    if not isinstance(enables, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in enables.items()):
+        problems.append("enables=%r: must map instance names to counts >= 0" % (enables,))
     if doc.get("format") != FORMAT:
         problems.append("format=%r: this pgvisor reads format %d" % (doc.get("format"), FORMAT))
     version = doc.get("version", 0)

@@ -119,9 +119,38 @@ def test_unchanged_update_is_not_a_change(registry):
     calls = []
     registry.add(make("river"))
     registry.on_change(calls.append)
-    registry.enable("river")
     registry.update("river", max_concurrency=1)
     assert registry.version == 1 and calls == []
+    registry.enable("river")  # enabled already: no spec change, but the enable is recorded
+    assert registry.version == 2 and calls == []
+
+
+def test_an_enable_in_another_process_reaches_on_enable_listeners_on_reload(path):
+    service, cli = Registry(path), Registry(path)
+    service.add(make("river"))
+    cli.reload()
+    heard = []
+    service.on_enable(heard.append)
+    cli.enable("river")  # already enabled: only the enable count in the file changes
+    assert service.reload() is False  # no spec changed...
+    assert heard == ["river"]  # ...but the operator's enable was heard
+    assert service.reload() is False and heard == ["river"]  # once
+    cli.enable("river")
+    service.enable("river")  # the CLI's enable and its own, seen together: told once
+    assert heard == ["river", "river"]
+    assert service.reload() is False and heard == ["river", "river"]
+
+
+def test_enables_with_bad_counts_are_rejected_and_the_state_stays(path):
+    registry = Registry(path)
+    registry.add(make("river"))
+    doc = json.loads(open(path).read())
+    doc["enables"] = {"river": -1}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(RegistryError, match="enables"):
+        registry.reload()
+    assert registry.names() == ["river"]
 
 
 def test_resolve_false_accepts_handlers_that_are_not_importable_here(path):
