@@ -44,11 +44,6 @@ def noop(notification):
     """Do nothing (benchmarks, smoke tests)."""
 
 
-def cpu_spin(notification):
-    """Hold the CPU for a moment without yielding (a hung handler)."""
-    gevent.idle()
-
-
 # -- handlers for worker processes (tests/integration/test_isolation.py and friends) ------
 # They run in other processes: they report by appending lines to the file named by the
 # environment variable PGVISOR_TEST_OUT (children inherit the test's environment).
