@@ -60,6 +60,11 @@ class HttpApi:
     max_connections = 64
     #: Seconds stop() waits for running requests by default.
     stop_timeout = 5.0
+    #: Seconds a client may stay silent while sending a request or between two requests of
+    #: a kept-alive connection before it is disconnected (a slow or stuck client must not
+    #: hold one of the max_connections slots forever). Waiting for an operation's outcome
+    #: (``?wait=1``) is not socket silence and is not cut by it.
+    idle_timeout = 30.0
 
     def __init__(self, supervisor, listen=("127.0.0.1", 7390), token=None, max_body=65536,
                  token_for_reads=False):
@@ -91,9 +96,10 @@ class HttpApi:
     def start(self):
         """Bind and serve in the background; return at once. Raises OSError if the address
         cannot be bound."""
-        self._server = gevent.pywsgi.WSGIServer(
+        self._server = _Server(
             self.listen, self.application, spawn=gevent.pool.Pool(self.max_connections),
             log=None, error_log=_ErrorLog())
+        self._server.idle_timeout = self.idle_timeout
         self._server.start()
         log.info("HTTP API listening on %s:%d", *self.address[:2],
                  extra={"action": "http.start", "instance": None})
@@ -193,6 +199,16 @@ def scrub_body(value, fragments):
     if isinstance(value, (list, tuple)):
         return [scrub_body(v, fragments) for v in value]
     return value
+
+
+class _Server(gevent.pywsgi.WSGIServer):
+    """pywsgi's server with a socket timeout per connection (pywsgi sets none)."""
+
+    idle_timeout = None
+
+    def handle(self, sock, address):
+        sock.settimeout(self.idle_timeout)
+        super().handle(sock, address)
 
 
 class _Body:

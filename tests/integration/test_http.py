@@ -4,6 +4,7 @@ import http.client
 import json
 import logging
 import socket
+import time
 
 import gevent.event
 import pytest
@@ -540,3 +541,23 @@ def test_stop_closes_the_listener(supervisor):
     api.stop(timeout=2)
     with pytest.raises(OSError):
         socket.create_connection(address, timeout=2).close()
+
+
+@pytest.mark.timeout(20)
+def test_a_silent_client_is_disconnected_after_the_idle_timeout(supervisor, monkeypatch):
+    monkeypatch.setattr(HttpApi, "idle_timeout", 0.3)
+    api = _serve(supervisor)
+    try:
+        with socket.create_connection(api.address[:2], timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # ...and never finishes
+            started = time.monotonic()
+            answer = b""
+            while True:  # until the server closes the connection (recv times out at 10 s)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            assert 0.25 <= time.monotonic() - started < 5  # cut by the timeout, not at once
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+    finally:
+        api.stop(timeout=2)
