@@ -3,7 +3,10 @@
 * ``pending/<owner>/`` of an owner that is certainly dead
   (:func:`instances.spool_names.owner_alive`) goes back to ``incoming/`` with its attempts
   count raised by one; a file that has now been delivered ``max_attempts`` times goes to
-  ``errors/`` instead. Nothing that reached ``incoming/`` is lost: it is in ``incoming/``,
+  ``errors/`` instead. A batch file goes back split into one file per message (each keeps
+  its message id and the attempts count): if one message of the batch kills its consumer,
+  the next crash is that message's alone, and its neighbours are not sent to ``errors/``
+  with it. Nothing that reached ``incoming/`` is lost: it is in ``incoming/``,
   in some ``pending/<owner>/``, in ``errors/``, or was finished.
 * ``tmp/`` files of dead writers, and any ``tmp/`` file older than ``stale_age`` seconds,
   are deleted. They were never renamed into ``incoming/``, so they were never enqueued:
@@ -12,6 +15,7 @@
 Safe to run by several processes at once (a lost rename race is skipped). Runs on the
 caller's greenlet and does not yield.
 """
+import json
 import logging
 import os
 import time
@@ -48,6 +52,8 @@ def _recover_owner(writer, owner_dir, owner, max_attempts):
                     None, attempts, owner, [spool_names.message_id(base, 0)])
                 spool_errors.banish_file(writer, path, base, meta)
                 banished += 1
+            elif _split_batch(writer, path, base, attempts):
+                requeued += 1
             else:
                 os.rename(path, os.path.join(
                     writer.directory, "incoming", spool_names.with_attempts(base, attempts)))
@@ -63,6 +69,25 @@ def _recover_owner(writer, owner_dir, owner, max_attempts):
                     requeued + banished, owner, banished,
                     extra={"action": "spool.recover", "owner": owner})
     return requeued, banished
+
+
+def _split_batch(writer, path, base, attempts):
+    """Requeue the batch file at ``path`` as one file per message; False when it is not a
+    batch (or cannot be read: it is requeued whole, and decoding judges it later)."""
+    try:
+        with open(path, "rb") as f:
+            messages = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(messages, list) or len(messages) < 2 or not all(
+            isinstance(m, dict) for m in messages):
+        return False
+    for index, message in enumerate(messages):
+        message.setdefault("id", spool_names.message_id(base, index))
+        name = spool_names.with_attempts("%s_%d" % (base, index), attempts)
+        writer.put_file(json.dumps(message).encode(), "incoming", name)
+    os.unlink(path)  # after every message is safely in incoming/
+    return True
 
 
 def clean_tmp(directory, stale_age):

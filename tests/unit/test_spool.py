@@ -181,6 +181,29 @@ def test_files_of_a_dead_owner_go_back_to_incoming_with_one_more_attempt(tmp_pat
 
 
 @pytest.mark.timeout(10)
+def test_a_recovered_batch_comes_back_split_so_a_poison_message_goes_to_errors_alone(
+        tmp_path):
+    ids = FileQueue(tmp_path).put_batch([{"n": 0}, {"n": 1}, {"n": 2}])
+    owner = fake_owner(dead_pid(), "1")
+    move_incoming_to_owner(tmp_path, owner)
+    queue = FileQueue(tmp_path, max_attempts=2)  # recovery at open splits the batch
+    assert len(listing(tmp_path, "incoming")) == 3
+    items = [queue.get(block=False) for _ in range(3)]
+    assert [i["n"] for i in items] == [0, 1, 2]
+    assert [i["id"] for i in items] == ids  # the ids survive the split
+    assert [queue.attempts(i) for i in items] == [2, 2, 2]
+    queue.done(items[0])
+    queue.done(items[2])  # message 1 killed its consumer again: it alone goes to errors/
+    os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+    FileQueue(tmp_path, max_attempts=2)
+    errors = listing(tmp_path, "errors")
+    assert len(errors) == 2  # message 1 and its .meta, not its neighbours
+    message = [n for n in errors if not n.endswith(".meta")][0]
+    with open(os.path.join(str(tmp_path), "errors", message)) as f:
+        assert json.load(f) == {"n": 1, "id": ids[1]}
+
+
+@pytest.mark.timeout(10)
 def test_a_reused_pid_is_not_mistaken_for_the_live_owner(tmp_path):
     FileQueue(tmp_path).put({"n": 0})
     reused = fake_owner(os.getpid(), "12345")  # our pid, but another start time
