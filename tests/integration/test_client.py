@@ -79,6 +79,8 @@ def test_hermes_program_runs_on_primary_waits_on_standby_and_follows_promotion(
         pg_pair.standby.promote()
         on_standby.on_any_event(FileCreatedEvent(str(tmp_path / "standby.signal")))
         wait_for(on_standby.is_alive, 15, message="components never started after promotion")
+        # The catch_up follows the LISTEN: from then on nothing sent is missed.
+        wait_for(lambda: ("catch_up", "") in standby_processor.seen, 10)
         _notify(standby_dsn, "promoted")
         wait_for(lambda: ("notify", "promoted") in standby_processor.seen, 10)
     finally:
