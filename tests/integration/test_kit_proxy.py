@@ -103,6 +103,6 @@ def test_delay_adds_latency_and_heal_removes_it(pg_cluster, proxy):
         proxy.heal()
         started = time.monotonic()
         cur.execute("SELECT 1")
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.19  # below the delayed round trip (>= 0.2)
     finally:
         conn.close()
