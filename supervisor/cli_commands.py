@@ -6,7 +6,9 @@ returns an exit code or raises :class:`~supervisor.cli_output.CliError`. They ru
 main greenlet of a monkey-patched process; ``cmd_run`` blocks until the service stops.
 """
 import importlib
+import logging
 import os
+import sys
 import urllib.parse
 
 from instances.exceptions import InvalidConfigurationException
@@ -51,7 +53,17 @@ def cmd_run(args):
     cfg = load(args.config, overrides)
     logs.configure_logging(cfg.logging.level, cfg.logging.format)
     service = Service(cfg, load_config=lambda: load_config(args.config, overrides=overrides))
-    return service.run()
+    code = service.run()
+    if service.aborted:
+        # A second signal: leave now. The drain, the watcher and monitor threads and the
+        # worker processes (they stop when our stdin pipe to them closes) are abandoned;
+        # unwinding the interpreter under them can crash it, so the CLI, the only layer
+        # allowed to, ends the process here after flushing what was logged.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # -- the control verbs (HTTP) ----------------------------------------------------------------

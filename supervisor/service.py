@@ -78,6 +78,8 @@ class Service:
         self.registry = self.supervisor = self.watcher = self.http = None
         self._stop_requested = gevent.event.Event()
         self._abort = gevent.event.Event()
+        #: True when a second signal cut the shutdown short (run() returned 1 at once).
+        self.aborted = False
         self._signals = []
         self._greenlets = []
 
@@ -105,6 +107,7 @@ class Service:
         if not stopper.ready():
             log.warning("second signal: exiting at once without waiting for the drain",
                         extra={"action": "service.abort", "instance": None})
+            self.aborted = True
             return 1
         self._cancel_signals()
         return stopper.get()
