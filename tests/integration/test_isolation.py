@@ -148,7 +148,9 @@ def test_handler_killing_its_process_is_retried_then_set_aside(tmp_path, out, pg
     wait_for(lambda: _errors_meta(spool), 30, message="crash-1 never reached errors/")
     [meta] = _errors_meta(spool)
     assert meta["reason"] == "max_attempts" and meta["attempts"] == 3
-    wait_for(lambda: _restarts(supervised) == 3 and supervised.instance("river").alive, 15)
+    # running = alive and LISTENing again: a NOTIFY before the LISTEN would be gone.
+    wait_for(lambda: _restarts(supervised) == 3
+             and supervised.status()["river"]["state"] == "running", 15)
     _notify(pg_dsn, "doc_changed", "ok-2")
     wait_for(lambda: "ok-2" in _payloads(out), 10)
     assert "crash-1" not in _payloads(out)
@@ -173,7 +175,8 @@ def test_worker_stuck_in_a_cpu_loop_is_killed_and_restarted(tmp_path, out, pg_ds
     assert "hung" in str(first.exception) and first.pool.hangs == 1
     wait_for(lambda: _errors_meta(spool), 20, message="spin-1 never reached errors/")
     assert _errors_meta(spool)[0]["reason"] == "max_attempts"
-    wait_for(lambda: _restarts(supervised) == 2 and supervised.instance("river").alive, 15)
+    wait_for(lambda: _restarts(supervised) == 2
+             and supervised.status()["river"]["state"] == "running", 15)
     _notify(pg_dsn, "doc_changed", "ok-1")
     wait_for(lambda: "ok-1" in _payloads(out), 10)
 
