@@ -8,7 +8,6 @@ writes pyinstrument's profile of the measured part to FILE: functions by own tim
 (:mod:`bench.profiling`), then the call tree.
 """
 import os
-import tempfile
 
 import gevent.event
 from prometheus_client import generate_latest
@@ -56,7 +55,7 @@ def make_profiler(path):
 def main():
     args = protocol.arguments(__doc__, options)
     configure_logging("info", "text")
-    workdir = tempfile.mkdtemp(prefix="pgvisor-bench-")
+    workdir = protocol.workdir("pgvisor-bench-")
     sup = make_supervisor(args, workdir)
     metrics = make_registry(sup)
     finished = gevent.event.Event()

@@ -11,7 +11,6 @@ Run monkey-patched: ``python -m gevent.monkey --module bench.isolation --dsn DSN
 --expected N --workers W --spool DIR`` (the :mod:`bench.protocol` contender protocol).
 """
 import os
-import tempfile
 import time
 
 import gevent
@@ -49,7 +48,7 @@ def main():
     args = protocol.arguments(__doc__, options)
     configure_logging("warning", "text")
     WorkerProcesses.beat_interval = BEAT_INTERVAL
-    registry = Registry(os.path.join(tempfile.mkdtemp(prefix="pgvisor-bench-iso-"), "r.json"))
+    registry = Registry(os.path.join(protocol.workdir("pgvisor-bench-iso-"), "r.json"))
     registry.add(InstanceSpec(name=NAME, channels=(args.channel,), handler="bench.isolation:burn",
                               queue={"spool": args.spool}, isolation="process",
                               min_concurrency=args.workers, max_concurrency=args.workers))

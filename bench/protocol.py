@@ -10,8 +10,11 @@ A contender is started as ``python [-m gevent.monkey --module] bench.contender_X
 Everything else a contender writes goes to stderr (the orchestrator keeps it in a log file).
 """
 import argparse
+import atexit
 import json
+import shutil
 import sys
+import tempfile
 
 
 def arguments(description, extra=None):
@@ -46,3 +49,10 @@ def parse_result(line):
     if line.startswith("RESULT "):
         return json.loads(line[len("RESULT "):])
     return None
+
+
+def workdir(prefix):
+    """A temporary directory for this contender process, removed when it exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -15,7 +15,6 @@ import gc
 import json
 import logging
 import os
-import tempfile
 import time
 
 import gevent
@@ -168,7 +167,7 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    workdir = tempfile.mkdtemp(prefix="pgvisor-bench-costs-")
+    workdir = protocol.workdir("pgvisor-bench-costs-")
     figures = {"restart": restart, "scale": scale, "outage": outage}[args.figure](args, workdir)
     protocol.result(figures)
 
