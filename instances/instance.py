@@ -40,10 +40,6 @@ from instances.queues import MemoryQueue
 
 log = logging.getLogger(__name__)
 
-#: Spec fields an alive instance can take without a restart.
-LIVE_FIELDS = frozenset(("channels", "min_concurrency", "max_concurrency", "enabled",
-                         "restart", "run_on", "restart_max_rate", "handler_timeout"))
-
 #: Notifications per spool file with process isolation: a batch file is claimed whole by
 #: one worker process, so smaller batches spread a burst over the processes.
 PROCESS_BATCH_SIZE = 16
@@ -236,15 +232,13 @@ class Instance:
     def apply(self, spec):
         """Take ``spec`` live: channels and concurrency change without a restart.
 
-        Fields outside :data:`LIVE_FIELDS` need a new Instance, and so does a change of
-        channels to or from none (a listener to add or remove); raises ValueError for them.
+        Changes :meth:`InstanceSpec.restart_fields` names (a handler, a queue, channels to
+        or from none, ...) need a new Instance; raises ValueError for them.
         """
-        changed = {f for f in spec.to_dict() if getattr(spec, f) != getattr(self.spec, f)}
-        if changed - LIVE_FIELDS:
-            raise ValueError("fields %s need a restart" % ", ".join(sorted(changed - LIVE_FIELDS)))
-        if spec.needs_database != self.spec.needs_database:
-            raise ValueError("channels to or from none need a restart (a listener to %s)"
-                             % ("add" if spec.needs_database else "remove"))
+        restart = spec.restart_fields(self.spec)
+        if restart:
+            raise ValueError("fields %s need a restart" % ", ".join(restart))
+        changed = set(spec.changed_fields(self.spec))
         self.spec = spec
         if self.listener is not None and "channels" in changed:
             self.listener.set_channels(spec.channels)

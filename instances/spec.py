@@ -129,6 +129,20 @@ class InstanceSpec:
         without a listener, so the database's state and role do not gate it."""
         return bool(self.channels)
 
+    def changed_fields(self, other):
+        """Sorted tuple of the fields whose values differ from ``other``'s; () if equal."""
+        if other is self or other == self:
+            return ()
+        return tuple(sorted(f.name for f in dataclasses.fields(self)
+                            if getattr(self, f.name) != getattr(other, f.name, None)))
+
+    def restart_fields(self, other):
+        """The changed fields (``other`` -> self) a running instance cannot take live: any
+        outside :data:`LIVE_FIELDS`, and ``channels`` going to or from none (a listener to
+        add or remove). Empty: the change can be applied without a restart."""
+        return tuple(f for f in self.changed_fields(other) if f not in LIVE_FIELDS or (
+            f == "channels" and self.needs_database != other.needs_database))
+
     def resolve_handler(self):
         """Return the handler callable (imports its module: blocks while importing)."""
         return import_handler(self.handler)
@@ -144,6 +158,12 @@ class InstanceSpec:
             "%s=%s" % (f.name, _shown(f.name, getattr(self, f.name)))
             for f in dataclasses.fields(self))
         return "InstanceSpec(%s)" % fields
+
+
+#: Fields a running instance takes without a restart (listener channels, pool bounds and
+#: handler timeout) or that only the supervisor reads (restart type, role, budget, enabled).
+LIVE_FIELDS = frozenset(("channels", "min_concurrency", "max_concurrency", "handler_timeout",
+                         "restart", "run_on", "restart_max_rate", "enabled"))
 
 
 def _from_dict_unresolved(data):

@@ -37,15 +37,7 @@ Lifecycle of one instance as the plan sees it::
 import dataclasses
 import typing
 
-#: Spec fields a running instance takes without a restart (listener channels, pool bounds
-#: and timeout) or that only the supervisor reads (restart type, role, budget, enabled).
-LIVE_FIELDS = frozenset({
-    "channels", "min_concurrency", "max_concurrency", "handler_timeout",
-    "restart", "run_on", "restart_max_rate", "enabled",
-})
-#: Spec fields that need a new instance (handler, queue and its bound, isolation, dsn).
-#: Any changed field not in LIVE_FIELDS is treated as one of these.
-RECREATE_FIELDS = frozenset({"handler", "queue", "queue_size", "isolation", "dsn", "name"})
+from instances.spec import LIVE_FIELDS  # noqa: F401  (the policy's live fields, re-exported)
 
 FINAL_STATES = ("stopped", "disabled", "waiting")
 
@@ -250,7 +242,7 @@ def _plan_alive(name, spec, obs, state):
         return Restart(name, spec, "unresponsive: no heartbeat for %.1f s" % obs.heartbeat_age,
                        state.ratelimit)
     changed = changed_fields(obs.spec, spec)
-    recreate = [field for field in changed if _needs_recreate(field, obs.spec, spec)]
+    recreate = spec.restart_fields(obs.spec) if changed else ()
     if recreate:
         return Recreate(name, spec, "changed: %s" % ", ".join(recreate))
     return Apply(name, spec, changed) if changed else None
@@ -260,17 +252,9 @@ def _live_changes(name, spec, obs):
     """Apply when only live fields changed (no restart involved), else nothing: used while
     starts and restarts are held back (halted, unknown role, grace)."""
     changed = changed_fields(obs.spec, spec)
-    if changed and not any(_needs_recreate(field, obs.spec, spec) for field in changed):
+    if changed and not spec.restart_fields(obs.spec):
         return Apply(name, spec, changed)
     return None
-
-
-def _needs_recreate(field, old, new):
-    """A field not in LIVE_FIELDS, or channels going to or from none (a listener to add or
-    remove)."""
-    if field not in LIVE_FIELDS:
-        return True
-    return field == "channels" and bool(old.channels) != bool(new.channels)
 
 
 def _unresponsive(obs, timeout):
@@ -280,8 +264,6 @@ def _unresponsive(obs, timeout):
 def changed_fields(old, new):
     """Sorted tuple of the field names whose values differ; () when ``old`` is None (the
     running spec is unknown: nothing to compare) or equal."""
-    if old is None or old is new or old == new:
+    if old is None:
         return ()
-    return tuple(sorted(
-        field.name for field in dataclasses.fields(new)
-        if getattr(old, field.name, None) != getattr(new, field.name)))
+    return new.changed_fields(old)

@@ -324,3 +324,14 @@ def test_every_queue_problem_is_reported():
     assert [p.field for p in error.problems] == ["queue.spool", "queue.fsync",
                                                  "queue.max_attempts"]
     assert str(error).splitlines()[0] == "3 problems in instance 'river':"
+
+
+def test_restart_fields_name_what_a_running_instance_cannot_take_live():
+    base = InstanceSpec(name="river", channels=("a",), handler="json:dumps")
+    assert base.restart_fields(base) == ()
+    live = base.replace(channels=("a", "b"), max_concurrency=4, enabled=False)
+    assert live.changed_fields(base) == ("channels", "enabled", "max_concurrency")
+    assert live.restart_fields(base) == ()
+    assert base.replace(handler="json:loads").restart_fields(base) == ("handler",)
+    source = base.replace(channels=(), queue={"spool": "/tmp/x"})
+    assert source.restart_fields(base) == ("channels", "queue")  # to none: no listener
