@@ -94,7 +94,6 @@ class Supervisor:
         self._merged = {}
         self._greenlets = []
         self._watcher = None
-        self._tick_pending = False
         self.running = False
         registry.on_change(lambda _registry: self._put("registry", None))
         registry.on_enable(lambda name: self._put("enabled", [name]))
@@ -243,9 +242,7 @@ class Supervisor:
     def _tick_forever(self):
         while True:
             gevent.sleep(self.interval)
-            if not self._tick_pending:  # ticks never pile up behind a slow pass
-                self._tick_pending = True
-                self._put("tick", None)
+            self._put("tick", None)  # merged with a tick still queued: ticks never pile up
 
     # -- events from elsewhere (hub callbacks: never block, never raise) ---------------
     def _database_changed(self, state):

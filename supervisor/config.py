@@ -19,7 +19,7 @@ import os
 from instances.connectors import parse_dsn
 from instances.dsn import format_dsn
 from supervisor import logs, settings
-from supervisor.config_loader import Loader
+from supervisor.config_loader import Loader, redact_value
 from supervisor.settings import BY_NAME, SECTIONS, SETTINGS
 
 
@@ -33,17 +33,13 @@ class _Section:
             value = getattr(self, field.name)
             if redact and value is not None:
                 secret = BY_NAME["%s.%s" % (self._section, field.name)].secret
-                value = logs.MASK if secret else _redact(value)
+                value = logs.MASK if secret else redact_value(value)
             out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     def __repr__(self):
         return "%s(%s)" % (type(self).__name__, ", ".join(
             "%s=%r" % item for item in self.to_dict(redact=True).items()))
-
-
-def _redact(value):
-    return logs.redact(value) if isinstance(value, str) else value
 
 
 class _Database(_Section):

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 _SECRET_HINT = ("pass", "pwd", "token", "secret")
 
 
-def _redact(value):
+def redact_value(value):
+    """``value`` with any secret in a string redacted (non-strings unchanged)."""
     return logs.redact(value) if isinstance(value, str) else value
 
 
@@ -70,7 +71,7 @@ class Loader:
                 entry.origin, self.path or "configuration")
             line = "%s: [%s] %s = %s: %s" % (where, setting.section, setting.key, shown, why)
         self.problems.append(line)
-        self.fields.append((name, logs.MASK if setting.secret else _redact(entry.value)))
+        self.fields.append((name, logs.MASK if setting.secret else redact_value(entry.value)))
 
     def warn(self, message):
         self.warnings.append(message)

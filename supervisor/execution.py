@@ -71,11 +71,9 @@ class Executor:
         return outcome
 
     def on_tick(self, names):
-        self.sup._tick_pending = False
         return self.on_verify(None, ratelimit=True)
 
-    def on_registry(self, names):
-        return self.on_verify(None, ratelimit=True)
+    on_registry = on_tick
 
     def on_role_check(self, names):
         """A failover file changed: the monitor probes now (its report follows as a
