@@ -1,4 +1,5 @@
-"""Integration-test fixtures: ``hub_heartbeat``, the proof that nothing blocks the hub.
+"""Integration-test fixtures: ``registry`` (empty, in the test's directory) and
+``hub_heartbeat``, the proof that nothing blocks the hub.
 
 Opt in per test (``def test_x(hub_heartbeat)``) or per module
 (``pytestmark = pytest.mark.usefixtures("hub_heartbeat")``). A greenlet ticks every
@@ -9,7 +10,9 @@ the terminal summary.
 """
 import pytest
 
+from instances import Registry
 from supervisor.testing import HubHeartbeat
+from tests import handlers
 
 #: Seconds between two ticks of the heartbeat greenlet.
 TICK = 0.005
@@ -31,6 +34,13 @@ def hub_heartbeat(request):
     assert beat.ticks > 0, "the heartbeat greenlet never ran"
     assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms)" % (
         stall * 1000, MAX_STALL * 1000)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """An empty Registry in the test's directory; the recording test handlers reset."""
+    handlers.reset()
+    return Registry(tmp_path / "registry.json")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -10,7 +10,7 @@ import gevent.event
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
 from instances.exceptions import InvalidConfigurationException
 from supervisor import Supervisor
 from supervisor.http import HttpApi
@@ -66,12 +66,6 @@ class Reply:
 
     def __repr__(self):
         return "<Reply %d %s>" % (self.status, self.text[:300])
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import psycopg2
 import pytest
 from gevent.queue import Empty
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
 from instances.exceptions import InvalidConfigurationException
 from instances.instance import Instance
 from instances.spool import FileQueue
 from instances.spool_layout import stats
 from supervisor import Supervisor
 from supervisor.testing import wait_for
-from tests import handlers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,12 +56,6 @@ def _taken(directory):
 
 def _waiting_files(directory):
     return stats(str(directory))["incoming"] if os.path.isdir(directory) else 0
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture

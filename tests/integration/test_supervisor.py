@@ -5,7 +5,7 @@ import time
 import psycopg2
 import pytest
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
 from supervisor import Supervisor, get_current
 from supervisor.testing import wait_for
 from tests import handlers
@@ -24,12 +24,6 @@ def _notify(dsn, channel, payload):
             cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
     finally:
         conn.close()
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture

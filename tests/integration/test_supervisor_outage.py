@@ -5,12 +5,11 @@ import time
 
 import pytest
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
 from instances.backoff import Backoff
 from instances.instance import Instance
 from supervisor import Supervisor
 from supervisor.testing import wait_for
-from tests import handlers
 
 GRACE = 1.0
 
@@ -41,12 +40,6 @@ def fast_backoff(monkeypatch):
     """Instances retry every 0.1..0.4 s (the defaults are 1..32 s)."""
     monkeypatch.setattr(Backoff, "initial", 0.1)
     monkeypatch.setattr(Backoff, "max_delay", 0.4)
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture

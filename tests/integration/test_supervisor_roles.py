@@ -8,7 +8,7 @@ import gevent.queue
 import psycopg2
 import pytest
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
 from supervisor import Supervisor
 from supervisor.testing import wait_for
 from tests import handlers
@@ -32,12 +32,6 @@ def _notify(dsn, channel, payload):
 
 def _payloads(channel):
     return [n.payload for n in handlers.seen if n.channel == channel]
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture

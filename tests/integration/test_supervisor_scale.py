@@ -14,7 +14,6 @@ from instances.queues import MemoryQueue
 from instances.registry import dump
 from supervisor import Supervisor
 from supervisor.testing import wait_for
-from tests import handlers
 
 COUNT = 1000
 
@@ -72,12 +71,6 @@ def spin(seconds):
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-
-
-@pytest.fixture
-def registry(tmp_path):
-    handlers.reset()
-    return Registry(tmp_path / "registry.json")
 
 
 @pytest.fixture
