@@ -28,6 +28,7 @@ Concurrency: run() blocks the calling greenlet (the main one); signal handlers r
 greenlets of their own and only set events or spawn the reload; nothing here raises
 SystemExit (the CLI turns the returned code into the exit status).
 """
+import gc
 import logging
 import signal
 import time
@@ -136,6 +137,10 @@ class Service:
             self.http.start()
         if self.notifier.watchdog_interval:
             self._greenlets.append(gevent.spawn(self._ping_watchdog))
+        # What start-up built lives as long as the process: keep it out of the cyclic
+        # collector's full passes, whose pause grows with the heap and stalls the hub.
+        gc.collect()
+        gc.freeze()
         self.notifier.notify("READY=1", "STATUS=supervising %d instances" % len(self.registry))
         log.info("pgvisor ready", extra={"action": "service.ready", "instance": None})
 
