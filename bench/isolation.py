@@ -17,7 +17,7 @@ import gevent
 
 from bench import protocol
 from instances import InstanceSpec, Registry
-from instances.workers import WorkerProcesses
+from instances.isolation.parent import WorkerProcesses
 from supervisor import Supervisor
 from supervisor.logs import configure_logging
 from supervisor.testing import wait_for

@@ -8,7 +8,7 @@ With ``queue={"spool": DIR, ...}`` the queue is a FileQueue (the listener spools
 drained read as one batch file unless ``batch`` is false; with ``queue_out_dir`` the
 handler's return value goes on, see :mod:`instances.processors`); with
 ``isolation="process"`` the processors are child processes sharing that spool
-(:mod:`instances.workers`), and a worker that dies or hangs ends the instance "abnormal".
+(:mod:`instances.isolation.parent`), and a worker that dies or hangs ends the instance "abnormal".
 A *spool source* (``channels=[]``) has no listener and no database: mentat's piper as an
 instance, ``spool DIR -> processors -> handler(message) -> queue_out_dir (optional)``.
 
@@ -51,18 +51,14 @@ def make_queue(spec, owner=None):
     if spec.queue is None:
         return MemoryQueue(spec.queue_size)
     from instances.spool import FileQueue  # the spool is optional weight
-    options = spec.queue
-    return FileQueue.from_piper_options(
-        options["spool"], options.get("queue_out_dir") or None, options.get("queue_out_limit"),
-        options.get("queue_out_wait"), owner=owner, fsync=options.get("fsync", False),
-        mode=options.get("mode", 0o700), max_attempts=options.get("max_attempts", 5))
+    return FileQueue.from_spec(spec.queue, owner=owner)
 
 
 def checked_output(handler):
     """``handler`` whose return value must be something an output spool takes (None, a
     message, a list of messages): anything else raises TypeError in the handler's call,
     so the message goes to ``errors/`` instead of failing the output write."""
-    from instances.spool_codec import as_dict
+    from instances.spool.codec import as_dict
 
     def run(item):
         result = handler(item)
@@ -75,9 +71,9 @@ def checked_output(handler):
 
 def make_pool(spec, queue, handler):
     """The processors of ``spec``: greenlets in this process, or worker processes
-    (``isolation="process"``, see :mod:`instances.workers`) sharing the spool."""
+    (``isolation="process"``, see :mod:`instances.isolation.parent`) sharing the spool."""
     if spec.isolation == "process":
-        from instances.workers import WorkerProcesses
+        from instances.isolation.parent import WorkerProcesses
         return WorkerProcesses(queue, spec)
     return ProcessorPool(queue, handler, spec.min_concurrency, spec.max_concurrency,
                          spec.handler_timeout, spec.name)

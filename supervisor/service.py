@@ -40,8 +40,8 @@ from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import Registry
 from supervisor import logs
 from supervisor.actor import Supervisor
+from supervisor.config.reload import apply_changes, config_changes
 from supervisor.sdnotify import Notifier
-from supervisor.service_reload import apply_changes, config_changes
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import pytest
 
 from instances import InstanceSpec, Registry
 from instances.instance import Instance, make_queue
-from instances.spool_layout import stats
-from instances.workers import WorkerDied, WorkerProcesses
+from instances.isolation.parent import WorkerDied, WorkerProcesses
+from instances.spool.layout import stats
 from supervisor import Supervisor
 from supervisor.testing import wait_for
 

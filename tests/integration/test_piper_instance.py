@@ -12,7 +12,7 @@ from instances import InstanceSpec
 from instances.exceptions import InvalidConfigurationException
 from instances.instance import Instance
 from instances.spool import FileQueue
-from instances.spool_layout import stats
+from instances.spool.layout import stats
 from supervisor import Supervisor
 from supervisor.testing import wait_for
 

@@ -13,7 +13,7 @@ import pytest
 
 from instances import InstanceSpec
 from instances.instance import Instance, make_queue
-from instances.spool_layout import stats
+from instances.spool.layout import stats
 from supervisor.testing import wait_for
 from tests import handlers
 

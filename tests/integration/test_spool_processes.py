@@ -13,7 +13,7 @@ import pytest
 
 from instances.queues import Empty
 from instances.spool import FileQueue
-from instances.spool_layout import stats
+from instances.spool.layout import stats
 from supervisor.testing import wait_for
 
 CLAIM_AND_HANG = """

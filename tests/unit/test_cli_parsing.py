@@ -2,10 +2,13 @@
 classification: no service, no database."""
 import pytest
 
-from supervisor import cli, cli_commands, cli_instances, cli_output
+from supervisor.cli import commands as cli_commands
+from supervisor.cli import instances as cli_instances
+from supervisor.cli import output as cli_output
+from supervisor.cli import parser as cli
 from supervisor.config import load_config
-from supervisor.service_reload import LIVE, config_changes
-from supervisor.settings import BY_NAME
+from supervisor.config.reload import LIVE, config_changes
+from supervisor.config.settings import BY_NAME
 
 
 def parse(*argv):
@@ -83,7 +86,7 @@ def test_a_missing_delegate_module_is_a_clear_error():
 
 
 def test_main_returns_the_exit_code_of_a_cli_error(tmp_path, capsys):
-    code = cli.main(["queue", "stats", str(tmp_path)])
+    code = cli.run(["queue", "stats", str(tmp_path)])
     assert code == cli_output.USAGE
     assert capsys.readouterr().err.startswith("pgvisor: ")
 

@@ -7,8 +7,7 @@ import pytest
 
 from instances.connectors import parse_dsn
 from instances.exceptions import InvalidConfigurationException
-from supervisor import settings
-from supervisor.config import Config, load_config, settings_help
+from supervisor.config import Config, load_config, settings, settings_help
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "configuration.rst"
 DSN_ENV = {"PGVISOR_DATABASE_DSN": "host=db1 dbname=app"}
@@ -341,7 +340,7 @@ def test_every_setting_is_documented_and_the_doc_table_is_current():
         assert setting.env in doc, setting.name
     assert settings.settings_rst() in doc, (
         "docs/configuration.rst is stale: paste the output of "
-        "python -c 'from supervisor.settings import settings_rst; print(settings_rst())'")
+        "python -c 'from supervisor.config.settings import settings_rst; print(settings_rst())'")
 
 
 def test_every_setting_has_a_valid_default_and_help():

@@ -8,13 +8,12 @@ import sys
 import gevent
 import pytest
 
-from instances import spool_names
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import Notification
 from instances.queues import Closed, Empty, Full
-from instances.spool import FileQueue, OutputQueue
-from instances.spool_layout import stats
-from instances.spool_writer import SpoolWriter
+from instances.spool import FileQueue, OutputQueue, names
+from instances.spool.layout import stats
+from instances.spool.writer import SpoolWriter
 from supervisor.testing import wait_for
 
 
@@ -41,7 +40,7 @@ def dead_pid():
 
 
 def fake_owner(pid, start):
-    return "%s-%d-%s" % (spool_names.hostname(), pid, start)
+    return "%s-%d-%s" % (names.hostname(), pid, start)
 
 
 def move_incoming_to_owner(directory, owner):
@@ -207,7 +206,7 @@ def test_a_recovered_batch_comes_back_split_so_a_poison_message_goes_to_errors_a
 def test_a_reused_pid_is_not_mistaken_for_the_live_owner(tmp_path):
     FileQueue(tmp_path).put({"n": 0})
     reused = fake_owner(os.getpid(), "12345")  # our pid, but another start time
-    alive = fake_owner(os.getppid(), spool_names.process_start_time(os.getppid()))
+    alive = fake_owner(os.getppid(), names.process_start_time(os.getppid()))
     other_host = "elsewhere-1-1"
     move_incoming_to_owner(tmp_path, reused)
     for owner in (alive, other_host):
@@ -244,7 +243,7 @@ def test_message_whose_consumers_keep_dying_goes_to_errors_after_max_attempts(tm
 def test_stale_tmp_files_are_removed_at_open_and_never_delivered(tmp_path):
     FileQueue(tmp_path)
     tmp = os.path.join(str(tmp_path), "tmp")
-    dead = spool_names.tmp_name(spool_names.new_base(), fake_owner(dead_pid(), "1"))
+    dead = names.tmp_name(names.new_base(), fake_owner(dead_pid(), "1"))
     old_foreign, fresh_foreign = "old.msg", "fresh.msg"
     for name in (dead, old_foreign, fresh_foreign):
         with open(os.path.join(tmp, name), "w") as f:
@@ -260,7 +259,7 @@ def test_stale_tmp_files_are_removed_at_open_and_never_delivered(tmp_path):
 def test_undecodable_file_goes_to_errors_and_the_next_one_is_delivered(tmp_path):
     queue = FileQueue(tmp_path)
     writer = SpoolWriter(str(tmp_path), queue.owner)
-    writer.put_file(b"", "incoming", spool_names.new_base())  # truncated by a crash
+    writer.put_file(b"", "incoming", names.new_base())  # truncated by a crash
     queue.put({"n": "good"})
     assert queue.get(block=False)["n"] == "good"
     name, meta_name = listing(tmp_path, "errors")
@@ -408,7 +407,7 @@ def test_piper_options_and_owner_labels_are_validated(tmp_path):
     assert caught.value.field == "owner"
     labelled = FileQueue(tmp_path, owner="worker-1")
     assert labelled.owner.startswith("worker-1@") and labelled.owner.endswith(
-        "-%d-%s" % (os.getpid(), spool_names.process_start_time(os.getpid())))
+        "-%d-%s" % (os.getpid(), names.process_start_time(os.getpid())))
 
 
 @pytest.mark.timeout(10)

@@ -1,7 +1,7 @@
 """Crash recovery of a spool: claimed files of dead owners, and stale ``tmp/`` files.
 
 * ``pending/<owner>/`` of an owner that is certainly dead
-  (:func:`instances.spool_names.owner_alive`) goes back to ``incoming/`` with its attempts
+  (:func:`instances.spool.names.owner_alive`) goes back to ``incoming/`` with its attempts
   count raised by one; a file that has now been delivered ``max_attempts`` times goes to
   ``errors/`` instead. A batch file goes back split into one file per message (each keeps
   its message id and the attempts count): if one message of the batch kills its consumer,
@@ -20,7 +20,7 @@ import logging
 import os
 import time
 
-from instances import spool_errors, spool_names
+from instances.spool import errors, names
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def recover_pending(writer, max_attempts, own_owner):
     pending = os.path.join(writer.directory, "pending")
     requeued = banished = 0
     for owner in sorted(os.listdir(pending)):
-        if owner == own_owner or spool_names.owner_alive(owner):
+        if owner == own_owner or names.owner_alive(owner):
             continue
         r, b = _recover_owner(writer, os.path.join(pending, owner), owner, max_attempts)
         requeued, banished = requeued + r, banished + b
@@ -42,21 +42,21 @@ def recover_pending(writer, max_attempts, own_owner):
 def _recover_owner(writer, owner_dir, owner, max_attempts):
     requeued = banished = 0
     for name in sorted(_listdir(owner_dir)):
-        base, attempts = spool_names.split(name)
+        base, attempts = names.split(name)
         attempts += 1  # the dead owner's delivery counts
         path = os.path.join(owner_dir, name)
         try:
             if attempts >= max_attempts:
-                meta = spool_errors.make_meta(
+                meta = errors.make_meta(
                     "max_attempts", "delivered %d times without an outcome" % attempts,
-                    None, attempts, owner, [spool_names.message_id(base, 0)])
-                spool_errors.banish_file(writer, path, base, meta)
+                    None, attempts, owner, [names.message_id(base, 0)])
+                errors.banish_file(writer, path, base, meta)
                 banished += 1
             elif _split_batch(writer, path, base, attempts):
                 requeued += 1
             else:
                 os.rename(path, os.path.join(
-                    writer.directory, "incoming", spool_names.with_attempts(base, attempts)))
+                    writer.directory, "incoming", names.with_attempts(base, attempts)))
                 requeued += 1
         except FileNotFoundError:
             continue  # another process recovered it first
@@ -83,8 +83,8 @@ def _split_batch(writer, path, base, attempts):
             isinstance(m, dict) for m in messages):
         return False
     for index, message in enumerate(messages):
-        message.setdefault("id", spool_names.message_id(base, index))
-        name = spool_names.with_attempts("%s_%d" % (base, index), attempts)
+        message.setdefault("id", names.message_id(base, index))
+        name = names.with_attempts("%s_%d" % (base, index), attempts)
         writer.put_file(json.dumps(message).encode(), "incoming", name)
     os.unlink(path)  # after every message is safely in incoming/
     return True
@@ -96,10 +96,10 @@ def clean_tmp(directory, stale_age):
     now = time.time()
     removed = 0
     for name in _listdir(tmp):
-        owner = spool_names.tmp_owner(name)
+        owner = names.tmp_owner(name)
         path = os.path.join(tmp, name)
         try:
-            stale = (owner is not None and not spool_names.owner_alive(owner)) or (
+            stale = (owner is not None and not names.owner_alive(owner)) or (
                 now - os.stat(path).st_mtime > stale_age)
             if stale:
                 os.unlink(path)

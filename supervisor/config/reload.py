@@ -10,7 +10,7 @@ import dataclasses
 import logging
 
 from supervisor import logs
-from supervisor.settings import BY_NAME, SECTIONS
+from supervisor.config.settings import BY_NAME, SECTIONS
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 shutdown, queue stats / requeue, and the demo and piper delegates.
 
 Each ``cmd_*(args)`` takes the parsed arguments (see :mod:`supervisor.cli`), prints, and
-returns an exit code or raises :class:`~supervisor.cli_output.CliError`. They run in the
+returns an exit code or raises :class:`~supervisor.cli.output.CliError`. They run in the
 main greenlet of a monkey-patched process; ``cmd_run`` blocks until the service stops.
 """
 import importlib
@@ -12,11 +12,12 @@ import sys
 import urllib.parse
 
 from instances.exceptions import InvalidConfigurationException
-from supervisor import cli_output, logs
-from supervisor.cli_client import ApiClient
-from supervisor.cli_output import CliError, emit_json, say, table
+from supervisor import logs
+from supervisor.cli import output as cli_output
+from supervisor.cli.api import ApiClient
+from supervisor.cli.output import CliError, emit_json, say, table
 from supervisor.config import load_config
-from supervisor.settings import BY_NAME, split_listen
+from supervisor.config.settings import BY_NAME, split_listen
 
 #: Outcomes of restart/verify/shutdown that mean the operation failed.
 FAILED_OUTCOMES = ("disabled_by_supervisor", "error")
@@ -169,22 +170,22 @@ def _spool(directory):
 
 def cmd_queue(args):
     """``pgvisor queue stats DIR`` and ``pgvisor queue requeue DIR [--errors]``."""
-    from instances import spool_layout
+    from instances.spool import layout
 
     directory = _spool(args.directory)
     result = {"directory": directory}
     if args.verb == "requeue":
         from instances.spool import FileQueue
-        before = spool_layout.stats(directory)
+        before = layout.stats(directory)
         queue = FileQueue(directory, owner="cli")  # its recovery requeues dead owners' work
         try:
             result["errors_requeued"] = queue.requeue(errors=True) if args.errors else 0
         finally:
             queue.close()
-        after = spool_layout.stats(directory)
+        after = layout.stats(directory)
         result["pending_requeued"] = max(0, sum(before["pending"].values())
                                          - sum(after["pending"].values()))
-    result.update(spool_layout.stats(directory))
+    result.update(layout.stats(directory))
     if args.json:
         emit_json(result)
     else:

@@ -164,7 +164,7 @@ class Client:
         registry = Registry(os.path.join(self._tmp.name, "registry.json"))
         channels = getattr(self._listener, "channels", None) or ("hermes",)
         registry.add(InstanceSpec(name=INSTANCE_NAME, channels=tuple(channels),
-                                  handler="supervisor.client:unused_handler"))
+                                  handler="supervisor.hermes:unused_handler"))
         self.supervisor = Supervisor(
             registry, self.dsn, watch_path=self.watch_path,
             failover_files=self.failover_files, set_as_current=False,

@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from instances import spool_names
+from instances.spool import names
 
 #: Lines of a handler's traceback kept in ``.meta`` (the last ones: where it failed).
 TRACEBACK_LINES = 30
@@ -77,7 +77,7 @@ def requeue_errors(writer):
     directory = writer.directory
     moved = 0
     for name in error_names(directory):
-        base, _ = spool_names.split(name)
+        base, _ = names.split(name)
         try:
             os.rename(os.path.join(directory, "errors", name),
                       os.path.join(directory, "incoming", base))

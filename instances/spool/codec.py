@@ -6,8 +6,8 @@ The key ``"id"`` holds the stable message id: kept when set, else ``<base>#<inde
 """
 import json
 
-from instances import spool_names
 from instances.notification import Notification
+from instances.spool import names
 
 
 def encode(item):
@@ -38,6 +38,6 @@ def decode(data, base):
     items = []
     for index, message in enumerate(messages):
         if not message.get("id"):
-            message["id"] = spool_names.message_id(base, index)
+            message["id"] = names.message_id(base, index)
         items.append(Notification.from_dict(message) if "channel" in message else message)
     return items

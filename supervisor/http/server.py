@@ -4,7 +4,7 @@ A plain WSGI application served by :class:`gevent.pywsgi.WSGIServer`. This modul
 transport: binding (loopback unless a token is configured), bearer-token authentication,
 the request body limit, JSON error answers, password scrubbing of every answer, and one
 access log line per request. The resources (routes, handlers, operations) live in
-:mod:`supervisor.http_routes`; the metrics in :mod:`supervisor.metrics`. docs/http.rst is
+:mod:`supervisor.http.routes`; the metrics in :mod:`supervisor.metrics`. docs/http.rst is
 the reference.
 
 Lifecycle::
@@ -30,9 +30,9 @@ import gevent.pywsgi
 
 from instances.dsn import scrub, secret_fragments
 from instances.exceptions import InvalidConfigurationException
-from supervisor.http_routes import HttpError, Request, Response, Routes
+from supervisor.config.settings import is_loopback
+from supervisor.http.routes import HttpError, Request, Response, Routes
 from supervisor.metrics import make_registry
-from supervisor.settings import is_loopback
 
 log = logging.getLogger(__name__)
 

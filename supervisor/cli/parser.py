@@ -1,27 +1,17 @@
-"""The ``pgvisor`` command line: the argument parser and :func:`main` (docs/cli.rst).
+"""The ``pgvisor`` argument parser and :func:`run`, which dispatches one command line.
 
-The entry point monkey-patches first (DESIGN.md's runtime model), before anything else is
-imported. Commands live in :mod:`supervisor.cli_commands` (run, status, control verbs,
-queue, delegates) and :mod:`supervisor.cli_instances` (registry verbs); output and exit
-codes in :mod:`supervisor.cli_output`:
-
-    0 ok, 1 operation failed, 2 usage or configuration error, 3 service unreachable,
-    4 unknown instance
-
-Only this module turns an outcome into the process's exit status (``main`` returns it and
-the console script, or ``python -m supervisor.cli``, exits with it).
+Commands live in :mod:`supervisor.cli.commands` (run, status, control verbs, queue,
+delegates) and :mod:`supervisor.cli.instances` (registry verbs); output and exit codes in
+:mod:`supervisor.cli.output`. Imported by :func:`supervisor.cli.main` after it patched.
 """
-from gevent import monkey
+import argparse
+import sys
 
-monkey.patch_all()
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-
-from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES  # noqa: E402
-from supervisor import cli_output, logs  # noqa: E402
-from supervisor.cli_output import CliError  # noqa: E402
-from supervisor.settings import settings_help  # noqa: E402
+from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES
+from supervisor import logs
+from supervisor.cli import output as cli_output
+from supervisor.cli.output import CliError
+from supervisor.config.settings import settings_help
 
 #: ``pgvisor run`` flags: (flag, setting, metavar, help).
 RUN_FLAGS = (
@@ -110,7 +100,8 @@ def _instances_parser(sub):
 
 def build_parser():
     """The ``pgvisor`` argument parser (each command sets ``func``)."""
-    from supervisor import cli_commands, cli_instances
+    from supervisor.cli import commands as cli_commands
+    from supervisor.cli import instances as cli_instances
 
     parser = argparse.ArgumentParser(prog="pgvisor", description="Keeps Postgres LISTEN/"
                                      "NOTIFY processors alive. Exit codes: 0 ok, 1 operation "
@@ -153,13 +144,13 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def run(argv=None):
     """Run the ``pgvisor`` command of ``argv`` (default: sys.argv[1:]); return the exit
     code. argparse's usage errors exit 2 by themselves."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] in DELEGATES:  # their arguments are theirs, --help included
-            from supervisor.cli_commands import delegate
+            from supervisor.cli.commands import delegate
             return delegate(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         if args.command != "run":  # run sets up the service's logging itself
@@ -170,7 +161,3 @@ def main(argv=None):
         return exc.code
     except KeyboardInterrupt:
         return cli_output.FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ import time
 import gevent
 from gevent.queue import Full
 
-from instances import spool_names
+from instances.spool import names
 
 
 class SpoolWriter:
@@ -41,8 +41,8 @@ class SpoolWriter:
     def reserve(self):
         """Create an empty, exclusively owned file in ``tmp/``: ``(fd, tmp_path, base)``."""
         while True:
-            base = spool_names.new_base()
-            path = os.path.join(self.tmp_dir, spool_names.tmp_name(base, self.owner))
+            base = names.new_base()
+            path = os.path.join(self.tmp_dir, names.tmp_name(base, self.owner))
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, self.file_mode)
             except FileExistsError:  # pragma: no cover  (random part collided)

@@ -39,12 +39,13 @@ import weakref
 import gevent
 from gevent.event import Event
 
-from instances import spool_codec, spool_errors, spool_layout, spool_names, spool_recovery
 from instances.notification import Notification
 from instances.queues import Closed, Empty
-from instances.spool_claims import Claimer
-from instances.spool_output import OutputQueue, positive
-from instances.spool_writer import SpoolWriter
+from instances.spool import codec, errors, layout, names, recovery
+from instances.spool.claims import Claimer
+from instances.spool.errors import requeue_errors
+from instances.spool.output import OutputQueue, positive
+from instances.spool.writer import SpoolWriter
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,16 @@ class FileQueue:
         self.directory = os.path.abspath(directory)
         self.mode = mode
         self.max_attempts = positive(max_attempts, "max_attempts", int)
-        self.owner = spool_names.current_owner(owner)
+        self.owner = names.current_owner(owner)
         self.output = output
         file_mode = mode & 0o666
-        spool_layout.make_dirs(self.directory, mode)
+        layout.make_dirs(self.directory, mode)
         self._pending = os.path.join(self.directory, "pending", self.owner)
-        spool_layout.make_dir(self._pending, mode)
+        layout.make_dir(self._pending, mode)
         self.writer = SpoolWriter(self.directory, self.owner, fsync, file_mode)
         self._out = None
         if output is not None:
-            spool_layout.make_dirs(output.directory, mode)
+            layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, fsync, file_mode)
         self._claimer = Claimer(self.writer, self._pending, self.owner, self.max_attempts,
                                 mode)
@@ -108,6 +109,16 @@ class FileQueue:
             output = OutputQueue(queue_out_dir, queue_out_limit, queue_out_wait)
         return cls(queue_in_dir, output=output, **options)
 
+    @classmethod
+    def from_spec(cls, options, owner=None):
+        """Open the spool of an instance spec's ``queue`` table (``{"spool": DIR, ...}``);
+        ``owner`` labels its claims (see the constructor)."""
+        return cls.from_piper_options(
+            options["spool"], options.get("queue_out_dir") or None,
+            options.get("queue_out_limit"), options.get("queue_out_wait"), owner=owner,
+            fsync=options.get("fsync", False), mode=options.get("mode", 0o700),
+            max_attempts=options.get("max_attempts", 5))
+
     # -- enqueue ---------------------------------------------------------------------
 
     def put(self, item, block=True, timeout=None):
@@ -115,9 +126,9 @@ class FileQueue:
         ``block`` and ``timeout`` exist for interface compatibility: the spool is unbounded.
         Does not yield."""
         self._check_open()
-        base = self.writer.write(spool_codec.encode(item))
+        base = self.writer.write(codec.encode(item))
         self._wake_local(self.directory)
-        return spool_names.message_id(base, 0)
+        return names.message_id(base, 0)
 
     def put_batch(self, items):
         """Enqueue ``items`` as ONE file (one write, one fsync, one rename); return their
@@ -126,9 +137,9 @@ class FileQueue:
         items = list(items)
         if not items:
             return []
-        base = self.writer.write(spool_codec.encode_batch(items))
+        base = self.writer.write(codec.encode_batch(items))
         self._wake_local(self.directory)
-        return [spool_names.message_id(base, i) for i in range(len(items))]
+        return [names.message_id(base, i) for i in range(len(items))]
 
     # -- dequeue ---------------------------------------------------------------------
 
@@ -186,8 +197,8 @@ class FileQueue:
         if self._out is not None and output is not None:
             # Encode before taking the item: an output that is not JSON raises here and the
             # item is still ours, for failed().
-            data = (spool_codec.encode_batch(output) if isinstance(output, list)
-                    else spool_codec.encode(output))
+            data = (codec.encode_batch(output) if isinstance(output, list)
+                    else codec.encode(output))
         entry = self._take(item)
         claim = entry[1]
         if data is not None:
@@ -205,13 +216,13 @@ class FileQueue:
         (a batch's other messages are unaffected). Does not yield."""
         _, claim, index = self._take(item)
         message = item.to_dict() if isinstance(item, Notification) else item
-        meta = spool_errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
+        meta = errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
                                       [message["id"]])
         if claim.size == 1:
-            spool_errors.banish_file(self.writer, claim.path, claim.base, meta)
+            errors.banish_file(self.writer, claim.path, claim.base, meta)
             claim.open = 0
         else:
-            spool_errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index),
+            errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index),
                                         meta)
             self._settle(claim)
         log.warning("message %s failed: %s", message["id"], error,
@@ -246,19 +257,19 @@ class FileQueue:
         """Crash recovery (run by the constructor): requeue claimed files of dead owners
         and delete stale ``tmp/`` files. Returns ``(requeued, banished, tmp_removed)``."""
         requeued, banished = self.requeue_pending_of_dead_owners()
-        removed = spool_recovery.clean_tmp(self.directory, self.stale_tmp_age)
+        removed = recovery.clean_tmp(self.directory, self.stale_tmp_age)
         return requeued, banished, removed
 
     def requeue_pending_of_dead_owners(self):
         """``pending/<owner>/`` of dead owners back to ``incoming/``: ``(requeued, banished)``."""
-        result = spool_recovery.recover_pending(self.writer, self.max_attempts, self.owner)
+        result = recovery.recover_pending(self.writer, self.max_attempts, self.owner)
         if result[0]:
             self._wake_local(self.directory)
         return result
 
     def requeue(self, errors=True):
         """Move ``errors/`` back to ``incoming/`` (attempts reset); returns the count."""
-        moved = spool_errors.requeue_errors(self.writer) if errors else 0
+        moved = requeue_errors(self.writer) if errors else 0
         if moved:
             self._wake_local(self.directory)
         return moved
@@ -269,8 +280,8 @@ class FileQueue:
         return len(self._ready) + len(os.listdir(os.path.join(self.directory, "incoming")))
 
     def stats(self):
-        """See :func:`instances.spool_layout.stats`."""
-        return spool_layout.stats(self.directory)
+        """See :func:`instances.spool.layout.stats`."""
+        return layout.stats(self.directory)
 
     # -- wake-up ---------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """Process isolation: :class:`WorkerProcesses` runs an instance's processors as child
 processes that share its spool; one such child, both its ends and their protocol, is
-:mod:`instances.worker_child` (whose :func:`main` is re-exported here).
+:mod:`instances.isolation.child`.
 
 ::
 
     parent (the service)                       child (python -m gevent.monkey --module
-                                                      instances.worker_child, one per worker)
+                                                      instances.isolation.child, one per worker)
     listener ─▶ FileQueue(DIR) ─ files ─▶ FileQueue(DIR, own owner) ─▶ ProcessorPool(1) ─▶ handler
     WorkerProcesses ◀── beat pipe: "processed failed timed_out\\n" every beat_interval ──┘
                     ─── stdin: the spec as one JSON line, then held open (EOF: stop) ──▶
@@ -39,9 +39,9 @@ import gevent
 import gevent.event
 
 from instances.components import ComponentKilled
+from instances.isolation.child import WorkerChild
 from instances.links import Links
 from instances.processors import ProcessorPool
-from instances.worker_child import WorkerChild, main  # noqa: F401  (main: re-exported)
 
 log = logging.getLogger(__name__)
 

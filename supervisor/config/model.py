@@ -1,9 +1,9 @@
 """The service configuration: pgvisor's settings, frozen, and :func:`load_config`.
 
 This module owns :class:`Config` and its per-section settings classes (one frozen dataclass
-per ``[section]`` of :mod:`supervisor.settings`, with the helpers that read them: the
+per ``[section]`` of :mod:`supervisor.config.settings`, with the helpers that read them: the
 connection string, the HTTP address, the secrets in force). :func:`load_config` builds one
-from the values :class:`supervisor.config_loader.Loader` layers and checks: the default <
+from the values :class:`supervisor.config.loader.Loader` layers and checks: the default <
 the TOML file < its ``PGVISOR_*`` environment variable < explicit overrides (command-line
 flags). It collects every problem and raises one InvalidConfigurationException whose message
 has one line per problem (``<file>: [section] key = <value>: <why>`` or
@@ -18,9 +18,10 @@ import os
 
 from instances.connectors import parse_dsn
 from instances.dsn import format_dsn
-from supervisor import logs, settings
-from supervisor.config_loader import Loader, redact_value
-from supervisor.settings import BY_NAME, SECTIONS, SETTINGS
+from supervisor import logs
+from supervisor.config import settings
+from supervisor.config.loader import Loader, redact_value
+from supervisor.config.settings import BY_NAME, SECTIONS, SETTINGS
 
 
 class _Section:

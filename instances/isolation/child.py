@@ -1,7 +1,7 @@
-"""One worker process of :class:`~instances.workers.WorkerProcesses`, from both ends of its
-pipes: :class:`WorkerChild` is the parent's handle on it (start it, hand it the spec, read
+"""One worker process of :class:`~instances.isolation.parent.WorkerProcesses`, from both
+ends of its pipes: :class:`WorkerChild` is the parent's handle on it (start it, hand it the spec, read
 its beats, signal it, reap it), and :func:`main` is what runs inside it
-(``python -m gevent.monkey --module instances.worker_child``).
+(``python -m gevent.monkey --module instances.isolation.child``).
 
 The protocol between the two lives here alone::
 
@@ -51,7 +51,7 @@ class WorkerChild:
     def start(cls, beat_interval, stop_timeout):
         """Start a child process with its beat pipe; it waits for :meth:`send`."""
         read_fd, write_fd = os.pipe()
-        command = [sys.executable, "-m", "gevent.monkey", "--module", "instances.worker_child",
+        command = [sys.executable, "-m", "gevent.monkey", "--module", "instances.isolation.child",
                    "--beat-fd", str(write_fd), "--beat-interval", str(beat_interval),
                    "--stop-timeout", str(stop_timeout)]
         try:
@@ -106,7 +106,7 @@ class WorkerChild:
 def main(argv=None):
     """A worker process: read the spec from stdin, consume the spool until SIGTERM or
     EOF on stdin (the parent is gone), beating on ``--beat-fd``. Returns the exit code."""
-    parser = argparse.ArgumentParser(prog="instances.worker_child")
+    parser = argparse.ArgumentParser(prog="instances.isolation.child")
     parser.add_argument("--beat-fd", type=int, required=True)
     parser.add_argument("--beat-interval", type=float, required=True)
     parser.add_argument("--stop-timeout", type=float, required=True)
@@ -120,10 +120,10 @@ def main(argv=None):
     config = json.loads(line)
     sys.path.extend(p for p in config["path"] if p not in sys.path)
     from instances import connectors  # noqa: F401  (psycogreen for handlers using psycopg2)
-    from instances.instance import make_queue
     from instances.spec import InstanceSpec
+    from instances.spool import FileQueue
     spec = InstanceSpec.from_dict(config["spec"], resolve=False)
-    queue = make_queue(spec, owner=spec.name)
+    queue = FileQueue.from_spec(spec.queue, owner=spec.name)
     pool = ProcessorPool(queue, spec.resolve_handler(), 1, 1, spec.handler_timeout, spec.name)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)

@@ -17,10 +17,10 @@ import os
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, Registry, UnknownInstance
 from instances.spec import InstanceSpec, redact_dsn
-from supervisor import cli_output
-from supervisor.cli_commands import load
-from supervisor.cli_output import CliError, emit_json, error, key_values, say, table
-from supervisor.settings import BY_NAME
+from supervisor.cli import output as cli_output
+from supervisor.cli.commands import load
+from supervisor.cli.output import CliError, emit_json, error, key_values, say, table
+from supervisor.config.settings import BY_NAME
 
 #: (flag destination, spec field) of the typed add/update flags.
 FIELD_FLAGS = (("channels", "channels"), ("handler", "handler"),

@@ -1,6 +1,6 @@
 """The configuration loader: one load of pgvisor's settings, layer by layer.
 
-:class:`Loader` layers, for every setting of :mod:`supervisor.settings`: the default < the
+:class:`Loader` layers, for every setting of :mod:`supervisor.config.settings`: the default < the
 TOML file < its ``PGVISOR_*`` environment variable < explicit overrides (command-line flags),
 then checks every value and the rules between them, reads the password and token files, and
 collects every problem as one line (``<file>: [section] key = <value>: <why>`` or
@@ -20,8 +20,9 @@ import sys
 
 from instances.connectors import parse_dsn
 from instances.exceptions import InvalidConfigurationException
-from supervisor import logs, settings
-from supervisor.settings import BY_NAME, SECTIONS, SETTINGS
+from supervisor import logs
+from supervisor.config import settings
+from supervisor.config.settings import BY_NAME, SECTIONS, SETTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -7,7 +7,7 @@ ones are left as they are (an operator's choice). Does not yield.
 import os
 import time
 
-from instances import spool_errors, spool_names
+from instances.spool import errors, names
 
 SUBDIRS = ("tmp", "incoming", "pending", "errors")
 
@@ -35,12 +35,12 @@ def stats(directory):
     (``oldest_age``: of the oldest file in ``incoming/``)."""
     incoming = sorted(os.listdir(os.path.join(directory, "incoming")))
     pending_dir = os.path.join(directory, "pending")
-    oldest = spool_names.enqueued_at(incoming[0]) if incoming else None
+    oldest = names.enqueued_at(incoming[0]) if incoming else None
     return {
         "incoming": len(incoming),
         "pending": {o: len(os.listdir(os.path.join(pending_dir, o)))
                     for o in sorted(os.listdir(pending_dir))},
-        "errors": len(spool_errors.error_names(directory)),
+        "errors": len(errors.error_names(directory)),
         "tmp": len(os.listdir(os.path.join(directory, "tmp"))),
         "oldest_age": None if oldest is None else max(0.0, time.time() - oldest),
     }

@@ -1,7 +1,7 @@
 """The CLI's client of a running service's HTTP control API (``pgvisor status``, ``restart``...).
 
 Plain :mod:`urllib` (cooperative under the CLI's monkey-patching), JSON in and out. Errors
-become :class:`~supervisor.cli_output.CliError` with the documented exit codes: the service
+become :class:`~supervisor.cli.output.CliError` with the documented exit codes: the service
 unreachable -> 3, an unknown instance (404 on an instance route) -> 4, a refused token
 (401) -> 2, any other error answer -> 1. Blocks the caller up to ``timeout`` seconds per
 request.
@@ -11,8 +11,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from supervisor import cli_output
-from supervisor.cli_output import CliError
+from supervisor.cli import output as cli_output
+from supervisor.cli.output import CliError
 
 
 class ApiClient:

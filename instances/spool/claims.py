@@ -11,7 +11,7 @@ does not yield.
 import collections
 import os
 
-from instances import spool_codec, spool_errors, spool_layout, spool_names
+from instances.spool import codec, errors, layout, names
 
 
 class Claim:
@@ -21,7 +21,7 @@ class Claim:
 
     def __init__(self, name, path, size):
         self.name, self.path, self.size = name, path, size
-        self.base, self.attempts = spool_names.split(name)
+        self.base, self.attempts = names.split(name)
         self.attempts += 1  # this delivery
         self.open = size  # messages not yet done or failed
         self.inflight = 0  # messages handed out, not yet done or failed
@@ -52,7 +52,7 @@ class Claimer:
                 os.rename(os.path.join(self.incoming, name), path)
             except FileNotFoundError:
                 if not os.path.isdir(self.pending_dir):  # removed under us: make it again
-                    spool_layout.make_dir(self.pending_dir, self.mode)
+                    layout.make_dir(self.pending_dir, self.mode)
                     self._known.appendleft(name)
                 continue  # else another consumer was faster
             opened = self._open(name, path)
@@ -62,7 +62,7 @@ class Claimer:
     def _open(self, name, path):
         try:
             with open(path, "rb") as f:
-                items = spool_codec.decode(f.read(), spool_names.split(name)[0])
+                items = codec.decode(f.read(), names.split(name)[0])
         except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
             self.banish(Claim(name, path, 1), "undecodable", error)
             return None
@@ -78,9 +78,9 @@ class Claimer:
 
     def banish(self, claim, reason, error, tb_text=None):
         """Move the whole claimed file to ``errors/`` with a ``.meta``."""
-        ids = [spool_names.message_id(claim.base, i) for i in range(claim.size)]
-        meta = spool_errors.make_meta(reason, error, tb_text, claim.attempts, self.owner, ids)
-        spool_errors.banish_file(self.writer, claim.path, claim.base, meta)
+        ids = [names.message_id(claim.base, i) for i in range(claim.size)]
+        meta = errors.make_meta(reason, error, tb_text, claim.attempts, self.owner, ids)
+        errors.banish_file(self.writer, claim.path, claim.base, meta)
         claim.open = 0
 
     def release(self, claim):
