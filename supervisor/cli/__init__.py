@@ -3,9 +3,11 @@
 :func:`main` monkey-patches first (DESIGN.md's runtime model: "patch as early as
 possible"), then imports the rest. This ``__init__`` imports nothing itself, so importing
 any part of the package (``supervisor.cli.output``, say) patches nothing. The parts:
-``parser`` (the argument parser and dispatch), one module per command group
-(``commands``: run, status, the control verbs, queue, delegates; ``instances``: the
-registry verbs), ``output`` (printing and exit codes) and ``api`` (the HTTP API client).
+``parser`` (the top-level parser and dispatch, the demo and piper delegates), one module
+per command group, each registering its own subcommands (``service``: run; ``control``:
+restart, verify, shutdown, status; ``instances``: the registry verbs; ``queue``: spool
+queues), ``options`` (the flags groups share, loading the config), ``output`` (printing
+and exit codes) and ``api`` (the HTTP API client).
 
 Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 service
 unreachable, 4 unknown instance. Only :func:`main` turns an outcome into the process's

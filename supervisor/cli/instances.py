@@ -16,9 +16,9 @@ import os
 
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, Registry, UnknownInstance
-from instances.spec import InstanceSpec, redact_dsn
+from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES, InstanceSpec, redact_dsn
 from supervisor.cli import output as cli_output
-from supervisor.cli.commands import load
+from supervisor.cli.options import common_flags, load
 from supervisor.cli.output import CliError, emit_json, error, key_values, say, table
 from supervisor.config.settings import BY_NAME
 
@@ -30,6 +30,55 @@ FIELD_FLAGS = (("channels", "channels"), ("handler", "handler"),
                ("dsn", "dsn"), ("restart_max_rate", "restart_max_rate"),
                ("enabled", "enabled"))
 EDIT_NOTE = "(a running service picks the change up from the file)"
+#: The registry verbs: (verb, help).
+VERBS = (("list", "list the registered instances"), ("show", "one instance's fields"),
+         ("add", "register an instance"), ("update", "change fields of an instance"),
+         ("remove", "unregister an instance"), ("enable", "enable an instance"),
+         ("disable", "disable an instance (it is stopped)"))
+
+
+def register(subparsers):
+    """Add ``instances`` and its verbs to the top-level ``subparsers``."""
+    parser = subparsers.add_parser("instances",
+                                   help="edit the registry (works with the service down)")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, text in VERBS:
+        one = verbs.add_parser(verb, help=text, description=text)
+        common_flags(one)
+        one.add_argument("--registry", metavar="PATH", help="registry file (default: the "
+                         "config's [registry] path)")
+        if verb != "list":
+            one.add_argument("name", metavar="NAME")
+        if verb in ("add", "update"):
+            _spec_flags(one, update=verb == "update")
+    parser.set_defaults(func=cmd_instances)
+
+
+def _spec_flags(parser, update):
+    parser.add_argument("--channel", dest="channels", action="append", metavar="CHANNEL",
+                        required=not update, help="LISTEN channel (repeat for several%s)"
+                        % ("; replaces the list" if update else ""))
+    parser.add_argument("--handler", required=not update, metavar="MODULE:CALLABLE")
+    parser.add_argument("--min", type=int, metavar="N", help="min_concurrency")
+    parser.add_argument("--max", type=int, metavar="N", help="max_concurrency")
+    parser.add_argument("--run-on", choices=ROLES)
+    parser.add_argument("--restart", choices=RESTART_TYPES)
+    parser.add_argument("--queue-spool", metavar="DIR", help="durable spool queue directory")
+    if update:
+        parser.add_argument("--memory-queue", action="store_true",
+                            help="back to the memory queue")
+    parser.add_argument("--queue-size", type=int, metavar="N", help="memory queue bound")
+    parser.add_argument("--handler-timeout", metavar="SECONDS", help="seconds, or 'none'")
+    parser.add_argument("--isolation", choices=ISOLATIONS)
+    parser.add_argument("--dsn", help="DSN override for this instance")
+    parser.add_argument("--restart-max-rate", metavar="RATE")
+    group = parser.add_mutually_exclusive_group()
+    if update:
+        group.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    group.add_argument("--disabled", "--disable", dest="enabled", action="store_const",
+                       const=False, help="registered but not started")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="any spec field, VALUE as JSON (repeatable)")
 
 
 def registry_path(args):

@@ -2,8 +2,8 @@
 classification: no service, no database."""
 import pytest
 
-from supervisor.cli import commands as cli_commands
 from supervisor.cli import instances as cli_instances
+from supervisor.cli import options as cli_options
 from supervisor.cli import output as cli_output
 from supervisor.cli import parser as cli
 from supervisor.config import load_config
@@ -80,7 +80,7 @@ def test_an_unimportable_handler_module_is_reported_not_fatal(capsys):
 
 def test_a_missing_delegate_module_is_a_clear_error():
     with pytest.raises(cli_output.CliError) as error:
-        cli_commands.delegate("no_such_command", [])
+        cli.delegate("no_such_command", [])
     assert error.value.code == cli_output.FAILED
     assert "not available in this installation" in str(error.value)
 
@@ -125,6 +125,6 @@ def test_an_invalid_config_is_a_usage_error_with_every_problem(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text("[supervisor]\ninterval = -1\n")
     with pytest.raises(cli_output.CliError) as error:
-        cli_commands.load(str(path))
+        cli_options.load(str(path))
     assert error.value.code == cli_output.USAGE
     assert len(str(error.value).splitlines()) == 2  # interval, and the missing dsn
