@@ -26,9 +26,15 @@ a running handler and throws :class:`HandlerTimeout` into that worker only if it
 on the same item. A handler that never yields to the hub cannot be interrupted (nor could
 gevent.Timeout); ``busy_since`` exposes it.
 
-The worker table, ``stop``, ``kill``, ``join``, the links and the pool's end come from
-its base, :class:`~instances.worker_greenlets.WorkerGreenlets`; this module adds the work
-(the handler per item, the hot path), the bounds, autoscale and deadlines, and the stats.
+The pool's end: it ends with its last worker, then tells its links::
+
+    spawn --> _work --> _loop(worker) --+-- returns / _Stop / Closed --> exit "normal"
+                                        +-- raises (the queue failed) -> crash: the others
+                                                                         are killed
+    last worker gone --> manager killed --> exit "normal" | "abnormal" --> links
+
+``stop`` lets running handlers finish (and kills what is left after a timeout): "normal";
+``kill`` or a crash: "abnormal".
 
 Concurrency: every method is for greenlets of the hub's thread; ``stop`` and ``kill``
 block the caller (not the hub). Link callbacks run in the hub and MUST NOT block or raise.
@@ -40,11 +46,12 @@ import traceback
 
 import gevent
 import gevent.event
+from gevent import GreenletExit, getcurrent
 
-from instances.components import interrupt_if
+from instances.components import ComponentKilled, interrupt_if
 from instances.exceptions import InvalidConfigurationException
-from instances.queues import Empty
-from instances.worker_greenlets import WorkerGreenlets
+from instances.links import Links
+from instances.queues import Closed, Empty
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +61,26 @@ class HandlerTimeout(BaseException):
     gevent.Timeout, so a handler's ``except Exception`` does not swallow it)."""
 
 
-class ProcessorPool(WorkerGreenlets):
+class _Stop(GreenletExit):
+    """Private: thrown by stop() into a worker waiting for an item."""
+
+
+class _Worker:
+    __slots__ = ("greenlet", "idle", "busy_since", "stopping", "timeout_sent")
+
+    def __init__(self):
+        self.greenlet = None
+        self.idle = False
+        self.busy_since = None  # time.monotonic() the current item started, None if idle
+        self.stopping = False
+        self.timeout_sent = None  # the busy_since we already threw HandlerTimeout for
+
+
+class ProcessorPool:
     """Worker greenlets running ``handler(item)`` for items of ``queue``."""
 
+    #: Seconds stop() waits for running handlers before it kills the workers.
+    stop_timeout = 10.0
     #: Seconds a worker above min_concurrency waits for an item before it exits.
     idle_timeout = 5.0
     #: Seconds between autoscale checks while the pool may still grow.
@@ -71,7 +95,14 @@ class ProcessorPool(WorkerGreenlets):
 
     def __init__(self, queue, handler, min_concurrency=1, max_concurrency=1,
                  handler_timeout=60.0, name=""):
-        super().__init__(name)
+        self.name = name
+        #: None while running or never started; "normal" or "abnormal" after the end.
+        self.exit = None
+        self.exception = None
+        self._workers = {}  # greenlet -> _Worker
+        self._running = False
+        self._ending = None  # None | "stop" | "kill"
+        self._links = Links("pool")
         self.queue = queue
         self.handler = handler
         self._check_concurrency(min_concurrency, max_concurrency)
@@ -143,6 +174,95 @@ class ProcessorPool(WorkerGreenlets):
                 self._retire(worker)
                 surplus -= 1
 
+    @property
+    def alive(self):
+        return self._running
+
+    @property
+    def size(self):
+        """Worker greenlets alive now (including ones finishing before they exit)."""
+        return len(self._workers)
+
+    def stop(self, timeout=None):
+        """Let running handlers finish, then end; after ``timeout`` seconds kill them.
+
+        Idle workers are interrupted at once; items not started stay in the queue. Blocks
+        the caller. Returns True when every worker ended by itself.
+        """
+        if not self._running:
+            return self.exit != "abnormal"
+        if self._ending is None:
+            self._ending = "stop"
+        workers = list(self._workers.values())
+        for worker in workers:
+            self._retire(worker)
+        if any(w.greenlet is getcurrent() for w in workers):
+            return True  # called from a handler: asked, cannot wait for ourselves
+        timeout = self.stop_timeout if timeout is None else timeout
+        gevent.joinall([w.greenlet for w in workers], timeout=timeout)
+        stuck = [w.greenlet for w in workers if not w.greenlet.dead]
+        if stuck:
+            log.warning("pool %s: %d handler(s) still running after %.1fs: killing them",
+                        self.name, len(stuck), timeout,
+                        extra={"action": "pool.stop_timeout", "instance": self.name})
+            self._ending = "kill"
+            self.exception = ComponentKilled("handlers killed at stop")
+            gevent.killall(stuck, ComponentKilled, block=True, timeout=timeout)
+        if self._running:  # a worker that ignored the kill: give up on it
+            self._finish("abnormal" if stuck else "normal", self.exception)
+        return not stuck and self.exit == "normal"
+
+    def kill(self, block=True, timeout=None):
+        """End the pool as a crash would: workers die where they are (exit "abnormal").
+
+        The items being handled are lost to a memory queue (a spool keeps them pending).
+        ``block``: wait up to ``timeout`` seconds for the workers to die; pass
+        ``block=False`` from the hub (a link callback), which cannot wait.
+        """
+        if not self._running:
+            return
+        self._ending = "kill"
+        self.exception = self.exception or ComponentKilled("pool %s killed" % self.name)
+        glets = list(self._workers)
+        for glet in glets:
+            self._workers[glet].stopping = True
+        gevent.killall(glets, ComponentKilled, block=block, timeout=timeout)
+        for glet in glets:  # one killed before it ever ran has no finally to remove it
+            if glet.dead:
+                self._workers.pop(glet, None)
+        if not self._workers and self._running:
+            self._finish("abnormal", self.exception)
+
+    def join(self, timeout=None):
+        """Block until every worker has ended or ``timeout``; True if the pool ended."""
+        gevent.joinall(list(self._workers), timeout=timeout)
+        return not self._running
+
+    def link(self, callback):
+        """Call ``callback(pool)`` in the hub whenever the pool ends. MUST NOT block/raise."""
+        self._links.add(callback)
+
+    def unlink(self, callback):
+        self._links.remove(callback)
+
+    # -- health ------------------------------------------------------------------------
+    @property
+    def busy_since(self):
+        """time.monotonic() when the oldest running handler started; None if none runs."""
+        starts = [w.busy_since for w in self._workers.values() if w.busy_since is not None]
+        return min(starts) if starts else None
+
+    @property
+    def heartbeat(self):
+        """Now if a worker waits for items (idle is alive), else the newest handler start
+        (None when no worker runs). Compare with :attr:`busy_since` to spot a hang."""
+        starts = []
+        for worker in self._workers.values():
+            if worker.busy_since is None:
+                return time.monotonic()
+            starts.append(worker.busy_since)
+        return max(starts) if starts else None
+
     def stats(self):
         return {"size": self.size, "processed": self.processed, "failed": self.failed,
                 "timed_out": self.timed_out, "last_error": self.last_error,
@@ -157,6 +277,33 @@ class ProcessorPool(WorkerGreenlets):
             total += count
             cumulative.append((bound, total))
         return cumulative
+
+    # -- workers -----------------------------------------------------------------------
+    def _active(self):
+        return sum(1 for w in self._workers.values() if not w.stopping)
+
+    def _spawn_worker(self):
+        worker = _Worker()
+        worker.greenlet = glet = gevent.Greenlet(self._work, worker)
+        self._workers[glet] = worker
+        glet.link(self._on_worker_end)
+        glet.start()
+
+    def _retire(self, worker):
+        worker.stopping = True
+        interrupt_if(worker.greenlet, lambda: worker.idle, _Stop())
+
+    def _work(self, worker):
+        try:
+            self._loop(worker)
+        except (_Stop, Closed):
+            pass
+        except Exception as error:  # the queue failed us: the pool cannot go on
+            log.exception("pool %s: worker crashed", self.name,
+                          extra={"action": "pool.worker_crashed", "instance": self.name})
+            self._crash(error)
+        finally:
+            self._workers.pop(worker.greenlet, None)
 
     # -- the work ----------------------------------------------------------------------
     def _loop(self, worker):
@@ -279,9 +426,33 @@ class ProcessorPool(WorkerGreenlets):
         return max(next_check, 0.001)
 
     # -- the end -----------------------------------------------------------------------
-    def _ended(self):
+    def _crash(self, error):
+        if self._ending != "kill":
+            self._ending, self.exception = "kill", error
+            for glet, worker in list(self._workers.items()):
+                worker.stopping = True
+                if glet is not getcurrent():
+                    glet.kill(ComponentKilled, block=False)
+
+    def _on_worker_end(self, glet):
+        """Hub: a worker greenlet ended. The pool ends with its last worker: abnormally
+        after kill() or a crash, normally after stop() or when the queue was closed."""
+        self._workers.pop(glet, None)
+        if self._workers or not self._running:
+            return
+        if self._ending == "kill":
+            self._finish("abnormal", self.exception)
+        else:
+            self._finish("normal", None)
+
+    def _finish(self, exit, exception):
+        self._running = False
+        self.exit, self.exception = exit, exception
         if self._manager is not None:
             self._manager.kill(block=False)
+        log.info("pool %s ended (%s)", self.name, exit,
+                 extra={"action": "pool.ended", "instance": self.name})
+        self._links.notify_soon(self)
 
     def __repr__(self):
         return "<ProcessorPool %s size=%d processed=%d failed=%d %s>" % (
