@@ -10,23 +10,30 @@ directory), so a crash leaves the old file or the new one, never a torn one; eve
 read-modify-write happens under ``flock`` on ``<path>.lock`` and re-reads the file first, so
 two processes editing never lose each other's changes; an invalid file (hand edit) is
 rejected with an error naming the file and every problem, and the previous state stays in
-force. The file's format and its atomic write belong to :mod:`instances.registry_file`
-(:func:`dump` and :func:`parse` re-exported here); this module owns the lock and the specs in
-force. Pure file I/O: no gevent requirement.
+force.
+
+This module owns the file's format (:func:`dump`, :func:`parse`), its atomic replacement,
+the lock, and the specs in force (:class:`Registry`). ``enables`` (optional in the file)
+counts the operator's enables per instance, so an enable that changes no spec (the instance
+was enabled already, but parked by the supervisor) still reaches a service that only sees
+the file. Pure file I/O (milliseconds): no gevent requirement.
 """
+import collections
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import tempfile
 import time
 
-from instances import registry_file
 from instances.exceptions import InvalidConfigurationException, RegistryError
-from instances.registry_file import FORMAT, dump, fingerprint, parse  # noqa: F401 (re-exported)
 from instances.spec import InstanceSpec
 
 log = logging.getLogger(__name__)
 _MISSING = object()
+#: The file format this pgvisor reads and writes (the file's ``format`` key).
+FORMAT = 1
 
 
 class UnknownInstance(RegistryError, KeyError):
@@ -280,8 +287,146 @@ class Registry:
 
     def _read(self):
         """Parse the file: ``(specs, version, fingerprint, enables)``; raise RegistryError."""
-        return registry_file.read(self.path)
+        return _read_file(self.path)
 
     def _write(self, specs, version, enables=None):
         """Atomically replace the file; return its fingerprint. Raise RegistryError."""
-        return registry_file.write(self.path, specs, version, self.file_mode, enables)
+        return _write_file(self.path, specs, version, self.file_mode, enables)
+
+
+# -- the file -------------------------------------------------------------------------
+
+def _read_file(path):
+    """Parse the file at ``path``: ``(specs, version, fingerprint, enables)``; raise
+    RegistryError."""
+    try:
+        with open(path, "rb") as f:
+            stat = fingerprint(os.fstat(f.fileno()))
+            raw = f.read()
+    except OSError as exc:
+        raise RegistryError("cannot read registry %s: %s" % (path, exc)) from exc
+    specs, version, enables = parse(raw, path)
+    return specs, version, stat, enables
+
+
+def _write_file(path, specs, version, file_mode, enables=None):
+    """Atomically replace the file at ``path`` with ``specs`` (a new file gets ``file_mode``,
+    an existing one keeps its mode and owner); return its fingerprint. Raise RegistryError."""
+    text = dump(specs.values(), version, enables)
+    directory = os.path.dirname(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp",
+                                   prefix="." + os.path.basename(path) + ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _copy_ownership(f.fileno(), path, file_mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+            stat = fingerprint(os.fstat(f.fileno()))
+        os.replace(tmp, path)
+        _fsync_directory(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError, TypeError):
+            os.unlink(tmp)
+        raise RegistryError("cannot write registry %s: %s" % (path, exc)) from exc
+    return stat
+
+
+def dump(specs, version, enables=None):
+    """The file's text for ``specs`` (sorted by name), pretty-printed for humans."""
+    doc = {"format": FORMAT, "version": version,
+           "instances": [s.to_dict() for s in sorted(specs, key=lambda s: s.name)]}
+    if enables:
+        doc["enables"] = dict(sorted(enables.items()))
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def parse(raw, path="<registry>"):
+    """Parse the file's bytes into ``({name: spec}, version, {name: enables})``; handlers
+    are not imported.
+
+    Raise RegistryError naming ``path`` and every problem, one per line.
+    """
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as exc:
+        raise RegistryError("registry %s is not UTF-8: %s" % (path, exc)) from exc
+    except json.JSONDecodeError as exc:
+        raise RegistryError("registry %s: invalid JSON at line %d column %d: %s"
+                            % (path, exc.lineno, exc.colno, exc.msg)) from exc
+    except ValueError as exc:
+        raise RegistryError("registry %s: %s" % (path, exc)) from exc
+    problems = _document_problems(doc)
+    specs, seen = {}, collections.defaultdict(list)
+    for index, data in enumerate(doc.get("instances", []) if not problems else []):
+        try:
+            spec = InstanceSpec.from_dict(data, resolve=False)
+        except InvalidConfigurationException as exc:
+            name = data.get("name") if isinstance(data, dict) else None
+            label = "instances[%d]%s" % (index, " (%r)" % name if isinstance(name, str) else "")
+            problems.append("%s: %s" % (label, str(exc).replace("\n", "\n  ")))
+            continue
+        seen[spec.name].append(index)
+        specs[spec.name] = spec
+    problems += ["duplicate instance name %r (instances[%s])" % (
+        name, "], [".join(map(str, where))) for name, where in seen.items() if len(where) > 1]
+    if problems:
+        raise RegistryError("invalid registry %s:\n%s" % (
+            path, "\n".join("  " + p for p in problems)))
+    return specs, doc.get("version", 0), dict(doc.get("enables", {}))
+
+
+def _document_problems(doc):
+    if not isinstance(doc, dict):
+        return ['must be an object {"format": %d, "version": N, "instances": [...]}' % FORMAT]
+    problems = ["unknown key %r (known: format, version, instances, enables)" % key
+                for key in doc if key not in ("format", "version", "instances", "enables")]
+    enables = doc.get("enables", {})
+    if not isinstance(enables, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in enables.items()):
+        problems.append("enables=%r: must map instance names to counts >= 0" % (enables,))
+    if doc.get("format") != FORMAT:
+        problems.append("format=%r: this pgvisor reads format %d" % (doc.get("format"), FORMAT))
+    version = doc.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        problems.append("version=%r: must be an integer >= 0" % (version,))
+    if not isinstance(doc.get("instances"), list):
+        problems.append("instances=%r: must be a list of instance objects"
+                        % (doc.get("instances"),))
+    return problems
+
+
+def _no_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError("duplicate key(s) %s in one object" % ", ".join(map(repr, duplicates)))
+    return dict(pairs)
+
+
+def fingerprint(stat):
+    """``(inode, size, mtime)`` of ``stat``: changes whenever the file is replaced or edited."""
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _copy_ownership(fd, path, default_mode):
+    """Give the new file the old one's mode (and owner, when allowed)."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        os.fchmod(fd, default_mode)
+        return
+    os.fchmod(fd, old.st_mode & 0o7777)
+    with contextlib.suppress(PermissionError):
+        if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+            os.fchown(fd, old.st_uid, old.st_gid)
+
+
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
