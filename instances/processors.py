@@ -49,9 +49,9 @@ import gevent.event
 from gevent import GreenletExit, getcurrent
 
 from instances.components import ComponentKilled, interrupt_if
-from instances.exceptions import InvalidConfigurationException
 from instances.links import Links
 from instances.queues import Closed, Empty
+from instances.spec import check_concurrency, check_handler_timeout
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ProcessorPool:
         self._links = Links("pool")
         self.queue = queue
         self.handler = handler
-        self._check_concurrency(min_concurrency, max_concurrency)
+        check_concurrency(min_concurrency, max_concurrency)
         self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
         self._wake_manager = gevent.event.Event()
         self.handler_timeout = handler_timeout
@@ -117,17 +117,6 @@ class ProcessorPool:
         self.last_error = None
         self._manager = None
 
-    @staticmethod
-    def _check_concurrency(low, high):
-        for field, value in (("min_concurrency", low), ("max_concurrency", high)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidConfigurationException(
-                    "%s must be an integer >= 1, got %r" % (field, value), field, value)
-        if low > high:
-            raise InvalidConfigurationException(
-                "min_concurrency %r exceeds max_concurrency %r" % (low, high),
-                "min_concurrency", low)
-
     # -- owner API ---------------------------------------------------------------------
     @property
     def handler_timeout(self):
@@ -136,12 +125,7 @@ class ProcessorPool:
 
     @handler_timeout.setter
     def handler_timeout(self, seconds):
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(
-                seconds, (int, float)) or not seconds > 0):
-            raise InvalidConfigurationException(
-                "handler_timeout must be > 0 seconds or None, got %r" % (seconds,),
-                "handler_timeout", seconds)
-        self._handler_timeout = seconds
+        self._handler_timeout = check_handler_timeout(seconds)
         self._wake_manager.set()
 
     def start(self):
@@ -159,7 +143,7 @@ class ProcessorPool:
     def resize(self, min_concurrency, max_concurrency):
         """Change the bounds live: spawn up to the new min; retire workers above the new
         max (idle ones at once, busy ones after their current item)."""
-        self._check_concurrency(min_concurrency, max_concurrency)
+        check_concurrency(min_concurrency, max_concurrency)
         self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
         if not self._running or self._ending:
             return

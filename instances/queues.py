@@ -23,7 +23,7 @@ import time
 
 import gevent.queue
 
-from instances.exceptions import InvalidConfigurationException
+from instances.spec import check_queue_size
 
 #: Raised by ``get`` on timeout or when non-blocking and nothing is there.
 Empty = gevent.queue.Empty
@@ -46,11 +46,7 @@ class MemoryQueue:
     errors_kept = 100
 
     def __init__(self, maxsize=None, errors_kept=None):
-        maxsize = self.maxsize if maxsize is None else maxsize
-        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
-            raise InvalidConfigurationException(
-                "queue_size must be an integer >= 1, got %r" % (maxsize,), "queue_size", maxsize)
-        self.maxsize = maxsize
+        self.maxsize = maxsize = check_queue_size(self.maxsize if maxsize is None else maxsize)
         self._queue = gevent.queue.Queue(maxsize)
         #: The last failures: dicts with item, error (repr), traceback (text), time (epoch).
         self.errors = collections.deque(maxlen=self.errors_kept if errors_kept is None

@@ -1,35 +1,53 @@
-"""The :class:`InstanceSpec`: the validated, immutable description of one instance.
+"""The :class:`InstanceSpec`: the validated, immutable description of one instance, and
+the rules about its fields' values.
 
 An *instance* is one listener + its queue + a pool of processors calling a handler (see
-DESIGN.md); its spec is what the registry stores and the supervisor reconciles against.
-This module owns the fields, their defaults and units; the rules about their values live in
-:mod:`instances.spec_rules` (re-exported here: ``NAME_PATTERN``, ``QUEUE_DEFAULTS``,
-``redact_dsn``, ``import_handler``...).
+:doc:`concepts`); its spec is what the registry stores and the supervisor reconciles
+against. This module owns the fields, their defaults and units, the allowed values (name
+pattern, channel limits, restart types, roles, isolations, the spool options of ``queue``
+and their defaults: :data:`QUEUE_DEFAULTS`), one check per field, and the cross-field
+rules. The runtime applies the same checks where it takes a value live
+(:func:`check_concurrency`, :func:`check_handler_timeout`, :func:`check_queue_size`,
+:func:`check_queue_option`), so each rule has one home.
 
 Validation collects *all* problems of a spec and reports them together, one per line, each
-naming the field and the value (a DSN is shown with its password redacted). Pure: no I/O
-except importing the handler's module when resolving it; never imports psycopg2.
+naming the field and the value (a DSN is shown with its password redacted): :func:`validate`
+collects, :func:`combine` reports. Pure: no I/O except importing the handler's module in
+:func:`import_handler` (blocks while importing); never imports psycopg2.
 """
 import dataclasses
+import importlib
 import json
+import math
+import re
+import types
 import typing
 from collections.abc import Mapping
 
+from instances.dsn import redact_params, redact_unparsed
 from instances.exceptions import InvalidConfigurationException
-from instances.spec_rules import (  # noqa: F401 (NAME_PATTERN, QUEUE_DEFAULTS... re-exported)
-    ISOLATIONS,
-    MAX_CHANNEL_BYTES,
-    MAX_CONCURRENCY,
-    NAME_PATTERN,
-    QUEUE_DEFAULTS,
-    RESTART_TYPES,
-    ROLES,
-    _problem,
-    combine,
-    import_handler,
-    redact_dsn,
-    validate,
-)
+from instances.rates import parse_rate
+
+NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
+_NAME = re.compile(NAME_PATTERN + r"\Z")
+#: Bytes (UTF-8): Postgres truncates identifiers longer than NAMEDATALEN - 1.
+MAX_CHANNEL_BYTES = 63
+#: Upper bound of max_concurrency (processor greenlets per instance).
+MAX_CONCURRENCY = 1024
+RESTART_TYPES = ("permanent", "transient", "temporary")
+ROLES = ("primary", "standby", "any")
+ISOLATIONS = ("greenlet", "process")
+#: The spool options of ``queue`` and their defaults (``spool`` is required).
+QUEUE_DEFAULTS = {
+    "spool": None,             # directory of the FileQueue (required)
+    "fsync": False,            # fsync every enqueued message (slower, survives power loss)
+    "max_attempts": 5,         # handler attempts per message before errors/
+    "queue_out_dir": None,     # piper output queue directory, or None
+    "queue_out_limit": 10000,  # messages allowed in queue_out_dir before waiting
+    "queue_out_wait": 10.0,    # seconds to wait when queue_out_dir is over its limit
+    "mode": 0o700,             # permissions of the spool directories
+    "batch": True,             # dequeue several messages per directory scan
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,3 +197,288 @@ def _shown(field, value):
     if field == "dsn":
         return repr(redact_dsn(value)) if isinstance(value, str) else redact_dsn(value)
     return repr(dict(value) if isinstance(value, Mapping) else value)
+
+
+def redact_dsn(dsn):
+    """``dsn`` (libpq string, URI or dict) as text with any password hidden; never raises."""
+    if isinstance(dsn, Mapping):
+        return repr(redact_params(dsn))
+    return redact_unparsed(dsn) if isinstance(dsn, str) else repr(dsn)
+
+
+def _problem(field, value, why, shown=None):
+    shown = repr(value) if shown is None else shown
+    return InvalidConfigurationException("%s=%s: %s" % (field, shown, why), field, value)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(field, value, choices):
+    if value not in choices or not isinstance(value, str):
+        raise _problem(field, value, "must be one of %s" % ", ".join(choices))
+    return value
+
+
+def _check_int(field, value, low, high=None):
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        why = ("an integer between %d and %d" % (low, high) if high is not None
+               else "an integer >= %d" % low)
+        raise _problem(field, value, "must be " + why)
+    return value
+
+
+def _check_bool(field, value):
+    if not isinstance(value, bool):
+        raise _problem(field, value, "must be true or false")
+    return value
+
+
+def _check_name(value):
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise _problem("name", value, "must match %s (lowercase letters, digits, '_', '.', "
+                       "'-'; at most 64 characters)" % NAME_PATTERN)
+    return value
+
+
+def _check_channels(value):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _problem("channels", value, "must be a list of channel names")
+    seen = set()
+    for channel in value:
+        if not isinstance(channel, str) or not channel:
+            raise _problem("channels", value, "%r is not a non-empty string" % (channel,))
+        if "\x00" in channel or len(channel.encode("utf-8")) > MAX_CHANNEL_BYTES:
+            raise _problem("channels", value, "%r must be at most %d bytes (UTF-8) without NUL"
+                           % (channel, MAX_CHANNEL_BYTES))
+        if channel in seen:
+            raise _problem("channels", value, "%r is listed twice" % (channel,))
+        seen.add(channel)
+    return tuple(value)
+
+
+def _check_handler(value):
+    module, _, attribute = value.partition(":") if isinstance(value, str) else ("", "", "")
+    parts = module.split(".") + attribute.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise _problem("handler", value,
+                       "must be 'module.path:callable' (e.g. 'myapp.river:index')")
+    return value
+
+
+def import_handler(handler):
+    """Import ``"module.path:attr.path"`` and return the callable; blocks while importing.
+
+    Raise InvalidConfigurationException naming the handler and the import error.
+    """
+    module_name, _, attribute = _check_handler(handler).partition(":")
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as exc:  # any error of the imported module's code
+        raise _problem("handler", handler, "cannot import module %r: %s: %s"
+                       % (module_name, type(exc).__name__, exc)) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise _problem("handler", handler, "%r has no attribute %r"
+                           % (getattr(target, "__name__", target), part)) from None
+    if not callable(target):
+        raise _problem("handler", handler, "%r is not callable (it is a %s)"
+                       % (attribute, type(target).__name__))
+    return target
+
+
+def _check_path(field, value, required):
+    if (value is not None or required) and not (isinstance(value, str) and value):
+        raise _problem(field, value, "must be a directory path" + (
+            " (required)" if required else " or null"))
+    return value
+
+
+_QUEUE_CHECKS = {
+    "spool": lambda v: _check_path("queue.spool", v, required=True),
+    "fsync": lambda v: _check_bool("queue.fsync", v),
+    "max_attempts": lambda v: _check_int("queue.max_attempts", v, 1),
+    "queue_out_dir": lambda v: _check_path("queue.queue_out_dir", v, required=False),
+    "queue_out_limit": lambda v: _check_int("queue.queue_out_limit", v, 1),
+    "queue_out_wait": lambda v: _check_seconds("queue.queue_out_wait", v),
+    "mode": lambda v: _check_mode(v),
+    "batch": lambda v: _check_bool("queue.batch", v),
+}
+
+
+def _check_queue(value):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _problem("queue", value, "must be null (memory queue) or {\"spool\": DIR, ...}")
+    unknown = sorted(set(value) - set(QUEUE_DEFAULTS), key=str)
+    if unknown:
+        raise _problem("queue", value, "unknown option(s) %s (known: %s)" % (
+            ", ".join(map(repr, unknown)), ", ".join(QUEUE_DEFAULTS)))
+    queue, problems = {**QUEUE_DEFAULTS, **value}, []
+    for key, check in _QUEUE_CHECKS.items():
+        try:
+            queue[key] = check(queue[key])
+        except InvalidConfigurationException as exc:
+            problems.append(exc)
+    if problems:
+        raise combine(problems, "queue")
+    return types.MappingProxyType(queue)
+
+
+def _check_mode(value):
+    mode = value
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            mode = None
+    if not _is_int(mode) or not 0 <= mode <= 0o7777:
+        raise _problem("queue.mode", value, "must be permissions such as '0o700' or 448")
+    return mode
+
+
+def _check_seconds(field, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise _problem(field, value, "must be a number of seconds > 0"
+                       + (" or null for no limit" if allow_none else ""))
+    return float(value)
+
+
+def _check_dsn(value):
+    if value is None or isinstance(value, str):
+        return value
+    shown = redact_dsn(value)
+    if not isinstance(value, Mapping):
+        raise _problem("dsn", value, "must be null, a libpq string or an object", shown)
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, (str, int, float, type(None))) \
+                or isinstance(item, bool):
+            raise _problem("dsn", value, "%r must map to a string or a number" % (key,), shown)
+    return types.MappingProxyType(dict(value))
+
+
+def _check_rate(value):
+    if value is not None:
+        parse_rate(value, "restart_max_rate")
+    return value
+
+
+_CHECKS = {
+    "name": _check_name,
+    "channels": _check_channels,
+    "handler": _check_handler,
+    "min_concurrency": lambda v: _check_int("min_concurrency", v, 1, MAX_CONCURRENCY),
+    "max_concurrency": lambda v: _check_int("max_concurrency", v, 1, MAX_CONCURRENCY),
+    "enabled": lambda v: _check_bool("enabled", v),
+    "restart": lambda v: _check_choice("restart", v, RESTART_TYPES),
+    "run_on": lambda v: _check_choice("run_on", v, ROLES),
+    "queue": _check_queue,
+    "queue_size": lambda v: check_queue_size(v),
+    "handler_timeout": lambda v: check_handler_timeout(v),
+    "isolation": lambda v: _check_choice("isolation", v, ISOLATIONS),
+    "dsn": _check_dsn,
+    "restart_max_rate": _check_rate,
+}
+
+
+def check_concurrency(low, high):
+    """The rule of ``min_concurrency`` and ``max_concurrency`` (a spec's, or a pool's
+    bounds set live): integers, ``1 <= low <= high <=`` :data:`MAX_CONCURRENCY`. Raise
+    InvalidConfigurationException naming the field(s) and the value(s)."""
+    problems = []
+    for field, value in (("min_concurrency", low), ("max_concurrency", high)):
+        try:
+            _CHECKS[field](value)
+        except InvalidConfigurationException as exc:
+            problems.append(exc)
+    problems = problems or _bounds_problems(low, high)
+    if problems:
+        raise combine(problems, "concurrency")
+
+
+def check_handler_timeout(value):
+    """The rule of ``handler_timeout``: seconds > 0 (returned as a float), or None for no
+    limit. Raise InvalidConfigurationException naming the field and the value."""
+    return _check_seconds("handler_timeout", value, allow_none=True)
+
+
+def check_queue_size(value):
+    """The rule of ``queue_size`` (a memory queue's bound): an integer >= 1. Raise
+    InvalidConfigurationException naming the field and the value."""
+    return _check_int("queue_size", value, 1)
+
+
+def check_queue_option(key, value):
+    """The rule of the spool option ``key`` of ``queue`` (see :data:`QUEUE_DEFAULTS`):
+    return the normalized value, or raise InvalidConfigurationException naming
+    ``queue.<key>`` and the value."""
+    return _QUEUE_CHECKS[key](value)
+
+
+def _bounds_problems(low, high):
+    if _is_int(low) and _is_int(high) and low > high:
+        return [InvalidConfigurationException(
+            "min_concurrency=%r, max_concurrency=%r: min_concurrency must not exceed "
+            "max_concurrency" % (low, high), "min_concurrency,max_concurrency",
+            {"min_concurrency": low, "max_concurrency": high})]
+    return []
+
+
+def _cross_problems(values):
+    problems = _bounds_problems(values.get("min_concurrency"), values.get("max_concurrency"))
+    if values.get("channels") == () and values.get("queue", 0) is None:
+        problems.append(InvalidConfigurationException(
+            "channels=[], queue=None: an instance without channels reads a spool (no "
+            "Postgres): set queue={\"spool\": DIR}, or name at least one channel",
+            "channels,queue", {"channels": [], "queue": None}))
+    if values.get("isolation") == "process" and values.get("queue", 0) is None:
+        problems.append(InvalidConfigurationException(
+            "isolation='process', queue=None: process isolation needs a spool queue "
+            "(set queue={\"spool\": DIR})", "isolation,queue",
+            {"isolation": "process", "queue": None}))
+    return problems
+
+
+def validate(values, resolve_handler=True):
+    """Check the fields present in ``values``; return ``(normalized, problems)``.
+
+    ``problems`` is a list of InvalidConfigurationException, one per problem; cross-field
+    rules are checked only between fields that are valid on their own.
+    """
+    normalized, problems = dict(values), []
+    for field, check in _CHECKS.items():
+        if field in values:
+            try:
+                normalized[field] = check(values[field])
+            except InvalidConfigurationException as exc:
+                problems.extend(getattr(exc, "problems", [exc]))
+                normalized.pop(field)
+    if resolve_handler and "handler" in normalized:
+        try:
+            import_handler(normalized["handler"])
+        except InvalidConfigurationException as exc:
+            problems.append(exc)
+    return normalized, problems + _cross_problems(normalized)
+
+
+def combine(problems, what):
+    """One InvalidConfigurationException for ``problems``: the single one, or all of them
+    one per line (``.problems`` keeps the list; ``.field`` joins their fields)."""
+    if len(problems) == 1:
+        return problems[0]
+    error = InvalidConfigurationException(
+        "%d problems in %s:\n%s" % (len(problems), what, "\n".join(
+            "  " + str(p) for p in problems)),
+        ",".join(str(p.field) for p in problems), None)
+    error.problems = list(problems)
+    return error

@@ -41,7 +41,7 @@ import gevent.event
 from instances.components import ComponentKilled
 from instances.isolation.child import WorkerChild
 from instances.links import Links
-from instances.processors import ProcessorPool
+from instances.spec import check_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class WorkerProcesses:
 
     def __init__(self, queue, spec):
         self.queue, self.spec, self.name = queue, spec, spec.name
-        ProcessorPool._check_concurrency(spec.min_concurrency, spec.max_concurrency)
+        check_concurrency(spec.min_concurrency, spec.max_concurrency)
         self.min_concurrency, self.max_concurrency = spec.min_concurrency, spec.max_concurrency
         #: Passed to children at their start (a live change applies to new children).
         self.handler_timeout = spec.handler_timeout
@@ -147,7 +147,7 @@ class WorkerProcesses:
 
     def resize(self, min_concurrency, max_concurrency):
         """New bounds: spawn up to the new min, ask children above the new max to stop."""
-        ProcessorPool._check_concurrency(min_concurrency, max_concurrency)
+        check_concurrency(min_concurrency, max_concurrency)
         self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
         if not self._running:
             return

@@ -6,6 +6,7 @@ import gevent
 import gevent.event
 import pytest
 
+from instances import InstanceSpec
 from instances.components import ComponentKilled
 from instances.exceptions import InvalidConfigurationException
 from instances.processors import ProcessorPool
@@ -189,13 +190,14 @@ def test_resize_rejects_bad_bounds_and_keeps_the_old_ones():
     pool = make_pool(lambda item: None, min_concurrency=2, max_concurrency=3)
     with pytest.raises(InvalidConfigurationException) as info:
         pool.resize(4, 2)
-    assert info.value.field == "min_concurrency"
+    assert info.value.field == "min_concurrency,max_concurrency"  # the spec's rule
     assert (pool.min_concurrency, pool.max_concurrency) == (2, 3)
 
 
 @pytest.mark.parametrize("kwargs,field", [
     ({"min_concurrency": 0}, "min_concurrency"),
     ({"max_concurrency": "2"}, "max_concurrency"),
+    ({"max_concurrency": 1025}, "max_concurrency"),
     ({"handler_timeout": 0}, "handler_timeout"),
 ])
 def test_invalid_settings_name_the_field(kwargs, field):
@@ -383,6 +385,23 @@ def test_memory_queue_keeps_only_the_last_failures():
     assert queue.failed_count == 5
     assert [e["item"] for e in queue.errors] == [2, 3, 4]
     assert queue.stats()["failed"] == 5
+
+
+@pytest.mark.parametrize("field,value", [
+    ("min_concurrency", 0), ("max_concurrency", 1025), ("max_concurrency", True),
+    ("handler_timeout", float("nan")), ("handler_timeout", "60"), ("queue_size", 1.5),
+])
+def test_the_runtime_refuses_what_the_spec_refuses_with_the_same_message(field, value):
+    with pytest.raises(InvalidConfigurationException) as by_spec:
+        InstanceSpec(name="x", channels=["c"], handler="tests.handlers:record",
+                     **{field: value})
+    with pytest.raises(InvalidConfigurationException) as by_runtime:
+        if field == "queue_size":
+            MemoryQueue(value)
+        else:
+            make_pool(lambda item: None, **{field: value})
+    assert str(by_runtime.value) == str(by_spec.value)
+    assert by_runtime.value.field == by_spec.value.field == field
 
 
 def test_memory_queue_rejects_a_bad_size():
