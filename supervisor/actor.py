@@ -1,102 +1,189 @@
 """The :class:`Supervisor`: keeps the registry's instances running, as an actor.
 
-One greenlet (the actor) owns every record and instance and serves a request queue:
-restart, verify, shutdown, instance died, registry changed, database state changed,
-role check (a failover file changed), grace over, periodic tick, stop. Callers never touch that state; they put a request and
-get a greenlet back whose value is ``{name: outcome}``. Identical requests waiting in the
-queue are merged (the second caller gets the first caller's greenlet). No locks.
+One greenlet (the actor) owns every record and instance and serves a queue of typed
+:class:`Request` s (:class:`Kind`: restart, verify, shutdown, reload, enabled, instance
+died, database state changed, role check, grace over, periodic tick, registry changed,
+stop), each dispatched through the :data:`HANDLERS` table. Callers never touch that state;
+they put a request and get a greenlet back whose value is ``{name: outcome}``
+(:class:`~supervisor.plan.Outcome`, the same strings on the wire). Identical requests
+waiting in the queue are merged (the second caller gets the first caller's greenlet). No
+locks.
 
 What the actor does with a request is decided by the pure policy :func:`supervisor.plan.plan`
-and carried out by :class:`~supervisor.execution.Executor`; the database's state comes from
-:class:`~supervisor.monitor.DatabaseMonitor`, failover-file events from
+and carried out by :class:`~supervisor.execution.Executor`, which the Supervisor hands its
+collaborators (records, budget, counters, callbacks), never itself; the database's state
+comes from :class:`~supervisor.monitor.DatabaseMonitor`, failover-file events from
 :class:`~supervisor.watch.FileWatcher`, hub blocks from :class:`~supervisor.hubwatch.HubWatch`.
+
+Defaults are class attributes (cyme's ``interval``, ``restart_max_rate``, ``paused``,
+``wait_after_broker_revived`` among them) whose values come from the settings table
+(:mod:`supervisor.config.settings`); a constructor argument left None takes the class
+attribute, so a subclass or an assignment to the class changes the default.
 """
+import dataclasses
+import enum
 import logging
 import time
+import typing
 
 import gevent
 import gevent.event
 import gevent.queue
 
 from supervisor.budget import RestartBudget
+from supervisor.config.settings import BY_NAME
 from supervisor.current import set_current
 from supervisor.execution import Executor
 from supervisor.hubwatch import HubWatch
 from supervisor.monitor import DatabaseMonitor
-from supervisor.plan import PlanState, plan
-from supervisor.records import database_status_of, observed_of, status_of
+from supervisor.plan import Outcome, PlanState, plan
+from supervisor.records import Record, database_status_of, observed_of, status_of
 
 log = logging.getLogger(__name__)
 
-#: The failover files of PostgreSQL 12+ and of older releases.
-DEFAULT_FAILOVER_FILES = ("standby.signal", "recovery.signal", "recovery.conf", "recovery.done")
+
+def _default(name):
+    """The settings table's default of ``name`` ("section.key"): the one home of every
+    service default."""
+    return BY_NAME[name].default
+
+
+class Kind(enum.StrEnum):
+    """What a :class:`Request` asks the actor."""
+
+    RESTART = "restart"
+    VERIFY = "verify"
+    SHUTDOWN = "shutdown"
+    RELOAD = "reload"
+    ENABLED = "enabled"
+    DIED = "died"
+    DATABASE = "database"
+    ROLE_CHECK = "role_check"
+    GRACE_OVER = "grace_over"
+    TICK = "tick"
+    REGISTRY = "registry"
+    STOP = "stop"
+
+
+#: Kinds never merged with a waiting twin: each carries its own event.
+UNMERGED = frozenset((Kind.DIED, Kind.DATABASE))
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request to the actor. ``names``: the instances (None: all); ``ratelimit``: a
+    verify's restarts spend budget; ``state``: the monitor's DatabaseState (DATABASE);
+    ``instance``: the instance that died (DIED); ``generation``: the grace (GRACE_OVER)."""
+
+    kind: Kind
+    names: typing.Optional[tuple] = None
+    ratelimit: bool = False
+    state: typing.Any = None
+    instance: typing.Any = None
+    generation: int = 0
+
+    @property
+    def key(self):
+        """Requests with equal keys are merged while waiting."""
+        names = None if self.names is None else tuple(sorted(set(self.names)))
+        return (self.kind, names, self.ratelimit, self.generation)
 
 
 class Supervisor:
     """Supervise the instances of ``registry`` against the database ``dsn``.
 
-    See DESIGN.md for the meaning of every argument; ``options`` (keyword only):
-    heartbeat_timeout, shutdown_grace, probe_interval, probe_timeout, failover_debounce,
-    instance_factory, hub_monitor, max_blocking_time.
+    docs/supervision.rst describes every argument; an argument left None takes the class
+    attribute of the same name. ``instance_factory(spec, dsn, on_death,
+    on_connection_lost, queue=None)`` builds instances (default:
+    :class:`~instances.instance.Instance`). ``queue``: the request queue (cyme's; default
+    a fresh :class:`gevent.queue.Queue`).
 
-    Outage and grace: the database monitor's reports arrive as ``database`` requests; a
+    Outage and grace: the database monitor's reports arrive as DATABASE requests; a
     report of "down" pauses supervision, the next "up" starts the grace (a generation
-    number and a timer that queues ``grace_over``); only the newest grace's timer ends it.
+    number and a timer that queues GRACE_OVER); only the newest grace's timer ends it.
     """
 
     #: Seconds between periodic verifies of every instance.
-    interval = 60.0
+    interval = _default("supervisor.interval")
+    #: Automatic restarts allowed per instance ("1/m": one a minute; cyme's rate forms).
+    restart_max_rate = _default("supervisor.restart_max_rate")
     #: Seconds instances get to reconnect after the database revives before restarts.
-    wait_after_db_revived = 35.0
+    wait_after_db_revived = _default("supervisor.wait_after_db_revived")
     #: Seconds without a heartbeat after which an alive instance counts as hung.
-    heartbeat_timeout = 30.0
+    heartbeat_timeout = _default("supervisor.heartbeat_timeout")
     #: Seconds a stopped instance may finish its current notification before it is killed.
-    shutdown_grace = 10.0
+    shutdown_grace = _default("supervisor.shutdown_grace")
+    #: Seconds between the database monitor's probes.
+    probe_interval = _default("supervisor.probe_interval")
+    #: Seconds after which a database probe counts as failed.
+    probe_timeout = _default("supervisor.probe_timeout")
     #: Seconds failover-file events are collected before one role check.
-    failover_debounce = 0.5
+    failover_debounce = _default("failover.debounce")
+    #: The failover files watched in ``watch_path`` (PostgreSQL 12+ and older releases).
+    failover_files = _default("failover.files")
+    #: Start paused (an operator's pause, until :meth:`resume`). On an instance,
+    #: ``paused`` is True while an operator's pause or a database outage holds
+    #: supervision (cyme: "connection errors pause the supervisor").
+    paused = False
     #: Report hub blocking (gevent's monitor thread) as log lines and ``hub_blocks``.
     hub_monitor = True
     #: Seconds one greenlet may hold the hub before it counts as a block.
-    max_blocking_time = 0.1
+    max_blocking_time = HubWatch.max_blocking_time
 
-    def __init__(self, registry, dsn, interval=60.0, restart_max_rate="1/m",
-                 wait_after_db_revived=35.0, watch_path=None, failover_files=None,
-                 queue=None, set_as_current=True, **options):
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that sets cyme's ``wait_after_broker_revived`` sets
+        ``wait_after_db_revived``."""
+        super().__init_subclass__(**kwargs)
+        value = cls.__dict__.get("wait_after_broker_revived")
+        if value is not None and not isinstance(value, _Alias):
+            cls.wait_after_db_revived = value
+            cls.wait_after_broker_revived = _Alias("wait_after_db_revived")
+
+    def __init__(self, registry, dsn, interval=None, restart_max_rate=None,
+                 wait_after_db_revived=None, watch_path=None, failover_files=None,
+                 queue=None, set_as_current=True, *, heartbeat_timeout=None,
+                 shutdown_grace=None, probe_interval=None, probe_timeout=None,
+                 failover_debounce=None, paused=None, hub_monitor=None,
+                 max_blocking_time=None, instance_factory=None):
         self.registry = registry
         self.dsn = dsn
-        self.interval = interval
-        self.wait_after_db_revived = wait_after_db_revived
         self.watch_path = watch_path
-        self.failover_files = tuple(failover_files or DEFAULT_FAILOVER_FILES)
-        for key in ("heartbeat_timeout", "shutdown_grace", "failover_debounce",
-                    "hub_monitor", "max_blocking_time"):
-            value = options.pop(key, None)  # None: the class default
-            if value is not None:
+        given = dict(interval=interval, restart_max_rate=restart_max_rate,
+                     wait_after_db_revived=wait_after_db_revived,
+                     failover_files=failover_files, heartbeat_timeout=heartbeat_timeout,
+                     shutdown_grace=shutdown_grace, probe_interval=probe_interval,
+                     probe_timeout=probe_timeout, failover_debounce=failover_debounce,
+                     hub_monitor=hub_monitor, max_blocking_time=max_blocking_time)
+        for key, value in given.items():
+            if value is not None:  # None: the class attribute applies
                 setattr(self, key, value)
-        self.budget = RestartBudget(restart_max_rate)
-        self.monitor = DatabaseMonitor(dsn, self._database_changed,
-                                       options.pop("probe_interval", None),
-                                       options.pop("probe_timeout", None))
-        self.executor = Executor(self, options.pop("instance_factory", None))
-        if options:
-            raise TypeError("unknown Supervisor options: %s" % ", ".join(sorted(options)))
-        self._requests = queue if queue is not None else gevent.queue.Queue()
+        self.failover_files = tuple(self.failover_files)
         self.records = {}
         self.counters = dict.fromkeys(("restarts", "restarts_rate_limited", "deaths", "outages",
                                        "role_changes", "verifies", "hub_blocks"), 0)
+        self.budget = RestartBudget(self.restart_max_rate)
+        self.monitor = DatabaseMonitor(dsn, self._database_changed, self.probe_interval,
+                                       self.probe_timeout)
+        self.executor = Executor(records=self.records, budget=self.budget,
+                                 counters=self.counters, dsn=dsn,
+                                 on_death=self._instance_died,
+                                 on_connection_lost=self._connection_lost,
+                                 instance_factory=instance_factory)
+        self.hubwatch = HubWatch(self._hub_blocked, self.max_blocking_time)
+        self._requests = queue if queue is not None else gevent.queue.Queue()
         self.database = None  # the last DatabaseState
         self.last_up = None  # the last DatabaseState that was up
         self._db_since = time.time()
-        self._manual_pause = False
+        self._manual_pause = type(self).paused if paused is None else bool(paused)
+        self.paused = True  # no database state yet (see _refresh_paused)
         self._grace = 0  # generation of the newest grace; 0: none yet
         self._grace_timer = None  # the greenlet that queues grace_over (None: not in grace)
-        self.hubwatch = HubWatch(self._hub_blocked, self.max_blocking_time)
         self._merged = {}
         self._greenlets = []
         self._watcher = None
         self.running = False
-        registry.on_change(lambda _registry: self._put("registry", None))
-        registry.on_enable(lambda name: self._put("enabled", [name]))
+        registry.on_change(lambda _registry: self._put(Request(Kind.REGISTRY, ratelimit=True)))
+        registry.on_enable(lambda name: self._put(Request(Kind.ENABLED, (name,))))
         if set_as_current:
             set_current(self)
 
@@ -125,7 +212,7 @@ class Supervisor:
         shutdown grace) and the supervisor itself. Blocks the caller."""
         if not self.running:
             return
-        done = self._put("stop", None)
+        done = self._put(Request(Kind.STOP))
         done.join(timeout + self.shutdown_grace)
         self.running = False
         if self._watcher is not None:
@@ -140,35 +227,36 @@ class Supervisor:
     # -- async operations (any greenlet) -----------------------------------------------
     def restart(self, names):
         """Restart ``names`` (bypasses the restart budget and clears parking)."""
-        return self._put("restart", names)
+        return self._put(Request(Kind.RESTART, _names(names)))
 
     def verify(self, names=None, ratelimit=False):
         """Bring ``names`` (None: all) in line with the registry."""
-        return self._put("verify", names, ratelimit=ratelimit)
+        return self._put(Request(Kind.VERIFY, _names(names), ratelimit=bool(ratelimit)))
 
     def shutdown(self, names):
         """Stop ``names``; they stay stopped until restarted (or the registry changes them)."""
-        return self._put("shutdown", names)
+        return self._put(Request(Kind.SHUTDOWN, _names(names)))
 
     def reload_registry(self):
         """Re-read the registry file now; greenlet value: True if something changed."""
-        return self._put("reload", None)
+        return self._put(Request(Kind.RELOAD))
 
     def pause(self):
         """Hold back every start and restart until :meth:`resume` (operator's pause)."""
         self._manual_pause = True
+        self._refresh_paused()
         log.warning("supervisor paused by operator", extra={"action": "supervisor.pause",
                                                             "instance": None})
 
     def resume(self):
         self._manual_pause = False
+        self._refresh_paused()
         log.info("supervisor resumed by operator", extra={"action": "supervisor.resume",
                                                           "instance": None})
-        self._put("verify", None, ratelimit=True)
+        self._put(Request(Kind.VERIFY, ratelimit=True))
 
-    @property
-    def paused(self):
-        return self._manual_pause or not self.db_up
+    def _refresh_paused(self):
+        self.paused = self._manual_pause or not self.db_up
 
     @property
     def db_up(self):
@@ -193,82 +281,194 @@ class Supervisor:
         """``{name: status dict}`` for every instance known to the registry or running."""
         desired = {spec.name: spec for spec in self.registry}
         names = sorted(set(desired) | set(self.records))
-        return {name: status_of(self.records.get(name) or self.executor.blank(name),
-                                desired.get(name), self.db_up) for name in names}
+        return {name: status_of(self.records.get(name) or Record(name), desired.get(name),
+                                self.db_up) for name in names}
 
     def database_status(self):
-        """The database as the supervisor sees it (see CONVENTIONS: database_status)."""
+        """The database as the supervisor sees it (docs/http.rst: ``database``)."""
         return database_status_of(self.database, self._db_since, self._manual_pause,
                                   self.in_grace)
 
-    def plan_state(self, ratelimit=True):
-        db = self.database
-        return PlanState(db_up=self.db_up, paused=self._manual_pause,
-                         role=db.role if db is not None else None, in_grace=self.in_grace,
-                         heartbeat_timeout=self.heartbeat_timeout, ratelimit=ratelimit)
+    def plan_state(self, ratelimit=True, grace_ended=False):
+        """The situation the policy plans under now."""
+        return PlanState(db_up=self.db_up, paused=self._manual_pause, role=self.role,
+                         in_grace=self.in_grace, heartbeat_timeout=self.heartbeat_timeout,
+                         ratelimit=ratelimit, grace_ended=grace_ended,
+                         wait_after_db_revived=self.wait_after_db_revived,
+                         restart_max_rate=self.budget.default_rate)
+
+    def desired(self, names=None):
+        specs = {spec.name: spec for spec in self.registry}
+        if names is None:
+            return specs
+        return {name: specs[name] for name in names if name in specs}
+
+    def observed(self, names=None, desired=None):
+        """``{name: Observed}``; the restart budget is looked up for what may restart
+        (dead, or silent past the heartbeat timeout) against its ``desired`` spec's rate."""
+        records = self.records if names is None else {
+            n: self.records[n] for n in names if n in self.records}
+        desired = self.desired(names) if desired is None else desired
+        observed = {}
+        for name, record in records.items():
+            instance, left = record.instance, None
+            if name in desired and (instance is None or not instance.alive or (
+                    (instance.heartbeat_age() or 0.0) > self.heartbeat_timeout)):
+                left = self.budget.remaining(name, desired[name].restart_max_rate)
+            observed[name] = observed_of(record, left)
+        return observed
+
+    def plan(self, names=None, ratelimit=True, grace_ended=False):
+        """The policy's actions for ``names`` (None: all) now."""
+        desired = self.desired(names)
+        return plan(desired, self.observed(names, desired),
+                    self.plan_state(ratelimit, grace_ended))
 
     # -- requests ----------------------------------------------------------------------
-    def _put(self, kind, names, **flags):
-        """Queue a request; return the greenlet whose value is its outcome. Identical
+    def _put(self, request):
+        """Queue ``request``; return the greenlet whose value is its outcome. Identical
         requests still waiting are merged. Never raises, never blocks."""
-        if isinstance(names, str):
-            names = [names]
-        key = (kind, None if names is None else tuple(sorted(set(names))),
-               tuple(sorted(flags.items())))
-        merged = self._merged.get(key)
-        if merged is not None and kind not in ("died", "database"):
+        merged = self._merged.get(request.key)
+        if merged is not None and request.kind not in UNMERGED:
             return merged[1]
         result = gevent.event.AsyncResult()
         waiter = gevent.spawn(result.get)
-        self._merged[key] = (result, waiter)
-        self._requests.put((key, kind, names, flags, result))
+        self._merged[request.key] = (result, waiter)
+        self._requests.put((request, result))
         return waiter
 
     def _serve(self):
         while True:
-            key, kind, names, flags, result = self._requests.get()
-            if self._merged.get(key, (None,))[0] is result:
-                del self._merged[key]
+            request, result = self._requests.get()
+            if self._merged.get(request.key, (None,))[0] is result:
+                del self._merged[request.key]
             try:
-                outcome = self.executor.handle(kind, names, flags)
+                outcome = HANDLERS[request.kind](self, request)
             except Exception as error:  # the loop's edge: report, keep supervising
-                log.exception("request %s %s failed", kind, names,
+                log.exception("request %s %s failed", request.kind, request.names,
                               extra={"action": "supervisor.request_failed", "instance": None})
-                outcome = {name: "error: %s" % error for name in names or ()}
+                outcome = {name: Outcome.ERROR.detail(error) for name in request.names or ()}
             result.set(outcome)
-            if kind == "stop":
+            if request.kind is Kind.STOP:
                 return
 
     def _tick_forever(self):
         while True:
             gevent.sleep(self.interval)
-            self._put("tick", None)  # merged with a tick still queued: ticks never pile up
+            self._put(Request(Kind.TICK, ratelimit=True))  # merged with a waiting tick
 
     # -- events from elsewhere (hub callbacks: never block, never raise) ---------------
     def _database_changed(self, state):
-        self._put("database", None, state=state)
+        self._put(Request(Kind.DATABASE, state=state))
 
     def _failover_event(self, names):
         log.info("failover files changed: %s: checking the role", ", ".join(sorted(names)),
                  extra={"action": "supervisor.failover_event", "instance": None})
-        self._put("role_check", None)
+        self._put(Request(Kind.ROLE_CHECK))
 
     def _hub_blocked(self, block):
         self.counters["hub_blocks"] += 1
 
     def _instance_died(self, instance):
-        self._put("died", [instance.name], instance=instance)
+        self._put(Request(Kind.DIED, (instance.name,), instance=instance))
 
     def _connection_lost(self, instance, error):
         self.monitor.check_now()
 
-    # -- used by the executor (actor greenlet) -----------------------------------------
-    def database_changed(self, state):
+    # -- request handlers (actor greenlet; see HANDLERS) -------------------------------
+    def _on_verify(self, request):
+        return self._verify(request.names, request.ratelimit)
+
+    def _verify(self, names, ratelimit, grace_ended=False):
+        self.counters["verifies"] += 1
+        outcome = self._unknown(names)
+        known = None if names is None else [n for n in names if n not in outcome]
+        outcome.update(self.executor.carry_out(self.plan(known, ratelimit, grace_ended),
+                                               self.shutdown_grace))
+        for name in (known if known is not None else self.desired()):
+            outcome.setdefault(name, Outcome.UNCHANGED)
+        return outcome
+
+    def _on_role_check(self, request):
+        """A failover file changed: the monitor probes now (its report follows as a
+        DATABASE request when something changed)."""
+        self.monitor.check_now()
+        return {}
+
+    def _on_reload(self, request):
+        try:
+            self.registry.reload()  # on a change, callbacks queue a verify
+        except Exception as error:
+            log.error("registry reload rejected, previous state stays: %s", error,
+                      extra={"action": "registry.reload_rejected", "instance": None})
+            return False
+        return True
+
+    def _on_enabled(self, request):
+        """An operator enabled ``names``: clear parking, refusals and budgets, verify."""
+        for name in request.names:
+            record = self.records.get(name)
+            if record is None:
+                self.budget.reset(name)
+                continue
+            if record.parked:
+                record.exit = None  # a fresh start, not a restart
+            self.executor.unblock(record)
+        return self._on_verify(dataclasses.replace(request, ratelimit=True))
+
+    def _on_restart(self, request):
+        outcome = self._unknown(request.names)
+        specs = self.desired([n for n in request.names if n not in outcome])
+        outcome.update(self.executor.restart(specs, self.shutdown_grace))
+        return outcome
+
+    def _on_shutdown(self, request):
+        outcome = self._unknown(request.names)
+        known = [n for n in request.names if n not in outcome]
+        outcome.update(self.executor.shutdown(known, self.shutdown_grace))
+        return outcome
+
+    def _on_died(self, request):
+        record = self.executor.record_death(request.instance, self.paused or self.in_grace,
+                                            self.role)
+        if record is None:
+            return {}  # an instance we already replaced or stopped
+        if record.refused_by or record.fatal or record.died_in_outage:
+            self.monitor.check_now()  # the database may have changed under it
+        return self._verify([record.name], ratelimit=True)
+
+    def _on_database(self, request):
+        """The monitor saw a change: record it (pausing, grace, role) and verify."""
+        if self._database_changed_to(request.state) and request.state.up:
+            for record in self.records.values():
+                record.refused_by = None  # a new role: refused instances may try again
+        # Down too: instances that need no database (spool sources) are planned anyway.
+        return self._verify(None, ratelimit=True)
+
+    def _on_grace_over(self, request):
+        """The grace after a revival is over: the plan restarts instances still not
+        connected and the dead, neither spending restart budget."""
+        if not self._end_grace(request.generation) or not self.db_up:
+            return {}
+        return self._verify(None, ratelimit=False, grace_ended=True)
+
+    def _on_stop(self, request):
+        return self.executor.stop_everything(self.shutdown_grace)
+
+    def _unknown(self, names):
+        if names is None:
+            return {}
+        known = self.desired(names)
+        return {name: Outcome.UNKNOWN for name in names if name not in known}
+
+    # -- the database's state and the grace (actor greenlet) ---------------------------
+    def _database_changed_to(self, state):
         """Record the monitor's report ``state``: count outages and role changes, start a
         grace on a revival. Returns True when the role differs from the last one seen up."""
         previous, last_up = self.database, self.last_up
         was_up = previous is not None and previous.up
         self.database = state
+        self._refresh_paused()
         if not state.up:
             if was_up or previous is None:
                 self.counters["outages"] += 1
@@ -290,13 +490,14 @@ class Supervisor:
         self._grace += 1
         if self._grace_timer is not None:
             self._grace_timer.kill(block=False)
-        self._grace_timer = gevent.spawn_later(self.wait_after_db_revived, self._put,
-                                               "grace_over", None, generation=self._grace)
+        self._grace_timer = gevent.spawn_later(
+            self.wait_after_db_revived, self._put,
+            Request(Kind.GRACE_OVER, generation=self._grace))
         log.info("database revived: instances have %.1f s to reconnect",
                  self.wait_after_db_revived,
                  extra={"action": "supervisor.revived", "instance": None})
 
-    def end_grace(self, generation):
+    def _end_grace(self, generation):
         """End the grace of ``generation``; False if a newer one (or none) is running."""
         if generation != self._grace or self._grace_timer is None:
             return False
@@ -305,16 +506,43 @@ class Supervisor:
                  extra={"action": "supervisor.grace_over", "instance": None})
         return True
 
-    def desired(self, names=None):
-        specs = {spec.name: spec for spec in self.registry}
-        if names is None:
-            return specs
-        return {name: specs[name] for name in names if name in specs}
 
-    def observed(self, names=None):
-        records = self.records if names is None else {
-            n: self.records[n] for n in names if n in self.records}
-        return {name: observed_of(record) for name, record in records.items()}
+class _Alias:
+    """A second name for a class attribute (read and set through either name)."""
 
-    def plan(self, names=None, ratelimit=True):
-        return plan(self.desired(names), self.observed(names), self.plan_state(ratelimit))
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, owner):
+        return getattr(owner if obj is None else obj, self.name)
+
+    def __set__(self, obj, value):
+        setattr(obj, self.name, value)
+
+
+#: cyme's name for the revive grace: the broker there, the database here.
+Supervisor.wait_after_broker_revived = _Alias("wait_after_db_revived")
+
+
+def _names(names):
+    """A request's names: None (all) or a tuple; one name may come as a string."""
+    if names is None:
+        return None
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+#: What the actor does for each kind of request.
+HANDLERS = {
+    Kind.RESTART: Supervisor._on_restart,
+    Kind.VERIFY: Supervisor._on_verify,
+    Kind.SHUTDOWN: Supervisor._on_shutdown,
+    Kind.RELOAD: Supervisor._on_reload,
+    Kind.ENABLED: Supervisor._on_enabled,
+    Kind.DIED: Supervisor._on_died,
+    Kind.DATABASE: Supervisor._on_database,
+    Kind.ROLE_CHECK: Supervisor._on_role_check,
+    Kind.GRACE_OVER: Supervisor._on_grace_over,
+    Kind.TICK: Supervisor._on_verify,
+    Kind.REGISTRY: Supervisor._on_verify,
+    Kind.STOP: Supervisor._on_stop,
+}

@@ -1,269 +1,215 @@
-"""The :class:`Executor`: carries out the Supervisor's requests and the policy's actions.
+"""The :class:`Executor`: carries out the policy's actions and the operator's commands.
+
+It is handed what it works on by its owner, the Supervisor: the ``records``
+(``{name: Record}``), the restart ``budget``, the ``counters``, the database ``dsn``, the
+instances' ``on_death`` / ``on_connection_lost`` callbacks and the ``instance_factory``. It
+never sees the Supervisor and decides nothing about an instance: what to do is
+:func:`supervisor.plan.plan`'s; the Executor only does it (starting, stopping, parking,
+spending budget, keeping the records) and answers each with an
+:class:`~supervisor.plan.Outcome`.
 
 Runs only in the Supervisor's actor greenlet (it writes records and instances, which no
 other greenlet does). Starting is quick (instances connect in their own greenlets);
-stopping waits for the current notification up to the shutdown grace, so the stops of one
-request run side by side and a request costs at most one grace period.
-
-Two facts the pure plan does not see are applied here: a death during an outage, a manual
-pause or the revive grace is *free* (its restart spends no budget), and an instance whose
-listener was refused by the server's role (RoleChanged, e.g. LISTEN on a standby) is not
-started again on that role: it waits for a role change or an operator's restart/enable.
+stopping waits for the current notification up to the shutdown ``grace`` each call is
+given, so the stops of one request run side by side and a request costs at most one grace.
 """
-import inspect
 import logging
 
 import gevent
 
 from instances.exceptions import FatalDatabaseError, RoleChanged
 from instances.instance import Instance
-from supervisor.plan import Apply, Forget, Recreate, Restart, Start, Stop, role_fits
+from supervisor.plan import Apply, Forget, Hold, Outcome, Park, Recreate, Restart, Start, Stop
 from supervisor.records import Record
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown instance"
 
-
-def _takes_queue(factory):
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "queue" or p.kind is p.VAR_KEYWORD for p in params)
+def make_instance(spec, dsn, on_death, on_connection_lost, queue=None):
+    """The default ``instance_factory``: an :class:`~instances.instance.Instance`."""
+    return Instance(spec, dsn, on_death=on_death, on_connection_lost=on_connection_lost,
+                    queue=queue)
 
 
 class Executor:
-    """Request handlers of ``supervisor``; ``instance_factory(spec, dsn, on_death,
-    on_connection_lost)`` builds instances (default: :class:`~instances.instance.Instance`;
-    a factory that also takes ``queue=`` gets the old instance's queue on a restart)."""
+    """Carries out actions on ``records``; see the module docstring for the collaborators.
 
-    def __init__(self, supervisor, instance_factory=None):
-        self.sup = supervisor
-        self.factory = instance_factory or self._make_instance
-        self._pass_queue = _takes_queue(self.factory)
+    ``instance_factory(spec, dsn, on_death, on_connection_lost, queue=None)`` builds an
+    instance; on a restart with an unchanged queue it gets the old instance's ``queue``.
+    """
 
-    def _make_instance(self, spec, dsn, on_death, on_connection_lost, queue=None):
-        return Instance(spec, dsn, on_death=on_death, on_connection_lost=on_connection_lost,
-                        queue=queue)
-
-    def blank(self, name):
-        return Record(name)
+    def __init__(self, *, records, budget, counters, dsn, on_death, on_connection_lost,
+                 instance_factory=None):
+        self.records = records
+        self.budget = budget
+        self.counters = counters
+        self.dsn = dsn
+        self.on_death = on_death
+        self.on_connection_lost = on_connection_lost
+        self.factory = instance_factory or make_instance
+        self._carry = {Start: self._do_start, Restart: self._do_restart,
+                       Recreate: self._do_recreate, Apply: self._do_apply,
+                       Stop: self._do_stop, Hold: self._do_hold, Park: self._do_park, Forget: self._do_forget}
 
     def record(self, name):
-        record = self.sup.records.get(name)
+        """The record of ``name``, created on first use."""
+        record = self.records.get(name)
         if record is None:
-            record = self.sup.records[name] = Record(name)
+            record = self.records[name] = Record(name)
         return record
 
-    def handle(self, kind, names, flags):
-        """Carry out one request; return ``{name: outcome}``."""
-        return getattr(self, "on_" + kind)(names, **flags)
+    # -- the policy's actions -------------------------------------------------------------
+    def carry_out(self, actions, grace):
+        """Carry out ``actions`` (from :func:`~supervisor.plan.plan`); return ``{name:
+        outcome}``. The instances to stop stop first, side by side, within ``grace``."""
+        self.stop_all([self.records[a.name] for a in actions
+                       if isinstance(a, (Stop, Recreate, Restart, Park))
+                       and self._alive(a.name)], grace)
+        return {action.name: self._carry[type(action)](action) for action in actions}
 
-    # -- requests -------------------------------------------------------------------------
-    def on_verify(self, names, ratelimit=False):
-        self.sup.counters["verifies"] += 1
-        outcome = self._unknown(names)
-        known = None if names is None else [n for n in names if n not in outcome]
-        outcome.update(self.carry_out(self.sup.plan(known, ratelimit)))
-        for name in (known if known is not None else self.sup.desired()):
-            outcome.setdefault(name, "unchanged")
-        return outcome
+    def _do_start(self, action):
+        return self._start(self.record(action.name), action.spec, Outcome.STARTED,
+                           action.reason)
 
-    def on_tick(self, names):
-        return self.on_verify(None, ratelimit=True)
+    def _do_recreate(self, action):
+        return self._start(self.record(action.name), action.spec, Outcome.STARTED,
+                           action.reason)
 
-    on_registry = on_tick
-
-    def on_role_check(self, names):
-        """A failover file changed: the monitor probes now (its report follows as a
-        ``database`` request when something changed)."""
-        self.sup.monitor.check_now()
-        return {}
-
-    def on_reload(self, names):
-        try:
-            self.sup.registry.reload()  # on a change, callbacks queue a verify
-        except Exception as error:
-            log.error("registry reload rejected, previous state stays: %s", error,
-                      extra={"action": "registry.reload_rejected", "instance": None})
-            return False
-        return True
-
-    def on_enabled(self, names):
-        """An operator enabled ``names``: clear parking, role blocks and budgets, verify."""
-        for name in names:
-            record = self.sup.records.get(name)
-            if record is not None:
-                if record.parked:
-                    log.info("instance %s unparked by enable", name,
-                             extra={"action": "supervisor.unpark", "instance": name})
-                    record.exit = None  # a fresh start, not a restart
-                record.parked = record.blocked_role = None
-                record.changed()
-            self.sup.budget.reset(name)
-        return self.on_verify(names, ratelimit=True)
-
-    def on_restart(self, names):
-        desired = self.sup.desired(names)
-        outcome = self._unknown(names)
-        records = [self.record(n) for n in names if n not in outcome]
-        for record in records:
-            record.parked = record.final_state = record.blocked_role = None
-            self.sup.budget.reset(record.name)
-        stopping = [r for r in records if r.instance is not None and r.instance.alive]
-        self._stop_all(stopping)
-        for record in records:
-            was_running = any(r is record for r in stopping)
-            outcome[record.name] = self._explicit_start(record, desired[record.name],
-                                                        was_running)
-        return outcome
-
-    def on_shutdown(self, names):
-        outcome = self._unknown(names)
-        records = [self.record(n) for n in names if n not in outcome]
-        self._stop_all([r for r in records if r.instance is not None and r.instance.alive])
-        for record in records:
-            record.final_state, record.exit, record.died_in_outage = "stopped", None, False
-            record.changed()
-            outcome[record.name] = "stopped"
-        return outcome
-
-    def on_died(self, names, instance):
-        sup, name = self.sup, instance.name
-        record = sup.records.get(name)
-        if record is None or record.instance is not instance:
-            return {}  # an instance we already replaced or stopped
-        sup.counters["deaths"] += 1
-        error = instance.exception
-        record.exit = instance.exit or "abnormal"
-        record.last_error = None if error is None else str(error)
-        record.changed()
-        if isinstance(error, RoleChanged):
-            # The server refused the listener for its role: wait for a role change (or an
-            # operator), do not restart against the same role (that would flap forever).
-            record.exit, record.final_state = None, "waiting"
-            record.blocked_role = sup.role or "unknown"
-            log.warning("instance %s waits: the %s refused it (%s)", name,
-                        record.blocked_role, error,
-                        extra={"action": "supervisor.role_refused", "instance": name})
-            sup.monitor.check_now()
-            return {name: "waiting"}
-        if isinstance(error, FatalDatabaseError):
-            return {name: self._park(record, "fatal database error: %s" % error)}
-        spec = sup.desired().get(name)
-        if (sup.paused or sup.in_grace) and (spec is None or spec.needs_database):
-            record.died_in_outage = True  # restarted after the grace, free of budget
-            sup.monitor.check_now()
-            return {name: "waiting"}
-        return self.on_verify([name], ratelimit=True)
-
-    def on_database(self, names, state):
-        """The monitor saw a change; the actor records it (pausing, grace, role)."""
-        if self.sup.database_changed(state) and state.up:
-            for record in self.sup.records.values():
-                record.blocked_role = None  # a new role: refused instances may try again
-        # Down too: instances that need no database (spool sources) are planned anyway.
-        return self.on_verify(None, ratelimit=True)
-
-    def on_grace_over(self, names, generation):
-        """The grace after a revival is over: instances still not connected are restarted,
-        then a verify restarts the dead; neither spends restart budget."""
-        sup = self.sup
-        if not sup.end_grace(generation) or not sup.db_up:
-            return {}
-        desired, state = sup.desired(), sup.plan_state(ratelimit=False)
-        late = [Restart(r.name, desired[r.name], "not back %.1f s after the database revived"
-                        % sup.wait_after_db_revived, budgeted=False)
-                for r in sup.records.values()
-                if r.instance is not None and r.instance.alive and not r.instance.connected
-                and r.name in desired and desired[r.name].enabled and not r.parked
-                and role_fits(desired[r.name].run_on, state.role)]
-        outcome = self.carry_out(late)
-        outcome.update(self.on_verify(None, ratelimit=False))
-        return outcome
-
-    def on_stop(self, names):
-        records = [r for r in self.sup.records.values()
-                   if r.instance is not None and r.instance.alive]
-        self._stop_all(records)
-        return {r.name: "stopped" for r in records}
-
-    # -- actions --------------------------------------------------------------------------
-    def carry_out(self, actions):
-        outcome, kept = {}, []
-        for action in actions:
-            if isinstance(action, (Start, Restart)) and self._role_blocked(action.name):
-                outcome[action.name] = "waiting"
-            else:
-                kept.append(action)
-        self._stop_all([self.sup.records[a.name] for a in kept
-                        if isinstance(a, (Stop, Recreate, Restart)) and self._alive(a.name)])
-        for action in kept:
-            outcome[action.name] = self._carry_out_one(action)
-        return outcome
-
-    def _carry_out_one(self, action):
+    def _do_restart(self, action):
         record = self.record(action.name)
-        if isinstance(action, Forget) or (
-                isinstance(action, Stop) and action.name not in self.sup.registry):
-            self.sup.records.pop(action.name, None)
-            self.sup.budget.forget(action.name)
-            log.info("instance %s removed", action.name,
-                     extra={"action": "supervisor.forget", "instance": action.name})
-            return "stopped"
-        if isinstance(action, Stop):
-            return self._record_stop(record, action)
-        if isinstance(action, Apply):
-            record.instance.apply(action.spec)
-            return "updated: %s" % ", ".join(action.changes)
-        if isinstance(action, Restart):
-            return self._restart(record, action)
-        return self._start(record, action.spec, "started", reason=action.reason)
+        if action.budgeted:
+            self.budget.try_spend(record.name, action.spec.restart_max_rate)
+        record.restarts += 1
+        self.counters["restarts"] += 1
+        return self._start(record, action.spec, Outcome.RESTARTED, action.reason)
 
-    def _record_stop(self, record, action):
-        """A Stop: the instance (if it ran) is stopped already; record the state."""
+    def _do_apply(self, action):
+        self.records[action.name].instance.apply(action.spec)
+        return Outcome.UPDATED.detail(", ".join(action.changes))
+
+    def _do_stop(self, action):
+        """The instance (if it ran) is stopped already; record the state."""
+        if action.forget:
+            return self._do_forget(action)
+        record = self.record(action.name)
         record.final_state, record.exit, record.died_in_outage = action.final_state, None, False
         if action.final_state == "disabled":  # an operator's disable clears parking too
-            record.parked = record.blocked_role = None
-            self.sup.budget.reset(record.name)
+            self.unblock(record)
         record.changed()
         log.info("instance %s stopped: %s", record.name, action.reason,
                  extra={"action": "supervisor.stop_instance", "instance": record.name})
-        return action.final_state if action.final_state != "waiting" else "stopped"
+        return Outcome(action.final_state) if action.final_state != "waiting" \
+            else Outcome.STOPPED
 
-    def _restart(self, record, action):
-        free = record.died_in_outage or not action.budgeted
-        if not free and not self.sup.budget.try_spend(record.name, action.spec.restart_max_rate):
-            self.sup.counters["restarts_rate_limited"] += 1
-            rate = action.spec.restart_max_rate or self.sup.budget.default_rate
-            return self._park(record, "restart budget %s spent (%s)" % (rate, action.reason))
-        record.restarts += 1
-        self.sup.counters["restarts"] += 1
-        return self._start(record, action.spec, "restarted", reason=action.reason)
+    def _do_hold(self, action):
+        record = self.record(action.name)
+        if record.final_state != "waiting":
+            record.final_state, record.exit = "waiting", None
+            record.changed()
+            log.info("instance %s waits: %s", record.name, action.reason,
+                     extra={"action": "supervisor.hold", "instance": record.name})
+        return Outcome.WAITING
 
-    def _explicit_start(self, record, spec, was_running):
-        if not spec.enabled:
-            return "disabled"
-        record.restarts += was_running
-        self.sup.counters["restarts"] += was_running
-        return self._start(record, spec, "restarted" if was_running else "started",
-                           reason="operator request")
+    def _do_park(self, action):
+        if action.rate_limited:
+            self.counters["restarts_rate_limited"] += 1
+        return self._park(self.record(action.name), action.reason)
 
+    def _do_forget(self, action):
+        self.records.pop(action.name, None)
+        self.budget.forget(action.name)
+        log.info("instance %s removed", action.name,
+                 extra={"action": "supervisor.forget", "instance": action.name})
+        return Outcome.STOPPED
+
+    # -- the operator's commands ------------------------------------------------------------
+    def restart(self, specs, grace):
+        """Restart the instances of ``specs`` (``{name: spec}``) now, whatever their state:
+        parking, refusals and budgets are cleared; a disabled one is only stopped."""
+        records = [self.record(name) for name in specs]
+        for record in records:
+            self.unblock(record)
+            record.final_state = None
+        stopping = [r for r in records if r.instance is not None and r.instance.alive]
+        self.stop_all(stopping, grace)
+        outcome = {}
+        for record in records:
+            was_running = any(r is record for r in stopping)
+            spec = specs[record.name]
+            if not spec.enabled:
+                outcome[record.name] = Outcome.DISABLED
+                continue
+            record.restarts += was_running
+            self.counters["restarts"] += was_running
+            outcome[record.name] = self._start(
+                record, spec, Outcome.RESTARTED if was_running else Outcome.STARTED,
+                "operator request")
+        return outcome
+
+    def shutdown(self, names, grace):
+        """Stop ``names``; they stay "stopped" until restarted."""
+        records = [self.record(n) for n in names]
+        self.stop_all(records, grace)
+        for record in records:
+            record.final_state, record.exit, record.died_in_outage = "stopped", None, False
+            record.changed()
+        return {record.name: Outcome.STOPPED for record in records}
+
+    def stop_everything(self, grace):
+        """Stop every running instance (the Supervisor stops)."""
+        records = [r for r in self.records.values()
+                   if r.instance is not None and r.instance.alive]
+        self.stop_all(records, grace)
+        return {r.name: Outcome.STOPPED for r in records}
+
+    def unblock(self, record):
+        """Clear what holds ``record`` back (parking, a refusal, a fatal error) and give it
+        its full budget again: an operator's enable, disable or restart."""
+        if record.parked:
+            log.info("instance %s unparked", record.name,
+                     extra={"action": "supervisor.unpark", "instance": record.name})
+        record.clear_blocks()
+        self.budget.reset(record.name)
+        record.changed()
+
+    # -- deaths ---------------------------------------------------------------------------
+    def record_death(self, instance, in_outage, role):
+        """Write down how ``instance`` died (``in_outage``: supervision was paused or in
+        the grace; ``role``: the server's role then); return its record, or None when the
+        death is of an instance already replaced or stopped."""
+        record = self.records.get(instance.name)
+        if record is None or record.instance is not instance:
+            return None
+        self.counters["deaths"] += 1
+        error = instance.exception
+        record.exit = instance.exit or "abnormal"
+        record.last_error = None if error is None else str(error)
+        record.died_in_outage = in_outage
+        if isinstance(error, RoleChanged):
+            record.refused_by = role or "unknown"
+            log.warning("instance %s waits: the %s refused it (%s)", record.name,
+                        record.refused_by, error,
+                        extra={"action": "supervisor.role_refused", "instance": record.name})
+        elif isinstance(error, FatalDatabaseError):
+            record.fatal = str(error)
+        record.changed()
+        return record
+
+    # -- carrying out -----------------------------------------------------------------------
     def _start(self, record, spec, outcome, reason):
         old = record.instance
         queue = old.queue if old is not None and old.spec.queue == spec.queue and (
             old.spec.queue_size == spec.queue_size) else None
-        if old is not None and (queue is None or not self._pass_queue):
+        if old is not None and queue is None:
             self._close_queue(old)
-        extra = {"queue": queue} if self._pass_queue else {}
         try:
-            record.instance = self.factory(spec, self.sup.dsn, self.sup._instance_died,
-                                           self.sup._connection_lost, **extra)
+            record.instance = self.factory(spec, self.dsn, self.on_death,
+                                           self.on_connection_lost, queue=queue)
             record.instance.start()
         except Exception as error:  # a bad handler or queue: fail fast, spend nothing
             return self._park(record, "cannot start: %s" % error)
         record.exit, record.final_state, record.died_in_outage = None, None, False
+        record.refused_by = record.fatal = None
         record.changed()
         log.info("instance %s %s (%s)", record.name, outcome, reason,
                  extra={"action": "supervisor." + outcome, "instance": record.name})
@@ -287,27 +233,15 @@ class Executor:
         log.error("instance %s disabled_by_supervisor: %s (restart it or enable it to retry)",
                   record.name, reason,
                   extra={"action": "supervisor.park", "instance": record.name})
-        return "disabled_by_supervisor"
+        return Outcome.PARKED
 
-    def _stop_all(self, records):
-        """Stop the instances of ``records`` side by side (each within the grace)."""
-        grace = self.sup.shutdown_grace
+    def stop_all(self, records, grace):
+        """Stop the instances of ``records`` side by side (each within ``grace``)."""
         jobs = [gevent.spawn(r.instance.stop, grace) for r in records
                 if r.instance is not None and r.instance.alive]
         if jobs:
             gevent.joinall(jobs, timeout=grace + 5)
 
     def _alive(self, name):
-        record = self.sup.records.get(name)
+        record = self.records.get(name)
         return record is not None and record.instance is not None and record.instance.alive
-
-    def _role_blocked(self, name):
-        record = self.sup.records.get(name)
-        return (record is not None and record.blocked_role is not None
-                and record.blocked_role == (self.sup.role or "unknown"))
-
-    def _unknown(self, names):
-        if names is None:
-            return {}
-        known = self.sup.desired(names)
-        return {name: UNKNOWN for name in names if name not in known}

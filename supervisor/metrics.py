@@ -22,10 +22,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-log = logging.getLogger(__name__)
+from supervisor.plan import STATES  # each is exported, with 0 when no instance has it
 
-#: Instance states (Supervisor.status); each is exported, with 0 when no instance has it.
-STATES = ("starting", "running", "waiting", "stopped", "disabled", "disabled_by_supervisor")
+log = logging.getLogger(__name__)
 
 #: Database roles reported by ``pgvisor_database_role`` (one is 1, the others 0).
 ROLES = ("primary", "standby")

@@ -2,16 +2,15 @@
 (also the database's status, from the monitor's last report).
 
 A :class:`Record` is owned by the Supervisor's actor greenlet: only it writes records.
-:func:`status_of` turns a record (and the instance's health) into the status dict callers
-see; :func:`observed_of` into the :class:`~supervisor.plan.Observed` the policy reads.
+:func:`observed_of` turns a record into the :class:`~supervisor.plan.Observed` the policy
+reads; :func:`status_of` into the status dict callers see (its state decided by
+:func:`supervisor.plan.shown_state`).
 """
 import dataclasses
 import time
 import typing
 
-from supervisor.plan import Observed
-
-STATES = ("starting", "running", "waiting", "stopped", "disabled", "disabled_by_supervisor")
+from supervisor.plan import Observed, shown_state
 
 
 @dataclasses.dataclass(eq=False)
@@ -33,15 +32,22 @@ class Record:
     died_in_outage: bool = False
     #: The role ("primary", "standby", "unknown") whose server refused the instance
     #: (RoleChanged): not started again until the role changes or an operator says so.
-    blocked_role: typing.Optional[str] = None
+    refused_by: typing.Optional[str] = None
+    #: The fatal database error it last died of (None: none).
+    fatal: typing.Optional[str] = None
     since: float = dataclasses.field(default_factory=time.time)
 
     def changed(self):
         self.since = time.time()
 
+    def clear_blocks(self):
+        """An operator's restart or enable: forget parking, refusal and fatal error."""
+        self.parked = self.refused_by = self.fatal = None
 
-def observed_of(record):
-    """The policy's view of ``record``."""
+
+def observed_of(record, restarts_left=None):
+    """The policy's view of ``record``; ``restarts_left``: what its restart budget still
+    allows (None: not looked up)."""
     instance = record.instance
     alive = instance is not None and instance.alive
     return Observed(
@@ -49,23 +55,8 @@ def observed_of(record):
         heartbeat_age=instance.heartbeat_age() if alive else None,
         spec=instance.spec if instance is not None else None,
         parked=record.parked, final_state=None if alive else record.final_state,
-        connected=alive and instance.connected)
-
-
-def state_of(record, spec, db_up):
-    """One of :data:`STATES` for ``record`` whose desired spec is ``spec`` (None: removed)."""
-    instance = record.instance
-    if instance is not None and instance.alive:  # what runs, until it has stopped
-        if instance.connected:
-            return "running"
-        return "waiting" if not db_up else "starting"
-    if record.parked:
-        return "disabled_by_supervisor"
-    if spec is not None and not spec.enabled:
-        return "disabled"
-    if record.final_state == "waiting" or record.died_in_outage or (record.exit and not db_up):
-        return "waiting"
-    return "stopped"
+        connected=alive and instance.connected, died_in_outage=record.died_in_outage,
+        refused_by=record.refused_by, fatal=record.fatal, restarts_left=restarts_left)
 
 
 def status_of(record, spec, db_up):
@@ -74,7 +65,7 @@ def status_of(record, spec, db_up):
     health = instance.health() if instance is not None else {}
     shown = spec if spec is not None else (instance.spec if instance is not None else None)
     return {
-        "state": state_of(record, spec, db_up),
+        "state": shown_state(spec, observed_of(record), db_up),
         "restarts": record.restarts,
         "last_error": record.parked or health.get("last_error") or record.last_error,
         "parked_reason": record.parked,

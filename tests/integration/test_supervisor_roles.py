@@ -130,7 +130,7 @@ class RecordingQueue(gevent.queue.Queue):
         self.kinds = []
 
     def put(self, item, *args, **kwargs):
-        self.kinds.append(item[1])
+        self.kinds.append(item[0].kind)
         return super().put(item, *args, **kwargs)
 
 

@@ -5,9 +5,13 @@ import pytest
 
 from instances.spec import InstanceSpec
 from supervisor.plan import (
+    STATES,
     Apply,
     Forget,
+    Hold,
     Observed,
+    Outcome,
+    Park,
     PlanState,
     Recreate,
     Restart,
@@ -16,6 +20,7 @@ from supervisor.plan import (
     changed_fields,
     plan,
     role_fits,
+    shown_state,
 )
 
 
@@ -43,6 +48,7 @@ PAUSED = PlanState(paused=True)
 DB_DOWN = PlanState(db_up=False, paused=True, role=None)
 GRACE = PlanState(in_grace=True)
 NO_RATELIMIT = PlanState(ratelimit=False)
+GRACE_ENDED = PlanState(ratelimit=False, grace_ended=True, wait_after_db_revived=35.0)
 
 A = spec("a")
 A_PERMANENT, A_TRANSIENT, A_TEMPORARY = (spec("a", restart=r)
@@ -63,7 +69,7 @@ RULES = [
     # registry membership
     ("new instance starts", A, None, UP, Start("a", A, "new instance")),
     ("removed alive is stopped", None, running(A), UP,
-     Stop("a", "removed from the registry", "stopped")),
+     Stop("a", "removed from the registry", "stopped", forget=True)),
     ("removed and stopped is forgotten", None, dead(A), UP, Forget("a")),
     ("removed waiting is forgotten", None, Observed("a", final_state="waiting"), UP,
      Forget("a")),
@@ -114,7 +120,7 @@ RULES = [
     ("paused: unresponsive not restarted", A, running(A, heartbeat_age=99.0), PAUSED, None),
     ("paused: waiting not started", A, Observed("a", final_state="waiting"), PAUSED, None),
     ("paused: removed alive still stopped", None, running(A), PAUSED,
-     Stop("a", "removed from the registry", "stopped")),
+     Stop("a", "removed from the registry", "stopped", forget=True)),
     ("paused: disabled alive still stopped", spec("a", enabled=False), running(A), PAUSED,
      Stop("a", "disabled", "disabled")),
     ("paused: live change applied", spec("a", channels=["ch", "x"]), running(A), PAUSED,
@@ -123,7 +129,7 @@ RULES = [
      None),
     ("db down counts as paused", A, dead(A), PlanState(db_up=False), None),
     ("db down: removed stopped", None, running(A), DB_DOWN,
-     Stop("a", "removed from the registry", "stopped")),
+     Stop("a", "removed from the registry", "stopped", forget=True)),
     # grace after revival
     ("grace: death not restarted yet", A, dead(A), GRACE, None),
     ("grace: unresponsive not restarted yet", A, running(A, heartbeat_age=99.0), GRACE, None),
@@ -183,6 +189,60 @@ RULES = [
      running(A, spec=None), UP, None),
     ("dead instance restarts with the new spec", spec("a", channels=["new"]), dead(A), UP,
      Restart("a", spec("a", channels=["new"]), "exited (abnormal)", True)),
+    # deaths: fatal errors, refusals by the role, outages
+    ("fatal database error parks", A, dead(A, fatal="database \"x\" does not exist"), UP,
+     Park("a", "fatal database error: database \"x\" does not exist")),
+    ("fatal database error parks even while paused", A, dead(A, fatal="gone"), PAUSED,
+     Park("a", "fatal database error: gone")),
+    ("fatal but disabled is only disabled", spec("a", enabled=False), dead(A, fatal="gone"),
+     UP, Stop("a", "disabled", "disabled")),
+    ("refused by this role is held", spec("a", run_on="any"),
+     dead(A, refused_by="standby"), STANDBY, Hold("a", "the standby refused it")),
+    ("refused and already waiting is still held", spec("a", run_on="any"),
+     Observed("a", final_state="waiting", refused_by="standby"), STANDBY,
+     Hold("a", "the standby refused it")),
+    ("refused by an unknown role is held while the role is unknown", spec("a", run_on="any"),
+     dead(A, refused_by="unknown"), UNKNOWN_ROLE, Hold("a", "the unknown refused it")),
+    ("refused by another role starts", A,
+     Observed("a", final_state="waiting", refused_by="standby"), UP,
+     Start("a", A, "role fits and the database is up")),
+    ("refused but paused: nothing", spec("a", run_on="any"), dead(A, refused_by="standby"),
+     PAUSED, None),
+    ("died in an outage restarts free of budget", A, dead(A, died_in_outage=True), UP,
+     Restart("a", A, "exited (abnormal)", False)),
+    ("died in an outage shows no restart in the grace", A, dead(A, died_in_outage=True),
+     GRACE, None),
+    # the restart budget
+    ("budget spent parks", A, dead(A, restarts_left=0), UP,
+     Park("a", "restart budget 1/m spent (exited (abnormal))", rate_limited=True)),
+    ("budget spent names the instance's own rate", spec("a", restart_max_rate="3/h"),
+     dead(A, restarts_left=0), UP,
+     Park("a", "restart budget 3/h spent (exited (abnormal))", rate_limited=True)),
+    ("budget left restarts", A, dead(A, restarts_left=1), UP,
+     Restart("a", A, "exited (abnormal)", True)),
+    ("budget spent does not matter unbudgeted", A, dead(A, restarts_left=0), NO_RATELIMIT,
+     Restart("a", A, "exited (abnormal)", False)),
+    ("budget spent but died in an outage restarts", A,
+     dead(A, restarts_left=0, died_in_outage=True), UP,
+     Restart("a", A, "exited (abnormal)", False)),
+    ("unresponsive with budget spent parks", A,
+     running(A, heartbeat_age=31.0, restarts_left=0), UP,
+     Park("a", "restart budget 1/m spent (unresponsive: no heartbeat for 31.0 s)",
+          rate_limited=True)),
+    # the end of the grace
+    ("grace ended: still not connected restarts unbudgeted", A,
+     running(A, connected=False), GRACE_ENDED,
+     Restart("a", A, "not back 35.0 s after the database revived", False)),
+    ("grace ended: connected is left alone", A, running(A), GRACE_ENDED, None),
+    ("grace ended: dead restarts unbudgeted", A, dead(A, restarts_left=0), GRACE_ENDED,
+     Restart("a", A, "exited (abnormal)", False)),
+    ("grace ended: parked not connected stays parked", A,
+     running(A, connected=False, parked="x"), GRACE_ENDED, None),
+    ("grace ended: wrong role not connected is stopped", A, running(A, connected=False),
+     PlanState(role="standby", grace_ended=True), Stop("a", "run_on=primary on a standby",
+                                                       "waiting")),
+    ("grace ended while paused: nothing", A, running(A, connected=False),
+     PlanState(paused=True, grace_ended=True), None),
 ]
 
 
@@ -216,7 +276,7 @@ def test_outage_stops_only_what_the_operator_asked_for():
     observed = {"kept": dead(desired["kept"]), "off": running(spec("off")),
                 "gone": running(spec("gone")), "old": dead(spec("old"))}
     assert plan(desired, observed, DB_DOWN) == [
-        Stop("gone", "removed from the registry", "stopped"),
+        Stop("gone", "removed from the registry", "stopped", forget=True),
         Stop("off", "disabled", "disabled"),
         Forget("old"),
     ]
@@ -335,3 +395,36 @@ def test_channels_to_or_from_none_recreate_other_channel_changes_apply():
     assert one(more, running(with_channels)) == Apply("a", more, ("channels",))
     # while starts are held (database down), a listener cannot be added live either
     assert one(with_channels, running(SOURCE), PlanState(db_up=False, role=None)) is None
+
+
+SHOWN = [
+    # (id, desired spec, observed, db_up, state shown)
+    ("connected", A, running(A), True, "running"),
+    ("alive, connecting", A, running(A, connected=False), True, "starting"),
+    ("alive, database down", A, running(A, connected=False), False, "waiting"),
+    ("parked", A, dead(A, parked="x"), True, "disabled_by_supervisor"),
+    ("parked wins over disabled", spec("a", enabled=False), dead(A, parked="x"), True,
+     "disabled_by_supervisor"),
+    ("disabled", spec("a", enabled=False), Observed("a", final_state="disabled"), True,
+     "disabled"),
+    ("waiting for its role", A, Observed("a", final_state="waiting"), True, "waiting"),
+    ("died in an outage", A, dead(A, died_in_outage=True), True, "waiting"),
+    ("died while the database is down", A, dead(A), False, "waiting"),
+    ("died, database up", A, dead(A), True, "stopped"),
+    ("shut down", A, Observed("a", final_state="stopped"), True, "stopped"),
+    ("removed, still known", None, Observed("a"), True, "stopped"),
+]
+
+
+@pytest.mark.parametrize("desired,obs,db_up,expected", [r[1:] for r in SHOWN],
+                         ids=[r[0] for r in SHOWN])
+def test_shown_state(desired, obs, db_up, expected):
+    assert shown_state(desired, obs, db_up) == expected
+    assert expected in STATES
+
+
+def test_outcomes_are_the_wire_strings():
+    assert {"a": Outcome.RESTARTED} == {"a": "restarted"}
+    assert Outcome.PARKED == "disabled_by_supervisor" and str(Outcome.STOPPED) == "stopped"
+    assert Outcome.UPDATED.detail("channels") == "updated: channels"
+    assert Outcome("waiting") is Outcome.WAITING
