@@ -131,10 +131,7 @@ class Service:
                                                 field="registry.path")
             self.watcher.start()
         if cfg.http.address is not None:
-            from supervisor.http import HttpApi
-            self.http = HttpApi(self.supervisor, listen=cfg.http.address, token=cfg.http.token,
-                                max_body=cfg.http.max_body)
-            self.http.start()
+            self._start_http(cfg)
         if self.notifier.watchdog_interval:
             self._greenlets.append(gevent.spawn(self._ping_watchdog))
         # What start-up built lives as long as the process: keep it out of the cyclic
@@ -143,6 +140,27 @@ class Service:
         gc.freeze()
         self.notifier.notify("READY=1", "STATUS=supervising %d instances" % len(self.registry))
         log.info("pgvisor ready", extra={"action": "service.ready", "instance": None})
+
+    def _start_http(self, cfg):
+        """The HTTP API with the configured token, else the generated one (created at the
+        first start, 0600, in the state directory: the CLI reads it with ``-c``)."""
+        from supervisor.config.token import api_token
+        from supervisor.http import HttpApi
+
+        token, path = api_token(cfg, create=True)
+        logs.register_secret(token)
+        self.http = HttpApi(self.supervisor, listen=cfg.http.address, token=token,
+                            max_body=cfg.http.max_body,
+                            token_for_reads=cfg.http.token_for_reads,
+                            allowed_hosts=cfg.http.allowed_hosts,
+                            handler_modules=cfg.security.handler_modules)
+        try:
+            self.http.start()
+        except OSError as exc:
+            raise OSError(exc.errno, "[http] listen = %s:%d: %s" % (
+                *cfg.http.address, exc.strerror or exc)) from None
+        log.info("HTTP API token: %s", path or "from PGVISOR_HTTP_TOKEN",
+                 extra={"action": "http.token", "instance": None, "token_file": path})
 
     def shutdown(self):
         """Drain (see the module docstring) and stop everything; return 0. Blocks."""

@@ -41,6 +41,8 @@ class ApiClient:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = "Bearer %s" % self.token
+        if method != "GET":
+            headers["Content-Type"] = "application/json"  # the API refuses other mutations
         req = urllib.request.Request(url, method=method, headers=headers,
                                      data=b"" if method == "POST" else None)
         try:
@@ -69,6 +71,6 @@ def _http_error(status, body, path):
     if status == 404 and path.startswith("/instances/"):
         return CliError(message, cli_output.UNKNOWN_INSTANCE)
     if status == 401:
-        return CliError("%s (give --token, or -c with the service's config)" % message,
-                        cli_output.USAGE)
+        return CliError("%s (give -c with the service's config, --token-file FILE or "
+                        "PGVISOR_HTTP_TOKEN)" % message, cli_output.USAGE)
     return CliError("service answered %d: %s" % (status, message), cli_output.FAILED)

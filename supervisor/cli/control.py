@@ -1,19 +1,25 @@
 """``pgvisor restart|verify|shutdown NAME... [--wait]`` and ``pgvisor status``: the verbs
 that talk to a running service over its HTTP API.
 
-The API's address and token come from ``--url``/``--token``, else the config's ``[http]``
-(``-c``), else ``PGVISOR_HTTP_LISTEN``/``PGVISOR_HTTP_TOKEN`` and the defaults. Each
+The API's address comes from ``--url``, else the config's ``[http] listen`` (``-c``), else
+``PGVISOR_HTTP_LISTEN`` and the default; the token from ``--token-file`` (or ``--token``,
+which warns), else the config's (its ``token_file``, or the token the service generated in
+its state directory), else ``PGVISOR_HTTP_TOKEN``. Each
 command blocks the main greenlet up to ``--timeout`` seconds per request.
 """
+import argparse
+import math
 import os
 import urllib.parse
 
+from instances.exceptions import InvalidConfigurationException
 from supervisor import logs
 from supervisor.cli import output as cli_output
 from supervisor.cli.api import ApiClient
 from supervisor.cli.options import common_flags, load
 from supervisor.cli.output import CliError, emit_json, say, table
 from supervisor.config.settings import BY_NAME, split_listen
+from supervisor.config.token import api_token, read_token_file
 
 #: The control verbs: (command, help).
 VERBS = (("restart", "restart instances (clears parking)"),
@@ -41,29 +47,78 @@ def _http_flags(parser):
     common_flags(parser)
     parser.add_argument("--url", help="the service's API, e.g. http://127.0.0.1:7390 "
                         "(default: from the config's [http] listen)")
-    parser.add_argument("--token", help="bearer token (default: the config's, or "
-                        "PGVISOR_HTTP_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--token-file", metavar="FILE", help="file holding the bearer "
+                        "token (default: the config's token, or the one the service "
+                        "generated in its state directory; or PGVISOR_HTTP_TOKEN)")
+    parser.add_argument("--token", help="bearer token (shows in the process list: prefer "
+                        "--token-file or PGVISOR_HTTP_TOKEN)")
+    parser.add_argument("--timeout", type=seconds, default=30.0, metavar="SECONDS",
                         help="seconds to wait for the service (and for --wait)")
 
 
+def seconds(text):
+    """argparse type: a finite number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("%r: must be seconds greater than 0" % text)
+    return value
+
+
 def api_client(args):
-    """The ApiClient for ``--url``/``--token``, else the config's [http], else the
-    environment and the defaults."""
-    url, token = args.url, args.token
-    if (url is None or token is None) and args.config:
+    """The ApiClient for ``--url`` and the token: ``--token`` (warned about: it shows in
+    the process list), ``--token-file``, the config's (``-c``: its ``[http] token_file``
+    or the token the service generated in its state directory), ``PGVISOR_HTTP_TOKEN``."""
+    url, token = args.url, _flag_token(args)
+    if args.config:
         cfg = load(args.config)
         if cfg.http.address is None and url is None:
             raise CliError("the HTTP API is disabled in %s ([http] listen); give --url"
                            % args.config, cli_output.USAGE)
         url = url or _url(*cfg.http.address)
-        token = token or cfg.http.token
+        if token is None:
+            token = _config_token(cfg)
     if url is None:
         listen = os.environ.get(BY_NAME["http.listen"].env) or BY_NAME["http.listen"].default
         url = _url(*split_listen(listen))
     token = token or os.environ.get(BY_NAME["http.token"].env)
     logs.register_secret(token)
-    return ApiClient(url, token, timeout=args.timeout)
+    return ApiClient(_checked_url(url), token, timeout=args.timeout)
+
+
+def _flag_token(args):
+    if args.token:
+        logs.register_secret(args.token)
+        cli_output.error("warning: --token shows in the process list (ps); use --token-file "
+                         "FILE or PGVISOR_HTTP_TOKEN")
+        return args.token
+    if args.token_file:
+        try:
+            return read_token_file(os.path.abspath(args.token_file))
+        except InvalidConfigurationException as exc:
+            raise CliError("--token-file %s" % exc, cli_output.USAGE) from None
+    return None
+
+
+def _config_token(cfg):
+    try:
+        return api_token(cfg)[0]
+    except InvalidConfigurationException as exc:
+        raise CliError(str(exc), cli_output.USAGE) from None
+
+
+def _checked_url(url):
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise CliError("--url %r: must be http://HOST:PORT (the service's [http] listen)"
+                       % url, cli_output.USAGE)
+    return url
 
 
 def _url(host, port):

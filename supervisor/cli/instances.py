@@ -175,8 +175,12 @@ def spec_fields(args):
                            cli_output.USAGE)
         try:
             fields[field.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError, ValueError):
             fields[field.strip()] = raw
+    if "name" in fields and fields["name"] != args.name:
+        raise CliError("--set name=%r: differs from NAME %r (the name is the argument; to "
+                       "rename, remove and add)" % (fields["name"], args.name),
+                       cli_output.USAGE)
     return fields
 
 

@@ -89,6 +89,12 @@ class Loader:
             self.problems.append("%s: cannot load: %s" % (self.path, exc))
             self.fields.append((None, None))
             return
+        except UnicodeDecodeError as exc:
+            self.problems.append("%s: cannot load: not UTF-8 text (byte 0x%02x at offset "
+                                 "%d): a TOML file is UTF-8" % (
+                                     self.path, exc.object[exc.start], exc.start))
+            self.fields.append((None, None))
+            return
         for section, table in data.items():
             if not isinstance(table, dict):
                 self.unknown("%s: a setting outside any [section]" % section, section)
@@ -230,8 +236,12 @@ class Loader:
             mode = stat.S_IMODE(os.stat(path).st_mode)
             with open(path, encoding="utf-8") as f:
                 secret = f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             self.problem(file_name, "cannot read: %s" % (exc.strerror or exc))
+            return
+        except UnicodeDecodeError as exc:
+            self.problem(file_name, "not UTF-8 text (byte 0x%02x at offset %d)" % (
+                exc.object[exc.start], exc.start))
             return
         if not secret:
             self.problem(file_name, "the file is empty")

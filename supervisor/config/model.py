@@ -93,9 +93,11 @@ SupervisorSettings = _section_class("supervisor", _Section)
 RegistrySettings = _section_class("registry", _Section)
 FailoverSettings = _section_class("failover", _Section)
 HttpSettings = _section_class("http", _Http)
+SecuritySettings = _section_class("security", _Section)
 LoggingSettings = _section_class("logging", _Section)
 _CLASSES = dict(zip(SECTIONS, (DatabaseSettings, SupervisorSettings, RegistrySettings,
-                               FailoverSettings, HttpSettings, LoggingSettings), strict=True))
+                               FailoverSettings, HttpSettings, SecuritySettings,
+                               LoggingSettings), strict=True))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -111,6 +113,7 @@ class Config:
     registry: RegistrySettings
     failover: FailoverSettings
     http: HttpSettings
+    security: SecuritySettings
     logging: LoggingSettings
     source: str = None
     warnings: tuple = ()

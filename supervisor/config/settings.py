@@ -9,6 +9,7 @@ from it. Pure: no I/O, no logging, safe from any greenlet.
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
 
 from instances.exceptions import InvalidConfigurationException
@@ -100,6 +101,32 @@ def listen_address(value):
         split_listen(value)
 
 
+def host_names(value):
+    for name in value:
+        if not name.strip() or any(c in name for c in "/ \t@") or name != name.strip():
+            raise ValueError("%r is not a host name" % name)
+
+
+def module_prefixes(value):
+    for prefix in value:
+        if not _MODULE_PREFIX.match(prefix):
+            raise ValueError("%r is not a module prefix (dotted names, e.g. \"myapp.\")"
+                             % prefix)
+
+
+_MODULE_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.?\Z")
+
+
+def handler_allowed(handler, prefixes):
+    """True when the handler ``"module:callable"`` comes from a module ``prefixes`` allows
+    (empty: any). ``"myapp."`` allows myapp's submodules, ``"myapp"`` myapp and them."""
+    if not prefixes:
+        return True
+    module = str(handler).partition(":")[0]
+    return any(module.startswith(p) if p.endswith(".") else
+               (module == p or module.startswith(p + ".")) for p in prefixes)
+
+
 def is_loopback(host):
     """True for ``localhost`` and loopback IP addresses; False for anything else."""
     if host.lower() == "localhost":
@@ -146,6 +173,9 @@ SETTINGS = (
        "a database probe slower than this counts as failed", positive),
     _S("registry", "path", "path", "registry.json", "",
        "registry file of desired instances; relative to the config file's directory"),
+    _S("supervisor", "state_dir", "path", None, "",
+       "directory of the service's own files (the generated API token ``api.token``); "
+       "default: the registry file's directory"),
     _S("registry", "watch", "bool", True, "",
        "reload the registry when the file changes"),
     _S("failover", "watch_path", "path", None, "",
@@ -164,6 +194,16 @@ SETTINGS = (
        "bearer token; set it through the environment (see token_file)", secret=True),
     _S("http", "max_body", "int", 65536, "bytes",
        "largest request body accepted", positive),
+    _S("http", "token_for_reads", "bool", False, "",
+       "GET requests need the token too (/health stays open for probes); mutating "
+       "requests always need it"),
+    _S("http", "allowed_hosts", "list", (), "",
+       "``Host`` header names accepted besides the loopback names and the listen host "
+       "(DNS rebinding); ``\"*\"`` accepts any", host_names),
+    _S("security", "handler_modules", "list", (), "",
+       "module prefixes a spec PUT over HTTP may name as its handler (``\"myapp.\"``: "
+       "myapp's submodules; ``\"myapp\"``: myapp and its submodules); empty: any module. "
+       "Config file only", module_prefixes),
     _S("logging", "level", "str", "info", "", "debug, info, warning or error",
        one_of(*LEVELS)),
     _S("logging", "format", "str", "text", "", "text or json (one JSON object per line)",

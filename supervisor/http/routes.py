@@ -14,6 +14,7 @@ supervisor's actor (``restart``/``verify``/``shutdown`` return greenlets at once
 import collections
 import contextlib
 import json
+import logging
 import math
 import re
 import time
@@ -27,7 +28,9 @@ from instances.dsn import redact_params
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, UnknownInstance
 from instances.spec import NAME_PATTERN, InstanceSpec, redact_dsn
+from supervisor.config.settings import handler_allowed
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN + r"\Z")
 _OPERATION_ID = re.compile(r"[0-9a-f]{1,32}\Z")
 ACTIONS = ("restart", "verify", "shutdown")
@@ -108,18 +111,83 @@ class Request:
         if kind != JSON_TYPE:
             raise HttpError(415, "Content-Type must be %s, got %r" % (
                 JSON_TYPE, self.content_type or None), "Content-Type", self.content_type)
-        raw = self._read_body()
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise HttpError(400, "body is not UTF-8: %s" % exc) from None
-        except json.JSONDecodeError as exc:
-            raise HttpError(400, "malformed JSON at line %d column %d: %s" % (
-                exc.lineno, exc.colno, exc.msg), line=exc.lineno, column=exc.colno) from None
+        data = parse_json(self._read_body())
         if not isinstance(data, dict):
             raise HttpError(400, "body must be a JSON object of instance fields, got %s"
                             % type(data).__name__, "body", None)
         return data
+
+
+#: Deepest nesting of arrays and objects accepted in a request body.
+MAX_JSON_DEPTH = 16
+#: Most digits accepted in a JSON number (Python's own limit is 4300).
+MAX_NUMBER_DIGITS = 30
+
+
+def parse_json(raw):
+    """``raw`` (bytes) parsed as JSON; HttpError 400 naming the problem for bytes that are
+    not UTF-8, malformed JSON, NaN/Infinity, numbers of more than MAX_NUMBER_DIGITS digits,
+    nesting deeper than MAX_JSON_DEPTH and lone surrogates (``"\\ud800"``)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, "body is not UTF-8: %s" % exc, "body", None) from None
+    try:
+        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                          parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise HttpError(400, "malformed JSON at line %d column %d: %s" % (
+            exc.lineno, exc.colno, exc.msg), "body", None, line=exc.lineno,
+            column=exc.colno) from None
+    except RecursionError:
+        raise HttpError(400, "JSON nested more than %d levels deep" % MAX_JSON_DEPTH,
+                        "body", None) from None
+    except ValueError as exc:
+        raise HttpError(400, "bad JSON value: %s" % exc, "body", None) from None
+    _check_parsed(data, "body", 0)
+    return data
+
+
+def _parse_int(text):
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError("a number of %d digits (at most %d)" % (
+            len(text.lstrip("-")), MAX_NUMBER_DIGITS))
+    return int(text)
+
+
+def _parse_float(text):
+    if len(text) > MAX_NUMBER_DIGITS + 10:
+        raise ValueError("a number of %d characters (at most %d)" % (
+            len(text), MAX_NUMBER_DIGITS + 10))
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("%s is out of range" % text)
+    return value
+
+
+def _refuse_constant(name):
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def _check_parsed(value, where, depth):
+    """HttpError 400 for nesting deeper than MAX_JSON_DEPTH or a lone surrogate."""
+    if depth > MAX_JSON_DEPTH:
+        raise HttpError(400, "%s: JSON nested more than %d levels deep" % (
+            where, MAX_JSON_DEPTH), where, None)
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise HttpError(400, "%s: a lone surrogate (\\ud800-\\udfff) is not text"
+                            % where, where, None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_parsed(key, where, depth + 1)
+            _check_parsed(item, key if depth == 0 else where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_parsed(item, where, depth + 1)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Operations:
@@ -163,9 +231,11 @@ class Routes:
     wait_timeout = 30.0
     max_wait_timeout = 3600.0
 
-    def __init__(self, supervisor, metrics_registry):
+    def __init__(self, supervisor, metrics_registry, handler_modules=()):
         self.supervisor = supervisor
         self.metrics_registry = metrics_registry
+        #: Module prefixes a PUT spec's handler may come from (empty: any module).
+        self.handler_modules = tuple(handler_modules)
         self.operations = Operations()
 
     def match(self, path):
@@ -236,6 +306,11 @@ class Routes:
         if "name" in data and data["name"] != name:
             raise HttpError(400, "name=%r in the body differs from %r in the path" % (
                 data["name"], name), "name", data["name"])
+        handler = data.get("handler")
+        if isinstance(handler, str) and not handler_allowed(handler, self.handler_modules):
+            raise HttpError(403, "handler=%r: its module is not allowed by [security] "
+                            "handler_modules (%s)" % (handler, ", ".join(
+                                self.handler_modules)), "handler", handler)
         registry = self.supervisor.registry
         with _registry_errors():
             spec = InstanceSpec.from_dict(dict(data, name=name), resolve=registry.resolve)
@@ -309,11 +384,14 @@ def _registry_errors():
     """Translate registry exceptions into HTTP answers (nothing was changed)."""
     try:
         yield
-    except UnknownInstance as exc:
-        raise HttpError(404, str(exc), "name", None) from None
-    except InstanceExists as exc:
-        raise HttpError(409, str(exc), "name", None) from None
+    except UnknownInstance:
+        raise HttpError(404, "no such instance", "name", None) from None
+    except InstanceExists:
+        raise HttpError(409, "an instance of that name exists already", "name",
+                        None) from None
     except InvalidConfigurationException as exc:
         raise from_configuration_error(exc) from None
-    except RegistryError as exc:
-        raise HttpError(503, "registry unavailable: %s" % exc) from None
+    except RegistryError as exc:  # its message names the service's files: only logged
+        log.warning("registry unavailable: %s", exc,
+                    extra={"action": "http.registry_unavailable", "instance": None})
+        raise HttpError(503, "registry unavailable (see the service's log)") from None

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 from supervisor.testing import wait_for
@@ -47,6 +48,8 @@ def toml_value(value):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[%s]" % ", ".join(toml_value(item) for item in value)
     return json.dumps(str(value))
 
 
@@ -140,6 +143,30 @@ class ServiceProcess:
         request = urllib.request.Request(self.url + path)
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read().decode("utf-8"))
+
+    def api_token(self):
+        """The token the service uses: the configured one, else the one it generated
+        (``api.token`` in its state directory, the registry's directory by default)."""
+        if self.token:
+            return self.token
+        with open(os.path.join(self.directory, "api.token"), encoding="ascii") as f:
+            return f.read().strip()
+
+    def call(self, method, path, body=None, token=None, headers=None):
+        """``(status, parsed JSON)`` of one request; mutations carry the token and the
+        JSON content type unless ``headers`` say otherwise."""
+        sent = {"Content-Type": "application/json"} if method != "GET" else {}
+        sent["Authorization"] = "Bearer %s" % (token if token is not None else
+                                               self.api_token())
+        sent.update(headers or {})
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={k: v for k, v in sent.items() if v})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read().decode("utf-8"))
 
     def status(self):
         """``{name: instance view}`` from GET /status."""

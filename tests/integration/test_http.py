@@ -34,9 +34,10 @@ class Client:
 
     def __init__(self, api, token=None):
         self.host, self.port = api.address[:2]
-        self.token = token
+        self.token = token if token is not None else api.token
 
     def call(self, method, path, body=None, token=None, headers=None, raw=None):
+        """``token``: None: the client's; "": none sent. Mutations say they send JSON."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         sent = dict(headers or {})
         token = token if token is not None else self.token
@@ -45,6 +46,7 @@ class Client:
         data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")
+        if method in ("PUT", "POST", "DELETE"):
             sent.setdefault("Content-Type", "application/json")
         try:
             conn.request(method, path, body=data, headers=sent)
@@ -288,7 +290,8 @@ def test_oversized_body_is_refused_without_reading_it(api):
     never waits for (reads) the rest."""
     sock = socket.create_connection(api.address[:2], timeout=10)
     try:
-        sock.sendall(b"PUT /instances/lake HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"PUT /instances/lake HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer " + api.token.encode() + b"\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{")
         received = b""
         while True:
@@ -309,7 +312,8 @@ def test_chunked_body_over_limit_is_413(supervisor):
     try:
         conn = http.client.HTTPConnection(*api.address[:2], timeout=10)
         conn.request("PUT", "/instances/lake", body=iter([b"{" + b" " * 80, b" " * 80 + b"}"]),
-                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+                     headers={"Content-Type": "application/json",
+                              "Authorization": "Bearer " + api.token}, encode_chunked=True)
         response = conn.getresponse()
         assert response.status == 413
         assert json.loads(response.read())["limit"] == 100
@@ -460,7 +464,7 @@ def test_right_token_allows_changes_and_reads_stay_open(secured, registry):
 def test_token_for_reads_protects_gets_but_not_health(supervisor):
     api = _serve(supervisor, token=TOKEN, token_for_reads=True)
     try:
-        client = Client(api)
+        client = Client(api, token="")
         for path in ("/instances", "/status", "/metrics"):
             _assert_error(client.call("GET", path), 401, "Authorization")
             assert client.call("GET", path, token=TOKEN).status == 200
@@ -469,12 +473,25 @@ def test_token_for_reads_protects_gets_but_not_health(supervisor):
         api.stop(timeout=2)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::", ""])
-def test_non_loopback_address_without_token_is_refused(supervisor, host):
+def test_without_a_token_a_random_one_guards_every_mutation(supervisor, registry):
+    api = _serve(supervisor)
+    try:
+        assert len(api.token) >= 40 and api.token != _serve.__name__
+        anonymous = Client(api, token="")
+        reply = anonymous.call("PUT", "/instances/lake", _spec_body())
+        _assert_error(reply, 401, "Authorization")
+        assert "lake" not in registry
+        assert anonymous.call("GET", "/instances").status == 200  # reads stay open
+        assert Client(api).call("PUT", "/instances/lake", _spec_body()).status == 201
+    finally:
+        api.stop(timeout=2)
+    assert HttpApi(supervisor).token != api.token  # a fresh one each time
+
+
+def test_an_empty_token_is_refused(supervisor):
     with pytest.raises(InvalidConfigurationException) as info:
-        HttpApi(supervisor, listen=(host, 0))
-    assert info.value.field == "listen"
-    HttpApi(supervisor, listen=(host, 0), token=TOKEN)  # allowed with a token
+        HttpApi(supervisor, listen=("127.0.0.1", 0), token=" ")
+    assert info.value.field == "token" and info.value.value == "***"
 
 
 # -- redaction and logging -----------------------------------------------------------------
@@ -538,12 +555,12 @@ def test_stop_closes_the_listener(supervisor):
 
 
 @pytest.mark.timeout(20)
-def test_a_silent_client_is_disconnected_after_the_idle_timeout(supervisor, monkeypatch):
-    monkeypatch.setattr(HttpApi, "idle_timeout", 0.3)
+def test_a_silent_client_is_disconnected_after_the_request_timeout(supervisor, monkeypatch):
+    monkeypatch.setattr(HttpApi, "request_timeout", 0.3)
     api = _serve(supervisor)
     try:
         with socket.create_connection(api.address[:2], timeout=10) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # ...and never finishes
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes
             started = time.monotonic()
             answer = b""
             while True:  # until the server closes the connection (recv times out at 10 s)
@@ -555,3 +572,83 @@ def test_a_silent_client_is_disconnected_after_the_idle_timeout(supervisor, monk
             assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
     finally:
         api.stop(timeout=2)
+
+
+# -- secure defaults: Host, content type, handler modules ------------------------------------
+
+def _raw(api, request):
+    """Send ``request`` (bytes) as is; ``(status, headers+body bytes)``."""
+    with socket.create_connection(api.address[:2], timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return int(received.split(b" ", 2)[1]), received
+
+
+@pytest.mark.parametrize("host, status", [
+    ("evil.example", 421), ("evil.example:7390", 421), ("127.0.0.1.evil.example", 421),
+    ("localhost", 200), ("LOCALHOST:1", 200), ("app.localhost", 200), ("[::1]:7390", 200),
+    ("127.0.0.2", 200), ("", 400), ("a b", 400), ("[::1", 400), ("x:port", 400)])
+def test_host_must_name_this_server(api, host, status):
+    header = b"Host: %s\r\n" % host.encode() if host else b""
+    got, received = _raw(api, b"GET /instances HTTP/1.1\r\n" + header +
+                         b"Connection: close\r\n\r\n")
+    assert got == status, received
+    if status != 200:
+        assert json.loads(received.partition(b"\r\n\r\n")[2])["field"] == "Host"
+
+
+def test_allowed_hosts_adds_names_and_star_accepts_any(supervisor):
+    api = _serve(supervisor, allowed_hosts=["pgvisor.internal"])
+    star = _serve(supervisor, allowed_hosts=["*"])
+    try:
+        request = b"GET /health HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+        assert _raw(api, request % b"pgvisor.internal:80")[0] == 200
+        assert _raw(api, request % b"other.internal")[0] == 421
+        assert _raw(star, request % b"other.internal")[0] == 200
+    finally:
+        api.stop(timeout=2)
+        star.stop(timeout=2)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_every_mutation_needs_a_json_content_type(client, river, registry, content_type):
+    """A cross-site HTML form can only send these types: it never reaches a handler."""
+    headers = {"Content-Type": content_type} if content_type else {"Content-Type": ""}
+    first = client.call("POST", "/instances/river/restart", headers=headers)
+    _assert_error(first, 415, "Content-Type")
+    _assert_error(client.call("DELETE", "/instances/river", headers=headers), 415)
+    _assert_error(client.call("PUT", "/instances/lake", raw=b"{}", headers=headers), 415)
+    assert "river" in registry and "lake" not in registry
+
+
+def test_handler_modules_refuse_a_put_outside_them_and_import_nothing(
+        supervisor, registry, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    monkeypatch.setenv("POISON_MARKER", str(marker))
+    api = _serve(supervisor, handler_modules=["tests.handlers", "myapp."])
+    try:
+        client = Client(api)
+        for handler in ("tests.poison:handle", "subprocess:getoutput", "tests:handlers",
+                        "tests.handlersx:record", "myapp:run"):
+            reply = client.call("PUT", "/instances/lake", _spec_body(handler=handler))
+            _assert_error(reply, 403, "handler")
+            assert reply.body["value"] == handler
+        assert not marker.exists() and "tests.poison" not in __import__("sys").modules
+        assert "lake" not in registry
+        assert client.call("PUT", "/instances/lake", _spec_body()).status == 201
+    finally:
+        api.stop(timeout=2)
+
+
+def test_unknown_instance_answers_do_not_name_the_registry_file(client, registry):
+    for method in ("GET", "DELETE"):
+        reply = client.call(method, "/instances/nope")
+        assert reply.status == 404, reply
+        assert registry.path not in reply.text
+        assert "registry" not in reply.body["error"]
