@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: test unit docs lint demo bench bench-smoke postgres clean
+.PHONY: test unit docs lint demo bench bench-smoke postgres chromium screenshot clean
 
 $(STAMP): setup.py
 	@bash .ci/ensure-venv $(PYTHON) $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): setup.py
 postgres:
 	@bash .ci/ensure-postgres
 
-test: $(BENCH_STAMP) postgres
+# Headless Chromium and chromedriver for the status page's browser tests.
+chromium:
+	@bash .ci/ensure-chromium
+
+test: $(BENCH_STAMP) postgres chromium
 	$(PY) -m gevent.monkey --module pytest tests $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -30,8 +34,14 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W -q -b html docs docs/_build/html
 
+# The demo prints its status page's URL; the page stays up DEMO_LINGER s after the story.
+DEMO_LINGER ?= 30
 demo: $(STAMP) postgres
-	$(PY) -m supervisor.cli demo
+	$(PY) -m supervisor.cli demo --linger $(DEMO_LINGER)
+
+# The docs' picture of the status page, from the real service in headless Chromium.
+screenshot: $(STAMP) postgres chromium
+	$(PY) -m gevent.monkey --module tests.acceptance.status_screenshot docs/_static/status.png
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache

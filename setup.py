@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["supervisor", "supervisor.*", "instances", "instances.*"]),
+    # The status page's script and style sheet (supervisor/http/page.py): offline, no CDN.
+    package_data={"supervisor.http": ["static/*.js", "static/*.css"]},
     install_requires=[
         "gevent>=23.9",
         "psycogreen>=1.0.2",
@@ -20,9 +22,9 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "selenium>=4.10"],
         "lint": ["ruff>=0.4", "import-linter>=2.0"],
-        "docs": ["sphinx>=7.0"],
+        "docs": ["sphinx>=7.0", "furo>=2023.9.10"],
         "bench": ["asyncpg>=0.29", "pyinstrument>=4.6"],
     },
     entry_points={"console_scripts": ["pgvisor = supervisor.cli:main"]},

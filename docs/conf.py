@@ -11,5 +11,8 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 autodoc_member_order = "bysource"
 autodoc_mock_imports = []
 exclude_patterns = ["_build"]
-html_theme = "alabaster"
+# Furo (the docs extra): readable, light and dark, code blocks scroll inside the column.
+html_theme = "furo"
+html_title = "pgvisor"
+html_static_path = ["_static"]
 nitpicky = False

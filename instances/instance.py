@@ -267,6 +267,7 @@ class Instance:
             "alive": self.alive, "connected": self.connected, "exit": self.exit,
             "heartbeat_age": self.heartbeat_age(),
             "backlog": self.queue.qsize(),
+            "spool_errors": self.queue.error_count() if self.spec.queue is not None else None,
             "received": listener.received if listener else 0,
             "catch_ups": listener.catch_ups if listener else 0,
             "reconnects": listener.reconnects if listener else 0,

@@ -281,8 +281,13 @@ class Supervisor:
         """``{name: status dict}`` for every instance known to the registry or running."""
         desired = {spec.name: spec for spec in self.registry}
         names = sorted(set(desired) | set(self.records))
-        return {name: status_of(self.records.get(name) or Record(name), desired.get(name),
-                                self.db_up) for name in names}
+        statuses = {name: status_of(self.records.get(name) or Record(name),
+                                    desired.get(name), self.db_up) for name in names}
+        for name, status in statuses.items():  # automatic restarts allowed now
+            spec = desired.get(name)
+            status["budget_left"] = self.budget.remaining(
+                name, spec.restart_max_rate if spec is not None else None)
+        return statuses
 
     def database_status(self):
         """The database as the supervisor sees it (docs/http.rst: ``database``)."""

@@ -9,12 +9,15 @@ A table ``documents`` whose trigger NOTIFYs ``doc_changed``; two instances:
 
 A producer inserts documents all along while the demo kills ``river``, restarts the
 database, and edits the registry (a new channel, disable and enable ``audit``). A status
-view shows what the supervisor does; the summary proves every produced row was indexed.
+line shows what the supervisor does, and the HTTP API serves the status page (its URL is
+printed first; it stays up until the story and its summary are over, ``--linger`` seconds
+more if asked): watch it in a browser. The summary proves every produced row was indexed.
 Ctrl-C ends it cleanly at any point.
 """
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -27,6 +30,7 @@ from instances import InstanceSpec, Registry
 from instances.connectors import PostgresConnector
 from instances.exceptions import ConnectionLost, DatabaseError
 from supervisor.actor import Supervisor
+from supervisor.http import HttpApi
 from supervisor.testing import PostgresCluster
 
 log = logging.getLogger(__name__)
@@ -109,10 +113,10 @@ class Producer:
 class Demo:
     """The scripted story; every step prints what it does and what the supervisor did."""
 
-    def __init__(self, workdir, pace, out=sys.stdout):
-        self.workdir, self.pace, self.out = workdir, pace, out
+    def __init__(self, workdir, pace, out=sys.stdout, listen=("127.0.0.1", 0)):
+        self.workdir, self.pace, self.out, self.listen = workdir, pace, out, listen
         self.stopped = gevent.event.Event()
-        self.cluster = self.supervisor = self.producer = None
+        self.cluster = self.supervisor = self.producer = self.http = None
 
     def say(self, text):
         self.out.write("[%5.1fs] %s\n" % (time.monotonic() - self.t0, text))
@@ -152,10 +156,30 @@ class Demo:
         self.supervisor = Supervisor(registry, dsn, interval=5.0, wait_after_db_revived=3.0,
                                      probe_interval=0.5, set_as_current=False)
         self.supervisor.start()
+        self.serve_status_page()
         self.producer = Producer(dsn, rate=100)
         self.producer.start()
         self.say("supervisor started with instances river and audit; producer inserting "
                  "100 documents/s")
+
+    def serve_status_page(self):
+        """The HTTP API with the status page, on ``listen``; its token in a 0600 file."""
+        token_file = os.path.join(self.workdir, "api.token")
+        token = secrets.token_hex(16)
+        with open(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(token + "\n")
+        self.http = HttpApi(self.supervisor, listen=self.listen, token=token)
+        self.http.start()
+        host, port = self.http.address[:2]
+        self.say("status page: http://%s:%d/ (the API token, for its buttons, is in %s)"
+                 % (host, port, token_file))
+
+    def linger(self, seconds):
+        """Keep the service (and its status page) up ``seconds`` more, or until Ctrl-C."""
+        if seconds > 0:
+            self.say("the story is over; the status page stays up %.0f s more (Ctrl-C ends "
+                     "it)" % seconds)
+            self.stopped.wait(seconds)
 
     def story(self):
         steps = [
@@ -214,6 +238,8 @@ class Demo:
     def teardown(self):
         if self.producer is not None:
             self.producer.stop()
+        if self.http is not None:
+            self.http.stop(timeout=2)
         if self.supervisor is not None:
             self.supervisor.stop(timeout=5)
         if self.cluster is not None:
@@ -226,21 +252,35 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="pgvisor demo", description=__doc__.split("\n")[0])
     parser.add_argument("--pace", type=float, default=1.0,
                         help="time scale of the story (0.5: twice as fast)")
+    parser.add_argument("--listen", default="127.0.0.1:0", type=_address,
+                        help="HOST:PORT of the HTTP API and status page (port 0: any free "
+                             "port; default %(default)s)")
+    parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                        help="keep the service up this long after the summary (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="pgvisor-demo-") as workdir:
-        demo = Demo(workdir, args.pace)
+        demo = Demo(workdir, args.pace, listen=args.listen)
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, demo.stopped.set)
         try:
             demo.setup()
             finished = demo.story()
             ok = demo.summary() if finished else False
+            if finished:
+                demo.linger(args.linger)
         finally:
             demo.teardown()
     if demo.stopped.is_set():
         return 130
     return 0 if ok else 1
+
+
+def _address(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("%r: must be HOST:PORT, e.g. 127.0.0.1:7390" % text)
+    return host, int(port)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def status_of(record, spec, db_up):
         "run_on": shown.run_on if shown is not None else None,
         "connected": bool(health.get("connected")),
         "backlog": health.get("backlog", 0),
+        "spool_errors": health.get("spool_errors"),
         "received": health.get("received", 0),
         "processed": health.get("processed", 0),
         "failed": health.get("failed", 0),

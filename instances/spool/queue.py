@@ -283,6 +283,11 @@ class FileQueue:
         """See :func:`instances.spool.layout.stats`."""
         return layout.stats(self.directory)
 
+    def error_count(self):
+        """Messages in ``errors/`` now (for status pages: one listing of that directory
+        alone, which holds only failures; :meth:`stats` lists ``incoming/`` too)."""
+        return len(errors.error_names(self.directory))
+
     # -- wake-up ---------------------------------------------------------------------
 
     def wake(self):

@@ -29,6 +29,7 @@ from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, UnknownInstance
 from instances.spec import NAME_PATTERN, InstanceSpec, redact_dsn
 from supervisor.config.settings import handler_allowed
+from supervisor.http import page
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN + r"\Z")
@@ -252,6 +253,8 @@ class Routes:
             return {"POST": self.post_action}, {"name": parts[1], "action": parts[2]}
         if len(parts) == 2 and parts[0] == "operations":
             return {"GET": self.get_operation}, {"op_id": parts[1]}
+        if not parts or (len(parts) == 2 and parts[0] == "static"):
+            return {"GET": self.page}, {"asset": parts[1] if parts else None}
         simple = {"health": self.health, "metrics": self.metrics, "status": self.status}
         if len(parts) == 1 and parts[0] in simple:
             return {"GET": simple[parts[0]]}, {}
@@ -293,6 +296,15 @@ class Routes:
             "instances": self._instance_views(),
             "counters": dict(self.supervisor.counters),
             "registry_version": self.supervisor.registry.version})
+
+    def page(self, request, asset):
+        """The status page (``/``) or one of its files (``/static/NAME``)."""
+        if asset is None:
+            return Response(200, page.document(), page.HTML_TYPE, page.HEADERS)
+        found = page.asset(asset)
+        if found is None:
+            raise HttpError(404, "no static file %r" % asset, "path", "/static/" + asset)
+        return Response(200, found[0], found[1], page.HEADERS)
 
     def _instance_views(self):
         registry, status = self.supervisor.registry, self.supervisor.status()
