@@ -407,7 +407,7 @@ def test_wrong_method_is_405_with_allow(client):
     assert reply.status == 405 and reply.header("Allow") == "DELETE, GET, PUT"
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/instances/river/explode", "/instances/a/b/c"])
+@pytest.mark.parametrize("path", ["/nope", "/static", "/static/nope.js", "/instances/river/explode", "/instances/a/b/c"])
 def test_unknown_route_is_404(client, path):
     _assert_error(client.call("GET", path), 404, "path")
 
