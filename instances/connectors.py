@@ -30,7 +30,7 @@ import psycopg2.extras
 from psycogreen.gevent import gevent_wait_callback
 
 from instances import dsn as _dsn
-from instances.dsn import quote_ident
+from instances.dsn import quote_ident, redact_dsn
 from instances.exceptions import (
     ConnectionLost,
     DatabaseError,
@@ -40,7 +40,7 @@ from instances.exceptions import (
 )
 
 __all__ = ["PostgresConnector", "translate_error", "is_database_error", "parse_dsn",
-           "redact_dsn", "quote_ident"]
+           "quote_ident"]
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ def parse_dsn(dsn):
     except psycopg2.ProgrammingError as exc:
         detail = _dsn.scrub(str(exc).strip(), _dsn.secret_fragments(dsn))
         raise InvalidConfigurationException(
-            "dsn %s is invalid: %s" % (_dsn.redact_unparsed(dsn), detail),
-            "dsn", _dsn.redact_unparsed(dsn)) from None
+            "dsn %s is invalid: %s" % (redact_dsn(dsn), detail),
+            "dsn", redact_dsn(dsn)) from None
 
 
 def _secrets_of(dsn):
@@ -174,14 +174,6 @@ def _secrets_of(dsn):
     except InvalidConfigurationException:
         return _dsn.secret_fragments(dsn)
     return [password] if password else []
-
-
-def redact_dsn(dsn):
-    """``dsn`` (string or dict) as a libpq string with the password shown as ``***``."""
-    try:
-        return _dsn.format_dsn(_dsn.redact_params(parse_dsn(dsn)))
-    except InvalidConfigurationException:
-        return _dsn.redact_unparsed(dsn) if isinstance(dsn, str) else "<invalid dsn>"
 
 
 # -- the connector ---------------------------------------------------------------------------

@@ -1,15 +1,24 @@
-"""Pure DSN helpers: hermes dicts, libpq keyword strings, password redaction, identifiers.
+"""Pure DSN helpers: hermes dicts, libpq keyword strings, identifiers, and the one
+redaction of passwords and secrets.
 
-Nothing here talks to a server or imports the driver; parsing a libpq *string* is done by
-libpq itself in :func:`instances.connectors.parse_dsn`. These functions are safe to call
-from any greenlet and never block.
+Redaction lives here and only here: :data:`REDACTED` is how every secret is shown;
+:func:`redact_dsn` is how a DSN is shown (reprs, logs, errors, the HTTP API and the CLI
+alike: a dict stays a dict, a string stays a string); :func:`redact_text` masks what looks
+like a password in free text (log lines, messages) and the registered secrets;
+:func:`secret_fragments` and :func:`scrub` take a DSN's secrets out of messages that quote
+it (libpq's). Nothing here talks to a server or imports the driver; parsing a libpq
+*string* is done by libpq itself in :func:`instances.connectors.parse_dsn`. These
+functions are safe to call from any greenlet and never block.
 """
 import re
+from collections.abc import Mapping
 
 from instances.exceptions import InvalidConfigurationException
 
-#: What a password is shown as in reprs, logs and messages.
+#: What a password or any other secret is shown as, everywhere.
 REDACTED = "***"
+#: A key whose value is a secret (dict DSNs, JSON bodies, dict reprs) contains one of these.
+SECRET_KEY_PARTS = ("password", "passwd", "token")
 
 #: Longest identifier Postgres keeps (NAMEDATALEN - 1, in bytes); longer ones are truncated.
 MAX_IDENTIFIER_BYTES = 63
@@ -17,11 +26,26 @@ MAX_IDENTIFIER_BYTES = 63
 #: hermes-style dict keys and their libpq names.
 HERMES_KEYS = {"database": "dbname"}
 
-# A password inside a DSN string that libpq could not parse: ``password=value`` (quoted or
-# up to the next ``key=``) or the userinfo of a URI. Only used to hide it, never to connect.
+# A password inside a DSN string, parsed or not: ``password=value`` (quoted, or up to the
+# next ``key=``: a malformed unquoted value may hold spaces) or the userinfo of a URI. Only
+# used to hide it, never to connect.
 _PASSWORD_VALUE = re.compile(
-    r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|.*?)(?=\s+\w+\s*=|\s*$)", re.IGNORECASE | re.DOTALL)
+    r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|.*?)(?=\s+\w+\s*=|\s*$)",
+    re.IGNORECASE | re.DOTALL)
 _URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@]*)(@)")
+# What looks like a secret in free text, where a value ends at a space: (pattern, repl).
+_TEXT_PATTERNS = (
+    # libpq key=value and keyword reprs: password='quoted', password=unquoted
+    (re.compile(r"""(\b(?:(?:ssl)?password|passwd|pgpassword)\s*=\s*)"""
+                r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"&,;)]+)""",
+                re.IGNORECASE), r"\1" + REDACTED),
+    # URIs: scheme://user:secret@host
+    (re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]*@", re.IGNORECASE),
+     r"\1" + REDACTED + "@"),
+    # dict reprs and JSON: 'password': 'secret' / "password": "secret"
+    (re.compile(r"""((['"])(?:(?:ssl)?password|passwd|token)\2\s*:\s*)(['"])(?:\\.|(?!\3).)*\3""",
+                re.IGNORECASE), r"\1\3" + REDACTED + r"\3"),
+)
 
 
 def normalize_dict(params):
@@ -55,24 +79,40 @@ def _quote_value(value):
     return "'%s'" % value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def redact_params(params):
-    """A copy of a libpq keyword dict with the password replaced by :data:`REDACTED`."""
-    return {key: (REDACTED if key == "password" else value) for key, value in params.items()}
+def is_secret_key(key):
+    """True when ``key`` names a secret (``password``, ``sslpassword``, ``token``...)."""
+    key = str(key).lower()
+    return any(part in key for part in SECRET_KEY_PARTS)
 
 
-def redact_unparsed(text):
-    """Hide the password in a DSN string that could not be parsed (best effort, regex)."""
-    text = _URI_PASSWORD.sub(r"\1%s\3" % REDACTED, text)
+def redact_dsn(dsn):
+    """``dsn`` as shown anywhere: a dict (hermes or libpq keys) as a copy with every secret
+    value :data:`REDACTED`; a libpq string or URI, parsed or not, with its password hidden;
+    anything else unchanged (it holds no password to hide). Never raises."""
+    if isinstance(dsn, Mapping):
+        return {key: REDACTED if is_secret_key(key) and value is not None else value
+                for key, value in dsn.items()}
+    if not isinstance(dsn, str):
+        return dsn
+    text = _URI_PASSWORD.sub(r"\1%s\3" % REDACTED, dsn)
     return _PASSWORD_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def redact_text(text, secrets=()):
+    """``text`` with whatever looks like a password (libpq ``password=``, URI userinfo,
+    ``'password': ...`` in reprs and JSON) and each of ``secrets`` :data:`REDACTED`."""
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return scrub(text, sorted((str(s) for s in secrets if s), key=len, reverse=True))
 
 
 def secret_fragments(dsn):
     """The strings that must never appear in a message about ``dsn``: the password and, when
     the DSN is malformed, each word of what looks like one (libpq quotes fragments of a
     malformed DSN in its error messages)."""
-    if isinstance(dsn, dict):
-        password = dsn.get("password")
-        return [str(password)] if password not in (None, "") else []
+    if isinstance(dsn, Mapping):
+        return [str(value) for key, value in dsn.items()
+                if is_secret_key(key) and value not in (None, "")]
     found = [m.group(2) for m in _PASSWORD_VALUE.finditer(dsn or "")]
     found += [m.group(2) for m in _URI_PASSWORD.finditer(dsn or "")]
     fragments = set()
@@ -83,7 +123,8 @@ def secret_fragments(dsn):
 
 
 def scrub(text, fragments):
-    """``text`` with every fragment replaced by :data:`REDACTED` (longest first)."""
+    """``text`` with every fragment replaced by :data:`REDACTED`, in the order given (give
+    the longest first)."""
     for fragment in fragments:
         text = text.replace(fragment, REDACTED)
     return text

@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Mapping
 
-from instances.dsn import redact_params, redact_unparsed
+from instances.dsn import redact_dsn
 from instances.exceptions import InvalidConfigurationException
 from instances.rates import parse_rate
 
@@ -195,15 +195,8 @@ def _label(values):
 
 def _shown(field, value):
     if field == "dsn":
-        return repr(redact_dsn(value)) if isinstance(value, str) else redact_dsn(value)
+        return repr(redact_dsn(value))
     return repr(dict(value) if isinstance(value, Mapping) else value)
-
-
-def redact_dsn(dsn):
-    """``dsn`` (libpq string, URI or dict) as text with any password hidden; never raises."""
-    if isinstance(dsn, Mapping):
-        return repr(redact_params(dsn))
-    return redact_unparsed(dsn) if isinstance(dsn, str) else repr(dsn)
 
 
 def _problem(field, value, why, shown=None):
@@ -357,7 +350,7 @@ def _check_seconds(field, value, allow_none=False):
 def _check_dsn(value):
     if value is None or isinstance(value, str):
         return value
-    shown = redact_dsn(value)
+    shown = repr(redact_dsn(value))
     if not isinstance(value, Mapping):
         raise _problem("dsn", value, "must be null, a libpq string or an object", shown)
     for key, item in value.items():

@@ -16,28 +16,16 @@ Handlers are thread-safe (logging's own lock); redaction is pure string work.
 """
 import json
 import logging
-import re
 import sys
 import time
 
+from instances.dsn import redact_text
 from instances.exceptions import InvalidConfigurationException
 
-MASK = "***"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
           "warning": logging.WARNING, "error": logging.ERROR}
 FORMATS = ("text", "json")
 
-_PATTERNS = (
-    # libpq key=value and keyword reprs: password='quoted', password=unquoted
-    (re.compile(r"""(\b(?:password|passwd|pgpassword)\s*=\s*)"""
-                r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"&,;)]+)""",
-                re.IGNORECASE), r"\1" + MASK),
-    # URIs: scheme://user:secret@host
-    (re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]*@", re.IGNORECASE), r"\1" + MASK + "@"),
-    # dict reprs and JSON: 'password': 'secret' / "password": "secret"
-    (re.compile(r"""((['"])(?:password|passwd|token)\2\s*:\s*)(['"])(?:\\.|(?!\3).)*\3""",
-                re.IGNORECASE), r"\1\3" + MASK + r"\3"),
-)
 _secrets = set()
 
 
@@ -53,12 +41,9 @@ def unregister_secret(value):
 
 
 def redact(text):
-    """Return ``text`` with passwords, URI credentials and registered secrets masked."""
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+    """Return ``text`` with passwords, URI credentials and registered secrets masked
+    (:func:`instances.dsn.redact_text`)."""
+    return redact_text(text, _secrets)
 
 
 class RedactingFilter(logging.Filter):

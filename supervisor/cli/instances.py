@@ -14,9 +14,10 @@ import importlib.util
 import json
 import os
 
+from instances.dsn import redact_dsn
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, Registry, UnknownInstance
-from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES, InstanceSpec, redact_dsn
+from instances.spec import ISOLATIONS, RESTART_TYPES, ROLES, InstanceSpec
 from supervisor.cli import output as cli_output
 from supervisor.cli.options import common_flags, load
 from supervisor.cli.output import CliError, emit_json, error, key_values, say, table
@@ -124,10 +125,9 @@ def _specs(path):
 
 
 def view(spec):
-    """A spec as shown: its fields, the dsn's password masked."""
+    """A spec as shown: its fields, the dsn's password masked (as the HTTP API shows it)."""
     data = spec.to_dict()
-    if data.get("dsn") is not None:
-        data["dsn"] = redact_dsn(data["dsn"])
+    data["dsn"] = redact_dsn(data.get("dsn"))
     return data
 
 

@@ -19,6 +19,7 @@ import stat
 import sys
 
 from instances.connectors import parse_dsn
+from instances.dsn import REDACTED
 from instances.exceptions import InvalidConfigurationException
 from supervisor import logs
 from supervisor.config import settings
@@ -62,17 +63,17 @@ class Loader:
         entry = entry or self.entries[name]
         setting = BY_NAME[name]
         if entry.origin == "env":
-            shown = logs.MASK if setting.secret else logs.redact(entry.raw)
+            shown = REDACTED if setting.secret else logs.redact(entry.raw)
             line = "%s=%s: %s" % (setting.env, shown, why)
         else:
             value = entry.value if entry.raw is None else entry.raw
-            shown = logs.MASK if setting.secret and value is not None else \
+            shown = REDACTED if setting.secret and value is not None else \
                 logs.redact(settings.render(value))
             where = {"override": "command line", "file": self.path}.get(
                 entry.origin, self.path or "configuration")
             line = "%s: [%s] %s = %s: %s" % (where, setting.section, setting.key, shown, why)
         self.problems.append(line)
-        self.fields.append((name, logs.MASK if setting.secret else redact_value(entry.value)))
+        self.fields.append((name, REDACTED if setting.secret else redact_value(entry.value)))
 
     def warn(self, message):
         self.warnings.append(message)
@@ -111,7 +112,7 @@ class Loader:
             hint = _suggest(key, settings.keys_of(section), "%s")
             near_secret = any(s.secret and s.key in hint for s in SETTINGS
                               if s.section == section)
-            shown = logs.MASK if near_secret or any(h in key.lower() for h in _SECRET_HINT) \
+            shown = REDACTED if near_secret or any(h in key.lower() for h in _SECRET_HINT) \
                 else logs.redact(settings.render(value))
             self.unknown("[%s] %s = %s: unknown key%s" % (section, key, shown, hint), name)
             return

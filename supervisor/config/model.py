@@ -17,8 +17,7 @@ import dataclasses
 import os
 
 from instances.connectors import parse_dsn
-from instances.dsn import format_dsn
-from supervisor import logs
+from instances.dsn import REDACTED, format_dsn, redact_dsn
 from supervisor.config import settings
 from supervisor.config.loader import Loader, redact_value
 from supervisor.config.settings import BY_NAME, SECTIONS, SETTINGS
@@ -34,7 +33,7 @@ class _Section:
             value = getattr(self, field.name)
             if redact and value is not None:
                 secret = BY_NAME["%s.%s" % (self._section, field.name)].secret
-                value = logs.MASK if secret else redact_value(value)
+                value = REDACTED if secret else redact_value(value)
             out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -64,10 +63,7 @@ class _Database(_Section):
 
     def display_dsn(self):
         """The connection string with the password masked, for logs and status."""
-        params = self.connect_params()
-        if "password" in params:
-            params["password"] = logs.MASK
-        return format_dsn(params)
+        return format_dsn(redact_dsn(self.connect_params()))
 
 
 class _Http(_Section):

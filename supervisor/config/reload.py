@@ -9,6 +9,7 @@ shown, only that they changed.
 import dataclasses
 import logging
 
+from instances.dsn import REDACTED
 from supervisor import logs
 from supervisor.config.settings import BY_NAME, SECTIONS
 
@@ -42,8 +43,8 @@ def config_changes(old, new):
             name = "%s.%s" % (section, field.name)
             secret = BY_NAME[name].secret
             changes.append(Change(
-                name, "(secret)" if secret else shown_old[section][field.name],
-                "(secret)" if secret else shown_new[section][field.name], name in LIVE))
+                name, REDACTED if secret else shown_old[section][field.name],
+                REDACTED if secret else shown_new[section][field.name], name in LIVE))
     return changes
 
 

@@ -24,10 +24,10 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from instances.dsn import redact_params
+from instances.dsn import redact_dsn
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, UnknownInstance
-from instances.spec import NAME_PATTERN, InstanceSpec, redact_dsn
+from instances.spec import NAME_PATTERN, InstanceSpec
 from supervisor.config.settings import handler_allowed
 from supervisor.http import page
 
@@ -68,11 +68,10 @@ def from_configuration_error(exc):
 
 
 def _safe_value(field, value):
-    """The offending value as shown in an answer: a DSN without its password."""
-    if field == "dsn" and value is not None:
-        return redact_params(dict(value)) if isinstance(value, Mapping) else redact_dsn(value)
-    if isinstance(value, Mapping):
-        return {k: ("***" if "password" in str(k).lower() else v) for k, v in value.items()}
+    """The offending value as shown in an answer: a DSN (or any object) without its
+    secrets."""
+    if field == "dsn" or isinstance(value, Mapping):
+        return redact_dsn(value)
     return value
 
 
@@ -374,10 +373,7 @@ def instance_view(name, spec, status):
 
 def spec_view(spec):
     data = spec.to_dict()
-    if isinstance(data.get("dsn"), Mapping):
-        data["dsn"] = redact_params(data["dsn"])
-    elif data.get("dsn") is not None:
-        data["dsn"] = redact_dsn(data["dsn"])
+    data["dsn"] = redact_dsn(data.get("dsn"))
     return data
 
 

@@ -35,7 +35,7 @@ import gevent
 import gevent.pool
 import gevent.pywsgi
 
-from instances.dsn import scrub, secret_fragments
+from instances.dsn import REDACTED, scrub, secret_fragments
 from instances.exceptions import InvalidConfigurationException
 from supervisor.config.settings import is_loopback
 from supervisor.http.routes import JSON_TYPE, HttpError, Request, Response, Routes
@@ -91,7 +91,7 @@ class HttpApi:
         host, port = listen
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise InvalidConfigurationException("token: must be a non-empty string",
-                                                "token", "***")
+                                                "token", REDACTED)
         self.supervisor = supervisor
         self.listen = (host, port)
         self.max_body = max_body

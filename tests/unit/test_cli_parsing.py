@@ -128,3 +128,18 @@ def test_an_invalid_config_is_a_usage_error_with_every_problem(tmp_path):
         cli_options.load(str(path))
     assert error.value.code == cli_output.USAGE
     assert len(str(error.value).splitlines()) == 2  # interval, and the missing dsn
+
+
+@pytest.mark.parametrize("dsn,shown", [
+    ({"host": "db1", "database": "app", "password": "pw"},
+     {"host": "db1", "database": "app", "password": "***"}),
+    ("host=db1 password=pw", "host=db1 password=***"),
+    (None, None),
+])
+def test_the_cli_shows_a_dsn_as_the_http_api_does(dsn, shown):
+    from instances.spec import InstanceSpec
+    from supervisor.http.routes import spec_view
+
+    spec = InstanceSpec.from_dict({"name": "river", "channels": ["c"], "handler": "m:f",
+                                   "dsn": dsn}, resolve=False)
+    assert cli_instances.view(spec)["dsn"] == spec_view(spec)["dsn"] == shown

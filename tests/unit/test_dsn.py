@@ -1,8 +1,15 @@
 """DSN parsing, formatting and redaction, and identifier quoting (no database)."""
 import pytest
 
-from instances.connectors import PostgresConnector, parse_dsn, quote_ident, redact_dsn
-from instances.dsn import format_dsn, redact_unparsed, scrub, secret_fragments
+from instances.connectors import PostgresConnector, parse_dsn, quote_ident
+from instances.dsn import (
+    REDACTED,
+    format_dsn,
+    redact_dsn,
+    redact_text,
+    scrub,
+    secret_fragments,
+)
 from instances.exceptions import FatalDatabaseError, InvalidConfigurationException
 
 SECRET = "s3cr3t pa'ss\\word"
@@ -46,15 +53,23 @@ def test_non_string_non_dict_dsn_is_a_configuration_error():
         parse_dsn(42)
 
 
-@pytest.mark.parametrize("dsn", [
-    "host=db1 user=u password=%s" % format_dsn({"p": SECRET})[2:],
-    {"host": "db1", "user": "u", "password": SECRET},
-    "postgresql://u:s3cr3tpw@db1:5432/app",
+@pytest.mark.parametrize("dsn,expected", [
+    ("host=db1 user=u password=%s" % format_dsn({"p": SECRET})[2:],
+     "host=db1 user=u password=***"),
+    ("host=db1 password = 'a b' user=u", "host=db1 password = *** user=u"),
+    ("host=db1 sslpassword=s3cr3t", "host=db1 sslpassword=***"),
+    ("postgresql://u:s3cr3tpw@db1:5432/app", "postgresql://u:***@db1:5432/app"),
 ])
-def test_redact_dsn_shows_password_as_stars(dsn):
-    redacted = redact_dsn(dsn)
-    assert "password=***" in redacted
-    assert "s3cr3t" not in redacted and "host=db1" in redacted
+def test_redact_dsn_shows_a_string_as_written_with_the_password_as_stars(dsn, expected):
+    assert redact_dsn(dsn) == expected
+
+
+def test_redact_dsn_keeps_a_dict_a_dict():
+    dsn = {"host": "db1", "user": "u", "password": SECRET, "sslpassword": None}
+    assert redact_dsn(dsn) == {"host": "db1", "user": "u", "password": REDACTED,
+                               "sslpassword": None}
+    assert dsn["password"] == SECRET  # a copy: the caller's dict is untouched
+    assert redact_dsn(None) is None and redact_dsn(42) == 42
 
 
 @pytest.mark.parametrize("dsn", [
@@ -69,8 +84,13 @@ def test_redact_dsn_hides_the_password_of_unparseable_dsns(dsn):
     assert "db1" in redacted
 
 
-def test_redact_unparsed_keeps_following_keywords():
-    assert redact_unparsed("password=abc host=db1") == "password=*** host=db1"
+def test_redact_dsn_keeps_following_keywords():
+    assert redact_dsn("password=abc host=db1") == "password=*** host=db1"
+
+
+def test_redact_text_masks_passwords_in_prose_and_the_given_secrets():
+    assert redact_text("login password=abc failed; token t0k3n", ["t0k3n"]) == \
+        "login password=*** failed; token ***"
 
 
 def test_secret_fragments_of_a_malformed_dsn_cover_each_word():
