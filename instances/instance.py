@@ -1,8 +1,18 @@
 """The :class:`Instance`: the runtime of one :class:`~instances.spec.InstanceSpec`.
 
-An instance is one listener + its queue + a pool of processors calling the handler::
+An instance is a subscription + its queue + a pool of processors calling the handler::
 
-    Postgres NOTIFY -> listener (own connection) -> queue -> processors -> handler(n)
+    Postgres NOTIFY -> the node's notifier (shared) -> queue -> processors -> handler(n)
+
+By default (``connection="shared"``) the instance's source is a
+:class:`~instances.notifier.Subscription` to the notifier of its DSN in ``notifiers`` (the
+supervisor's :class:`~instances.notifier.Notifiers`; an instance built without one gets a
+private one): one LISTEN connection serves every instance of a node and database, a full
+memory queue overflows into one coalesced ``catch_up`` instead of stalling the reader.
+With ``connection="own"`` the source is a :class:`PostgresNotificationListener` on a
+connection of its own (a full queue blocks that listener: back-pressure, nothing dropped).
+Below, "listener" means either source. With ``catch_up_interval`` a ticker puts one
+``catch_up`` every that many seconds while connected (the polling fallback).
 
 With ``queue={"spool": DIR, ...}`` the queue is a FileQueue (the listener spools each
 drained read as one batch file unless ``batch`` is false; with ``queue_out_dir`` the
@@ -35,8 +45,10 @@ import time
 import gevent
 
 from instances.listeners import PostgresNotificationListener
+from instances.notification import Notification
+from instances.notifier import Notifiers, Subscription
 from instances.processors import ProcessorPool
-from instances.queues import MemoryQueue
+from instances.queues import Closed, Full, MemoryQueue
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +97,24 @@ class Instance:
     ``dsn`` is used unless the spec overrides it. ``on_death(instance)`` is told about
     every end not asked for by :meth:`stop`; ``on_connection_lost(instance, error)`` about
     every lost database connection (the instance keeps reconnecting by itself).
+    ``notifiers`` is the node's :class:`~instances.notifier.Notifiers` a shared-connection
+    instance subscribes to (None: a private one, for an instance used on its own).
     """
 
     #: Seconds between looks at a memory queue's backlog while :meth:`drain` waits.
     drain_poll_interval = 0.02
 
-    def __init__(self, spec, dsn, on_death=None, on_connection_lost=None, queue=None):
+    def __init__(self, spec, dsn, on_death=None, on_connection_lost=None, queue=None,
+                 notifiers=None):
         self.spec = spec
         self.dsn = spec.dsn if spec.dsn is not None else dsn
         self.on_death = on_death
         self.on_connection_lost = on_connection_lost
         self.queue = queue if queue is not None else make_queue(spec)
+        self.notifiers = notifiers
         self.listener = None
         self.pool = None
+        self._ticker = None
         #: None while alive or never started; "normal" or "abnormal" after an end.
         self.exit = None
         #: The exception that ended the instance, if any.
@@ -140,17 +157,30 @@ class Instance:
         self.pool.start()
         if self.listener is not None:
             self.listener.start()
+            if spec.catch_up_interval:
+                self._ticker = gevent.spawn(self._tick_catch_ups, spec.catch_up_interval)
         log.info("instance %s started", spec.name,
                  extra={"action": "instance.start", "instance": spec.name})
         return self
 
     def _make_listener(self):
         spec = self.spec
+        # A spool takes each drained read as one file (one write, fsync, rename).
+        batch = bool(spec.queue is not None and spec.queue.get("batch", True))
+        if spec.connection == "shared":
+            if self.notifiers is None:
+                self.notifiers = Notifiers()
+            source = Subscription(self.notifiers, self.dsn, spec.channels, self.queue,
+                                  name=spec.name, batch=batch,
+                                  on_connection_lost=self._connection_lost)
+            if spec.isolation == "process":
+                source.batch_size = PROCESS_BATCH_SIZE
+            source.link(self._part_ended)
+            return source
         listener = PostgresNotificationListener(
             self.dsn, spec.channels, self.queue, name=spec.name,
             on_connection_lost=self._connection_lost)
-        # A spool takes each drained read as one file (one write, fsync, rename).
-        listener.batch = bool(spec.queue is not None and spec.queue.get("batch", True))
+        listener.batch = batch
         if spec.isolation == "process":
             listener.batch_size = PROCESS_BATCH_SIZE
         listener.link(self._part_ended)
@@ -203,6 +233,7 @@ class Instance:
         """Stop the listener, optionally wait for the queue to empty, stop the pool: all
         within about ``timeout`` seconds. Returns True when both parts ended cleanly."""
         self._stopping = True
+        self._stop_ticker()
         deadline = time.monotonic() + timeout
         clean = True
         if self.listener is not None:
@@ -221,6 +252,7 @@ class Instance:
         """Kill listener and processors where they are, as a crash would (exit abnormal).
 
         Returns at once; on_death follows from the hub."""
+        self._stop_ticker()
         for part in (self.listener, self.pool):
             if part is not None:
                 part.kill(block=False)
@@ -271,6 +303,7 @@ class Instance:
             "received": listener.received if listener else 0,
             "catch_ups": listener.catch_ups if listener else 0,
             "reconnects": listener.reconnects if listener else 0,
+            "subscription": self._subscription_status(),
             "processed": pool_stats.get("processed", 0),
             "failed": pool_stats.get("failed", 0),
             "timed_out": pool_stats.get("timed_out", 0),
@@ -279,6 +312,42 @@ class Instance:
             "latency_buckets": pool_stats.get("latency_buckets"),
             "latency_sum": pool_stats.get("latency_sum"),
         }
+
+    def _subscription_status(self):
+        """How the instance listens: shared (its notifier, dropped, overflows) or own."""
+        listener = self.listener
+        if isinstance(listener, Subscription):
+            return listener.status()
+        if listener is None:
+            return None
+        return {"connection": "own", "notifier": None, "connected": listener.connected,
+                "channels": list(listener.channels), "dropped": 0, "overflows": 0,
+                "overflowing": False}
+
+    # -- the catch_up ticker (its own greenlet) -------------------------------------------
+    def _tick_catch_ups(self, interval):
+        """Every ``interval`` seconds while connected, one catch_up (never blocks the
+        source: a shared subscription coalesces it, a full queue of an own listener skips
+        it, as a catch_up is still waiting there)."""
+        while True:
+            gevent.sleep(interval)
+            listener = self.listener
+            if listener is None or not listener.connected:
+                continue
+            if isinstance(listener, Subscription):
+                listener.owe_catch_up()
+                continue
+            try:
+                self.queue.put(Notification(None, "", Notification.CATCH_UP, 0, time.time()),
+                               False)
+                listener.catch_ups += 1
+            except (Full, Closed):
+                pass
+
+    def _stop_ticker(self):
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.kill(block=False)
 
     # -- internals (hub callbacks) --------------------------------------------------------
     def _connection_lost(self, listener, error, was_connected):
@@ -295,6 +364,7 @@ class Instance:
         other = self.pool if part is self.listener else self.listener
         exit = part.exit or "abnormal"
         self._ended(exit, part.exception)
+        self._stop_ticker()
         if other is not None:
             gevent.spawn(other.kill, block=False)
         log.warning("instance %s ended (%s): %s", self.name, exit, part.exception,

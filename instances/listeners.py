@@ -13,7 +13,8 @@ shared with another greenlet). One iteration of its loop::
                   nothing is ever dropped. With ``batch`` and a spool (``put_batch``),
                   the whole read goes in as one batch file instead
 
-After every successful (re)LISTEN one ``catch_up`` notification is put before live ones:
+After every successful (re)LISTEN (a channel added live included) one ``catch_up``
+notification is put before live ones:
 NOTIFY is not durable, whatever was sent while nobody listened is gone, and the handler
 re-reads its tables. A lost connection is retried with the component's backoff; the
 ``on_connection_lost`` callback tells the owner at once (the supervisor checks the database).
@@ -216,6 +217,9 @@ class PostgresNotificationListener(Component):
             self._lost(error)
             raise
         self._listening = wanted
+        if added:  # what was sent on them before this LISTEN is gone: re-read
+            self._put(Notification(None, "", Notification.CATCH_UP, 0, time.time()))
+            self.catch_ups += 1
         log.info("%s channels now %s (added %s, removed %s)", self.name, ", ".join(wanted),
                  added or "-", removed or "-",
                  extra={"action": "listener.channels", "instance": self.name})

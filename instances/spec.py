@@ -37,6 +37,8 @@ MAX_CONCURRENCY = 1024
 RESTART_TYPES = ("permanent", "transient", "temporary")
 ROLES = ("primary", "standby", "any")
 ISOLATIONS = ("greenlet", "process")
+#: Where a listening instance's notifications come from (see InstanceSpec.connection).
+CONNECTIONS = ("shared", "own")
 #: The spool options of ``queue`` and their defaults (``spool`` is required).
 QUEUE_DEFAULTS = {
     "spool": None,             # directory of the FileQueue (required)
@@ -87,6 +89,12 @@ class InstanceSpec:
     dsn: typing.Union[None, str, Mapping] = None
     #: Restart rate override such as "1/m"; None: the supervisor's restart_max_rate.
     restart_max_rate: typing.Optional[str] = None
+    #: "shared": the node's notifier (one LISTEN connection per database); "own": a
+    #: LISTEN connection of its own (isolation; a full queue then blocks its reader).
+    connection: str = "shared"
+    #: Seconds between periodic catch_ups (the polling fallback where LISTEN cannot work,
+    #: e.g. behind PgBouncer in transaction mode); None: only after a (re)LISTEN.
+    catch_up_interval: typing.Optional[float] = None
     resolve: dataclasses.InitVar[bool] = True
 
     def __post_init__(self, resolve):
@@ -381,6 +389,8 @@ _CHECKS = {
     "isolation": lambda v: _check_choice("isolation", v, ISOLATIONS),
     "dsn": _check_dsn,
     "restart_max_rate": _check_rate,
+    "connection": lambda v: _check_choice("connection", v, CONNECTIONS),
+    "catch_up_interval": lambda v: _check_seconds("catch_up_interval", v, allow_none=True),
 }
 
 

@@ -22,6 +22,7 @@ attribute, so a subclass or an assignment to the class changes the default.
 """
 import dataclasses
 import enum
+import functools
 import logging
 import time
 import typing
@@ -30,10 +31,11 @@ import gevent
 import gevent.event
 import gevent.queue
 
+from instances.notifier import Notifiers
 from supervisor.budget import RestartBudget
 from supervisor.config.settings import BY_NAME
 from supervisor.current import set_current
-from supervisor.execution import Executor
+from supervisor.execution import Executor, make_instance
 from supervisor.hubwatch import HubWatch
 from supervisor.monitor import DatabaseMonitor
 from supervisor.plan import Outcome, PlanState, plan
@@ -164,11 +166,14 @@ class Supervisor:
         self.budget = RestartBudget(self.restart_max_rate)
         self.monitor = DatabaseMonitor(dsn, self._database_changed, self.probe_interval,
                                        self.probe_timeout)
+        #: The node's shared LISTEN connections (one per database); instances subscribe.
+        self.notifiers = Notifiers()
         self.executor = Executor(records=self.records, budget=self.budget,
                                  counters=self.counters, dsn=dsn,
                                  on_death=self._instance_died,
                                  on_connection_lost=self._connection_lost,
-                                 instance_factory=instance_factory)
+                                 instance_factory=instance_factory or functools.partial(
+                                     make_instance, notifiers=self.notifiers))
         self.hubwatch = HubWatch(self._hub_blocked, self.max_blocking_time)
         self._requests = queue if queue is not None else gevent.queue.Queue()
         self.database = None  # the last DatabaseState
@@ -221,6 +226,7 @@ class Supervisor:
         if self._grace_timer is not None:
             self._grace_timer.kill(block=False)
         self.hubwatch.stop()
+        self.notifiers.stop(timeout)
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         log.info("supervisor stopped", extra={"action": "supervisor.stop", "instance": None})
 
@@ -290,9 +296,17 @@ class Supervisor:
         return statuses
 
     def database_status(self):
-        """The database as the supervisor sees it (docs/http.rst: ``database``)."""
-        return database_status_of(self.database, self._db_since, self._manual_pause,
-                                  self.in_grace)
+        """The database as the supervisor sees it (docs/http.rst: ``database``), with
+        ``notifiers``: the node's shared LISTEN connections (:meth:`notifier_status`)."""
+        status = database_status_of(self.database, self._db_since, self._manual_pause,
+                                    self.in_grace)
+        status["notifiers"] = self.notifier_status()
+        return status
+
+    def notifier_status(self):
+        """A list of dicts, one per shared LISTEN connection: name, dsn (redacted),
+        connected, channels, subscribers, backlog, queue_usage, probes, last_error..."""
+        return self.notifiers.status()
 
     def plan_state(self, ratelimit=True, grace_ended=False):
         """The situation the policy plans under now."""

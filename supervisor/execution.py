@@ -25,10 +25,12 @@ from supervisor.records import Record
 log = logging.getLogger(__name__)
 
 
-def make_instance(spec, dsn, on_death, on_connection_lost, queue=None):
-    """The default ``instance_factory``: an :class:`~instances.instance.Instance`."""
+def make_instance(spec, dsn, on_death, on_connection_lost, queue=None, notifiers=None):
+    """The default ``instance_factory``: an :class:`~instances.instance.Instance`
+    (subscribing to ``notifiers``, the Supervisor's, unless its spec asks for its own
+    connection)."""
     return Instance(spec, dsn, on_death=on_death, on_connection_lost=on_connection_lost,
-                    queue=queue)
+                    queue=queue, notifiers=notifiers)
 
 
 class Executor:

@@ -85,6 +85,7 @@ def status_of(record, spec, db_up):
         "timed_out": health.get("timed_out", 0),
         "catch_ups": health.get("catch_ups", 0),
         "reconnects": health.get("reconnects", 0),
+        "subscription": health.get("subscription"),
         "latency_buckets": health.get("latency_buckets"),
         "latency_sum": health.get("latency_sum"),
     }

@@ -11,12 +11,29 @@ import gevent
 seen = []
 failures = []
 blocking = {"event": None}
+#: ``tests.handlers:into_<key>`` records into ``seen_by[key]`` (one handler per instance).
+seen_by = {}
 
 
 def reset():
     del seen[:]
     del failures[:]
     blocking["event"] = None
+    seen_by.clear()
+
+
+def __getattr__(name):
+    """``into_<key>``: a handler recording into ``seen_by[key]`` (made on first import)."""
+    if not name.startswith("into_"):
+        raise AttributeError(name)
+    key = name[len("into_"):]
+
+    def into(notification):
+        seen_by.setdefault(key, []).append(notification)
+
+    into.__name__ = name
+    globals()[name] = into
+    return into
 
 
 def record(notification):

@@ -13,6 +13,12 @@ direction) that read a chunk, pass the *gate*, wait the configured delay and sen
 - :meth:`~FaultProxy.delay` adds latency to every chunk; :meth:`~FaultProxy.heal` opens the
   gate and removes the delay. Data held in a blackhole is delivered after heal, as TCP
   retransmission would.
+- :meth:`~FaultProxy.swallow_notifications` drops every NotificationResponse (``A``)
+  message the server sends while queries are still answered: a pooler or proxy that lost
+  the LISTEN registration, which only a NOTIFY that must come back can notice. The
+  server's stream is framed by message for that (from the start of each connection: an
+  SSL or GSS encryption request answered ``N`` is followed; an encrypted connection is
+  passed through unframed, its notifications included). heal() stops the swallowing.
 
 Everything runs in greenlets on gevent sockets: works without monkey-patching, never blocks
 the hub. Control methods return at once and may be called from any greenlet of the hub's
@@ -27,6 +33,51 @@ from gevent import socket as gsocket
 from gevent.server import StreamServer
 
 _RST_LINGER = struct.pack("ii", 1, 0)
+#: SSLRequest and GSSENCRequest: an 8-byte packet the server answers with ONE byte.
+_ENCRYPTION_REQUESTS = (struct.pack("!ii", 8, 80877103), struct.pack("!ii", 8, 80877104))
+
+
+class _ServerFramer:
+    """Cuts the server's byte stream into protocol messages, so that some can be dropped.
+
+    ``answers`` counts the one-byte answers to encryption requests still to come (the
+    client's pump raises it); after an ``S`` or ``G`` answer the rest is encrypted and
+    passed through as it is."""
+
+    def __init__(self):
+        self.answers = 0
+        self.passthrough = False
+        self._buffer = b""
+
+    def feed(self, data, drop):
+        """The bytes of ``data`` to forward; whole messages only, those of type ``drop``
+        (a byte string, or None: none) left out. Returns (bytes, messages dropped)."""
+        if self.passthrough:
+            return data, 0
+        buffer, start, out, dropped = self._buffer + data, 0, [], 0
+        while start < len(buffer):
+            if self.answers:
+                self.answers -= 1
+                answer = buffer[start:start + 1]
+                start += 1
+                out.append(answer)
+                if answer in (b"S", b"G"):
+                    self.passthrough = True
+                    out.append(buffer[start:])
+                    start = len(buffer)
+                continue
+            if len(buffer) - start < 5:
+                break
+            end = start + 1 + int.from_bytes(buffer[start + 1:start + 5], "big")
+            if end > len(buffer):
+                break
+            if drop is not None and buffer[start:start + 1] == drop:
+                dropped += 1
+            else:
+                out.append(buffer[start:end])
+            start = end
+        self._buffer = buffer[start:]
+        return b"".join(out), dropped
 
 
 class _Link:
@@ -36,6 +87,8 @@ class _Link:
         self.client = client
         self.upstream = None
         self.greenlets = [gevent.getcurrent()]
+        self.framer = _ServerFramer()
+        self.starting = True  # the client has not sent its startup message yet
 
     def sockets(self):
         return [sock for sock in (self.client, self.upstream) if sock is not None]
@@ -72,6 +125,9 @@ class FaultProxy:
         self._open.set()
         self._delay = 0.0
         self._links = set()
+        self._swallow = False
+        #: NotificationResponse messages dropped by :meth:`swallow_notifications`.
+        self.swallowed = 0
 
     @property
     def port(self):
@@ -119,9 +175,16 @@ class FaultProxy:
             raise ValueError("delay must be >= 0 ms, not %r" % (ms,))
         self._delay = ms / 1000.0
 
+    def swallow_notifications(self):
+        """Drop every NotificationResponse from the server until heal(); everything else
+        (query answers included) is forwarded: LISTEN looks fine and delivers nothing."""
+        self._swallow = True
+
     def heal(self):
-        """Back to plain forwarding: open the gate (held data flows) and remove the delay."""
+        """Back to plain forwarding: open the gate (held data flows), remove the delay,
+        stop swallowing notifications."""
         self._delay = 0.0
+        self._swallow = False
         self._open.set()
 
     def __enter__(self):
@@ -132,7 +195,7 @@ class FaultProxy:
 
     def __repr__(self):
         state = "blackhole" if not self._open.is_set() else "delay %gs" % self._delay \
-            if self._delay else "forwarding"
+            if self._delay else "swallowing notifications" if self._swallow else "forwarding"
         return "<FaultProxy 127.0.0.1:%s -> %s:%s %s>" % (self.port, self.target[0],
                                                           self.target[1], state)
 
@@ -146,8 +209,8 @@ class FaultProxy:
             self._open.wait()  # a blackhole also swallows new connections
             link.upstream = gsocket.create_connection(self.target, self.connect_timeout)
             link.upstream.settimeout(None)
-            link.greenlets += [gevent.spawn(self._pump, client, link.upstream),
-                               gevent.spawn(self._pump, link.upstream, client)]
+            link.greenlets += [gevent.spawn(self._pump, client, link.upstream, link, False),
+                               gevent.spawn(self._pump, link.upstream, client, link, True)]
             gevent.joinall(link.greenlets[1:], count=1)  # one side ended: end both
         except OSError:
             pass
@@ -157,8 +220,9 @@ class FaultProxy:
                 sock.close()
             gevent.killall(link.greenlets[1:], block=False)
 
-    def _pump(self, source, sink):
-        """Copy ``source`` to ``sink`` through the gate and the delay until EOF or error."""
+    def _pump(self, source, sink, link, from_server):
+        """Copy ``source`` to ``sink`` through the gate and the delay until EOF or error
+        (the server's side framed by message, see :class:`_ServerFramer`)."""
         try:
             while True:
                 data = source.recv(self.chunk_size)
@@ -167,6 +231,21 @@ class FaultProxy:
                 self._open.wait()  # held here while blackholed, EOF included
                 if not data:
                     return
-                sink.sendall(data)
+                if from_server:
+                    data, dropped = link.framer.feed(data, b"A" if self._swallow else None)
+                    self.swallowed += dropped
+                elif link.starting:
+                    self._watch_startup(link, data)
+                if data:
+                    sink.sendall(data)
         except OSError:
             return
+
+    @staticmethod
+    def _watch_startup(link, data):
+        """Count the client's encryption requests (each answered by one byte); its
+        startup message ends the negotiation."""
+        if data[:8] in _ENCRYPTION_REQUESTS:
+            link.framer.answers += 1
+        else:
+            link.starting = False

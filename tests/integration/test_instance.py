@@ -225,8 +225,10 @@ def _deliver_until_seen(dsn, items, wanted, rounds=50):
 
 
 @pytest.mark.timeout(60)
-def test_apply_changes_channels_and_concurrency_live_without_reconnecting(pg_dsn, running):
-    instance = running(_spec(channels=["a"]))
+@pytest.mark.parametrize("connection", ["shared", "own"])
+def test_apply_changes_channels_and_concurrency_live_without_reconnecting(pg_dsn, running,
+                                                                          connection):
+    instance = running(_spec(channels=["a"], connection=connection))
     spec = instance.spec
     changed = instance.apply(spec.replace(channels=("a", "b"), min_concurrency=2,
                                           max_concurrency=3))
@@ -238,7 +240,9 @@ def test_apply_changes_channels_and_concurrency_live_without_reconnecting(pg_dsn
     instance.apply(instance.spec.replace(channels=("b",)))
     last = _deliver_until_seen(pg_dsn, [("a", "gone"), ("b", "kept")], "kept")
     assert "gone-%d" % last not in _payloads()
-    assert (instance.listener.reconnects, instance.listener.catch_ups) == (0, 1)
+    # One catch_up at the start, one for the channel added live (none for one removed).
+    assert (instance.listener.reconnects, instance.listener.catch_ups) == (0, 2)
+    assert _payloads("catch_up") == ["", ""]
     assert instance.alive and instance.spec.channels == ("b",)
 
 

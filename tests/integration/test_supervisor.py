@@ -97,7 +97,7 @@ def test_registry_changes_are_reflected_within_one_request(registry, supervisor)
     _wait_state(supervisor, "a", "running")
     _wait_state(supervisor, "b", "running")
     registry.update("a", channels=["one", "two"], max_concurrency=3)
-    wait_for(lambda: supervisor.instance("a").listener._listening == ("one", "two"), 5)
+    wait_for(lambda: supervisor.instance("a").listener.active == ("one", "two"), 5)
     assert supervisor.instance("a").pool.max_concurrency == 3
     registry.disable("b")
     _wait_state(supervisor, "b", "disabled")
