@@ -8,12 +8,14 @@ timeout, joins it, and hears about its end through :meth:`Component.link`. Lifec
                    |         +---------- heartbeat; backoff.reset() <-----------+
                    |                   (while no stop was requested)
                    |
-      error in set_up/pre/execute/post ---> error_strategy.action(error)
+      error in set_up/pre/execute/post ---> error_strategy.handle_exception(error)
+                   |                        (read by strategies.read_answer)
                    |                          |                    |
-                   |          "reconnect" / "retry"      "role_changed" / "fatal" / "die"
-                   |                          |                    |
-                   +---- sleep backoff.next() <- tear_down()       tear_down()
-                         (stop() interrupts)                       exit "abnormal"
+                   |    "reconnect" / "retry" / "continue"   "role_changed" / "fatal" /
+                   |                          |              "terminate" / "die"
+                   +---- sleep backoff.next() <- tear_down()       tear_down(); report to
+                         (stop() interrupts;                       error_queue; exit
+                          none for a first "continue")             "abnormal"
 
     stop()   : no new iteration; the current execute/post_execute finishes; a wait marked
                interruptible (and the backoff sleep) is interrupted at once;
@@ -27,26 +29,46 @@ its pipe busy-looped (here: pre_execute blocks cooperatively), and stopping reli
 signal interrupting ``select()``, which PEP 475 broke (here: stop() throws a private
 exception into the greenlet, only while it sits in a wait marked interruptible).
 
+Two constructor forms, one implementation. pgvisor's: ``Component(name=None,
+error_strategy=None, backoff=None)``. hermes' (its docs, 4.2): ``Component(notification_pipe,
+error_strategy, error_queue, backoff_limit=16)``, recognised by its keywords or by its
+positional values (a first argument that is not a name, a third that is not a Backoff, a
+fourth at all). ``notification_pipe`` is the queue the default :meth:`~Component.pre_execute`
+takes each item from; ``error_queue`` receives a ``(expected, message)``
+:class:`~instances.strategies.Handling` (``.action`` is hermes' constant) each time an error
+ends the component, as hermes' Client read it; ``backoff_limit`` is the backoff's cap in
+seconds (:attr:`Component.hermes_backoff_limit` when not given).
+
 Concurrency contract: every method is called from greenlets of the one hub thread (never
 from another OS thread). ``start``, ``stop``, ``join`` and ``kill`` are for the owner, not
 for the component's own greenlet (``stop`` from inside only asks and returns at once).
 """
 import contextlib
+import inspect
 import logging
+import math
 import time
 
 import gevent
 from gevent import GreenletExit, getcurrent
 
 from instances.backoff import Backoff
+from instances.exceptions import InvalidConfigurationException
 from instances.links import Links
+from instances.strategies import (
+    DIE,
+    RETRY_ACTIONS,
+    RETRY_NOW,
+    TERMINATE,
+    CommonErrorStrategy,
+    Handling,
+    read_answer,
+)
 
 log = logging.getLogger(__name__)
 
-#: Strategy actions after which the component tears down, waits and sets up again.
-RETRY_ACTIONS = frozenset(("reconnect", "retry"))
-#: Strategy actions that end the component abnormally; any other answer counts as "die".
-END_ACTIONS = frozenset(("role_changed", "fatal", "die"))
+#: The keywords only hermes' form of the Component constructor has.
+HERMES_KEYWORDS = frozenset(("notification_pipe", "error_queue", "backoff_limit"))
 
 
 class ComponentKilled(GreenletExit):
@@ -76,6 +98,65 @@ def interrupt_if(glet, predicate, exception):
     gevent.get_hub().loop.run_callback(_throw)
 
 
+def _pgvisor_form(name=None, error_strategy=None, backoff=None):
+    """pgvisor's form: ``Component(name=None, error_strategy=None, backoff=None)``."""
+
+
+def _hermes_form(notification_pipe=None, error_strategy=None, error_queue=None,
+                 backoff_limit=None):
+    """hermes' form: ``Component(notification_pipe, error_strategy, error_queue,
+    backoff_limit=16)``."""
+
+
+def _is_hermes_call(args, kwargs):
+    """True for a call in hermes' form: one of its keywords, or positional values that
+    cannot be pgvisor's (a pipe where the name goes, a queue where the Backoff goes)."""
+    return bool(HERMES_KEYWORDS & set(kwargs)) or len(args) > 3 or (
+        len(args) > 0 and not isinstance(args[0], (str, type(None)))) or (
+        len(args) > 2 and not isinstance(args[2], (Backoff, type(None))))
+
+
+def bind_form(form, args, kwargs, owner):
+    """The arguments of a call as the signature of ``form`` names them, defaults applied;
+    a bad call raises TypeError naming ``owner`` and the form. Pure."""
+    try:
+        bound = inspect.signature(form).bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError("%s(): %s; the form: %s" % (owner, error, form.__doc__)) from None
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def backoff_for_limit(limit):
+    """hermes' ``backoff_limit`` (seconds) as a :class:`Backoff` capped there; raise
+    InvalidConfigurationException naming the field unless it is a number > 0."""
+    if (isinstance(limit, bool) or not isinstance(limit, (int, float))
+            or not math.isfinite(limit) or limit <= 0):
+        raise InvalidConfigurationException(
+            "backoff_limit=%r: must be a number of seconds > 0" % (limit,),
+            "backoff_limit", limit)
+    return Backoff(initial=min(Backoff.initial, limit), max_delay=limit)
+
+
+def _check_pipe(pipe):
+    if pipe is not None and not callable(getattr(pipe, "get", None)):
+        raise InvalidConfigurationException(
+            "notification_pipe=%r: must be a queue (with get()), e.g. the listener's "
+            "notif_queue" % (pipe,), "notification_pipe", pipe)
+    return pipe
+
+
+def _takes_value(method):
+    """False for a method written without the value parameter: hermes' usage example
+    declares ``def execute(self):``. Read once per start, not per call."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in parameters)
+
+
 class Component:
     """A long-running loop with hermes' lifecycle hooks, run on a greenlet it owns.
 
@@ -83,7 +164,8 @@ class Component:
     :meth:`post_execute` and :meth:`tear_down`; all of them run in the component's
     greenlet and may block cooperatively. A blocking wait that :meth:`stop` may cut short
     goes inside ``with self.interruptible():`` (or set :attr:`interruptible_pre_execute`).
-    ``tear_down`` must tolerate a partial or failed ``set_up``.
+    ``tear_down`` must tolerate a partial or failed ``set_up``. Construct it in pgvisor's
+    or hermes' form (see the module).
     """
 
     #: Seconds :meth:`stop` waits for a clean end before it kills the greenlet.
@@ -91,16 +173,34 @@ class Component:
     #: True: the whole of pre_execute() is an interruptible wait (it must not hold work
     #: that would be lost when interrupted, e.g. it only blocks in ``queue.get()``).
     interruptible_pre_execute = False
+    #: Seconds: the backoff's cap for a component built in hermes' form without a
+    #: ``backoff_limit`` (hermes' documented default).
+    hermes_backoff_limit = 16.0
 
-    def __init__(self, name=None, error_strategy=None, backoff=None):
+    def __init__(self, *args, **kwargs):
+        """``Component(name=None, error_strategy=None, backoff=None)`` or hermes'
+        ``Component(notification_pipe, error_strategy, error_queue, backoff_limit=16)``."""
+        if _is_hermes_call(args, kwargs):
+            given = bind_form(_hermes_form, args, kwargs, type(self).__name__)
+            limit = given["backoff_limit"]
+            self._init(None, given["error_strategy"], backoff_for_limit(
+                self.hermes_backoff_limit if limit is None else limit),
+                given["notification_pipe"], given["error_queue"])
+        else:
+            given = bind_form(_pgvisor_form, args, kwargs, type(self).__name__)
+            self._init(given["name"], given["error_strategy"], given["backoff"])
+
+    def _init(self, name, error_strategy, backoff, notification_pipe=None, error_queue=None):
+        """The one constructor body of both forms (subclasses with forms of their own
+        call it)."""
         self.name = name or type(self).__name__
-        if error_strategy is None:
-            # Imported here: strategies loads the psycopg2 connector, which a component
-            # with its own strategy never needs.
-            from instances.strategies import CommonErrorStrategy
-            error_strategy = CommonErrorStrategy()
-        self.error_strategy = error_strategy
+        self.error_strategy = CommonErrorStrategy() if error_strategy is None else error_strategy
         self.backoff = backoff if backoff is not None else Backoff()
+        #: The queue the default :meth:`pre_execute` takes items from (None: no wait).
+        self.notification_pipe = _check_pipe(notification_pipe)
+        #: Where each error that ends the component is reported as ``(expected,
+        #: message)``, if set (anything with ``put(item, block)``).
+        self.error_queue = error_queue
         #: time.monotonic() of the last loop progress (None before the first start).
         self.heartbeat = None
         #: None while running or never started; "normal" or "abnormal" after the end.
@@ -110,6 +210,7 @@ class Component:
         self._greenlet = None
         self._should_run = False
         self._interruptible = False
+        self._execute_takes_value = True
         self._links = Links("component")
 
     # -- hooks (run in the component's greenlet) ------------------------------------
@@ -117,10 +218,17 @@ class Component:
         """Acquire resources (connections, LISTEN). Called again after every retry."""
 
     def pre_execute(self):
-        """Wait for work and return it; may block cooperatively."""
+        """Wait for work and return it; may block cooperatively. By default: the next item
+        of :attr:`notification_pipe` (an interruptible wait), or None at once without one."""
+        pipe = self.notification_pipe
+        if pipe is None:
+            return None
+        with self.interruptible():
+            return pipe.get()
 
     def execute(self, pre_exec_value):
-        """Do the work; the return value goes to :meth:`post_execute`."""
+        """Do the work; the return value goes to :meth:`post_execute`. An override
+        declared without ``pre_exec_value`` (hermes' usage example) is called without it."""
 
     def post_execute(self, exec_value):
         """Finish one iteration (acknowledge, record)."""
@@ -138,6 +246,7 @@ class Component:
         self.exit = self.exception = None
         self.heartbeat = time.monotonic()
         self.backoff.reset()
+        self._execute_takes_value = _takes_value(self.execute)
         self._greenlet = gevent.Greenlet(self._run)
         self._greenlet.link(self._on_greenlet_end)
         self._greenlet.start()
@@ -266,7 +375,8 @@ class Component:
                         self._interruptible = False
                 else:
                     value = self.pre_execute()
-                self.post_execute(self.execute(value))
+                self.post_execute(self.execute(value) if self._execute_takes_value
+                                  else self.execute())
                 self.heartbeat = time.monotonic()
                 if self.backoff.attempts:
                     self.backoff.reset()
@@ -274,15 +384,22 @@ class Component:
             self._safe_tear_down()
 
     def _retry_after(self, error):
-        """Classify ``error``; for a retry, sleep the backoff (interruptibly) and say True."""
-        action, expected, message = self._classify(error)
+        """Read the strategy's answer on ``error``; for a retry, sleep the backoff
+        (interruptibly; not at all for a first "continue") and say True; else report the
+        end to the error queue and say False."""
+        handling = self._classify(error)
+        action, expected, message = handling.name, handling.expected, handling.message
         if action not in RETRY_ACTIONS:
             log.log(logging.WARNING if expected else logging.ERROR,
                     "%s ends (%s): %s", self.name, action, message,
                     exc_info=None if expected else error,
                     extra={"action": "component." + action, "instance": self.name})
+            self._report(handling)
             return False
+        first = self.backoff.attempts == 0
         delay = self.backoff.next()
+        if action == RETRY_NOW and first:
+            delay = 0.0
         self.heartbeat = time.monotonic()  # waiting to retry is progress, not a hang
         log.warning("%s: %s; %s in %.2fs (attempt %d)", self.name, message, action, delay,
                     self.backoff.attempts, exc_info=None if expected else error,
@@ -292,23 +409,25 @@ class Component:
         return True
 
     def _classify(self, error):
-        """(action name, expected, log message) from the strategy's ``action(error)`` and
-        ``handle_exception(error) -> (expected, message)``; only ``[0]`` and ``.message`` are
-        read, so a hermes strategy answering ``(expected, action)`` works too."""
+        """The strategy's ``handle_exception(error)`` (the one method it must have) read by
+        :func:`~instances.strategies.read_answer`; a failing strategy means "die"."""
         try:
-            action = self.error_strategy.action(error)
-            handle = getattr(self.error_strategy, "handle_exception", None)
-            handling = handle(error) if handle else (False, None)
-            expected = bool(handling[0])
-            message = getattr(handling, "message", None) or "%s: %s" % (
-                type(error).__name__, error)
+            return read_answer(self.error_strategy.handle_exception(error), error)
         except Exception:
             log.exception("%s: error strategy failed on %r", self.name, error,
                           extra={"action": "component.strategy_error", "instance": self.name})
-            return "die", False, repr(error)
-        if action not in RETRY_ACTIONS and action not in END_ACTIONS:
-            action = "die"
-        return action, expected, message
+            return Handling(False, TERMINATE, DIE, repr(error))
+
+    def _report(self, handling):
+        """Put ``(expected, message)`` into the error queue, if any; never blocks or raises."""
+        if self.error_queue is None:
+            return
+        try:
+            self.error_queue.put(handling, False)
+        except Exception as exc:  # a full or closed queue: the report is dropped
+            log.warning("%s: error report dropped (%s: %s)", self.name, type(exc).__name__,
+                        exc, extra={"action": "component.report_dropped",
+                                    "instance": self.name})
 
     def _safe_tear_down(self):
         try:

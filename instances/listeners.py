@@ -16,12 +16,23 @@ shared with another greenlet). One iteration of its loop::
 After every successful (re)LISTEN (a channel added live included) one ``catch_up``
 notification is put before live ones:
 NOTIFY is not durable, whatever was sent while nobody listened is gone, and the handler
-re-reads its tables. A lost connection is retried with the component's backoff; the
+re-reads its tables. ``fire_on_start=False`` (hermes' name) skips it after the first LISTEN
+only; every later one (a reconnect, a restart) still puts its catch_up. A lost connection is retried with the component's backoff; the
 ``on_connection_lost`` callback tells the owner at once (the supervisor checks the database).
 
 Concurrency: everything but :meth:`set_channels`, :attr:`connected` and the counters runs
 in the listener's own greenlet. :meth:`set_channels` may be called from any greenlet of
 the hub thread; the listener applies the change itself, between two iterations.
+
+Two constructor forms, one implementation: pgvisor's ``PostgresNotificationListener(dsn,
+channels, queue, name="listener", error_strategy=None, backoff=None,
+on_connection_lost=None)`` and hermes' (its docs, 4.4) ``PostgresNotificationListener(
+pg_connector, notif_channel, notif_queue, error_strategy, error_queue, fire_on_start=True)``,
+recognised by its keywords or by its positional values (a channel given as one string, a
+fourth argument that is not a name). hermes' ``notif_channel`` is one channel name; its
+``error_queue`` receives the ``(expected, message)`` reports (see
+:mod:`instances.components`); its backoff is capped at
+:attr:`~instances.components.Component.hermes_backoff_limit`.
 """
 import logging
 import time
@@ -29,9 +40,9 @@ import time
 import gevent
 from gevent.hub import Waiter
 
-from instances.components import Component
+from instances.components import Component, backoff_for_limit, bind_form
 from instances.connectors import PostgresConnector
-from instances.exceptions import ConnectionLost, DatabaseError
+from instances.exceptions import ConnectionLost, DatabaseError, InvalidConfigurationException
 from instances.notification import Notification
 from instances.queues import Full
 
@@ -39,6 +50,45 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT = object()
 _WAKE = object()
+
+#: The keywords only hermes' form of the listener's constructor has.
+HERMES_KEYWORDS = frozenset(("pg_connector", "notif_channel", "notif_queue", "error_queue",
+                             "fire_on_start"))
+
+
+def _pgvisor_form(dsn, channels, queue, name="listener", error_strategy=None, backoff=None,
+                  on_connection_lost=None):
+    """pgvisor's form: ``PostgresNotificationListener(dsn, channels, queue,
+    name="listener", error_strategy=None, backoff=None, on_connection_lost=None)``."""
+
+
+def _hermes_form(pg_connector, notif_channel, notif_queue, error_strategy=None,
+                 error_queue=None, fire_on_start=True):
+    """hermes' form: ``PostgresNotificationListener(pg_connector, notif_channel,
+    notif_queue, error_strategy, error_queue, fire_on_start=True)``."""
+
+
+def _is_hermes_call(args, kwargs):
+    """True for a call in hermes' form: one of its keywords, a channel given as one
+    string, or a fourth positional value that is not a name (hermes' error_strategy)."""
+    return bool(HERMES_KEYWORDS & set(kwargs)) or (
+        len(args) > 1 and isinstance(args[1], str)) or (
+        len(args) > 3 and not isinstance(args[3], (str, type(None))))
+
+
+def _channels(field, value):
+    """``channels`` as a tuple; hermes' ``notif_channel`` is exactly one name."""
+    if field == "notif_channel":
+        if not isinstance(value, str) or not value:
+            raise InvalidConfigurationException(
+                "notif_channel=%r: must be one channel name (a non-empty string)" % (value,),
+                field, value)
+        return (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise InvalidConfigurationException(
+            "channels=%r: must be a list of channel names (hermes' form takes one string: "
+            "notif_channel)" % (value,), field, value)
+    return tuple(value)
 
 
 class PostgresNotificationListener(Component):
@@ -60,16 +110,37 @@ class PostgresNotificationListener(Component):
     batch = False
     #: Most notifications per batch file (a batch is claimed whole by one consumer).
     batch_size = 1000
+    #: False: no catch_up after the first LISTEN (hermes' ``fire_on_start``); every
+    #: later (re)LISTEN still puts one.
+    fire_on_start = True
 
-    def __init__(self, dsn, channels, queue, name="listener", error_strategy=None,
-                 backoff=None, on_connection_lost=None):
-        super().__init__(name=name, error_strategy=error_strategy, backoff=backoff)
+    def __init__(self, *args, **kwargs):
+        """pgvisor's form or hermes' (see the module)."""
+        owner = type(self).__name__
+        if _is_hermes_call(args, kwargs):
+            given = bind_form(_hermes_form, args, kwargs, owner)
+            self._init_listener(
+                given["pg_connector"], _channels("notif_channel", given["notif_channel"]),
+                given["notif_queue"], "listener", given["error_strategy"],
+                backoff_for_limit(self.hermes_backoff_limit), given["error_queue"])
+            self.fire_on_start = bool(given["fire_on_start"])
+        else:
+            given = bind_form(_pgvisor_form, args, kwargs, owner)
+            self._init_listener(
+                given["dsn"], _channels("channels", given["channels"]), given["queue"],
+                given["name"], given["error_strategy"], given["backoff"],
+                on_connection_lost=given["on_connection_lost"])
+
+    def _init_listener(self, dsn, channels, queue, name, error_strategy, backoff,
+                       error_queue=None, on_connection_lost=None):
+        """The one constructor body of both forms."""
+        super()._init(name, error_strategy, backoff, error_queue=error_queue)
         if isinstance(dsn, PostgresConnector):
             self.connector = dsn
         else:
             self.connector = PostgresConnector(dsn, application_name=name)
         self.queue = queue
-        self.channels = tuple(channels)
+        self.channels = channels
         self.on_connection_lost = on_connection_lost
         #: True between a successful LISTEN and the loss of the connection.
         self.connected = False
@@ -122,8 +193,9 @@ class PostgresNotificationListener(Component):
         self.last_error = None
         log.info("%s listening on %s", self.name, ", ".join(self.channels),
                  extra={"action": "listener.listen", "instance": self.name})
-        self._put(Notification(None, "", Notification.CATCH_UP, 0, time.time()))
-        self.catch_ups += 1
+        if self.fire_on_start or self._sessions > 1:
+            self._put(Notification(None, "", Notification.CATCH_UP, 0, time.time()))
+            self.catch_ups += 1
 
     def pre_execute(self):
         if self._listening != self.channels:

@@ -2,28 +2,43 @@
 
 A hermes program built a ``Client(dsn, watch_path, failover_files)``, added a listener and a
 processor (both Components), and called ``start()``. The same program runs on pgvisor after
-changing its imports::
+changing its imports (docs/migrating.rst shows both side by side)::
 
-    from instances.components import Component
+    from gevent.queue import Queue                      # was: from multiprocessing import Queue
+    from instances.components import Component          # was: from hermes.components ...
+    from instances.connectors import PostgresConnector
     from instances.listeners import PostgresNotificationListener
-    from instances.queues import MemoryQueue
-    from supervisor import Client
+    from instances.strategies import CommonErrorStrategy
+    from supervisor import Client                       # was: from hermes.client import Client
 
-    queue = MemoryQueue()
-    client = Client(dsn, watch_path="/var/lib/postgresql/15/main",
-                    failover_files=["standby.signal"])
-    client.add_listener(PostgresNotificationListener(dsn, ["doc_changed"], queue))
-    client.add_processor(MyProcessor(queue))   # a Component reading the queue
-    client.start()                             # returns at once; runs in greenlets
+    class Processor(Component):
+        def __init__(self,):
+            super(Processor, self).__init__()
+
+        def execute(self):
+            ...                                         # re-read the tables, as in hermes
+
+    notif_queue, error_queue = Queue(), Queue()
+    client = Client(dsn, watch_path, failover_files)
+    client.add_listener(PostgresNotificationListener(
+        PostgresConnector(dsn), "doc_changed", notif_queue, CommonErrorStrategy(), error_queue))
+    client.add_processor(Processor())   # without a notification_pipe: reads notif_queue
+    client.start()
 
 Unlike hermes, the components run as greenlets of this process under a real Supervisor:
 they start only on a primary, stop on a standby, are restarted under the restart budget
 when they die, and wait out database outages. ``start()`` returns at once; ``join()``
-blocks until :meth:`terminate`.
+blocks until :meth:`Client.terminate`. As hermes' Client (a non-daemonic
+``multiprocessing.Process``) did, a started Client keeps the program alive at its end until
+it is terminated; there, and only there, SIGTERM and SIGINT (if the program left them at
+their defaults) terminate it cleanly. Set :attr:`Client.daemon` to end with the program.
 """
+import atexit
 import os
+import signal
 import tempfile
 
+import gevent
 import gevent.event
 
 from instances.components import Component
@@ -124,8 +139,15 @@ class Client:
     """hermes' Client: supervise one listener and one processor against ``dsn``.
 
     ``watch_path`` / ``failover_files``: a directory watched for failover files; an event
-    triggers an immediate role check (hermes' ``on_any_event``).
+    triggers an immediate role check (hermes' ``on_any_event``). A processor without a
+    ``notification_pipe`` takes the listener's queue as its pipe (hermes' usage: supply a
+    processor and its ``execute()`` runs on each event).
     """
+
+    #: False (hermes' Client was a non-daemonic process): once started, the end of the
+    #: program waits for :meth:`terminate` (SIGTERM and SIGINT call it there, if they are
+    #: at their defaults). True: the end of the program ends the Client with it.
+    daemon = False
 
     def __init__(self, dsn, watch_path=None, failover_files=None, **supervisor_options):
         self.dsn = dsn
@@ -160,6 +182,8 @@ class Client:
             if value is None:
                 raise InvalidConfigurationException(
                     "%s is missing: call add_%s() before start()" % (field, field), field, None)
+        if getattr(self._processor, "notification_pipe", None) is None:
+            self._processor.notification_pipe = getattr(self._listener, "queue", None)
         self._tmp = tempfile.TemporaryDirectory(prefix="pgvisor-client-")
         registry = Registry(os.path.join(self._tmp.name, "registry.json"))
         channels = getattr(self._listener, "channels", None) or ("hermes",)
@@ -170,6 +194,8 @@ class Client:
             failover_files=self.failover_files, set_as_current=False,
             instance_factory=self._make_instance, **self._supervisor_options)
         self.supervisor.start()
+        if not self.daemon:
+            atexit.register(self._join_at_exit)
         return self
 
     def _make_instance(self, spec, dsn, on_death, on_connection_lost, queue=None):
@@ -196,7 +222,8 @@ class Client:
         return bool(instance is not None and instance.alive)
 
     def terminate(self, timeout=10.0):
-        """Stop the components and the supervisor."""
+        """Stop the components and the supervisor. Blocks the caller up to ``timeout``."""
+        atexit.unregister(self._join_at_exit)
         if self.supervisor is not None:
             self.supervisor.stop(timeout)
         if self._tmp is not None:
@@ -207,6 +234,19 @@ class Client:
     def join(self, timeout=None):
         """Block until :meth:`terminate` (or ``timeout``); True if terminated."""
         return self._done.wait(timeout)
+
+    def _join_at_exit(self):
+        """At the program's end (atexit): wait for terminate(); SIGTERM and SIGINT, if the
+        program left them at their defaults, call it."""
+        defaults = (signal.SIG_DFL, signal.default_int_handler)
+        handlers = [gevent.signal_handler(signum, gevent.spawn, self.terminate)
+                    for signum in (signal.SIGTERM, signal.SIGINT)
+                    if signal.getsignal(signum) in defaults]
+        try:
+            self.join()
+        finally:
+            for handler in handlers:
+                handler.cancel()
 
     def __repr__(self):
         return "<Client %s>" % ("running" if self.is_alive() else "not running")

@@ -9,24 +9,29 @@ import pytest
 
 from instances.backoff import Backoff
 from instances.components import Component, ComponentKilled
-from instances.exceptions import ConnectionLost
-from instances.strategies import CommonErrorStrategy
+from instances.exceptions import ConnectionLost, InvalidConfigurationException
+from instances.strategies import (
+    BACKOFF,
+    CONTINUE,
+    TERMINATE,
+    AbstractErrorStrategy,
+    CommonErrorStrategy,
+    Handling,
+)
 from supervisor.testing import wait_for
 
 
 class FakeStrategy:
-    """A working error strategy: answers one fixed action and remembers what it saw."""
+    """A working error strategy with the one documented method: answers a Handling of one
+    fixed action name and remembers what it saw."""
 
     def __init__(self, answer="retry"):
         self.answer = answer
         self.seen = []
 
-    def action(self, error):
-        self.seen.append(error)
-        return self.answer
-
     def handle_exception(self, error):
-        return True, 2  # hermes: (expected, BACKOFF)
+        self.seen.append(error)
+        return Handling(True, BACKOFF, self.answer, "fake: %s" % error)
 
 
 class RecordingBackoff(Backoff):
@@ -157,7 +162,7 @@ def test_ending_actions_stop_the_component_abnormally_with_the_error(answer):
 @pytest.mark.timeout(10)
 def test_a_failing_strategy_counts_as_die(caplog):
     class Broken(FakeStrategy):
-        def action(self, error):
+        def handle_exception(self, error):
             raise KeyError("strategy bug")
 
     comp = Recorder(strategy=Broken(), execute=lambda c, v: 1 / 0)
@@ -384,21 +389,178 @@ def test_a_component_without_a_strategy_gets_the_common_one():
     assert isinstance(Component().error_strategy, CommonErrorStrategy)
 
 
-class HermesStrategy:
-    """A strategy written for hermes: handle_exception answers (expected, action)."""
+class HermesStrategy(AbstractErrorStrategy):
+    """A strategy exactly as hermes documents it: handle_exception and nothing else,
+    answering (expected, action) with hermes' constants."""
 
-    def action(self, error):
-        return "die"
+    def __init__(self, answers):
+        self.answers = list(answers)
 
     def handle_exception(self, error):
-        return (False, 3)
+        return self.answers.pop(0)
 
 
-def test_a_hermes_strategy_answering_expected_action_still_works(caplog):
-    comp = QueueReader(gevent.queue.Queue())
-    comp.error_strategy = HermesStrategy()
-    comp.execute = lambda value: (_ for _ in ()).throw(RuntimeError("boom"))
-    comp.queue.put(1)
-    comp.start()
-    wait_for(lambda: not comp.is_alive(), 5)
+class Flaky(Component):
+    """Fails in execute with the errors given, then stops itself."""
+
+    def __init__(self, errors, **kwargs):
+        super().__init__(**kwargs)
+        self.errors = list(errors)
+        self.runs = 0
+
+    def execute(self, pre_exec_value):
+        self.runs += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.stop()
+
+
+@pytest.mark.timeout(10)
+def test_a_strategy_with_only_handle_exception_is_enough():
+    # Issue 10: defining only the documented method ended every component on its first
+    # error with AttributeError: ... 'action'.
+    comp = Flaky([ConnectionLost("gone"), ConnectionLost("gone again")],
+                 error_strategy=HermesStrategy([(True, BACKOFF), (True, CONTINUE)]),
+                 backoff=RecordingBackoff(initial=0.001, jitter=0)).start()
+    assert comp.join(5)
+    assert comp.exit == "normal" and comp.runs == 3
+    assert comp.backoff.delays == [0.001, 0.002]  # CONTINUE retried after a failed retry
+    assert not comp.error_strategy.answers
+
+
+@pytest.mark.timeout(10)
+def test_a_first_continue_retries_at_once(caplog):
+    caplog.set_level(logging.WARNING)
+    comp = Flaky([ValueError("once")], error_strategy=HermesStrategy([(True, CONTINUE)]),
+                 backoff=Backoff(initial=60, max_delay=60)).start()
+    assert comp.join(5)
+    assert comp.exit == "normal" and comp.runs == 2
+    assert "continue in 0.00s" in caplog.text
+
+
+@pytest.mark.parametrize("answer, action, level", [
+    ((True, TERMINATE), "terminate", logging.WARNING),
+    ((False, TERMINATE), "die", logging.ERROR),
+    ((False, "my own words"), "die", logging.ERROR),
+])
+@pytest.mark.timeout(10)
+def test_ending_answers_of_a_one_method_strategy(caplog, answer, action, level):
+    comp = Flaky([RuntimeError("boom")], error_strategy=HermesStrategy([answer])).start()
+    assert comp.join(5)
     assert comp.exit == "abnormal" and isinstance(comp.exception, RuntimeError)
+    record = next(r for r in caplog.records if r.action == "component." + action)
+    assert record.levelno == level
+
+
+@pytest.mark.timeout(10)
+def test_expected_with_a_message_retries_and_logs_the_message(caplog):
+    comp = Flaky([RuntimeError("boom")], error_strategy=HermesStrategy([(True, "it happens")]),
+                 backoff=Backoff(initial=0.001, jitter=0)).start()
+    assert comp.join(5)
+    assert comp.exit == "normal" and comp.runs == 2
+    assert "it happens; retry" in caplog.text
+
+
+def test_an_abstract_strategy_without_an_override_counts_as_die(caplog):
+    comp = Flaky([RuntimeError("boom")], error_strategy=AbstractErrorStrategy()).start()
+    assert comp.join(5)
+    assert comp.exit == "abnormal"
+    assert any(r.action == "component.strategy_error" for r in caplog.records)
+
+
+# -- hermes' constructor form --------------------------------------------------------------
+
+class HermesProcessor(Component):
+    """hermes' docs (4.2): execute(pre_exec_value) gets what pre_execute returned; the
+    default pre_execute takes it from the notification pipe."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.got = []
+
+    def execute(self, pre_exec_value):
+        self.got.append(pre_exec_value)
+
+
+@pytest.mark.parametrize("call", ["positional", "keyword", "positional_with_limit"])
+@pytest.mark.timeout(10)
+def test_hermes_form_reads_the_pipe_and_reports_the_end_to_the_error_queue(call):
+    pipe, errors, strategy = gevent.queue.Queue(), gevent.queue.Queue(), CommonErrorStrategy()
+    comp = {
+        "positional": lambda: HermesProcessor(pipe, strategy, errors),
+        "keyword": lambda: HermesProcessor(notification_pipe=pipe, error_strategy=strategy,
+                                           error_queue=errors, backoff_limit=4),
+        "positional_with_limit": lambda: HermesProcessor(pipe, strategy, errors, 4),
+    }[call]()
+    assert comp.name == "HermesProcessor"
+    assert (comp.notification_pipe, comp.error_queue) == (pipe, errors)
+    assert comp.backoff.max_delay == (16.0 if call == "positional" else 4.0)
+    comp.start()
+    pipe.put("one")
+    pipe.put("two")
+    wait_for(lambda: comp.got == ["one", "two"], 5)
+    comp.execute = lambda value: 1 / 0
+    pipe.put("three")
+    assert comp.join(5)
+    report = errors.get(timeout=5)
+    expected, message = report  # what hermes' Client read, with the message named
+    assert expected is False and "ZeroDivisionError" in message
+    assert report.action == TERMINATE and report.name == "die"
+
+
+@pytest.mark.timeout(10)
+def test_hermes_form_stops_while_waiting_on_its_pipe():
+    comp = HermesProcessor(gevent.queue.Queue(), None, None).start()
+    wait_for(lambda: comp._interruptible, 5)
+    assert comp.stop(1) is True and comp.exit == "normal"
+
+
+def test_pgvisor_form_is_unchanged_and_keyword_forms_do_not_mix():
+    comp = HermesProcessor("named", None, Backoff(max_delay=3))
+    assert (comp.name, comp.backoff.max_delay, comp.notification_pipe) == ("named", 3.0, None)
+    with pytest.raises(TypeError, match="name"):
+        HermesProcessor(name="x", error_queue=gevent.queue.Queue())
+    with pytest.raises(TypeError, match="hermes' form"):
+        HermesProcessor(gevent.queue.Queue(), None, None, 16, "extra")
+
+
+@pytest.mark.parametrize("limit", [0, -1, "16", float("inf"), True])
+def test_a_bad_backoff_limit_is_refused_naming_it(limit):
+    with pytest.raises(InvalidConfigurationException, match="backoff_limit=") as info:
+        HermesProcessor(gevent.queue.Queue(), None, None, limit)
+    assert info.value.field == "backoff_limit"
+
+
+def test_a_sub_second_backoff_limit_starts_there():
+    comp = HermesProcessor(gevent.queue.Queue(), None, None, 0.25)
+    assert (comp.backoff.initial, comp.backoff.max_delay) == (0.25, 0.25)
+
+
+def test_a_pipe_that_is_not_a_queue_is_refused():
+    with pytest.raises(InvalidConfigurationException, match="notification_pipe="):
+        HermesProcessor(notification_pipe=3, error_strategy=None, error_queue=None)
+
+
+class Processor(Component):
+    """hermes' usage example, as its docs write it (the body records instead of "...")."""
+
+    runs = 0
+
+    def __init__(self,):
+        super(Processor, self).__init__()
+
+    def execute(self):
+        Processor.runs += 1
+
+
+@pytest.mark.timeout(10)
+def test_the_hermes_usage_example_constructs_and_its_execute_takes_no_value():
+    processor = Processor()
+    assert processor.name == "Processor" and processor.notification_pipe is None
+    assert isinstance(processor.error_strategy, CommonErrorStrategy)
+    processor.notification_pipe = pipe = gevent.queue.Queue()  # what Client.start() does
+    processor.start()
+    pipe.put("event")
+    pipe.put("event")
+    wait_for(lambda: Processor.runs == 2, 5)
+    assert processor.stop(1)
