@@ -81,6 +81,8 @@ def read_answer(answer, error):
     in :data:`RETRY_ACTIONS` or :data:`END_ACTIONS` (see the module's table); the message
     names ``error`` when the answer gives none. Raises TypeError for an answer that is not
     a pair. Pure."""
+    if isinstance(answer, (str, bytes)):
+        raise TypeError("a strategy answered %r, not (expected, message)" % (answer,))
     expected, second = answer
     expected, name = bool(expected), getattr(answer, "name", None)
     hermes = second if type(second) is int and second in _HERMES_NAMES else None

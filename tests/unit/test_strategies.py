@@ -19,6 +19,7 @@ from instances.strategies import (
     AbstractErrorStrategy,
     CommonErrorStrategy,
     Handling,
+    read_answer,
 )
 
 
@@ -161,3 +162,37 @@ def test_hermes_constants_and_abstract_strategy():
         AbstractErrorStrategy().handle_exception(ValueError())
     handling = Handling(True, BACKOFF, "retry", "m")
     assert handling == (True, "m") and handling.action == BACKOFF and handling.name == "retry"
+
+
+@pytest.mark.parametrize("answer, name, expected, message", [
+    ((True, CONTINUE), "continue", True, "ValueError: bad"),
+    ((False, CONTINUE), "continue", False, "ValueError: bad"),
+    ((True, BACKOFF), "retry", True, "ValueError: bad"),
+    ((True, TERMINATE), "terminate", True, "ValueError: bad"),
+    ((False, TERMINATE), "die", False, "ValueError: bad"),
+    ((True, "it happens"), "retry", True, "it happens"),
+    ((False, "a bug"), "die", False, "a bug"),
+    ((1, ""), "retry", True, "ValueError: bad"),
+    ((True, 7), "retry", True, "ValueError: bad"),  # not a hermes constant: a message-less yes
+    ((True, True), "retry", True, "ValueError: bad"),  # a bool is not hermes' CONTINUE
+    (Handling(True, BACKOFF, "reconnect", "lost"), "reconnect", True, "lost"),
+    (Handling(True, TERMINATE, "nonsense", "odd"), "die", True, "odd"),
+])
+def test_read_answer_maps_every_answer_form_to_an_action(answer, name, expected, message):
+    handling = read_answer(answer, ValueError("bad"))
+    assert (handling.name, handling.expected, handling.message) == (name, expected, message)
+    assert handling == (expected, message)  # DESIGN.md: (expected, message)
+    assert handling.action in (CONTINUE, BACKOFF, TERMINATE)
+
+
+@pytest.mark.parametrize("answer", [None, (True,), (True, "a", "b"), "ok"])
+def test_read_answer_refuses_what_is_not_a_pair(answer):
+    with pytest.raises((TypeError, ValueError)):
+        read_answer(answer, ValueError("bad"))
+
+
+def test_the_common_strategy_answer_reads_as_its_own_action():
+    strategy = CommonErrorStrategy()
+    for error in (sqlstate_error("57P01"), sqlstate_error("25006"), ValueError("x")):
+        assert read_answer(strategy.handle_exception(error), error).name == \
+            strategy.action(error)
