@@ -49,6 +49,9 @@ QUEUE_DEFAULTS = {
     "queue_out_wait": 10.0,    # seconds to wait when queue_out_dir is over its limit
     "mode": 0o700,             # permissions of the spool directories
     "batch": True,             # dequeue several messages per directory scan
+    "queue_in_perms": None,    # mentat's name for mode (None: mode applies)
+    "queue_in_wait": None,     # seconds an idle reader waits between looks at incoming/
+                               # (None: FileQueue.poll_interval, 0.05)
 }
 
 
@@ -311,6 +314,8 @@ _QUEUE_CHECKS = {
     "queue_out_wait": lambda v: _check_seconds("queue.queue_out_wait", v),
     "mode": lambda v: _check_mode(v),
     "batch": lambda v: _check_bool("queue.batch", v),
+    "queue_in_perms": lambda v: None if v is None else _check_mode(v, "queue.queue_in_perms"),
+    "queue_in_wait": lambda v: None if v is None else _check_seconds("queue.queue_in_wait", v),
 }
 
 
@@ -334,7 +339,7 @@ def _check_queue(value):
     return types.MappingProxyType(queue)
 
 
-def _check_mode(value):
+def _check_mode(value, field="queue.mode"):
     mode = value
     if isinstance(value, str):
         try:
@@ -342,7 +347,7 @@ def _check_mode(value):
         except ValueError:
             mode = None
     if not _is_int(mode) or not 0 <= mode <= 0o7777:
-        raise _problem("queue.mode", value, "must be permissions such as '0o700' or 448")
+        raise _problem(field, value, "must be permissions such as '0o700' or 448")
     return mode
 
 

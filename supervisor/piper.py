@@ -5,11 +5,14 @@
     queue_in_dir ──get──▶ handler(message) ──return value──▶ queue_out_dir (optional)
                                  └── raises ──▶ queue_in_dir/errors/ with a .meta
 
-The handler's return value goes on to the output queue (``FileQueue.forward``): a message
-(dict or Notification), a list of them (one batch file), or None (nothing goes on). Without
-``--queue-out-dir`` it is dropped and the input file deleted. ``--once`` drains the input
-queue and exits; otherwise it runs until SIGTERM or SIGINT, then lets running handlers
-finish (``--stop-timeout``) and gives unstarted messages back to ``incoming/``.
+The handler's return value goes on to the output queue (the pool hands it to
+``FileQueue.forward``): a message (dict or Notification), a list of them (one batch file),
+or None (nothing goes on). Without ``--queue-out-dir`` it is dropped and the input file
+deleted. ``--once`` drains the input queue and exits; otherwise it runs until SIGTERM or
+SIGINT, then lets running handlers finish (``--stop-timeout``) and gives unstarted messages
+back to ``incoming/``. Every option of mentat's piper has its flag: ``--queue-in-dir``,
+``--queue-in-perms``, ``--queue-in-wait``, ``--queue-out-dir``, ``--queue-out-limit``,
+``--queue-out-wait``.
 
 :func:`print_message` is the demo handler (mentat's DemoPrintComponent): it prints each
 message and passes it on. Exit codes: 0 done, 2 bad arguments or options.
@@ -26,7 +29,7 @@ import gevent.event
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import Notification
 from instances.processors import ProcessorPool
-from instances.spec import import_handler
+from instances.spec import check_queue_option, import_handler
 from instances.spool import FileQueue
 
 log = logging.getLogger(__name__)
@@ -42,49 +45,13 @@ def print_message(message):
     return message
 
 
-class PiperQueue:
-    """The input FileQueue as the pool sees it: ``done`` forwards what the handler
-    returned. Counts messages handed out and not yet settled (``inflight``)."""
-
-    def __init__(self, queue):
-        self.queue = queue
-        self.inflight = 0
-        self._results = {}
-
-    def wrap(self, handler):
-        """``handler`` storing its return value for :meth:`done`."""
-        def run(item):
-            self._results[id(item)] = handler(item)
-        return run
-
-    def get(self, block=True, timeout=None):
-        item = self.queue.get(block, timeout)
-        self.inflight += 1
-        return item
-
-    def done(self, item):
-        try:
-            self.queue.forward(item, self._results.pop(id(item), None))
-        finally:
-            self.inflight -= 1
-
-    def failed(self, item, error, tb_text):
-        self._results.pop(id(item), None)
-        try:
-            self.queue.failed(item, error, tb_text)
-        finally:
-            self.inflight -= 1
-
-    def qsize(self):
-        return self.queue.qsize()
-
-    def drained(self):
-        return self.inflight == 0 and self.queue.qsize() == 0
-
-
 def parser():
     p = argparse.ArgumentParser(prog="pgvisor piper", description=__doc__.split("\n")[0])
     p.add_argument("--queue-in-dir", required=True, help="the input spool directory")
+    p.add_argument("--queue-in-perms", help="permissions of the spool directories it "
+                   "creates, octal (default 0700; group- or world-writable is unsafe)")
+    p.add_argument("--queue-in-wait", type=float, help="seconds an idle reader waits "
+                   "between looks at incoming/ for other processes' files (default 0.05)")
     p.add_argument("--queue-out-dir", help="the next spool (default: none, results dropped)")
     p.add_argument("--queue-out-limit", type=int, help="files allowed in the next spool "
                    "before writers wait (default 10000)")
@@ -101,6 +68,16 @@ def parser():
     return p
 
 
+def _option(key, value):
+    """A spool option from the command line, checked by the spec's rule (None: default)."""
+    return None if value is None else check_queue_option(key, value)
+
+
+def _drained(queue, concurrency):
+    """Every handler greenlet waits in get() on an empty queue: nothing is in flight."""
+    return queue.waiting >= concurrency and queue.qsize() == 0
+
+
 def main(argv=None):
     """Run the piper; returns the process exit code. Blocks the calling greenlet."""
     args = parser().parse_args(argv)
@@ -110,10 +87,10 @@ def main(argv=None):
         handler = import_handler(args.handler)
         queue = FileQueue.from_piper_options(
             args.queue_in_dir, args.queue_out_dir, args.queue_out_limit, args.queue_out_wait,
+            _option("queue_in_perms", args.queue_in_perms),
+            _option("queue_in_wait", args.queue_in_wait),
             fsync=args.fsync, max_attempts=args.max_attempts)
-        piper = PiperQueue(queue)
-        pool = ProcessorPool(piper, piper.wrap(handler), args.concurrency, args.concurrency,
-                             None, "piper")
+        pool = ProcessorPool(queue, handler, args.concurrency, args.concurrency, None, "piper")
     except InvalidConfigurationException as error:
         print("pgvisor piper: %s" % error, file=sys.stderr)
         return 2
@@ -121,11 +98,15 @@ def main(argv=None):
     handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)]
     pool.link(lambda _: stop.set())
     pool.start()
-    log.info("piper %s -> %s with %s", args.queue_in_dir, args.queue_out_dir or "-",
-             args.handler, extra={"action": "piper.start"})
+    output = queue.output
+    log.info("piper %s -> %s with %s (queue_in_perms 0o%o, queue_in_wait %g s%s)",
+             args.queue_in_dir, args.queue_out_dir or "-", args.handler, queue.mode,
+             queue.poll_interval, "" if output is None else ", queue_out_limit %d, "
+             "queue_out_wait %g s" % (output.limit, output.wait),
+             extra={"action": "piper.start"})
     try:
         while not stop.wait(ONCE_POLL if args.once else None):
-            if args.once and piper.drained():
+            if args.once and _drained(queue, args.concurrency):
                 break
     finally:
         clean = pool.stop(args.stop_timeout)

@@ -68,13 +68,16 @@ class FileQueue:
     stale_tmp_age = 3600.0
 
     def __init__(self, directory, owner=None, fsync=False, mode=0o700, max_attempts=5,
-                 output=None):
+                 output=None, poll_interval=None):
         """Create the directories if needed, then :meth:`recover`. ``owner`` is an optional
         label of this consumer (the owner id always adds host, pid and start time);
         ``fsync`` the durability mode; ``mode`` the directories' permissions (files get
         the same bits without execute); ``max_attempts`` deliveries before a message whose
-        consumers keep dying goes to ``errors/``; ``output`` an :class:`OutputQueue`."""
+        consumers keep dying goes to ``errors/``; ``output`` an :class:`OutputQueue`;
+        ``poll_interval`` overrides the class attribute."""
         self.directory = os.path.abspath(directory)
+        if poll_interval is not None:
+            self.poll_interval = positive(poll_interval, "queue_in_wait", float)
         self.mode = mode
         self.max_attempts = positive(max_attempts, "max_attempts", int)
         self.owner = names.current_owner(owner)
@@ -102,12 +105,16 @@ class FileQueue:
 
     @classmethod
     def from_piper_options(cls, queue_in_dir, queue_out_dir=None, queue_out_limit=None,
-                           queue_out_wait=None, **options):
-        """Build from mentat piper's option names (``pgvisor piper`` uses this)."""
+                           queue_out_wait=None, queue_in_perms=None, queue_in_wait=None,
+                           **options):
+        """Build from mentat piper's option names (``pgvisor piper`` uses this):
+        ``queue_in_perms`` is ``mode``, ``queue_in_wait`` the ``poll_interval``."""
         output = None
         if queue_out_dir is not None:
             output = OutputQueue(queue_out_dir, queue_out_limit, queue_out_wait)
-        return cls(queue_in_dir, output=output, **options)
+        if queue_in_perms is not None:
+            options["mode"] = queue_in_perms
+        return cls(queue_in_dir, output=output, poll_interval=queue_in_wait, **options)
 
     @classmethod
     def from_spec(cls, options, owner=None):
@@ -115,7 +122,8 @@ class FileQueue:
         ``owner`` labels its claims (see the constructor)."""
         return cls.from_piper_options(
             options["spool"], options.get("queue_out_dir") or None,
-            options.get("queue_out_limit"), options.get("queue_out_wait"), owner=owner,
+            options.get("queue_out_limit"), options.get("queue_out_wait"),
+            options.get("queue_in_perms"), options.get("queue_in_wait"), owner=owner,
             fsync=options.get("fsync", False), mode=options.get("mode", 0o700),
             max_attempts=options.get("max_attempts", 5))
 

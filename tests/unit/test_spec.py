@@ -247,6 +247,9 @@ def test_queue_gets_defaults_and_round_trips():
     ({"spool": "/q", "queue_out_dir": ""}, "queue.queue_out_dir", "directory path or null"),
     ({"spool": "/q", "mode": "rwx"}, "queue.mode", "permissions such as '0o700'"),
     ({"spool": "/q", "mode": 0o10000}, "queue.mode", "permissions"),
+    ({"spool": "/q", "queue_in_perms": "rw"}, "queue.queue_in_perms", "permissions such as"),
+    ({"spool": "/q", "queue_in_wait": 0}, "queue.queue_in_wait", "seconds > 0"),
+    ({"spool": "/q", "queue_in_wait": "1s"}, "queue.queue_in_wait", "seconds > 0"),
 ])
 def test_invalid_queue_options_are_named(queue, field, fragment):
     error = error_of(queue=queue)
@@ -259,6 +262,14 @@ def test_invalid_queue_options_are_named(queue, field, fragment):
 def test_queue_mode_accepts_octal_strings_and_ints(mode):
     expected = mode if isinstance(mode, int) else int(mode, 8)
     assert spec(queue={"spool": "/q", "mode": mode}).queue["mode"] == expected
+
+
+def test_mentat_queue_in_options_are_spool_keys():
+    s = spec(queue={"spool": "/q", "queue_in_perms": "0750", "queue_in_wait": 2})
+    assert (s.queue["queue_in_perms"], s.queue["queue_in_wait"]) == (0o750, 2.0)
+    assert InstanceSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    defaults = spec(queue={"spool": "/q"}).queue
+    assert (defaults["queue_in_perms"], defaults["queue_in_wait"]) == (None, None)
 
 
 def test_to_dict_is_json_and_round_trips_every_field():

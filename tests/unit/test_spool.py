@@ -11,6 +11,7 @@ import pytest
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import Notification
 from instances.queues import Closed, Empty, Full
+from instances.spec import QUEUE_DEFAULTS
 from instances.spool import FileQueue, OutputQueue, names
 from instances.spool.layout import stats
 from instances.spool.writer import SpoolWriter
@@ -435,3 +436,27 @@ def test_closing_one_queue_object_does_not_break_another_of_the_same_process(tmp
     os.rmdir(os.path.join(str(tmp_path), "pending", consumer.owner))  # an operator tidying up
     consumer.put({"n": 2})
     assert consumer.get(block=False)["n"] == 2  # claimed although its pending dir had gone
+
+
+@pytest.mark.timeout(10)
+def test_a_spec_queue_in_perms_and_wait_are_the_spool_mode_and_poll_interval(tmp_path):
+    options = dict(QUEUE_DEFAULTS, spool=str(tmp_path / "in"), queue_in_perms=0o750,
+                   queue_in_wait=0.5, queue_out_dir=str(tmp_path / "out"))
+    queue = FileQueue.from_spec(options)
+    try:
+        assert (queue.mode, queue.poll_interval) == (0o750, 0.5)
+        for directory in ("in", "in/incoming", "in/pending", "out/incoming"):
+            assert stat.S_IMODE(os.stat(tmp_path / directory).st_mode) == 0o750, directory
+    finally:
+        queue.close()
+    default = FileQueue.from_spec(dict(QUEUE_DEFAULTS, spool=str(tmp_path / "other")))
+    try:
+        assert (default.mode, default.poll_interval) == (0o700, FileQueue.poll_interval)
+    finally:
+        default.close()
+
+
+def test_a_bad_queue_in_wait_is_refused_naming_it(tmp_path):
+    with pytest.raises(InvalidConfigurationException) as caught:
+        FileQueue.from_piper_options(tmp_path, queue_in_wait=-1)
+    assert caught.value.field == "queue_in_wait"
