@@ -1,17 +1,20 @@
 """``python -m supervisor.piper`` (``pgvisor piper``) on real spool directories, run as a
 real process: messages flow IN -> handler -> OUT, failures go to errors/ with a .meta,
-SIGTERM stops it cleanly, bad options are refused."""
+SIGTERM stops it cleanly, bad options are refused, and a piper started with every option
+mentat documents (its docs: the piper's configuration) honours each of them."""
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
+import gevent
 import pytest
 
 from instances.queues import Empty
 from instances.spool import FileQueue
-from instances.spool.layout import stats
+from instances.spool.layout import SUBDIRS, stats
 from supervisor.testing import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -105,9 +108,57 @@ def test_sigterm_stops_a_running_piper_cleanly(tmp_path):
     (["--handler", "tests.handlers:job", "--queue-out-limit", "0",
       "--queue-out-dir", "OUT"], "queue_out_limit"),
     (["--handler", "tests.handlers:job", "--concurrency", "0"], "concurrency"),
+    (["--handler", "tests.handlers:job", "--queue-in-perms", "rwx"], "queue.queue_in_perms"),
+    (["--handler", "tests.handlers:job", "--queue-in-wait", "0"], "queue.queue_in_wait"),
 ])
 def test_bad_options_are_refused_naming_the_field(tmp_path, args, named):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
     result = run_piper("--queue-in-dir", tmp_path / "in", "--once", *args)
     assert result.returncode == 2
     assert named in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_piper_runs_with_every_mentat_option(tmp_path):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    stderr_path = tmp_path / "piper.stderr"
+    printed = []
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(piper(
+            "--queue-in-dir", src, "--queue-in-perms", "0750", "--queue-in-wait", 0.1,
+            "--queue-out-dir", dst, "--queue-out-limit", 2, "--queue-out-wait", 0.1,
+            "--handler", "supervisor.piper:print_message"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    reader = gevent.spawn(lambda: printed.extend(json.loads(line)["id"] for line in proc.stdout))
+
+    def log():
+        return stderr_path.read_text()
+
+    try:
+        wait_for(lambda: "piper %s -> " % src in log() or proc.poll() is not None, 20)
+        assert proc.poll() is None, log()
+        # queue_in_perms: the mode of the spool directories it made.
+        for sub in ("",) + SUBDIRS:
+            assert stat.S_IMODE(os.stat(src / sub).st_mode) == 0o750, sub
+        # queue_in_wait: the idle piper looks again and finds another process's files.
+        ids = fill(src, *({"n": n} for n in range(5)))
+        # queue_out_limit: two files in the next spool, then the third's forward waits
+        # (re-checking every queue_out_wait), its message still claimed, its handler done.
+        wait_for(lambda: len(printed) >= 3, 20, message=log())
+        assert stats(str(dst))["incoming"] == 2
+        assert sum(stats(str(src))["pending"].values()) == 1
+        assert printed[:3] == ids[:3]
+        got = []
+        wait_for(lambda: got.extend(m["id"] for m in drain(dst)) or len(got) == 5, 30,
+                 message="the next spool never received all five")
+        assert got == ids  # FIFO through the chain, ids kept
+        wait_for(lambda: len(printed) == 5, 10)
+        assert printed == ids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+    assert ("queue_in_perms 0o750, queue_in_wait 0.1 s, queue_out_limit 2, queue_out_wait "
+            "0.1 s") in log()

@@ -3,7 +3,8 @@
 # beside its replacement. Where the docs leave "..." the program says what it does: the
 # listener and processor it adds are built with the constructors 4.2 and 4.4 document, and
 # execute() re-reads a table (hermes' notifications were wake-ups). The test fills in the
-# DSN and watch_path values the docs leave to the reader (tests/acceptance/test_seeds.py).
+# DSN and watch_path values the docs leave to the reader
+# (tests/acceptance/test_hermes_program.py).
 from gevent.queue import Queue  # from multiprocessing import Queue
 
 from instances.components import Component  # from hermes.components import Component

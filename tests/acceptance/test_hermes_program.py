@@ -1,24 +1,18 @@
-"""The seed projects' documented programs run on pgvisor with only their imports changed:
-hermes' Client program (tests/acceptance/programs/hermes_client.py) against a real primary
-and a standby that is then promoted, each as a process of its own, stopped by SIGTERM; and
-mentat's piper started with every option mentat documents."""
-import json
+"""hermes' documented program (tests/acceptance/hermes_program.py, only its imports changed)
+runs as a process of its own against a real primary and against a standby that is then
+promoted, and ends cleanly on SIGTERM."""
 import os
 import signal
-import stat
 import subprocess
 import sys
 
 import gevent
 import pytest
 
-from instances.queues import Empty
-from instances.spool import FileQueue
-from instances.spool.layout import SUBDIRS, stats
 from supervisor.testing import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Program:
@@ -60,10 +54,10 @@ class Program:
 
 
 def hermes_program(tmp_path, cluster, name):
-    """hermes_client.py with the values its docs leave to the reader filled in: the port
+    """hermes_program.py with the values its docs leave to the reader filled in: the port
     of ``cluster`` (the docs' 5432 is never used here) and its data directory as the
     watch_path. Nothing else of the program changes."""
-    with open(os.path.join(PROGRAMS, "hermes_client.py"), encoding="utf-8") as source:
+    with open(os.path.join(HERE, "hermes_program.py"), encoding="utf-8") as source:
         text = source.read()
     for docs, ours in (("'port': 5432", "'port': %d" % cluster.port),
                        ("'/var/lib/postgresql/9.4/main/'", repr(cluster.datadir))):
@@ -117,61 +111,3 @@ def test_hermes_docs_program_runs_on_the_primary_and_on_a_promoted_standby(pg_pa
     for code, stderr in results:  # SIGTERM at the program's end: a clean exit
         assert code == 0, stderr
         assert "Traceback" not in stderr, stderr
-
-
-# -- mentat's piper ------------------------------------------------------------------------
-
-def _put(directory, messages):
-    """Enqueue as another process would (its own FileQueue): the piper finds them by looking."""
-    queue = FileQueue(directory)
-    try:
-        return [queue.put(message) for message in messages]
-    finally:
-        queue.close()
-
-
-def _take_all(directory):
-    queue = FileQueue(directory)
-    taken = []
-    try:
-        while True:
-            item = queue.get(block=False)
-            taken.append(item["id"])
-            queue.done(item)
-    except Empty:
-        return taken
-    finally:
-        queue.close()
-
-
-@pytest.mark.timeout(60)
-def test_piper_runs_with_every_mentat_option(tmp_path):
-    src, dst = tmp_path / "in", tmp_path / "out"
-    piper = Program(["-m", "supervisor.piper", "--queue-in-dir", src, "--queue-in-perms", "0750",
-                     "--queue-in-wait", 0.1, "--queue-out-dir", dst, "--queue-out-limit", 2,
-                     "--queue-out-wait", 0.1, "--handler", "supervisor.piper:print_message"],
-                    str(tmp_path / "piper.stderr"))
-    try:
-        wait_for(lambda: "piper %s -> " % src in piper.stderr() or piper.proc.poll() is not None,
-                 20)
-        assert piper.proc.poll() is None, piper.stderr()
-        # queue_in_perms: the mode of the spool directories it made.
-        for sub in ("",) + SUBDIRS:
-            assert stat.S_IMODE(os.stat(src / sub).st_mode) == 0o750, sub
-        # queue_in_wait: the idle piper looks again and finds another process's files.
-        ids = _put(src, [{"n": n} for n in range(5)])
-        # queue_out_limit: two files in the next spool, then the third's forward waits
-        # (re-checking every queue_out_wait) while its handler already ran.
-        wait_for(lambda: len(piper.lines) >= 3, 20, message=piper.stderr())
-        assert stats(str(dst))["incoming"] == 2
-        assert sum(stats(str(src))["pending"].values()) == 1  # the third, still claimed
-        assert [json.loads(line)["id"] for line in piper.lines] == ids[:3]
-        got = []
-        wait_for(lambda: got.extend(_take_all(dst)) or len(got) == 5, 30,
-                 message="the next spool never received all five")
-        assert got == ids  # FIFO through the chain, ids kept
-    finally:
-        code, stderr = piper.stop()
-    assert code == 0, stderr
-    assert ("queue_in_perms 0o750, queue_in_wait 0.1 s, queue_out_limit 2, queue_out_wait "
-            "0.1 s") in stderr
