@@ -61,6 +61,12 @@ class HandlerTimeout(BaseException):
     gevent.Timeout, so a handler's ``except Exception`` does not swallow it)."""
 
 
+#: What a handler may raise that fails its notification alone: any exception, even
+#: SystemExit, KeyboardInterrupt or GeneratorExit (only the service's own shutdown ends the
+#: process; a kill is a GreenletExit, which still stops the worker).
+_HANDLER_FAILURES = (Exception, gevent.Timeout, SystemExit, KeyboardInterrupt, GeneratorExit)
+
+
 class _Stop(GreenletExit):
     """Private: thrown by stop() into a worker waiting for an item."""
 
@@ -318,7 +324,7 @@ class ProcessorPool:
                 except HandlerTimeout:
                     worker.busy_since = None
                     self._timed_out(item)
-                except (Exception, gevent.Timeout) as error:
+                except _HANDLER_FAILURES as error:
                     worker.busy_since = None
                     self._failed(item, error)
                 else:

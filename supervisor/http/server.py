@@ -328,7 +328,8 @@ class _Server(gevent.pywsgi.WSGIServer):
             return False
         if self.idle:
             oldest = next(iter(self.idle))
-            self.idle.pop(oldest).hang_up()
+            del self.idle[oldest]
+            oldest.hang_up()
         return True
 
     def handle(self, sock, address):
@@ -427,10 +428,14 @@ class _Body:
 
     def _read_all(self):
         if self.length is not None:
-            data = self.input.read(self.length)
-            if len(data) < self.length:
+            try:
+                data = self.input.read(self.length)
+            except OSError:  # pywsgi: the client closed before the announced end
+                data = None
+            got = len(data) if data is not None else getattr(self.input, "position", 0)
+            if got < self.length:
                 raise ValueError("the body has %d of the %d bytes Content-Length announced"
-                                 % (len(data), self.length))
+                                 % (got, self.length))
             self.consumed = True
             return data
         data = self.input.read(self.limit + 1)

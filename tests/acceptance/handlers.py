@@ -34,3 +34,17 @@ def gated(notification):
     while not os.path.exists(_out("gate")):
         gevent.sleep(0.01)
     _write("done %s" % notification.payload)
+
+
+#: What :func:`exits` raises for a payload.
+_EXITS = {"exit": SystemExit, "interrupt": KeyboardInterrupt, "generator": GeneratorExit}
+
+
+def exits(notification):
+    """Raise SystemExit, KeyboardInterrupt or GeneratorExit for the payloads ``exit``,
+    ``interrupt``, ``generator``; record anything else."""
+    error = _EXITS.get(notification.payload or "")
+    if error is not None:
+        _write("raising %s" % notification.payload)
+        raise error(3) if error is SystemExit else error()
+    record(notification)

@@ -652,3 +652,41 @@ def test_unknown_instance_answers_do_not_name_the_registry_file(client, registry
         assert reply.status == 404, reply
         assert registry.path not in reply.text
         assert "registry" not in reply.body["error"]
+
+
+@pytest.mark.timeout(30)
+def test_a_slowloris_client_is_cut_at_the_request_deadline(supervisor, monkeypatch):
+    """Every byte used to reset the idle timer; now the whole request has a deadline."""
+    monkeypatch.setattr(HttpApi, "request_timeout", 1.0)
+    api = _serve(supervisor)
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
+    try:
+        with socket.create_connection(api.address[:2], timeout=10) as sock:
+            started = time.monotonic()
+            sent = 0
+            try:
+                for byte in request:
+                    sock.sendall(bytes([byte]))
+                    sent += 1
+                    gevent.sleep(0.05)
+                    if time.monotonic() - started > 8:
+                        break
+                answer = sock.recv(4096)
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b""
+            cut_after = time.monotonic() - started
+        assert answer in (b"",) or answer.startswith(b"HTTP/1.1 4"), answer
+        assert 0.9 <= cut_after < 8 and sent < len(request), (cut_after, sent)
+        assert Client(api).call("GET", "/health").status == 200  # the server is fine
+    finally:
+        api.stop(timeout=2)
+
+
+def test_the_access_log_escapes_control_characters(client, caplog):
+    """``GET /x%0a...`` used to forge a second log line, unauthenticated."""
+    with caplog.at_level(logging.INFO, logger="supervisor.http"):
+        client.call("GET", "/x%0a2026-01-01T00:00:00Z%20ERROR%20forged%0d%1b[31m\\")
+    [record] = [r for r in caplog.records if getattr(r, "action", "") == "http.request"]
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message and "\x1b" not in message
+    assert "\\x0a2026-01-01" in message and "\\x5c" in message
