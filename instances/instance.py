@@ -304,6 +304,8 @@ class Instance:
             "catch_ups": listener.catch_ups if listener else 0,
             "reconnects": listener.reconnects if listener else 0,
             "subscription": self._subscription_status(),
+            "dropped": getattr(listener, "dropped", 0),
+            "overflows": getattr(listener, "overflows", 0),
             "processed": pool_stats.get("processed", 0),
             "failed": pool_stats.get("failed", 0),
             "timed_out": pool_stats.get("timed_out", 0),

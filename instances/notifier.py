@@ -12,8 +12,9 @@ notification out, in order, to the queue of every :class:`Subscription` of its c
 The notifier never waits for a subscriber: a memory queue is offered each notification
 without blocking. A full queue starts an **overflow** episode for that subscription only:
 its live notifications are dropped (counted in :attr:`Subscription.dropped`) until its
-queue has room for ONE coalesced ``catch_up``, which ends the episode (logged once, with
-the count). A spool (FileQueue) has no size bound, so it never overflows.
+queue is down to ``resume_fill`` (half) and takes ONE coalesced ``catch_up``, which ends
+the episode (logged once, with the count). A spool (FileQueue) has no size bound, so it
+never overflows.
 
 ``catch_up`` rule: every subscription gets one catch_up before live notifications after
 each (re)LISTEN that concerns it: its subscribe, a channel it added, every reconnect of the
@@ -95,6 +96,12 @@ class Subscription:
 
     #: Most notifications per batch file when the queue batches (a spool's ``put_batch``).
     batch_size = 1000
+    #: An overflow ends once the memory queue is at most this full (fraction of its
+    #: ``maxsize``): room for a real backlog, not one slot that the next notification
+    #: would fill again (an episode per notification, a catch_up each).
+    resume_fill = 0.5
+    #: Seconds between two looks at the queue's size while an overflow waits for room.
+    overflow_poll = 0.05
 
     def __init__(self, notifiers, dsn, channels, queue, name="subscription", batch=False,
                  on_connection_lost=None):
@@ -268,8 +275,12 @@ class Subscription:
     def _put_owed_catch_up(self):
         """Wait for room (this greenlet only), put the catch_up, end the episode."""
         started = time.monotonic()
+        queue = self.queue
+        limit = int(getattr(queue, "maxsize", 0) * self.resume_fill)
         try:
-            self.queue.put(_catch_up(), True)
+            while limit and queue.qsize() > limit and not getattr(queue, "closed", False):
+                gevent.sleep(self.overflow_poll)
+            queue.put(_catch_up(), True)
         except Closed:
             return
         finally:

@@ -43,6 +43,24 @@ INSTANCE_COUNTERS = (
     ("pgvisor_reconnects", "reconnects", "Reconnections of the instance's listener."),
     ("pgvisor_catch_ups", "catch_ups",
      "catch_up notifications emitted after a (re)LISTEN."),
+    ("pgvisor_overflow_dropped", "dropped",
+     "Live notifications dropped because the instance's memory queue was full (each "
+     "overflow episode ends with one catch_up)."),
+    ("pgvisor_overflows", "overflows", "Overflow episodes of the instance's queue."),
+)
+
+#: Per-notifier families (label ``notifier``): (metric name, type, status key, help text).
+NOTIFIER_FAMILIES = (
+    ("pgvisor_notifier_up", "gauge", "connected",
+     "1 while the shared LISTEN connection is connected and listening, else 0."),
+    ("pgvisor_notifier_subscribers", "gauge", "subscribers",
+     "Instances subscribed to the shared LISTEN connection."),
+    ("pgvisor_notification_queue_usage", "gauge", "queue_usage",
+     "pg_notification_queue_usage() of the server (0..1), read by the self-NOTIFY probe."),
+    ("pgvisor_notifier_reconnects", "counter", "reconnects",
+     "Reconnections of the shared LISTEN connection."),
+    ("pgvisor_notifier_probe_failures", "counter", "probe_failures",
+     "Self-NOTIFY probes that did not come back in time (each one a reconnect)."),
 )
 
 #: Supervisor-wide counters: (metric name without ``_total``, counters key, help text).
@@ -68,6 +86,7 @@ FAMILIES = {
     "pgvisor_handler_seconds": ("histogram", ("instance",)),
     **{name: ("counter", ("instance",)) for name, _, _ in INSTANCE_COUNTERS},
     **{name: ("counter", ()) for name, _, _ in SUPERVISOR_COUNTERS},
+    **{name: (kind, ("notifier",)) for name, kind, _, _ in NOTIFIER_FAMILIES},
 }
 
 
@@ -90,6 +109,7 @@ class SupervisorCollector:
         counters = dict(self.supervisor.counters)
         yield from self._instance_families(status)
         yield from self._database_families(database)
+        yield from self._notifier_families(database.get("notifiers") or ())
         for name, key, text in SUPERVISOR_COUNTERS:
             yield CounterMetricFamily(name, text, value=counters.get(key, 0))
         histogram = self._histogram(status)
@@ -135,6 +155,16 @@ class SupervisorCollector:
         yield GaugeMetricFamily("pgvisor_paused",
                                 "1 while the supervisor is paused (operator or outage).",
                                 value=1 if database.get("paused") else 0)
+
+    def _notifier_families(self, notifiers):
+        for name, kind, key, text in NOTIFIER_FAMILIES:
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = cls(name, text, labels=["notifier"])
+            for notifier in notifiers:
+                value = notifier.get(key)
+                if value is not None:  # queue_usage: none before the first probe
+                    family.add_metric([str(notifier.get("name"))], float(value))
+            yield family
 
     def _histogram(self, status):
         family = HistogramMetricFamily("pgvisor_handler_seconds",

@@ -86,6 +86,8 @@ def status_of(record, spec, db_up):
         "catch_ups": health.get("catch_ups", 0),
         "reconnects": health.get("reconnects", 0),
         "subscription": health.get("subscription"),
+        "dropped": health.get("dropped", 0),
+        "overflows": health.get("overflows", 0),
         "latency_buckets": health.get("latency_buckets"),
         "latency_sum": health.get("latency_sum"),
     }

@@ -22,7 +22,10 @@ class FakeSupervisor:
         self.instances = {}
         self.database = {"state": "up", "paused": False, "paused_by": None,
                          "role": "primary", "since": 0.0, "system_identifier": "1",
-                         "timeline": 1}
+                         "timeline": 1,
+                         "notifiers": [{"name": "pgvisor-notifier", "connected": True,
+                                        "subscribers": 2, "queue_usage": 0.25,
+                                        "reconnects": 1, "probe_failures": 0}]}
         self.counters = {"restarts": 0, "restarts_rate_limited": 0, "deaths": 0,
                          "outages": 0, "role_changes": 0, "verifies": 0, "hub_blocks": 0}
 
@@ -59,6 +62,26 @@ def test_instance_counters_are_exported_per_instance():
     assert samples[("pgvisor_queue_depth", river)] == 5
     assert samples[("pgvisor_instance_up", river)] == 1
     assert samples[("pgvisor_instance_up", (("instance", "lake"),))] == 0
+
+
+def test_overflow_and_notifier_figures_are_exported():
+    sup = FakeSupervisor()
+    sup.instances["river"] = _entry(dropped=45, overflows=1)
+    sup.database["notifiers"].append({"name": "pgvisor-notifier-2", "connected": False,
+                                      "subscribers": 1, "queue_usage": None,
+                                      "reconnects": 3, "probe_failures": 2})
+    _, samples = scrape(sup)
+    river = (("instance", "river"),)
+    assert samples[("pgvisor_overflow_dropped_total", river)] == 45
+    assert samples[("pgvisor_overflows_total", river)] == 1
+    first, second = (("notifier", "pgvisor-notifier"),), (("notifier", "pgvisor-notifier-2"),)
+    assert samples[("pgvisor_notifier_up", first)] == 1
+    assert samples[("pgvisor_notifier_up", second)] == 0
+    assert samples[("pgvisor_notifier_subscribers", first)] == 2
+    assert samples[("pgvisor_notification_queue_usage", first)] == 0.25
+    assert ("pgvisor_notification_queue_usage", second) not in samples  # no probe yet
+    assert samples[("pgvisor_notifier_reconnects_total", second)] == 3
+    assert samples[("pgvisor_notifier_probe_failures_total", second)] == 2
 
 
 def test_instances_by_state_counts_every_state_including_zero():

@@ -1,0 +1,174 @@
+"""Subscription and Notifier logic without a database: offering never blocks, an overflow
+drops for that subscription only and ends with ONE catch_up, catch_ups coalesce, spools
+take a read as batches, the queue usage warning fires once per crossing, DSNs share."""
+import logging
+
+import pytest
+
+from instances import InstanceSpec, Notification
+from instances.exceptions import InvalidConfigurationException
+from instances.notifier import Notifier, Subscription, _key
+from instances.queues import MemoryQueue
+from supervisor.testing import holds, wait_for
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeNotifier:
+    """What a subscription needs of its notifier: connected, last_error, name, changed()."""
+
+    name = "fake-notifier"
+    connected = True
+    last_error = None
+
+    def __init__(self):
+        self.changes = 0
+
+    def changed(self):
+        self.changes += 1
+
+
+class FakeNotifiers:
+    """A working Notifiers stand-in: one FakeNotifier, subscribers recorded."""
+
+    def __init__(self):
+        self.notifier = FakeNotifier()
+        self.subscribed = []
+
+    def subscribe(self, dsn, subscription):
+        self.subscribed.append(subscription)
+        return self.notifier
+
+    def unsubscribe(self, subscription, notifier):
+        self.subscribed.remove(subscription)
+
+
+class BatchQueue(MemoryQueue):
+    """A memory queue that also takes batches (as a spool does), recording each."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def put_batch(self, items):
+        self.batches.append(list(items))
+
+
+def _live(payload):
+    return Notification("ch", payload, "notify", 1, 0.0)
+
+
+def _subscription(queue, **kwargs):
+    notifiers = FakeNotifiers()
+    subscription = Subscription(notifiers, "dbname=x", ["ch"], queue, name="s", **kwargs)
+    subscription.start()
+    subscription.activated(("ch",))
+    return subscription
+
+
+def _drain(queue):
+    items = []
+    while queue.qsize():
+        items.append(queue.get())
+    return items
+
+
+def test_a_full_queue_drops_then_one_catch_up_once_there_is_room(caplog):
+    queue = MemoryQueue(3)
+    subscription = _subscription(queue)
+    for i in range(10):
+        subscription.offer(_live(str(i)))  # never blocks
+    assert (subscription.dropped, subscription.overflows, queue.qsize()) == (7, 1, 3)
+    subscription.owe_catch_up()  # a reconnect meanwhile: coalesced with the owed one
+    with caplog.at_level(logging.WARNING, logger="instances.notifier"):
+        assert queue.get().payload == "0"  # room for one: not enough (resume_fill)
+        holds(lambda: subscription.catch_ups == 0 and subscription.status()["overflowing"],
+              subscription.overflow_poll * 3)
+        subscription.offer(_live("still"))
+        assert queue.get().payload == "1"  # half full: room again
+        wait_for(lambda: subscription.catch_ups == 1, 5)
+    subscription.offer(_live("after"))
+    got = [(n.kind, n.payload) for n in _drain(queue)]
+    assert got == [("notify", "2"), ("catch_up", ""), ("notify", "after")]
+    assert subscription.dropped == 8 and subscription.received == 12
+    episodes = [r for r in caplog.records if r.action == "subscription.overflow"]
+    assert len(episodes) == 1 and episodes[0].dropped == 8
+
+
+def test_a_catch_up_owed_to_a_full_queue_starts_an_overflow_episode():
+    queue = MemoryQueue(1)
+    subscription = _subscription(queue)
+    subscription.offer(_live("0"))
+    subscription.owe_catch_up()
+    assert subscription.overflows == 1 and subscription.status()["overflowing"]
+    subscription.offer(_live("1"))
+    assert subscription.dropped == 1
+    queue.get()
+    wait_for(lambda: not subscription.status()["overflowing"], 5)
+    assert [n.kind for n in _drain(queue)] == ["catch_up"]
+
+
+def test_ending_a_subscription_in_overflow_stops_its_waiting_greenlet():
+    queue = MemoryQueue(1)
+    subscription = _subscription(queue)
+    subscription.offer(_live("0"))
+    subscription.offer(_live("1"))
+    owed = subscription._owed
+    ended = []
+    subscription.link(ended.append)
+    subscription.kill()
+    wait_for(lambda: owed.dead and ended == [subscription], 5)
+    assert subscription.exit == "abnormal" and not subscription.is_alive()
+    assert subscription.notifiers.subscribed == []
+    queue.get()
+    holds(lambda: queue.qsize() == 0 and subscription.catch_ups == 0, 0.1)
+
+
+def test_a_spool_takes_each_read_as_batches_of_batch_size():
+    queue = BatchQueue()
+    subscription = _subscription(queue, batch=True)
+    subscription.batch_size = 2
+    for i in range(5):
+        subscription.offer(_live(str(i)))
+    assert queue.batches == []  # nothing until the read is complete
+    subscription.flush()
+    assert [[n.payload for n in batch] for batch in queue.batches] == [["0", "1"], ["2", "3"],
+                                                                      ["4"]]
+
+
+def test_set_channels_asks_the_notifier_and_stop_unsubscribes():
+    subscription = _subscription(MemoryQueue())
+    notifier = subscription.notifier
+    subscription.set_channels(["ch", "other"])
+    assert notifier.changes == 1 and subscription.channels == ("ch", "other")
+    assert subscription.stop() is True
+    assert subscription.exit == "normal" and subscription.notifier is None
+    assert not subscription.connected
+
+
+def test_the_queue_usage_warning_is_logged_once_per_crossing(caplog):
+    notifier = Notifier("dbname=x")
+    with caplog.at_level(logging.INFO, logger="instances.notifier"):
+        for usage in (0.1, 0.6, 0.7, 0.2, 0.8):
+            notifier._queue_usage(usage)
+    actions = [r.action for r in caplog.records]
+    assert actions == ["notifier.queue_usage_high", "notifier.queue_usage_ok",
+                       "notifier.queue_usage_high"]
+    assert notifier.queue_usage == 0.8
+
+
+def test_equal_connection_parameters_share_a_notifier_key():
+    assert _key("host=db port=5432 dbname=app") == _key({"host": "db", "port": 5432,
+                                                         "dbname": "app"})
+    assert _key("host=db dbname=app") != _key("host=db dbname=other")
+
+
+def test_the_spec_validates_connection_and_catch_up_interval():
+    spec = InstanceSpec(name="a", channels=["x"], handler="tests.handlers:record")
+    assert (spec.connection, spec.catch_up_interval) == ("shared", None)
+    assert spec.replace(catch_up_interval=5).catch_up_interval == 5.0
+    with pytest.raises(InvalidConfigurationException, match="connection='private'"):
+        spec.replace(connection="private")
+    with pytest.raises(InvalidConfigurationException, match="catch_up_interval=0"):
+        spec.replace(catch_up_interval=0)
+    assert "connection" in spec.restart_fields(spec.replace(connection="own"))
