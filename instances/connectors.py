@@ -19,9 +19,12 @@ missing password is detected with ``PQconnectionNeedsPassword``.
 import contextlib
 import ctypes
 import logging
+import os
 import re
+import socket
 
 import gevent
+import gevent.threadpool
 import psycopg2
 import psycopg2._psycopg
 import psycopg2.errors  # noqa: F401  (registers the SQLSTATE subclasses)
@@ -75,7 +78,12 @@ _libpq = _load_libpq()
 def _green_wait(conn, timeout=None):
     """psycogreen's gevent wait callback, plus SQLSTATEs for connect-time failures.
 
-    Runs in the greenlet using ``conn``; blocks only that greenlet."""
+    A connect that fails here -- a libpq error, or a gevent.Timeout / kill thrown into the
+    waiting greenlet -- closes the half-made connection at once: the exception's traceback
+    references ``conn`` (this frame), and whoever keeps the error (a listener's
+    ``last_error``, an exception's ``__context__``) would otherwise keep its socket open
+    until a gc pass (issue 16, item 15). Runs in the greenlet using ``conn``; blocks only
+    that greenlet."""
     ptr = conn.pgconn_ptr if _libpq is not None else None
     if not ptr or _libpq.PQstatus(ptr) == _CONNECTION_OK:
         return gevent_wait_callback(conn, timeout)
@@ -88,6 +96,10 @@ def _green_wait(conn, timeout=None):
             setattr(exc, CONNECT_SQLSTATE_ATTR, codes[-1])
         elif _libpq.PQconnectionNeedsPassword(ptr):
             setattr(exc, CONNECT_SQLSTATE_ATTR, "28000")
+        conn.close()
+        raise
+    except BaseException:
+        conn.close()
         raise
     if _libpq.PQstatus(ptr) == _CONNECTION_OK:
         _libpq.PQsetErrorVerbosity(ptr, _PQERRORS_DEFAULT)
@@ -176,6 +188,49 @@ def _secrets_of(dsn):
     return [password] if password else []
 
 
+# -- host names, resolved off the hub -------------------------------------------------------
+
+#: Threads resolving names (a pool of its own: a resolver that never answers holds one
+#: thread per pending lookup, and must not starve the hub's threadpool of fsyncs).
+RESOLVER_THREADS = 4
+_resolver_pool = None
+
+
+def _getaddrinfo(host, port):
+    """In a resolver thread: the addresses, or the OSError (an error raised in a pool thread
+    would be reported to the hub as a crash; a name that does not resolve is not one)."""
+    try:
+        return [info[4][0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)]
+    except OSError as exc:
+        return exc
+
+
+def resolve_host(host, port=None):
+    """The addresses of ``host`` (TCP), in the resolver's order. Blocks only this greenlet:
+    getaddrinfo runs in a thread of :data:`RESOLVER_THREADS`, never on the hub; a gevent
+    timeout around the call ends the wait (the lookup finishes in its thread). Raises
+    OSError (``socket.gaierror``) when the name does not resolve."""
+    global _resolver_pool
+    if _resolver_pool is None:
+        _resolver_pool = gevent.threadpool.ThreadPool(RESOLVER_THREADS)
+    found = _resolver_pool.apply(_getaddrinfo, (host, port or None))
+    if isinstance(found, OSError):
+        raise found
+    return found
+
+
+def resolved_parameters(params, resolve=resolve_host, environ=os.environ):
+    """``params`` (libpq keywords) with every host name resolved into ``hostaddr`` by
+    ``resolve`` (:func:`instances.dsn.with_hostaddr`): libpq then never calls the blocking
+    getaddrinfo itself. Raises :class:`ConnectionLost` naming the host when nothing
+    resolves."""
+    try:
+        return _dsn.with_hostaddr(params, resolve, environ)
+    except OSError as exc:
+        raise ConnectionLost("cannot resolve host %s: %s" % (
+            params.get("host") or environ.get("PGHOST"), exc)) from None
+
+
 # -- the connector ---------------------------------------------------------------------------
 
 _IDENTITY_SQL = (
@@ -249,13 +304,14 @@ class PostgresConnector:
         return params
 
     def _open(self):
-        """A new autocommit connection (blocks this greenlet up to connect_timeout)."""
+        """A new autocommit connection (blocks this greenlet up to connect_timeout, name
+        resolution included)."""
         params = self.connection_parameters()
         timeout = float(params["connect_timeout"] or 0) or None
         timer = gevent.Timeout(timeout)
         timer.start()
         try:
-            conn = psycopg2.connect(**params)
+            conn = psycopg2.connect(**resolved_parameters(params))
             conn.autocommit = True
         except gevent.Timeout as exc:
             if exc is not timer:

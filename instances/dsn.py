@@ -8,8 +8,10 @@ like a password in free text (log lines, messages) and the registered secrets;
 :func:`secret_fragments` and :func:`scrub` take a DSN's secrets out of messages that quote
 it (libpq's). Nothing here talks to a server or imports the driver; parsing a libpq
 *string* is done by libpq itself in :func:`instances.connectors.parse_dsn`. These
-functions are safe to call from any greenlet and never block.
+functions are safe to call from any greenlet and never block. Host resolution (:func:`with_hostaddr`) takes the resolver as an argument: the connector
+hands it one that runs off the hub.
 """
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -50,8 +52,9 @@ _TEXT_PATTERNS = (
 
 def normalize_dict(params):
     """A hermes dict (``database``/``host``/``port``/``user``/``password``, or libpq keys such
-    as ``dbname``) as a dict of libpq keywords to strings; None values are dropped."""
-    if not isinstance(params, dict):
+    as ``dbname``) as a dict of libpq keywords to strings; None values are dropped. Any
+    mapping will do: a spec keeps its object-form ``dsn`` as a read-only mapping."""
+    if not isinstance(params, Mapping):
         raise InvalidConfigurationException(
             "dsn must be a libpq string or a dict, got %s" % type(params).__name__,
             "dsn", type(params).__name__)
@@ -148,3 +151,80 @@ def quote_ident(name):
             "channel name %r is longer than %d bytes" % (name, MAX_IDENTIFIER_BYTES),
             "channel", name)
     return '"%s"' % name.replace('"', '""')
+
+
+# -- host resolution (pure: the caller supplies the resolver) -------------------------------
+#
+# libpq resolves ``host`` names with a blocking getaddrinfo() inside the C library, which
+# would freeze the whole gevent hub for the resolver's timeout. The connector resolves the
+# names itself, off the hub, and hands libpq the addresses as ``hostaddr``; ``host`` stays
+# as given, so TLS still verifies the server's name and ~/.pgpass still matches it.
+
+def host_entries(params, environ):
+    """The ``(host, port)`` entries libpq would try for ``params`` (libpq keywords, with
+    ``PGHOST``/``PGPORT`` from ``environ`` as fallbacks), or () when nothing needs resolving
+    here: no host (the default unix socket), a ``service`` (hosts come from a service file)
+    or ``hostaddr`` given already."""
+    if params.get("hostaddr") or params.get("service") or (
+            environ.get("PGHOSTADDR") or environ.get("PGSERVICE")):
+        return ()
+    hosts = (params.get("host") or environ.get("PGHOST") or "").split(",")
+    if hosts == [""]:
+        return ()
+    ports = (params.get("port") or environ.get("PGPORT") or "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):
+        return ()  # libpq itself reports the mismatch, naming both lists
+    return tuple(zip(hosts, ports, strict=True))
+
+
+def is_socket_path(host):
+    """True for a unix-socket directory (``/run/postgresql``) or an abstract one (``@x``)."""
+    return host.startswith(("/", "@"))
+
+
+def is_address(host):
+    """True when ``host`` is an IPv4 or IPv6 literal (nothing to resolve)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def with_hostaddr(params, resolve, environ):
+    """A copy of ``params`` with ``hostaddr`` set from ``resolve(host, port) -> [address]``.
+
+    A name with several addresses becomes several entries (``host`` and ``port`` repeated),
+    so libpq still tries each address in turn, as it does for a name it resolves itself.
+    Socket paths keep an empty ``hostaddr`` entry. An entry whose name cannot be resolved is
+    left out, as libpq skips it; when none is left, the first resolver error is raised.
+    ``params`` is returned unchanged when :func:`host_entries` finds nothing to resolve.
+    """
+    entries = host_entries(params, environ)
+    if not any(host and not is_socket_path(host) and not is_address(host)
+               for host, _port in entries):
+        return params
+    hosts, addrs, ports, errors = [], [], [], []
+    for host, port in entries:
+        if not host or is_socket_path(host) or is_address(host):
+            found = [host if host and is_address(host) else ""]
+        else:
+            try:
+                found = list(dict.fromkeys(resolve(host, port or None)))
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            if not found:
+                errors.append(OSError("host %s has no address" % host))
+                continue
+        hosts += [host] * len(found)
+        addrs += found
+        ports += [port] * len(found)
+    if not hosts:
+        raise errors[0]
+    out = dict(params, host=",".join(hosts), hostaddr=",".join(addrs))
+    if any(ports):
+        out["port"] = ",".join(ports)
+    return out

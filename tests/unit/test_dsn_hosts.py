@@ -1,0 +1,83 @@
+"""Host resolution for libpq: names become ``hostaddr`` entries, resolved by the caller's
+resolver (the connector's runs off the hub); ``host`` is kept for TLS and ~/.pgpass."""
+import socket
+from types import MappingProxyType
+
+import pytest
+
+from instances.dsn import host_entries, normalize_dict, secret_fragments, with_hostaddr
+
+ADDRESSES = {"db1": ["10.0.0.1"], "db2": ["10.0.0.2", "fd00::2"], "lb": ["10.0.0.9"]}
+
+
+def resolve(host, port):
+    if host not in ADDRESSES:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return ADDRESSES[host]
+
+
+def test_a_name_gets_its_address_and_keeps_its_host_name():
+    params = {"host": "db1", "port": "5433", "dbname": "app", "sslmode": "verify-full"}
+    out = with_hostaddr(params, resolve, {})
+    assert out == dict(params, hostaddr="10.0.0.1")
+    assert params == {"host": "db1", "port": "5433", "dbname": "app",
+                      "sslmode": "verify-full"}  # the caller's dict is not changed
+
+
+def test_a_name_with_several_addresses_becomes_one_entry_per_address_in_order():
+    out = with_hostaddr({"host": "db1,db2", "port": "5432,6432",
+                         "target_session_attrs": "read-write"}, resolve, {})
+    assert out["host"] == "db1,db2,db2"
+    assert out["hostaddr"] == "10.0.0.1,10.0.0.2,fd00::2"
+    assert out["port"] == "5432,6432,6432"
+    assert out["target_session_attrs"] == "read-write"
+
+
+def test_socket_paths_and_address_literals_need_no_resolver_call():
+    calls = []
+
+    def counting(host, port):
+        calls.append(host)
+        return resolve(host, port)
+
+    assert with_hostaddr({"host": "/run/postgresql"}, counting, {}) == {
+        "host": "/run/postgresql"}
+    assert with_hostaddr({"host": "127.0.0.1,::1"}, counting, {}) == {"host": "127.0.0.1,::1"}
+    mixed = with_hostaddr({"host": "/tmp,lb,127.0.0.1"}, counting, {})
+    assert (mixed["host"], mixed["hostaddr"]) == ("/tmp,lb,127.0.0.1", ",10.0.0.9,127.0.0.1")
+    assert calls == ["lb"]
+
+
+def test_nothing_to_do_with_hostaddr_a_service_or_no_host():
+    for params in ({"host": "db1", "hostaddr": "10.1.1.1"}, {"service": "app"}, {},
+                   {"dbname": "app"}):
+        assert with_hostaddr(params, resolve, {}) is params
+    assert with_hostaddr({"host": "db1"}, resolve, {"PGHOSTADDR": "10.1.1.1"}) == {
+        "host": "db1"}
+
+
+def test_pghost_and_pgport_from_the_environment_are_resolved_too():
+    assert host_entries({}, {"PGHOST": "db1", "PGPORT": "7000"}) == (("db1", "7000"),)
+    assert with_hostaddr({}, resolve, {"PGHOST": "db1"}) == {
+        "host": "db1", "hostaddr": "10.0.0.1"}
+
+
+def test_a_name_that_does_not_resolve_is_skipped_like_libpq_does_and_alone_it_raises():
+    out = with_hostaddr({"host": "nowhere,db1"}, resolve, {})
+    assert (out["host"], out["hostaddr"]) == ("db1", "10.0.0.1")
+    with pytest.raises(socket.gaierror):
+        with_hostaddr({"host": "nowhere"}, resolve, {})
+    with pytest.raises(OSError, match="no address"):
+        with_hostaddr({"host": "db1"}, lambda host, port: [], {})
+
+
+def test_mismatched_host_and_port_lists_are_left_for_libpq_to_report():
+    params = {"host": "db1,db2", "port": "1,2,3"}
+    assert with_hostaddr(params, resolve, {}) is params
+
+
+def test_an_object_form_dsn_as_a_spec_keeps_it_is_accepted():
+    """Issue 16, item 12: a spec stores its object-form dsn as a read-only mapping."""
+    frozen = MappingProxyType({"database": "app", "host": "db1", "password": "s3cret"})
+    assert normalize_dict(frozen) == {"dbname": "app", "host": "db1", "password": "s3cret"}
+    assert secret_fragments(frozen) == ["s3cret"]
