@@ -34,6 +34,7 @@ from psycogreen.gevent import gevent_wait_callback
 
 from instances import dsn as _dsn
 from instances.dsn import quote_ident, redact_dsn
+from instances.episodes import one_line
 from instances.exceptions import (
     ConnectionLost,
     DatabaseError,
@@ -141,7 +142,8 @@ def translate_error(exc, connecting=False, secrets=()):
 
     ``connecting`` says the error came from establishing a connection (a ProgrammingError
     there is an invalid DSN; any server SQLSTATE there but "unavailable" ones is fatal).
-    ``secrets`` are strings to redact from the message. Pure; never raises."""
+    ``secrets`` are strings to redact from the message, which is one line (libpq's
+    continuation lines folded in). Pure; never raises."""
     if isinstance(exc, DatabaseError):
         return exc
     try:
@@ -149,7 +151,7 @@ def translate_error(exc, connecting=False, secrets=()):
                 or _CODE_OF_CLASS.get(type(exc)))
         connecting = connecting or hasattr(exc, CONNECT_SQLSTATE_ATTR)
         cls = _classify(code, exc, connecting)
-        text = _VERBOSE_LOCATION.sub("", str(exc) or type(exc).__name__).strip()
+        text = one_line(_VERBOSE_LOCATION.sub("", str(exc) or type(exc).__name__))
         message = "%s%s: %s" % (type(exc).__name__, " [%s]" % code if code else "",
                                 _dsn.scrub(text, secrets))
         return cls(message, sqlstate=code)
@@ -320,7 +322,9 @@ class PostgresConnector:
                 redact_dsn(self.dsn), timeout)) from None
         except psycopg2.Error as exc:
             error = translate_error(exc, connecting=True, secrets=self._secrets)
-            log.warning("cannot connect to %s: %s", redact_dsn(self.dsn), error,
+            # Debug only: the caller owns the story (the monitor logs the outage once and
+            # a summary every 5 min; a listener logs its reconnect episode the same way).
+            log.debug("cannot connect to %s: %s", redact_dsn(self.dsn), error,
                         extra={"action": "connector.connect_failed",
                                "instance": params["application_name"]})
             raise error from None
@@ -394,10 +398,13 @@ class PostgresConnector:
         """True when the server is a primary (not in recovery). Own short connection."""
         return not self._query_once("SELECT pg_is_in_recovery()")[0][0]
 
-    def server_identity(self):
+    def server_identity(self, shared=False):
         """``{"system_identifier": str, "timeline": int, "in_recovery": bool}`` of the server
-        (on a standby the timeline of its last restartpoint). Own short connection."""
-        system_identifier, in_recovery, timeline = self._query_once(_IDENTITY_SQL)[0]
+        (on a standby the timeline of its last restartpoint). Own short connection, or with
+        ``shared`` the connector's long-lived one (only its owning greenlet may say so: the
+        database monitor probes this way, one connection for its whole life)."""
+        rows = self.execute(_IDENTITY_SQL) if shared else self._query_once(_IDENTITY_SQL)
+        system_identifier, in_recovery, timeline = rows[0]
         return {"system_identifier": system_identifier, "timeline": int(timeline),
                 "in_recovery": bool(in_recovery)}
 

@@ -1,16 +1,31 @@
 """The :class:`DatabaseMonitor`: is the database up, and which role does it play?
 
-One greenlet probes the server every ``probe_interval`` seconds on a short-lived connection
-of its own (``server_identity()``: role and identity) with a deadline of ``probe_timeout``.
-It reports *changes* only, through ``report(DatabaseState)``: up/down, the role, and the
-identity (system identifier, timeline). A role change is believed only after a second probe
-``role_debounce`` seconds later agrees (a failover flaps; acting twice costs restarts).
-:meth:`check_now` probes at once: instances call it when they lose their connection, and
-the failover watcher when a signal file appears.
+One greenlet probes the server on ONE long-lived connection of its own (``SELECT`` of role
+and identity, with a deadline of ``probe_timeout``), reconnecting only after a failure: a
+new connection per probe was 86,400 connections a day in the server's log. It reports
+*changes* only, through ``report(DatabaseState)``: up/down, the role, and the identity
+(system identifier, timeline).
+
+Hysteresis and pace (DESIGN's "database probe" row)::
+
+    up:    probe every probe_interval (1 s); one failed probe is a blip: probe again after
+           probe_interval; failures_to_down (2) failures in a row = down
+    down:  probe at a backed-off pace, probe_interval doubling up to down_interval (5 s);
+           the first success = up again (the supervisor's own grace covers a flapping
+           return)
+
+A role change is believed only after a second probe ``role_debounce`` seconds later agrees
+(a failover flaps; acting twice costs restarts). :meth:`check_now` probes at once:
+instances call it when they lose their connection, and the failover watcher when a signal
+file appears.
+
+The log tells an outage once, on one line: "database down: <error>", then every
+``summary_interval`` (5 min) "database still down for 5m12s, 310 attempts, last error:
+...", and "database up: primary, timeline 1 (was down for 5m40s, 331 attempts)".
 
 Concurrency: ``report`` is called in the monitor's greenlet and MUST NOT block (the
 supervisor puts a request on its queue). :meth:`check_now` is safe from any greenlet of
-the hub thread.
+the hub thread; everything else runs in the monitor's greenlet.
 """
 import dataclasses
 import logging
@@ -19,8 +34,10 @@ import typing
 import gevent
 import gevent.event
 
+from instances.backoff import Backoff
 from instances.connectors import PostgresConnector
-from instances.exceptions import DatabaseError
+from instances.episodes import Episode, duration, one_line
+from instances.exceptions import DatabaseError, InvalidConfigurationException
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +68,43 @@ class DatabaseState:
 class DatabaseMonitor:
     """Probe ``dsn`` periodically and on demand; ``report(state)`` on every change."""
 
-    #: Seconds between probes.
+    #: Seconds between probes while the database is up (and after a single failure).
     probe_interval = 1.0
-    #: Seconds a probe (connect + query) may take before the database counts as down.
+    #: Seconds between probes at most while it is down (the pace backs off up to this).
+    down_interval = 5.0
+    #: Seconds a probe (connect + query) may take before it counts as failed.
     probe_timeout = 2.0
+    #: Failed probes in a row that make the database "down" (one is a blip).
+    failures_to_down = 2
     #: Seconds after which a changed role is probed again and believed only if confirmed.
     role_debounce = 0.3
+    #: Seconds between two "still down" summaries in the log.
+    summary_interval = 300.0
 
     def __init__(self, dsn, report, probe_interval=None, probe_timeout=None,
-                 application_name="pgvisor-monitor"):
+                 application_name="pgvisor-monitor", down_interval=None,
+                 failures_to_down=None):
         self.report = report
-        if probe_interval is not None:
-            self.probe_interval = probe_interval
-        if probe_timeout is not None:
-            self.probe_timeout = probe_timeout
+        for key, value in (("probe_interval", probe_interval), ("probe_timeout", probe_timeout),
+                           ("down_interval", down_interval),
+                           ("failures_to_down", failures_to_down)):
+            if value is not None:
+                setattr(self, key, value)
+        if not (isinstance(self.failures_to_down, int) and self.failures_to_down >= 1):
+            raise InvalidConfigurationException(
+                "failures_to_down must be an integer >= 1, got %r" % (self.failures_to_down,),
+                "failures_to_down", self.failures_to_down)
         self.connector = PostgresConnector(dsn, application_name=application_name,
                                            connect_timeout=max(1, int(self.probe_timeout)))
-        #: The last state reported (None before the first probe).
+        #: The pace while down: probe_interval doubling up to down_interval, +/-10 %.
+        self.backoff = Backoff(initial=self.probe_interval, factor=2.0,
+                               max_delay=max(self.down_interval, self.probe_interval))
+        #: The last state reported (None before the first report).
         self.state = None
         self.probes = 0
+        #: Failed probes in a row (0 after a success).
+        self.failures = 0
+        self.outage = Episode(self.summary_interval)
         self._last_up = None
         self._wake = gevent.event.Event()
         self._greenlet = None
@@ -83,23 +118,33 @@ class DatabaseMonitor:
         if self._greenlet is not None:
             self._greenlet.kill(block=True, timeout=timeout)
             self._greenlet = None
+        self.connector.disconnect()
 
     def check_now(self):
         """Probe as soon as possible (returns at once)."""
         self._wake.set()
 
     def probe(self):
-        """One observation (blocks this greenlet at most about ``probe_timeout``)."""
+        """One observation on the long-lived connection (blocks this greenlet at most about
+        ``probe_timeout``). A failed probe drops the connection: the next one reconnects."""
         self.probes += 1
         try:
             with gevent.Timeout(self.probe_timeout, DatabaseError(
                     "no answer within %.1f s" % self.probe_timeout)):
-                identity = self.connector.server_identity()
+                identity = self.connector.server_identity(shared=True)
         except DatabaseError as error:
-            return DatabaseState(up=False, error=str(error), fatal=error.kind == "fatal")
+            self.connector.disconnect()  # after a deadline it may be mid-protocol
+            return DatabaseState(up=False, error=one_line(error), fatal=error.kind == "fatal")
         return DatabaseState(
             up=True, role="standby" if identity["in_recovery"] else "primary",
             system_identifier=identity["system_identifier"], timeline=identity["timeline"])
+
+    def next_delay(self):
+        """Seconds until the next probe: probe_interval unless the database is down (then
+        the backed-off pace)."""
+        if self.state is not None and not self.state.up:
+            return self.backoff.next()
+        return self.probe_interval
 
     def _run(self):
         while True:
@@ -108,14 +153,18 @@ class DatabaseMonitor:
             except Exception:  # the loop's edge: keep monitoring whatever happened
                 log.exception("database probe failed unexpectedly",
                               extra={"action": "monitor.error", "instance": None})
-            self._wake.wait(self.probe_interval)
+            self._wake.wait(self.next_delay())
             self._wake.clear()
 
     def _observe(self):
         state = self.probe()
-        previous = self.state
+        if not state.up:
+            self._failed(state)
+            return
+        self.failures = 0
+        self.backoff.reset()
         last_role = self._last_up.role if self._last_up is not None else None
-        if state.up and last_role is not None and state.role != last_role:
+        if last_role is not None and state.role != last_role:
             # A changed role (also across an outage) is believed when a second probe
             # ``role_debounce`` later agrees: a flapping failover costs one change, not two.
             gevent.sleep(self.role_debounce)
@@ -125,21 +174,54 @@ class DatabaseMonitor:
                          confirmed.role, extra={"action": "monitor.role_flap", "instance": None})
                 return
             state = confirmed
-        if not state.same(previous):
-            self._log_change(previous, state, self._last_up)
-            self.state = state
-            if state.up:
-                self._last_up = state
-            self.report(state)
+        outage = self.outage.snapshot() if self.outage.open else None
+        self.outage.ended()
+        if not state.same(self.state):
+            self._log_up(self.state, state, self._last_up, outage)
+            self._change(state)
+
+    def _failed(self, state):
+        """A failed probe: counted; ``failures_to_down`` in a row make the change."""
+        self.failures += 1
+        step = self.outage.failed(state.error)
+        if self.state is not None and not self.state.up:
+            if not state.same(self.state):  # it became fatal, or stopped being fatal
+                self._log_down(state)
+                self._change(state)
+            elif step == "summary":
+                log.warning("database still down %s", self.outage.describe(),
+                            extra={"action": "monitor.still_down", "instance": None})
+            return
+        if self.failures >= self.failures_to_down:
+            self._log_down(state)
+            self._change(state)
+        else:
+            log.debug("database probe failed (%d of %d before down): %s", self.failures,
+                      self.failures_to_down, state.error,
+                      extra={"action": "monitor.probe_failed", "instance": None})
+
+    def _change(self, state):
+        self.state = state
+        if state.up:
+            self._last_up = state
+        self.report(state)
+
+    def _log_down(self, state):
+        log.warning("database down%s: %s", " (fatal: retrying cannot fix it)"
+                    if state.fatal else "", state.error,
+                    extra={"action": "monitor.change", "instance": None})
 
     @staticmethod
-    def _log_change(previous, state, last_up):
+    def _log_up(previous, state, last_up, outage):
         extra = {"action": "monitor.change", "instance": None}
-        if not state.up:
-            log.warning("database down: %s", state.error, extra=extra)
-            return
         if previous is None or not previous.up:
-            log.info("database up: %s, timeline %s", state.role, state.timeline, extra=extra)
+            was = ""
+            if previous is not None and outage is not None:
+                seconds, attempts = outage
+                was = " (was down for %s, %d failed probe%s)" % (
+                    duration(seconds), attempts, "" if attempts == 1 else "s")
+            log.info("database up: %s, timeline %s%s", state.role, state.timeline, was,
+                     extra=extra)
         if last_up is not None and last_up.role != state.role:
             log.warning("database role changed: %s -> %s", last_up.role, state.role,
                         extra=dict(extra, action="monitor.role_changed"))
