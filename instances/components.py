@@ -53,6 +53,7 @@ import gevent
 from gevent import GreenletExit, getcurrent
 
 from instances.backoff import Backoff
+from instances.episodes import Episode, duration, one_line
 from instances.exceptions import InvalidConfigurationException
 from instances.links import Links
 from instances.strategies import (
@@ -176,6 +177,12 @@ class Component:
     #: Seconds: the backoff's cap for a component built in hermes' form without a
     #: ``backoff_limit`` (hermes' documented default).
     hermes_backoff_limit = 16.0
+    #: Seconds between two beats while the component waits to retry (a backoff of 32 s
+    #: +/-10 % is longer than the supervisor's 30 s heartbeat_timeout: waiting is not a hang).
+    backoff_beat = 1.0
+    #: Seconds between two summaries of a failure that goes on (its first one is a warning,
+    #: the attempts between summaries debug lines).
+    summary_interval = 300.0
 
     def __init__(self, *args, **kwargs):
         """``Component(name=None, error_strategy=None, backoff=None)`` or hermes'
@@ -212,6 +219,16 @@ class Component:
         self._interruptible = False
         self._execute_takes_value = True
         self._links = Links("component")
+        #: The failures retried since the last full iteration, for the log.
+        self.failing = Episode(self.summary_interval)
+
+    @classmethod
+    def longest_silence(cls):
+        """Seconds a healthy component of this class may go without a beat (with its class
+        defaults): the supervisor's ``heartbeat_timeout`` must be longer
+        (:func:`check_heartbeat_timeout`). Here: a backoff wait's beat period, or the
+        longest backoff delay with its jitter if that is shorter."""
+        return min(cls.backoff_beat, Backoff.max_delay * (1.0 + Backoff.jitter))
 
     # -- hooks (run in the component's greenlet) ------------------------------------
     def set_up(self):
@@ -247,6 +264,7 @@ class Component:
         self.heartbeat = time.monotonic()
         self.backoff.reset()
         self._execute_takes_value = _takes_value(self.execute)
+        self.failing.ended()
         self._greenlet = gevent.Greenlet(self._run)
         self._greenlet.link(self._on_greenlet_end)
         self._greenlet.start()
@@ -380,6 +398,7 @@ class Component:
                 self.heartbeat = time.monotonic()
                 if self.backoff.attempts:
                     self.backoff.reset()
+                    self._recovered()
         finally:
             self._safe_tear_down()
 
@@ -401,12 +420,38 @@ class Component:
         if action == RETRY_NOW and first:
             delay = 0.0
         self.heartbeat = time.monotonic()  # waiting to retry is progress, not a hang
-        log.warning("%s: %s; %s in %.2fs (attempt %d)", self.name, message, action, delay,
-                    self.backoff.attempts, exc_info=None if expected else error,
-                    extra={"action": "component." + action, "instance": self.name})
-        with self.interruptible():
-            gevent.sleep(delay)
+        step = self.failing.failed(message)
+        extra = {"action": "component." + action, "instance": self.name}
+        if step == "summary":
+            log.warning("%s still failing %s; %s in %.2fs", self.name,
+                        self.failing.describe(), action, delay,
+                        extra=dict(extra, action="component.still_failing"))
+        else:
+            log.log(logging.WARNING if step == "started" else logging.DEBUG,
+                    "%s: %s; %s in %.2fs (attempt %d)", self.name, one_line(message), action,
+                    delay, self.backoff.attempts,
+                    exc_info=None if expected or step is None else error, extra=extra)
+        self._sleep_beating(delay)
         return True
+
+    def _sleep_beating(self, delay):
+        """Sleep ``delay`` seconds interruptibly, beating every :attr:`backoff_beat`."""
+        deadline = time.monotonic() + delay
+        with self.interruptible():
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                gevent.sleep(min(left, self.backoff_beat))
+                self.heartbeat = time.monotonic()
+
+    def _recovered(self):
+        if self.failing.open:
+            seconds, attempts = self.failing.snapshot()
+            self.failing.ended()
+            log.info("%s recovered after %s and %d failed attempt%s", self.name,
+                     duration(seconds), attempts, "" if attempts == 1 else "s",
+                     extra={"action": "component.recovered", "instance": self.name})
 
     def _classify(self, error):
         """The strategy's ``handle_exception(error)`` (the one method it must have) read by
@@ -451,3 +496,17 @@ class Component:
     def __repr__(self):
         state = "alive" if self.is_alive() else (self.exit or "new")
         return "<%s %s %s>" % (type(self).__name__, self.name, state)
+
+
+def check_heartbeat_timeout(seconds, kinds):
+    """Raise :class:`InvalidConfigurationException` (field ``heartbeat_timeout``) unless
+    ``seconds`` exceeds the :meth:`Component.longest_silence` of every class in ``kinds``:
+    a shorter timeout would judge a healthy component (one waiting for its backoff, a
+    liveness round trip, a connect) unresponsive and spend restart budget on it."""
+    for kind in kinds:
+        silence = kind.longest_silence()
+        if not seconds > silence:
+            raise InvalidConfigurationException(
+                "heartbeat_timeout %r s must be longer than %.1f s, the longest a healthy %s "
+                "goes without a heartbeat" % (seconds, silence, kind.__name__),
+                "heartbeat_timeout", seconds)

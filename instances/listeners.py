@@ -155,6 +155,13 @@ class PostgresNotificationListener(Component):
         self._sessions = 0
         self._put_batch = None
 
+    @classmethod
+    def longest_silence(cls):
+        """Seconds without a beat at worst while healthy: a connect (``connect_timeout``),
+        a silence then its liveness round trip, a full queue's put, or a backoff wait."""
+        return max(PostgresConnector.connect_timeout, cls.ping_interval + cls.ping_timeout,
+                   cls.put_beat, super().longest_silence())
+
     # -- owner API ------------------------------------------------------------------------
     def set_channels(self, channels):
         """Ask the listener to LISTEN/UNLISTEN so it listens on exactly ``channels``.

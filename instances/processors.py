@@ -49,6 +49,7 @@ import gevent.event
 from gevent import GreenletExit, getcurrent
 
 from instances.components import ComponentKilled, interrupt_if
+from instances.episodes import LogLimiter, shorten
 from instances.links import Links
 from instances.queues import Closed, Empty
 from instances.spec import check_concurrency, check_handler_timeout
@@ -121,6 +122,7 @@ class ProcessorPool:
         self.latency_sum = 0.0
         #: repr() of the last handler error or timeout, None if none yet.
         self.last_error = None
+        self._failure_log = LogLimiter()
         self._manager = None
 
     # -- owner API ---------------------------------------------------------------------
@@ -244,14 +246,19 @@ class ProcessorPool:
 
     @property
     def heartbeat(self):
-        """Now if a worker waits for items (idle is alive), else the newest handler start
-        (None when no worker runs). Compare with :attr:`busy_since` to spot a hang."""
-        starts = []
+        """Now while the pool makes progress: a worker waits for items (idle is alive), or
+        a handler runs within ``handler_timeout`` (slow is not hung; without a timeout a
+        handler may run as long as it likes). Once every handler is past its deadline --
+        interrupted, and ignoring it -- the newest deadline: the supervisor's
+        ``heartbeat_timeout`` after it is the margin before the pool counts as hung.
+        None when no worker runs."""
+        now, limit = time.monotonic(), self.handler_timeout
+        beats = []
         for worker in self._workers.values():
-            if worker.busy_since is None:
-                return time.monotonic()
-            starts.append(worker.busy_since)
-        return max(starts) if starts else None
+            if worker.busy_since is None or limit is None:
+                return now
+            beats.append(min(now, worker.busy_since + limit))
+        return max(beats) if beats else None
 
     def stats(self):
         return {"size": self.size, "processed": self.processed, "failed": self.failed,
@@ -364,8 +371,7 @@ class ProcessorPool:
         tb_text = traceback.format_exc()
         self.failed += 1
         self.last_error = repr(error)
-        log.error("pool %s: handler failed on %r", self.name, item, exc_info=True,
-                  extra={"action": "handler.error", "instance": self.name})
+        self._log_failure("handler.error", "handler failed on", item)
         self.queue.failed(item, error, tb_text)
 
     def _timed_out(self, item):
@@ -373,9 +379,18 @@ class ProcessorPool:
         error = TimeoutError("handler ran longer than %ss" % self.handler_timeout)
         self.timed_out += 1
         self.last_error = repr(error)
-        log.error("pool %s: handler timed out on %r", self.name, item, exc_info=True,
-                  extra={"action": "handler.timeout", "instance": self.name})
+        self._log_failure("handler.timeout", "handler timed out on", item)
         self.queue.failed(item, error, tb_text)
+
+    def _log_failure(self, action, what, item):
+        """One ERROR line with the traceback, the item cut to ITEM_CHARS, at most
+        ``LogLimiter.burst`` a minute per pool: the counters count every failure, the log
+        says how many lines it held back (a poison backlog must not flood it)."""
+        allowed, held = self._failure_log.allow(action)
+        if allowed:
+            log.error("pool %s: %s %s%s", self.name, what, shorten(repr(item)),
+                      " (%d similar lines held back)" % held if held else "", exc_info=True,
+                      extra={"action": action, "instance": self.name, "held_back": held})
 
     # -- manager: autoscale and handler deadlines ----------------------------------------
     def _manage(self):

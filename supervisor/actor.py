@@ -31,6 +31,8 @@ import gevent
 import gevent.event
 import gevent.queue
 
+from instances.components import check_heartbeat_timeout
+from instances.listeners import PostgresNotificationListener
 from instances.notifier import Notifiers
 from supervisor.budget import RestartBudget
 from supervisor.config.settings import BY_NAME
@@ -160,6 +162,7 @@ class Supervisor:
             if value is not None:  # None: the class attribute applies
                 setattr(self, key, value)
         self.failover_files = tuple(self.failover_files)
+        check_heartbeat_timeout(self.heartbeat_timeout, (PostgresNotificationListener,))
         self.records = {}
         self.counters = dict.fromkeys(("restarts", "restarts_rate_limited", "deaths", "outages",
                                        "role_changes", "verifies", "hub_blocks"), 0)

@@ -564,3 +564,73 @@ def test_the_hermes_usage_example_constructs_and_its_execute_takes_no_value():
     pipe.put("event")
     wait_for(lambda: Processor.runs == 2, 5)
     assert processor.stop(1)
+
+
+# -- heartbeat while backing off, and the log of a failure that goes on (issue 16) ------
+@pytest.mark.timeout(10)
+def test_a_component_beats_while_it_waits_for_its_backoff():
+    """A 32 s backoff +/-10 % outlasts a 30 s heartbeat_timeout: waiting to reconnect must
+    not look like a hang, so the wait beats every ``backoff_beat``."""
+    comp = Recorder(strategy=FakeStrategy("reconnect"),
+                    backoff=Backoff(initial=0.6, max_delay=0.6, jitter=0),
+                    set_up=lambda c: 1 / 0)
+    comp.backoff_beat = 0.05
+    comp.start()
+    try:
+        wait_for(lambda: comp.backoff.attempts == 1, 5)
+        ages = []
+        for _ in range(8):  # 0.4 s of a 0.6 s wait
+            gevent.sleep(0.05)
+            ages.append(comp.heartbeat_age())
+        assert comp.backoff.attempts == 1  # still the same wait
+        assert max(ages) < 0.3, ages  # without beats it would reach 0.4
+    finally:
+        comp.stop(5)
+
+
+def test_heartbeat_timeout_must_exceed_the_longest_silence_of_a_healthy_component():
+    from instances.components import check_heartbeat_timeout
+    from instances.exceptions import InvalidConfigurationException
+    from instances.listeners import PostgresNotificationListener
+
+    assert PostgresNotificationListener.longest_silence() == 7.0  # ping 2 s + its 5 s
+    check_heartbeat_timeout(30.0, (PostgresNotificationListener,))  # the default is fine
+    with pytest.raises(InvalidConfigurationException) as caught:
+        check_heartbeat_timeout(5.0, (PostgresNotificationListener,))
+    assert caught.value.field == "heartbeat_timeout" and caught.value.value == 5.0
+    assert "7.0 s" in str(caught.value)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.timeout(10)
+def test_a_failure_that_goes_on_is_one_warning_then_summaries_then_its_end(caplog):
+    from instances.episodes import Episode
+
+    caplog.set_level(logging.DEBUG, logger="instances.components")
+    clock = Clock()
+    outcomes = iter([ConnectionLost("refused\n\tIs the server running?")] * 30 + [None] * 5)
+
+    def set_up(component):
+        clock.now += 20.0  # each attempt 20 s later: 30 attempts = 10 minutes
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    comp = Recorder(strategy=CommonErrorStrategy(), set_up=set_up,
+                    backoff=Backoff(initial=0.001, max_delay=0.002, jitter=0),
+                    post_execute=stop_after(1))
+    comp.failing = Episode(300.0, clock=clock)
+    comp.start().join(10)
+    told = [(r.levelname, r.action) for r in caplog.records if r.levelno >= logging.INFO]
+    assert told == [("WARNING", "component.reconnect"), ("WARNING", "component.still_failing"),
+                    ("INFO", "component.recovered")]  # 30 attempts, one line per 5 min
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    recovered = [r.getMessage() for r in caplog.records if r.action == "component.recovered"]
+    assert recovered == ["rec recovered after 10m00s and 30 failed attempts"]

@@ -317,20 +317,52 @@ def test_a_failing_queue_ends_the_pool_abnormally(pools, caplog):
 
 
 @pytest.mark.timeout(10)
-def test_heartbeat_and_busy_since_expose_a_hung_handler(pools):
+def test_a_slow_handler_within_its_timeout_keeps_the_pool_beating(pools):
+    """Issue 16, item 3: running longer than the supervisor's heartbeat_timeout but within
+    handler_timeout is slow, not hung (it was judged unresponsive and restarted)."""
     gate = Gate()
-    pool = make_pool(gate)
+    pool = make_pool(gate, handler_timeout=30.0)
     assert pool.heartbeat is None and pool.busy_since is None
     pools.append(pool.start())
     gevent.sleep(0)
     assert pool.busy_since is None
     assert abs(pool.heartbeat - time.monotonic()) < 1  # idle counts as alive
-    pool.queue.put("hang")
+    pool.queue.put("slow")
     wait_for(lambda: gate.started, 5)
     since = pool.busy_since
-    assert since is not None and pool.heartbeat == since
+    gevent.sleep(0.05)
+    assert since is not None and pool.heartbeat > since  # still beating while it runs
+    assert time.monotonic() - pool.heartbeat < 0.01
     gate.release.set()
     wait_for(lambda: pool.busy_since is None, 5)
+
+
+@pytest.mark.timeout(10)
+def test_a_handler_ignoring_its_interrupt_stops_the_beat_at_its_deadline(pools):
+    """Hung = past handler_timeout and deaf to the HandlerTimeout thrown at it: from then on
+    the pool's heartbeat stays at the deadline and ages (the supervisor's margin)."""
+    release = gevent.event.Event()
+    interrupted = []
+
+    def deaf(item):
+        while not release.is_set():
+            try:
+                release.wait()
+            except BaseException as error:  # noqa: B036 -- the point: it swallows it
+                interrupted.append(type(error).__name__)
+
+    pool = make_pool(deaf, handler_timeout=0.2)
+    pools.append(pool.start())
+    pool.queue.put("deaf")
+    wait_for(lambda: interrupted, 5, message="the handler was never interrupted")
+    since = pool.busy_since
+    assert interrupted[0] == "HandlerTimeout" and since is not None
+    gevent.sleep(0.1)
+    assert pool.heartbeat == since + 0.2  # the deadline, no longer now
+    assert time.monotonic() - pool.heartbeat >= 0.1
+    release.set()
+    wait_for(lambda: pool.busy_since is None, 5)
+    assert abs(pool.heartbeat - time.monotonic()) < 1
 
 
 @pytest.mark.timeout(10)

@@ -1,0 +1,84 @@
+"""Slow is not hung (issue 16, item 3): an instance whose handler runs longer than the
+listener's ping period but within ``handler_timeout`` keeps a fresh heartbeat; one whose
+handler overran ``handler_timeout`` and ignores the interrupt stops beating."""
+import gevent
+import gevent.event
+import psycopg2
+import pytest
+
+from instances import InstanceSpec
+from instances.instance import Instance
+from supervisor.testing import wait_for
+
+pytestmark = pytest.mark.usefixtures("hub_heartbeat")
+
+state = {"release": None, "started": 0, "interrupts": 0}
+
+
+def slow(notification):
+    """Run 4 s cooperatively (the supervisor's check would see no handler start meanwhile)."""
+    if notification.kind == "notify":
+        state["started"] += 1
+        gevent.sleep(4)
+
+
+def deaf(notification):
+    """Swallow every interrupt until the test releases it."""
+    if notification.kind != "notify":
+        return
+    state["started"] += 1
+    while not state["release"].is_set():
+        try:
+            state["release"].wait()
+        except BaseException:  # noqa: B036 -- the point of this handler
+            state["interrupts"] += 1
+
+
+def _run(pg_dsn, handler, handler_timeout):
+    state.update(release=gevent.event.Event(), started=0, interrupts=0)
+    spec = InstanceSpec.from_dict({"name": "beat", "channels": ["beat"],
+                                   "handler": "tests.integration.test_heartbeat:" + handler,
+                                   "handler_timeout": handler_timeout})
+    instance = Instance(spec, pg_dsn).start()
+    wait_for(lambda: instance.connected, 10, message="never connected")
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_notify('beat', 'x')")
+    conn.close()
+    wait_for(lambda: state["started"], 10, message="the handler never started")
+    return instance
+
+
+def _ages(instance, seconds, step=0.1):
+    ages = []
+    for _ in range(int(seconds / step)):
+        gevent.sleep(step)
+        ages.append(instance.heartbeat_age())
+    return ages
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_handler_within_handler_timeout_keeps_the_instance_beating(pg_dsn):
+    instance = _run(pg_dsn, "slow", 30)
+    try:
+        ages = _ages(instance, 3.5)  # the handler runs all that time
+        assert instance.pool.busy_since is not None
+        # The listener beats at least every ping_interval (2 s); a pool judged by its
+        # newest handler start would have reached 3.5 s here.
+        limit = instance.listener.ping_interval + 1.0
+        assert max(ages) < limit, ages
+    finally:
+        instance.stop(5)
+
+
+@pytest.mark.timeout(30)
+def test_a_handler_deaf_to_its_timeout_stops_the_heartbeat(pg_dsn):
+    instance = _run(pg_dsn, "deaf", 0.5)
+    try:
+        wait_for(lambda: state["interrupts"], 5, message="the handler was never interrupted")
+        wait_for(lambda: instance.heartbeat_age() > 3.0, 10,
+                 message="a hung pool kept a fresh heartbeat")
+    finally:
+        state["release"].set()
+        instance.stop(5)
