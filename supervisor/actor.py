@@ -67,6 +67,7 @@ class Kind(enum.StrEnum):
     TICK = "tick"
     REGISTRY = "registry"
     STOP = "stop"
+    PING = "ping"
 
 
 #: Kinds never merged with a waiting twin: each carries its own event.
@@ -245,6 +246,11 @@ class Supervisor:
     def shutdown(self, names):
         """Stop ``names``; they stay stopped until restarted (or the registry changes them)."""
         return self._put(Request(Kind.SHUTDOWN, _names(names)))
+
+    def ping(self):
+        """A request that does nothing: its greenlet finishes ({}) once the actor loop has
+        got to it. The systemd watchdog pings only after such an answer."""
+        return self._put(Request(Kind.PING))
 
     def reload_registry(self):
         """Re-read the registry file now; greenlet value: True if something changed."""
@@ -474,6 +480,9 @@ class Supervisor:
             return {}
         return self._verify(None, ratelimit=False, grace_ended=True)
 
+    def _on_ping(self, request):
+        return {}
+
     def _on_stop(self, request):
         return self.executor.stop_everything(self.shutdown_grace)
 
@@ -567,4 +576,5 @@ HANDLERS = {
     Kind.TICK: Supervisor._on_verify,
     Kind.REGISTRY: Supervisor._on_verify,
     Kind.STOP: Supervisor._on_stop,
+    Kind.PING: Supervisor._on_ping,
 }

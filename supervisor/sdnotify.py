@@ -8,13 +8,23 @@ depends on systemd. No third-party dependency.
     notifier.notify("READY=1", "STATUS=supervising 3 instances")
     notifier.watchdog_interval  # seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC) or None
 
+The :class:`Watchdog` pings ``WATCHDOG=1`` only while the supervisor's actor loop answers:
+each round it asks ``probe()`` (the supervisor's ``ping()``: a request through the actor's
+queue) and pings only when the answer comes within the interval. A loop that is stuck (a
+request that never finishes) or dead stops the pings, and systemd restarts the service; a
+hub blocked by a handler stops them too, since nothing runs then.
+
 Concurrency: :meth:`Notifier.notify` does one non-blocking sendto (datagrams to a local
 socket do not block in practice) and never raises: systemd going away must not stop the
-service. Safe from any greenlet.
+service. Safe from any greenlet. The Watchdog's loop runs in its own greenlet; start/stop
+from the hub's thread.
 """
 import logging
 import os
 import socket
+import time
+
+import gevent
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +76,65 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+class Watchdog:
+    """``WATCHDOG=1`` every ``interval`` seconds, each only after ``probe()`` answered.
+
+    ``probe()`` returns a greenlet (or anything with ``join(timeout)``, ``ready()`` and
+    ``successful()``) that finishes when the supervised loop has handled it. A probe not
+    answered within ``interval`` skips that ping (logged once per silence, then its end).
+    """
+
+    def __init__(self, notifier, probe, interval=None):
+        self.notifier = notifier
+        self.probe = probe
+        #: Seconds between pings (default: the notifier's half of WatchdogSec).
+        self.interval = interval if interval is not None else notifier.watchdog_interval
+        self.pings = 0
+        #: Rounds in a row whose probe did not answer in time (0: the loop answers).
+        self.missed = 0
+        self._greenlet = None
+
+    def start(self):
+        if self.interval and (self._greenlet is None or self._greenlet.dead):
+            self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def stop(self):
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+
+    def hub_only(self):
+        """From now on ping as long as the hub runs, without asking ``probe()`` (a drain:
+        the supervised loop stops before the process does, within the shutdown grace)."""
+        self.probe = None
+
+    def _run(self):
+        while True:
+            started = time.monotonic()
+            answer = self.probe() if self.probe is not None else None
+            if answer is not None:
+                answer.join(self.interval)
+            if answer is None or (answer.ready() and answer.successful()):
+                self._answered()
+                gevent.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            else:
+                self._silent()
+
+    def _answered(self):
+        if self.missed:
+            log.warning("supervisor loop answers again after %d missed watchdog ping%s",
+                        self.missed, "" if self.missed == 1 else "s",
+                        extra={"action": "systemd.watchdog_resumed", "instance": None})
+        self.missed = 0
+        if self.notifier.notify("WATCHDOG=1"):
+            self.pings += 1
+
+    def _silent(self):
+        self.missed += 1
+        if self.missed == 1:
+            log.error("supervisor loop did not answer within %.1f s: not pinging systemd's "
+                      "watchdog (it restarts the service if this goes on)", self.interval,
+                      extra={"action": "systemd.watchdog_missed", "instance": None})

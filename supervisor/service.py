@@ -41,7 +41,7 @@ from instances.registry import Registry
 from supervisor import logs
 from supervisor.actor import Supervisor
 from supervisor.config.reload import apply_changes, config_changes
-from supervisor.sdnotify import Notifier
+from supervisor.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class Service:
         #: True when a second signal cut the shutdown short (run() returned 1 at once).
         self.aborted = False
         self._signals = []
-        self._greenlets = []
+        #: The systemd watchdog pinger (None without WatchdogSec).
+        self.watchdog = None
 
     # -- running ----------------------------------------------------------------------------
     def run(self):
@@ -133,7 +134,7 @@ class Service:
         if cfg.http.address is not None:
             self._start_http(cfg)
         if self.notifier.watchdog_interval:
-            self._greenlets.append(gevent.spawn(self._ping_watchdog))
+            self.watchdog = Watchdog(self.notifier, self.supervisor.ping).start()
         # What start-up built lives as long as the process: keep it out of the cyclic
         # collector's full passes, whose pause grows with the heap and stalls the hub.
         gc.collect()
@@ -165,6 +166,8 @@ class Service:
     def shutdown(self):
         """Drain (see the module docstring) and stop everything; return 0. Blocks."""
         self.notifier.notify("STOPPING=1", "STATUS=draining")
+        if self.watchdog is not None:
+            self.watchdog.hub_only()  # the actor stops before the process: bounded by grace
         grace = self.supervisor.shutdown_grace
         log.info("draining: listeners stop, instances get %.1f s to work off their memory "
                  "queues and finish their handlers", grace,
@@ -202,8 +205,8 @@ class Service:
         return left
 
     def _stop_parts(self):
-        for greenlet in self._greenlets:
-            greenlet.kill(block=False)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.supervisor is not None and self.supervisor.running:
@@ -275,7 +278,3 @@ class Service:
             log.exception("reload failed", extra={"action": "service.reload_failed",
                                                   "instance": None})
 
-    def _ping_watchdog(self):
-        while True:
-            self.notifier.notify("WATCHDOG=1")
-            gevent.sleep(self.notifier.watchdog_interval)

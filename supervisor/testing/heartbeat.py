@@ -3,7 +3,16 @@
 A greenlet sleeps ``tick`` seconds in a loop and records how much later than asked each
 tick came. Use it around code under test (a handler, a listener, a supervisor) to assert
 the hub never stalled: ``with HubHeartbeat() as beat: ...; assert beat.max_stall < 0.05``.
+
+On a loaded machine a tick also comes late when the hub's thread was ready to run but
+waited for a CPU: the kernel ran other processes. That is not the code under test holding
+the hub, and a 50 ms bound measured on wall time alone fails at random on two busy cores
+(issue 16, item 16). So ``max_stall`` leaves out the time the thread spent waiting in the
+kernel's run queue (Linux: ``/proc/thread-self/schedstat``, second field); ``max_wall_stall``
+keeps the raw figure. CPU work, blocking system calls (a getaddrinfo, an fsync) and waits
+for the GIL held by another of our threads all still count.
 """
+import os
 import time
 
 import gevent
@@ -22,8 +31,11 @@ class HubHeartbeat:
     def __init__(self, tick=None):
         if tick is not None:
             self.tick = tick
-        #: Seconds the latest tick came later than asked, at worst.
+        #: Seconds a tick came later than asked, at worst, less the time the thread waited
+        #: for a CPU meanwhile (see the module docstring).
         self.max_stall = 0.0
+        #: The same on wall time alone.
+        self.max_wall_stall = 0.0
         self.ticks = 0
         self._greenlet = None
 
@@ -44,12 +56,46 @@ class HubHeartbeat:
         self.stop()
 
     def _run(self):
-        clock, last = time.perf_counter, time.perf_counter()
-        while True:
-            gevent.sleep(self.tick)
-            now = clock()
-            stall = now - last - self.tick
-            if stall > self.max_stall:
-                self.max_stall = stall
-            last = now
-            self.ticks += 1
+        run_queue = RunQueueClock()
+        waited = run_queue.seconds
+        try:
+            clock, last, last_wait = time.perf_counter, time.perf_counter(), waited()
+            while True:
+                gevent.sleep(self.tick)
+                now, wait = clock(), waited()
+                wall = now - last - self.tick
+                stall = wall - (wait - last_wait)
+                if wall > self.max_wall_stall:
+                    self.max_wall_stall = wall
+                if stall > self.max_stall:
+                    self.max_stall = stall
+                last, last_wait = now, wait
+                self.ticks += 1
+        finally:
+            run_queue.close()
+
+
+class RunQueueClock:
+    """Seconds the thread that made it has waited in the kernel's run queue: ready to run,
+    no CPU given (0.0 where the kernel does not say). One pread per :meth:`seconds`."""
+
+    PATH = "/proc/thread-self/schedstat"
+
+    def __init__(self):
+        try:
+            self._fd = os.open(self.PATH, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def seconds(self):
+        if self._fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,6 +1,7 @@
-"""Slow is not hung (issue 16, item 3): an instance whose handler runs longer than the
-listener's ping period but within ``handler_timeout`` keeps a fresh heartbeat; one whose
-handler overran ``handler_timeout`` and ignores the interrupt stops beating."""
+"""Liveness (issue 16, items 3 and 11). Slow is not hung: an instance whose handler runs
+longer than the listener's ping period but within ``handler_timeout`` keeps a fresh
+heartbeat; one whose handler overran ``handler_timeout`` and ignores the interrupt stops
+beating. The supervisor answers the watchdog's ping through its actor loop."""
 import gevent
 import gevent.event
 import psycopg2
@@ -8,6 +9,7 @@ import pytest
 
 from instances import InstanceSpec
 from instances.instance import Instance
+from supervisor import Supervisor
 from supervisor.testing import wait_for
 
 pytestmark = pytest.mark.usefixtures("hub_heartbeat")
@@ -82,3 +84,21 @@ def test_a_handler_deaf_to_its_timeout_stops_the_heartbeat(pg_dsn):
     finally:
         state["release"].set()
         instance.stop(5)
+
+
+@pytest.mark.timeout(30)
+def test_the_supervisor_answers_a_ping_through_its_actor_loop_only_while_it_runs(
+        registry, pg_dsn):
+    """What the systemd watchdog asks before each WATCHDOG=1 (issue 16, item 11)."""
+    sup = Supervisor(registry, pg_dsn, interval=3600, probe_interval=0.2,
+                     set_as_current=False)
+    sup.start()
+    try:
+        assert sup.ping().get(timeout=10) == {}
+    finally:
+        sup.stop(timeout=5)
+    late = sup.ping()
+    late.join(0.5)
+    assert not late.ready()  # a stopped loop answers nothing: the pings stop
+    late.kill()
+

@@ -588,7 +588,7 @@ def test_a_component_beats_while_it_waits_for_its_backoff():
         comp.stop(5)
 
 
-def test_heartbeat_timeout_must_exceed_the_longest_silence_of_a_healthy_component():
+def test_heartbeat_timeout_must_exceed_the_longest_silence_of_a_healthy_component(tmp_path):
     from instances.components import check_heartbeat_timeout
     from instances.exceptions import InvalidConfigurationException
     from instances.listeners import PostgresNotificationListener
@@ -599,6 +599,11 @@ def test_heartbeat_timeout_must_exceed_the_longest_silence_of_a_healthy_componen
         check_heartbeat_timeout(5.0, (PostgresNotificationListener,))
     assert caught.value.field == "heartbeat_timeout" and caught.value.value == 5.0
     assert "7.0 s" in str(caught.value)
+    from instances import Registry
+    from supervisor import Supervisor
+
+    with pytest.raises(InvalidConfigurationException, match="heartbeat_timeout 5.0 s"):
+        Supervisor(Registry(tmp_path / "r.json"), "dbname=x", heartbeat_timeout=5.0, set_as_current=False)
 
 
 class Clock:

@@ -1,0 +1,54 @@
+"""HubHeartbeat (the kit's proof that nothing blocks the hub): a greenlet holding the hub
+counts in full, the time the kernel gave the CPU to other processes does not."""
+import time
+
+import gevent
+import pytest
+
+from supervisor.testing import HubHeartbeat
+from supervisor.testing.heartbeat import RunQueueClock
+
+
+@pytest.mark.timeout(10)
+def test_a_greenlet_holding_the_hub_counts_in_full():
+    beat = HubHeartbeat(0.005).start()
+    gevent.sleep(0.02)
+
+    def hog():
+        until = time.thread_time() + 0.08
+        while time.thread_time() < until:  # 80 ms of CPU work without a switch
+            pass
+
+    gevent.spawn(hog).join()
+    gevent.sleep(0.02)
+    beat.stop()
+    assert beat.max_stall >= 0.07 and beat.max_wall_stall >= beat.max_stall
+
+
+@pytest.mark.timeout(10)
+def test_a_blocking_system_call_counts_too():
+    beat = HubHeartbeat(0.005).start()
+    gevent.sleep(0.02)
+    _unpatched_sleep(0.08)  # sleeping in the kernel, not waiting for a CPU
+    gevent.sleep(0.02)
+    beat.stop()
+    assert beat.max_stall >= 0.07
+
+
+def _unpatched_sleep(seconds):
+    import gevent.monkey
+
+    gevent.monkey.get_original("time", "sleep")(seconds)
+
+
+def test_the_run_queue_clock_reads_the_kernel_and_only_grows():
+    clock = RunQueueClock()
+    try:
+        first = clock.seconds()
+        until = time.perf_counter() + 0.02
+        while time.perf_counter() < until:
+            pass
+        assert 0.0 <= first <= clock.seconds()
+    finally:
+        clock.close()
+    assert clock.seconds() == 0.0  # closed: says nothing
