@@ -9,6 +9,7 @@ import pytest
 
 from instances import InstanceSpec
 from instances.instance import Instance
+from instances.listeners import PostgresNotificationListener
 from supervisor import Supervisor
 from supervisor.testing import wait_for
 
@@ -36,11 +37,12 @@ def deaf(notification):
             state["interrupts"] += 1
 
 
-def _run(pg_dsn, handler, handler_timeout):
+def _run(pg_dsn, handler, handler_timeout, connection="shared"):
     state.update(release=gevent.event.Event(), started=0, interrupts=0)
     spec = InstanceSpec.from_dict({"name": "beat", "channels": ["beat"],
                                    "handler": "tests.integration.test_heartbeat:" + handler,
-                                   "handler_timeout": handler_timeout})
+                                   "handler_timeout": handler_timeout,
+                                   "connection": connection})
     instance = Instance(spec, pg_dsn).start()
     wait_for(lambda: instance.connected, 10, message="never connected")
     conn = psycopg2.connect(pg_dsn)
@@ -61,14 +63,16 @@ def _ages(instance, seconds, step=0.1):
 
 
 @pytest.mark.timeout(30)
-def test_a_slow_handler_within_handler_timeout_keeps_the_instance_beating(pg_dsn):
-    instance = _run(pg_dsn, "slow", 30)
+@pytest.mark.parametrize("connection", ["shared", "own"])
+def test_a_slow_handler_within_handler_timeout_keeps_the_instance_beating(pg_dsn,
+                                                                         connection):
+    instance = _run(pg_dsn, "slow", 30, connection)
     try:
         ages = _ages(instance, 3.5)  # the handler runs all that time
         assert instance.pool.busy_since is not None
-        # The listener beats at least every ping_interval (2 s); a pool judged by its
-        # newest handler start would have reached 3.5 s here.
-        limit = instance.listener.ping_interval + 1.0
+        # An own listener beats at least every ping_interval (2 s), a shared notifier is
+        # judged by itself; a pool judged by its newest handler start would reach 3.5 s.
+        limit = PostgresNotificationListener.ping_interval + 1.0
         assert max(ages) < limit, ages
     finally:
         instance.stop(5)
