@@ -1,5 +1,10 @@
 """hermes compatibility: a hermes-style program (listener + processor Components added to a
 Client) runs against a real primary and standby after changing its imports."""
+import os
+import signal
+import subprocess
+import sys
+
 import psycopg2
 import pytest
 from watchdog.events import FileCreatedEvent
@@ -10,6 +15,8 @@ from instances.listeners import PostgresNotificationListener
 from instances.queues import MemoryQueue
 from supervisor import Client
 from supervisor.testing import wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class RecordingProcessor(Component):
@@ -87,3 +94,48 @@ def test_hermes_program_runs_on_primary_waits_on_standby_and_follows_promotion(
         on_primary.terminate()
         on_standby.terminate()
     assert on_primary.join(0) and not on_primary.is_alive()
+
+
+_AT_EXIT_PROGRAM = """
+import sys
+from gevent.queue import Queue
+from instances.components import Component
+from instances.listeners import PostgresNotificationListener
+from supervisor import Client
+
+class Processor(Component):
+    def execute(self, pre_exec_value):
+        print(pre_exec_value.kind, flush=True)
+
+client = Client(sys.argv[1])
+client.daemon = sys.argv[2] == "daemon"
+queue = Queue()
+client.add_listener(PostgresNotificationListener(sys.argv[1], "doc_changed", queue))
+client.add_processor(Processor())
+client.start()
+"""
+
+
+@pytest.mark.parametrize("mode, signum", [("daemon", None), ("default", signal.SIGTERM),
+                                          ("default", signal.SIGINT)])
+@pytest.mark.timeout(60)
+def test_a_started_client_holds_the_programs_end_until_a_signal_unless_daemon(
+        pg_dsn, mode, signum):
+    proc = subprocess.Popen([sys.executable, "-c", _AT_EXIT_PROGRAM, pg_dsn, mode], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        if signum is None:  # a daemonic Client ends with the program
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            return
+        assert proc.stdout.readline().strip() == "catch_up"  # running past the module's end
+        assert proc.poll() is None
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
