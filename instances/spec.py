@@ -140,7 +140,9 @@ class InstanceSpec:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["channels"] = list(self.channels)
         if self.queue is not None:
-            data["queue"] = dict(self.queue, mode="0o%o" % self.queue["mode"])
+            data["queue"] = queue = dict(self.queue, mode="0o%o" % self.queue["mode"])
+            if queue.get("queue_in_perms") is not None:
+                queue["queue_in_perms"] = "0o%o" % queue["queue_in_perms"]
         if isinstance(self.dsn, Mapping):
             data["dsn"] = dict(self.dsn)
         return data

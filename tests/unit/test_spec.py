@@ -267,6 +267,7 @@ def test_queue_mode_accepts_octal_strings_and_ints(mode):
 def test_mentat_queue_in_options_are_spool_keys():
     s = spec(queue={"spool": "/q", "queue_in_perms": "0750", "queue_in_wait": 2})
     assert (s.queue["queue_in_perms"], s.queue["queue_in_wait"]) == (0o750, 2.0)
+    assert s.to_dict()["queue"]["queue_in_perms"] == "0o750"  # as mode: readable octal
     assert InstanceSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     defaults = spec(queue={"spool": "/q"}).queue
     assert (defaults["queue_in_perms"], defaults["queue_in_wait"]) == (None, None)
