@@ -66,21 +66,6 @@ def make_queue(spec, owner=None):
     return FileQueue.from_spec(spec.queue, owner=owner)
 
 
-def checked_output(handler):
-    """``handler`` whose return value must be something an output spool takes (None, a
-    message, a list of messages): anything else raises TypeError in the handler's call,
-    so the message goes to ``errors/`` instead of failing the output write."""
-    from instances.spool.codec import as_dict
-
-    def run(item):
-        result = handler(item)
-        if result is not None:
-            for message in (result if isinstance(result, list) else (result,)):
-                as_dict(message)
-        return result
-    return run
-
-
 def make_pool(spec, queue, handler):
     """The processors of ``spec``: greenlets in this process, or worker processes
     (``isolation="process"``, see :mod:`instances.isolation.parent`) sharing the spool."""
@@ -123,8 +108,6 @@ class Instance:
         self.ended_at = None
         self._stopping = False
         self._handler = spec.resolve_handler()
-        if spec.queue is not None and spec.queue.get("queue_out_dir"):
-            self._handler = checked_output(self._handler)
 
     @property
     def name(self):

@@ -307,17 +307,17 @@ def _check_path(field, value, required):
     return value
 
 
-_QUEUE_CHECKS = {
-    "spool": lambda v: _check_path("queue.spool", v, required=True),
-    "fsync": lambda v: _check_bool("queue.fsync", v),
-    "max_attempts": lambda v: _check_int("queue.max_attempts", v, 1),
-    "queue_out_dir": lambda v: _check_path("queue.queue_out_dir", v, required=False),
-    "queue_out_limit": lambda v: _check_int("queue.queue_out_limit", v, 1),
-    "queue_out_wait": lambda v: _check_seconds("queue.queue_out_wait", v),
-    "mode": lambda v: _check_mode(v),
-    "batch": lambda v: _check_bool("queue.batch", v),
-    "queue_in_perms": lambda v: None if v is None else _check_mode(v, "queue.queue_in_perms"),
-    "queue_in_wait": lambda v: None if v is None else _check_seconds("queue.queue_in_wait", v),
+_QUEUE_CHECKS = {  # key -> check(field, value)
+    "spool": lambda f, v: _check_path(f, v, required=True),
+    "fsync": _check_bool,
+    "max_attempts": lambda f, v: _check_int(f, v, 1),
+    "queue_out_dir": lambda f, v: _check_path(f, v, required=False),
+    "queue_out_limit": lambda f, v: _check_int(f, v, 1),
+    "queue_out_wait": lambda f, v: _check_seconds(f, v),
+    "mode": lambda f, v: _check_mode(f, v),
+    "batch": _check_bool,
+    "queue_in_perms": lambda f, v: None if v is None else _check_mode(f, v),
+    "queue_in_wait": lambda f, v: None if v is None else _check_seconds(f, v),
 }
 
 
@@ -333,7 +333,7 @@ def _check_queue(value):
     queue, problems = {**QUEUE_DEFAULTS, **value}, []
     for key, check in _QUEUE_CHECKS.items():
         try:
-            queue[key] = check(queue[key])
+            queue[key] = check("queue." + key, queue[key])
         except InvalidConfigurationException as exc:
             problems.append(exc)
     if problems:
@@ -341,7 +341,7 @@ def _check_queue(value):
     return types.MappingProxyType(queue)
 
 
-def _check_mode(value, field="queue.mode"):
+def _check_mode(field, value):
     mode = value
     if isinstance(value, str):
         try:
@@ -428,11 +428,11 @@ def check_queue_size(value):
     return _check_int("queue_size", value, 1)
 
 
-def check_queue_option(key, value):
-    """The rule of the spool option ``key`` of ``queue`` (see :data:`QUEUE_DEFAULTS`):
-    return the normalized value, or raise InvalidConfigurationException naming
-    ``queue.<key>`` and the value."""
-    return _QUEUE_CHECKS[key](value)
+def check_queue_option(key, value, field=None):
+    """The rule of the spool option ``key`` of ``queue`` (see :data:`QUEUE_DEFAULTS`), for
+    the spec and for a FileQueue built directly: return the normalized value, or raise
+    InvalidConfigurationException naming ``field`` (default ``queue.<key>``) and the value."""
+    return _QUEUE_CHECKS[key]("queue." + key if field is None else field, value)
 
 
 def _bounds_problems(low, high):

@@ -1,12 +1,22 @@
-"""Claiming spool files: the :class:`Claimer` moves the oldest file of ``incoming/`` into
-``pending/<owner>/`` and decodes it into a :class:`Claim` and its messages.
+"""The claims of one consumer: :class:`Claims` takes the oldest file of ``incoming/`` into
+``pending/<owner>/``, hands its messages out one by one, and settles the file once every
+message has an outcome.
+
+Life of a claimed file (every arrow one atomic ``rename`` or an ``unlink``)::
+
+    incoming/X ──claim──▶ pending/<owner>/X ──every message done──▶ deleted
+                            │  │  └──close, none in a handler──▶ incoming/X (attempts unchanged)
+                            │  └──failed (one message file) / max_attempts / undecodable──▶ errors/X
+                            └──failed (one message of a batch)──▶ errors/X_<index> (the rest stays)
 
 The rename is the only lock between consumers: the loser of a race (``FileNotFoundError``)
 moves on to the next name. Names of ``incoming/`` are listed, sorted (FIFO) and kept in
 memory; the directory is listed again only when they are used up, so a busy queue is not
 listed once per message. Undecodable files, and files already delivered ``max_attempts``
-times, go to ``errors/`` instead of being handed out. Runs on the caller's greenlet and
-does not yield.
+times, go to ``errors/`` instead of being handed out.
+
+Concurrency: one Claims belongs to one :class:`~instances.spool.FileQueue` and its hub
+thread; every method runs on the caller's greenlet and does not yield.
 """
 import collections
 import os
@@ -17,7 +27,7 @@ from instances.spool import codec, errors, layout, names
 class Claim:
     """One claimed file of ``pending/<owner>/`` and the bookkeeping of its messages."""
 
-    __slots__ = ("name", "base", "path", "attempts", "size", "open", "inflight")
+    __slots__ = ("attempts", "base", "inflight", "name", "open", "path", "size")
 
     def __init__(self, name, path, size):
         self.name, self.path, self.size = name, path, size
@@ -27,19 +37,108 @@ class Claim:
         self.inflight = 0  # messages handed out, not yet done or failed
 
 
-class Claimer:
-    """Claims files for the owner whose pending directory is ``pending_dir``."""
+class Claims:
+    """The files claimed for the owner whose pending directory is ``pending_dir``, and
+    their messages: ready (decoded, not handed out) and handed out (until an outcome)."""
 
-    def __init__(self, writer, pending_dir, owner, max_attempts, mode=0o700):
+    def __init__(self, writer, pending_dir, owner, max_attempts, mode):
         self.writer = writer
         self.mode = mode
         self.incoming = os.path.join(writer.directory, "incoming")
         self.pending_dir = pending_dir
         self.owner = owner
         self.max_attempts = max_attempts
+        self.closed = False
         self._known = collections.deque()  # names of incoming/ seen, oldest first
+        self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
+        self._handed_out = {}  # id(item) -> (item, claim, index)
 
-    def claim_next(self):
+    def __len__(self):
+        """Messages claimed and decoded but not handed out yet."""
+        return len(self._ready)
+
+    # -- handing out -------------------------------------------------------------------
+
+    def next_item(self):
+        """Hand out the oldest message (claiming the next file when none is ready), or
+        return None when ``incoming/`` has nothing deliverable."""
+        while not self._ready:
+            claimed = self._claim_next()
+            if claimed is None:
+                return None
+            claim, items = claimed
+            self._ready.extend((item, claim, index) for index, item in enumerate(items))
+        entry = self._ready.popleft()
+        entry[1].inflight += 1
+        self._handed_out[id(entry[0])] = entry
+        return entry[0]
+
+    def attempts(self, item):
+        """How many times ``item``'s file has been delivered, this delivery included."""
+        return self._entry(item)[1].attempts
+
+    def check(self, item):
+        """Raise ValueError unless ``item`` is handed out and has no outcome yet."""
+        self._entry(item)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def done(self, item):
+        """``item`` has its outcome: its file is deleted once all its messages have one
+        (after :meth:`close`, a file whose other messages are not in a handler goes back)."""
+        _, claim, _ = self._take(item)
+        self._settle(claim)
+
+    def failed(self, item, error, tb_text):
+        """``item`` goes alone to ``errors/`` with a ``.meta`` (a batch's other messages are
+        unaffected); returns its message id."""
+        _, claim, index = self._take(item)
+        message = codec.as_dict(item)
+        meta = errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
+                                [message["id"]])
+        if claim.size == 1:
+            errors.banish_file(self.writer, claim.path, claim.base, meta)
+            claim.open = 0
+        else:
+            errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index), meta)
+            self._settle(claim)
+        return message["id"]
+
+    def close(self):
+        """Hand out nothing more: claimed files with no message in a handler go back to
+        ``incoming/`` at once, the others when their last handed-out message settles."""
+        self.closed = True
+        for claim in {id(c): c for _, c, _ in self._ready}.values():
+            if claim.inflight == 0 and claim.open:
+                self._release(claim)
+        self._ready.clear()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _entry(self, item):
+        try:
+            return self._handed_out[id(item)]
+        except KeyError:
+            raise ValueError("%r was not handed out by this queue (or already settled)"
+                             % (item,)) from None
+
+    def _take(self, item):
+        entry = self._entry(item)
+        del self._handed_out[id(item)]
+        entry[1].inflight -= 1
+        return entry
+
+    def _settle(self, claim):
+        claim.open -= 1
+        if claim.open == 0:
+            try:
+                os.unlink(claim.path)
+            except FileNotFoundError:
+                pass
+        elif self.closed and claim.inflight == 0:
+            self._release(claim)
+
+    def _claim_next(self):
         """``(claim, items)`` of the oldest deliverable file, or None if there is none."""
         while True:
             if not self._known:
@@ -64,26 +163,26 @@ class Claimer:
             with open(path, "rb") as f:
                 items = codec.decode(f.read(), names.split(name)[0])
         except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
-            self.banish(Claim(name, path, 1), "undecodable", error)
+            self._banish(Claim(name, path, 1), "undecodable", error)
             return None
         claim = Claim(name, path, len(items))
         if claim.attempts > self.max_attempts:
-            self.banish(claim, "max_attempts",
-                        "delivered %d times without an outcome" % (claim.attempts - 1))
+            self._banish(claim, "max_attempts",
+                         "delivered %d times without an outcome" % (claim.attempts - 1))
             return None
         if not items:
             os.unlink(path)
             return None
         return claim, items
 
-    def banish(self, claim, reason, error, tb_text=None):
+    def _banish(self, claim, reason, error):
         """Move the whole claimed file to ``errors/`` with a ``.meta``."""
         ids = [names.message_id(claim.base, i) for i in range(claim.size)]
-        meta = errors.make_meta(reason, error, tb_text, claim.attempts, self.owner, ids)
+        meta = errors.make_meta(reason, error, None, claim.attempts, self.owner, ids)
         errors.banish_file(self.writer, claim.path, claim.base, meta)
         claim.open = 0
 
-    def release(self, claim):
+    def _release(self, claim):
         """Give an unfinished claim back to ``incoming/`` (its attempts unchanged)."""
         os.rename(claim.path, os.path.join(self.incoming, claim.name))
         claim.open = 0

@@ -1,8 +1,10 @@
-"""How spool messages are stored: one JSON object per file, or a JSON list (a batch).
+"""How a spool stores what it writes: every JSON read and write of a spool goes through here.
 
-Messages are dicts; a :class:`~instances.notification.Notification` is stored as its
-``to_dict()`` and comes back as a Notification (any stored dict with a ``channel`` does).
-The key ``"id"`` holds the stable message id: kept when set, else ``<base>#<index>``.
+Message files hold one JSON object, or a JSON list of them (a batch). Messages are dicts;
+a :class:`~instances.notification.Notification` is stored as its ``to_dict()`` and comes
+back as a Notification (any stored dict with a ``channel`` does). The key ``"id"`` holds
+the stable message id: kept when set, else ``<base>#<index>``. The ``.meta`` file beside a
+message in ``errors/`` is one JSON object, indented for people. Pure functions.
 """
 import json
 
@@ -28,15 +30,27 @@ def as_dict(item):
     raise TypeError("spool messages are dicts or Notifications, not %r" % (type(item),))
 
 
-def decode(data, base):
-    """File content -> the list of its items with ids set. Raises ValueError when the
-    content is not JSON, not UTF-8, or holds something other than JSON objects."""
+def encode_meta(meta):
+    """The ``.meta`` dict of a message in ``errors/`` as file content (bytes)."""
+    return json.dumps(meta, indent=1).encode()
+
+
+def messages(data):
+    """File content -> its stored message dicts, as written (a batch: several). Raises
+    ValueError when the content is not JSON, not UTF-8, or holds something other than
+    JSON objects."""
     loaded = json.loads(data)
-    messages = loaded if isinstance(loaded, list) else [loaded]
-    if not all(isinstance(m, dict) for m in messages):
+    stored = loaded if isinstance(loaded, list) else [loaded]
+    if not all(isinstance(m, dict) for m in stored):
         raise ValueError("a message is not a JSON object")
+    return stored
+
+
+def decode(data, base):
+    """File content -> the list of its items with ids set. Raises ValueError as
+    :func:`messages` does."""
     items = []
-    for index, message in enumerate(messages):
+    for index, message in enumerate(messages(data)):
         if not message.get("id"):
             message["id"] = names.message_id(base, index)
         items.append(Notification.from_dict(message) if "channel" in message else message)

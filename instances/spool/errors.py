@@ -12,11 +12,10 @@ The ``.meta`` file is written first, so a message in ``errors/`` always has one 
 between the two steps leaves at most an orphan ``.meta``, ignored and overwritten later).
 Functions run on the caller's greenlet and do not yield.
 """
-import json
 import os
 import time
 
-from instances.spool import names
+from instances.spool import codec, names
 
 #: Lines of a handler's traceback kept in ``.meta`` (the last ones: where it failed).
 TRACEBACK_LINES = 30
@@ -48,26 +47,17 @@ def banish_file(writer, path, base, meta):
 def banish_message(writer, message, base, meta):
     """Write one ``message`` (a dict carrying its ``id``) alone as ``errors/<base>``."""
     _write_meta(writer, base, meta)
-    writer.put_file(json.dumps(message).encode(), "errors", base)
+    writer.put_file(codec.encode(message), "errors", base)
 
 
 def _write_meta(writer, base, meta):
-    writer.put_file(json.dumps(meta, indent=1).encode(), "errors", base + META_SUFFIX)
+    writer.put_file(codec.encode_meta(meta), "errors", base + META_SUFFIX)
 
 
 def error_names(directory):
     """Names of the message files in ``errors/`` (no ``.meta``), oldest first."""
     return sorted(name for name in os.listdir(os.path.join(directory, "errors"))
                   if not name.endswith(META_SUFFIX))
-
-
-def read_meta(directory, name):
-    """The ``.meta`` of ``errors/<name>`` as a dict, or None when missing or unreadable."""
-    try:
-        with open(os.path.join(directory, "errors", name + META_SUFFIX), "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def requeue_errors(writer):

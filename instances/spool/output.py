@@ -1,35 +1,25 @@
 """The :class:`OutputQueue`: where a spool consumer sends handled messages on (mentat's
-``queue_out_dir``, ``queue_out_limit``, ``queue_out_wait``), and the validation of those
-numbers."""
+``queue_out_dir``, ``queue_out_limit``, ``queue_out_wait``)."""
 import os
 
-from instances.exceptions import InvalidConfigurationException
+from instances.spec import QUEUE_DEFAULTS, check_queue_option
 
 
 class OutputQueue:
     """Where :meth:`FileQueue.done` / :meth:`FileQueue.forward` send messages on
     (mentat's ``queue_out_dir``), with back-pressure: wait while it holds more than
-    ``limit`` files (``tmp/`` + ``incoming/``), re-checking every ``wait`` seconds."""
+    ``limit`` files (``tmp/`` + ``incoming/``), re-checking every ``wait`` seconds.
+    ``limit`` and ``wait`` override the class attributes (checked as the spec's
+    ``queue`` options are)."""
 
     #: Files allowed in the output queue before writers wait (mentat's queue_out_limit).
-    limit = 10000
+    limit = QUEUE_DEFAULTS["queue_out_limit"]
     #: Seconds between checks while the output queue is full (mentat's queue_out_wait).
-    wait = 10.0
+    wait = QUEUE_DEFAULTS["queue_out_wait"]
 
     def __init__(self, directory, limit=None, wait=None):
         self.directory = os.path.abspath(directory)
         if limit is not None:
-            self.limit = positive(limit, "queue_out_limit", int)
+            self.limit = check_queue_option("queue_out_limit", limit, "queue_out_limit")
         if wait is not None:
-            self.wait = positive(wait, "queue_out_wait", float)
-
-
-def positive(value, field, kind):
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number <= 0:
-        raise InvalidConfigurationException(
-            "%s must be a positive number, not %r" % (field, value), field, value)
-    return number
+            self.wait = check_queue_option("queue_out_wait", wait, "queue_out_wait")

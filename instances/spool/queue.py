@@ -39,12 +39,12 @@ import weakref
 import gevent
 from gevent.event import Event
 
-from instances.notification import Notification
 from instances.queues import Closed, Empty
+from instances.spec import QUEUE_DEFAULTS, check_queue_option
 from instances.spool import codec, errors, layout, names, recovery
-from instances.spool.claims import Claimer
+from instances.spool.claims import Claims
 from instances.spool.errors import requeue_errors
-from instances.spool.output import OutputQueue, positive
+from instances.spool.output import OutputQueue
 from instances.spool.writer import SpoolWriter
 
 log = logging.getLogger(__name__)
@@ -66,35 +66,40 @@ class FileQueue:
     watched_poll_interval = 1.0
     #: Seconds after which a ``tmp/`` file is stale even if its writer looks alive.
     stale_tmp_age = 3600.0
+    #: fsync every file written, and the directory it is renamed into (survives power loss).
+    fsync = QUEUE_DEFAULTS["fsync"]
+    #: Permission bits of the spool directories (files get the same bits without execute).
+    mode = QUEUE_DEFAULTS["mode"]
+    #: Deliveries of a message whose consumers keep dying before it goes to ``errors/``.
+    max_attempts = QUEUE_DEFAULTS["max_attempts"]
 
-    def __init__(self, directory, owner=None, fsync=False, mode=0o700, max_attempts=5,
+    def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None):
         """Create the directories if needed, then :meth:`recover`. ``owner`` is an optional
         label of this consumer (the owner id always adds host, pid and start time);
-        ``fsync`` the durability mode; ``mode`` the directories' permissions (files get
-        the same bits without execute); ``max_attempts`` deliveries before a message whose
-        consumers keep dying goes to ``errors/``; ``output`` an :class:`OutputQueue`;
-        ``poll_interval`` overrides the class attribute."""
+        ``fsync``, ``mode``, ``max_attempts`` and ``poll_interval`` override the class
+        attributes (checked as the spec's ``queue`` options are; ``poll_interval`` is
+        mentat's ``queue_in_wait``); ``output`` an :class:`OutputQueue`."""
         self.directory = os.path.abspath(directory)
+        for key, value in (("fsync", fsync), ("mode", mode), ("max_attempts", max_attempts)):
+            if value is not None:
+                setattr(self, key, check_queue_option(key, value, key))
         if poll_interval is not None:
-            self.poll_interval = positive(poll_interval, "queue_in_wait", float)
-        self.mode = mode
-        self.max_attempts = positive(max_attempts, "max_attempts", int)
+            self.poll_interval = check_queue_option("queue_in_wait", poll_interval,
+                                                    "queue_in_wait")
+        mode = self.mode
         self.owner = names.current_owner(owner)
         self.output = output
         file_mode = mode & 0o666
         layout.make_dirs(self.directory, mode)
-        self._pending = os.path.join(self.directory, "pending", self.owner)
-        layout.make_dir(self._pending, mode)
-        self.writer = SpoolWriter(self.directory, self.owner, fsync, file_mode)
+        pending = os.path.join(self.directory, "pending", self.owner)
+        layout.make_dir(pending, mode)
+        self.writer = SpoolWriter(self.directory, self.owner, self.fsync, file_mode)
         self._out = None
         if output is not None:
             layout.make_dirs(output.directory, mode)
-            self._out = SpoolWriter(output.directory, self.owner, fsync, file_mode)
-        self._claimer = Claimer(self.writer, self._pending, self.owner, self.max_attempts,
-                                mode)
-        self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
-        self._inflight = {}  # id(item) -> (item, claim, index) handed out
+            self._out = SpoolWriter(output.directory, self.owner, self.fsync, file_mode)
+        self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode)
         self._wakeup = Event()
         self._hub = gevent.get_hub()
         self.closed = False
@@ -118,14 +123,15 @@ class FileQueue:
 
     @classmethod
     def from_spec(cls, options, owner=None):
-        """Open the spool of an instance spec's ``queue`` table (``{"spool": DIR, ...}``);
-        ``owner`` labels its claims (see the constructor)."""
+        """Open the spool of an instance spec's ``queue`` table (``{"spool": DIR, ...}``;
+        an option left out takes its default); ``owner`` labels its claims (see the
+        constructor)."""
         return cls.from_piper_options(
             options["spool"], options.get("queue_out_dir") or None,
             options.get("queue_out_limit"), options.get("queue_out_wait"),
             options.get("queue_in_perms"), options.get("queue_in_wait"), owner=owner,
-            fsync=options.get("fsync", False), mode=options.get("mode", 0o700),
-            max_attempts=options.get("max_attempts", 5))
+            fsync=options.get("fsync"), mode=options.get("mode"),
+            max_attempts=options.get("max_attempts"))
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -158,11 +164,9 @@ class FileQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._check_open()
-            entry = self._next_entry()
-            if entry is not None:
-                entry[1].inflight += 1
-                self._inflight[id(entry[0])] = entry
-                return entry[0]
+            item = self._claims.next_item()
+            if item is not None:
+                return item
             remaining = None if deadline is None else deadline - time.monotonic()
             if not block or (remaining is not None and remaining <= 0):
                 raise Empty()
@@ -178,16 +182,6 @@ class FileQueue:
         if self.closed:
             raise QueueClosed("spool %s is closed" % self.directory)
 
-    def _next_entry(self):
-        while not self._ready:
-            claimed = self._claimer.claim_next()
-            if claimed is None:
-                return None
-            claim, items = claimed
-            self._ready.extend((item, claim, index) for index, item in enumerate(items))
-        return self._ready.popleft()
-
-
     # -- outcomes --------------------------------------------------------------------
 
     def done(self, item):
@@ -201,63 +195,26 @@ class FileQueue:
         written as one batch file, or None for nothing) for the output queue (piper
         semantics). Without an output queue, ``output`` is dropped. Blocks the calling
         greenlet while the output queue is over its limit."""
-        data = None
+        self._claims.check(item)
         if self._out is not None and output is not None:
-            # Encode before taking the item: an output that is not JSON raises here and the
-            # item is still ours, for failed().
+            # Until the output is written the item is still ours: an output that is not
+            # JSON, or a write interrupted, leaves it for done/failed again.
             data = (codec.encode_batch(output) if isinstance(output, list)
                     else codec.encode(output))
-        entry = self._take(item)
-        claim = entry[1]
-        if data is not None:
-            try:
-                self._out.write(data, self.output.limit, self.output.wait)
-            except BaseException:
-                claim.inflight += 1  # still ours: call done/failed again
-                self._inflight[id(item)] = entry
-                raise
+            self._out.write(data, self.output.limit, self.output.wait)
             self._wake_local(self.output.directory)
-        self._settle(claim)
+        self._claims.done(item)
 
     def failed(self, item, error, tb_text):
         """The handler failed on ``item``: it goes alone to ``errors/`` with a ``.meta``
         (a batch's other messages are unaffected). Does not yield."""
-        _, claim, index = self._take(item)
-        message = item.to_dict() if isinstance(item, Notification) else item
-        meta = errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
-                                      [message["id"]])
-        if claim.size == 1:
-            errors.banish_file(self.writer, claim.path, claim.base, meta)
-            claim.open = 0
-        else:
-            errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index),
-                                        meta)
-            self._settle(claim)
-        log.warning("message %s failed: %s", message["id"], error,
+        message_id = self._claims.failed(item, error, tb_text)
+        log.warning("message %s failed: %s", message_id, error,
                     extra={"action": "spool.failed", "directory": self.directory})
 
     def attempts(self, item):
         """How many times ``item`` has been delivered, this delivery included (>= 1)."""
-        return self._inflight[id(item)][1].attempts
-
-    def _take(self, item):
-        try:
-            entry = self._inflight.pop(id(item))
-        except KeyError:
-            raise ValueError("%r was not handed out by this queue (or already settled)"
-                             % (item,)) from None
-        entry[1].inflight -= 1
-        return entry
-
-    def _settle(self, claim):
-        claim.open -= 1
-        if claim.open == 0:
-            try:
-                os.unlink(claim.path)
-            except FileNotFoundError:
-                pass
-        elif self.closed and claim.inflight == 0:
-            self._claimer.release(claim)
+        return self._claims.attempts(item)
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -285,10 +242,10 @@ class FileQueue:
     def qsize(self):
         """Messages claimed but not handed out, plus FILES in ``incoming/`` (a batch file
         counts once)."""
-        return len(self._ready) + len(os.listdir(os.path.join(self.directory, "incoming")))
+        return len(self._claims) + len(os.listdir(os.path.join(self.directory, "incoming")))
 
     def stats(self):
-        """See :func:`instances.spool.layout.stats`."""
+        """The counts of this spool directory: see :func:`instances.spool.stats`."""
         return layout.stats(self.directory)
 
     def error_count(self):
@@ -327,10 +284,7 @@ class FileQueue:
             return
         self.closed = True
         self._wakeup.set()
-        for claim in {id(c): c for _, c, _ in self._ready}.values():
-            if claim.inflight == 0 and claim.open:
-                self._claimer.release(claim)
-        self._ready.clear()
+        self._claims.close()
         _local[self.directory].discard(self)
         self.writer.close()
         if self._out is not None:

@@ -15,12 +15,11 @@
 Safe to run by several processes at once (a lost rename race is skipped). Runs on the
 caller's greenlet and does not yield.
 """
-import json
 import logging
 import os
 import time
 
-from instances.spool import errors, names
+from instances.spool import codec, errors, names
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +75,15 @@ def _split_batch(writer, path, base, attempts):
     batch (or cannot be read: it is requeued whole, and decoding judges it later)."""
     try:
         with open(path, "rb") as f:
-            messages = json.loads(f.read())
+            messages = codec.messages(f.read())
     except (OSError, ValueError):
         return False
-    if not isinstance(messages, list) or len(messages) < 2 or not all(
-            isinstance(m, dict) for m in messages):
+    if len(messages) < 2:
         return False
     for index, message in enumerate(messages):
         message.setdefault("id", names.message_id(base, index))
         name = names.with_attempts("%s_%d" % (base, index), attempts)
-        writer.put_file(json.dumps(message).encode(), "incoming", name)
+        writer.put_file(codec.encode(message), "incoming", name)
     os.unlink(path)  # after every message is safely in incoming/
     return True
 

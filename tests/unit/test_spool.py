@@ -194,7 +194,7 @@ def test_a_recovered_batch_comes_back_split_so_a_poison_message_goes_to_errors_a
     assert [queue.attempts(i) for i in items] == [2, 2, 2]
     queue.done(items[0])
     queue.done(items[2])  # message 1 killed its consumer again: it alone goes to errors/
-    os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+    os.rename(os.path.join(str(tmp_path), "pending", queue.owner), os.path.join(str(tmp_path), "pending", owner))
     FileQueue(tmp_path, max_attempts=2)
     errors = listing(tmp_path, "errors")
     assert len(errors) == 2  # message 1 and its .meta, not its neighbours
@@ -227,10 +227,10 @@ def test_message_whose_consumers_keep_dying_goes_to_errors_after_max_attempts(tm
     for delivery in (1, 2):
         queue = FileQueue(tmp_path, max_attempts=3)
         assert queue.attempts(queue.get(block=False)) == delivery
-        os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+        os.rename(os.path.join(str(tmp_path), "pending", queue.owner), os.path.join(str(tmp_path), "pending", owner))
     queue = FileQueue(tmp_path, max_attempts=3)
     assert queue.attempts(queue.get(block=False)) == 3
-    os.rename(queue._pending, os.path.join(str(tmp_path), "pending", owner))
+    os.rename(os.path.join(str(tmp_path), "pending", queue.owner), os.path.join(str(tmp_path), "pending", owner))
     queue = FileQueue(tmp_path, max_attempts=3)
     with pytest.raises(Empty):
         queue.get(block=False)
@@ -393,6 +393,22 @@ def test_output_back_pressure_blocks_the_handler_until_the_next_queue_drains(tmp
     assert stats(str(tmp_path / "out"))["incoming"] == 2
     with pytest.raises(Full):
         SpoolWriter(str(tmp_path / "out"), queue.owner).write(b"{}", limit=2, block=False)
+
+
+@pytest.mark.timeout(10)
+def test_a_file_queue_built_directly_takes_the_specs_spool_defaults_and_rules(tmp_path):
+    queue = FileQueue(tmp_path / "a", output=OutputQueue(tmp_path / "out"))
+    assert (queue.fsync, queue.mode, queue.max_attempts) == tuple(
+        QUEUE_DEFAULTS[k] for k in ("fsync", "mode", "max_attempts"))
+    assert (queue.output.limit, queue.output.wait) == (
+        QUEUE_DEFAULTS["queue_out_limit"], QUEUE_DEFAULTS["queue_out_wait"])
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "incoming").st_mode) == QUEUE_DEFAULTS["mode"]
+    partial = FileQueue.from_spec({"spool": str(tmp_path / "b"), "max_attempts": 2})
+    assert (partial.max_attempts, partial.fsync) == (2, QUEUE_DEFAULTS["fsync"])
+    for field, value in (("max_attempts", 0), ("fsync", "yes"), ("mode", "rwx")):
+        with pytest.raises(InvalidConfigurationException) as caught:
+            FileQueue(tmp_path / "c", **{field: value})
+        assert (caught.value.field, caught.value.value) == (field, value)
 
 
 @pytest.mark.timeout(10)
