@@ -14,6 +14,10 @@ blocking = {"event": None}
 #: ``tests.handlers:into_<key>`` records into ``seen_by[key]`` (one handler per instance).
 seen_by = {}
 
+if os.environ.get("PGVISOR_TEST_SPOOL_POLL"):  # a worker process of test_isolation
+    from instances.spool import FileQueue
+    FileQueue.watched_poll_interval = float(os.environ["PGVISOR_TEST_SPOOL_POLL"])
+
 
 def reset():
     del seen[:]

@@ -6,9 +6,15 @@ its beats, signal it, reap it), and :func:`main` is what runs inside it
 The protocol between the two lives here alone::
 
     argv:      --beat-fd N --beat-interval S --stop-timeout S   (never a secret)
-    stdin:     {"spec": {...}, "path": [...]} as one JSON line, then held open (EOF: stop)
+    stdin:     {"spec": {...}, "path": [...]} as one JSON line, then held open: each
+               further "\\n" is a wake-up (the parent put files into incoming/); EOF: stop
     beat pipe: "processed failed timed_out\\n" at once ("0 0 0", ready), then every
                beat_interval; EOF: the child is gone
+
+The wake-ups are the child's spool watcher (:meth:`FileQueue.attach_watcher
+<instances.spool.FileQueue.attach_watcher>`): an idle child gets the service's puts at
+once, and looks at ``incoming/`` by itself only every ``watched_poll_interval`` (files
+that other processes put there, such as a requeue from the command line).
 
 Children are new interpreters (``subprocess``, never ``fork``): nothing of the parent's hub
 is inherited, and the spec (which may hold a password) goes through stdin, never argv.
@@ -38,7 +44,7 @@ log = logging.getLogger(__name__)
 class WorkerChild:
     """The parent's handle on one worker process (``proc``, a gevent Popen)."""
 
-    __slots__ = ("proc", "fd", "last_beat", "counts", "retiring", "stuck", "reader")
+    __slots__ = ("counts", "fd", "last_beat", "proc", "reader", "retiring", "stuck")
 
     def __init__(self, proc, fd):
         self.proc, self.fd = proc, fd
@@ -68,8 +74,18 @@ class WorkerChild:
         try:
             self.proc.stdin.write(json.dumps(config).encode() + b"\n")
             self.proc.stdin.flush()
+            gevent.os.make_nonblocking(self.proc.stdin.fileno())  # for wake()
         except OSError:
             pass  # it died at once: its reader sees the EOF
+
+    def wake(self):
+        """Tell the child that ``incoming/`` changed. Never blocks, never raises: a full
+        pipe already holds a wake-up the child has not read, and a closed one means the
+        child is gone (its reader sees the EOF)."""
+        try:
+            os.write(self.proc.stdin.fileno(), b"\n")
+        except (OSError, ValueError):
+            pass
 
     def read_beats(self, name):
         """Record beats until EOF, then SIGKILL and reap the child; returns its exit code
@@ -113,7 +129,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
-    line = _read_line(0)
+    line = _read_line(0)  # wake-ups may follow it: only the first line is the config
     if line is None:
         log.error("no spec on stdin", extra={"action": "workers.no_spec"})
         return 2
@@ -123,8 +139,11 @@ def main(argv=None):
     from instances.spec import InstanceSpec
     from instances.spool import FileQueue
     spec = InstanceSpec.from_dict(config["spec"], resolve=False)
+    handler = spec.resolve_handler()  # before the spool: a bad handler touches no file
     queue = FileQueue.from_spec(spec.queue, owner=spec.name)
-    pool = ProcessorPool(queue, spec.resolve_handler(), 1, 1, spec.handler_timeout, spec.name)
+    wakers = []
+    queue.attach_watcher(wakers.append)
+    pool = ProcessorPool(queue, handler, 1, 1, spec.handler_timeout, spec.name)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle
@@ -132,7 +151,7 @@ def main(argv=None):
     os.write(args.beat_fd, b"0 0 0\n")  # ready: from now on the heartbeat_timeout applies
     pool.start()
     watchers = [gevent.spawn(_beat, args.beat_fd, args.beat_interval, pool, stop),
-                gevent.spawn(_watch_stdin, stop)]
+                gevent.spawn(_watch_stdin, stop, wakers)]
     stop.wait()
     clean = pool.stop(args.stop_timeout)
     queue.close()
@@ -147,7 +166,7 @@ def _read_line(fd):
         if not chunk:
             return None
         data += chunk
-    return data
+    return data.split(b"\n", 1)[0]
 
 
 def _beat(fd, interval, pool, stop):
@@ -162,11 +181,13 @@ def _beat(fd, interval, pool, stop):
         stop.wait(interval)
 
 
-def _watch_stdin(stop):
+def _watch_stdin(stop, wakers):
+    """Wake the spool's getters for every read of wake-ups; stop at EOF."""
     gevent.os.make_nonblocking(0)
     try:
         while gevent.os.nb_read(0, 4096):
-            pass
+            for wake in wakers:
+                wake()
     except OSError:
         pass
     stop.set()

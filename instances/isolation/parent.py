@@ -13,6 +13,12 @@ processes that share its spool; one such child, both its ends and their protocol
 Children are new interpreters (``subprocess``, never ``fork``): nothing of the parent's hub
 is inherited, and the spec (which may hold a password) goes through stdin, never argv.
 
+Wake-ups (no polling between the service and its children): every file this process puts
+into the spool (:meth:`FileQueue.add_put_listener <instances.spool.FileQueue.add_put_listener>`)
+writes one byte to each child's stdin, which wakes the child's blocked ``get``; a child
+looks at ``incoming/`` by itself only every ``watched_poll_interval`` (1 s) for files put
+there by other processes.
+
 Watching (no polling of pids):
 
 * **death**: EOF on a child's beat pipe means the child is gone; the parent reaps it at
@@ -110,6 +116,7 @@ class WorkerProcesses:
         for _ in range(self.min_concurrency):
             self._spawn()
         self._watcher = gevent.spawn(self._watch)
+        self.queue.add_put_listener(self._wake_children)
         return self
 
     def stop(self, timeout=None):
@@ -186,6 +193,11 @@ class WorkerProcesses:
     def _serving(self):
         return [c for c in self._children.values() if not c.retiring]
 
+    def _wake_children(self):
+        """Put listener (in the putting greenlet): tell every child incoming/ changed."""
+        for child in self._children.values():
+            child.wake()
+
     def _spawn(self):
         child = WorkerChild.start(self.beat_interval, self.stop_timeout)
         self._children[child.proc.pid] = child
@@ -258,6 +270,7 @@ class WorkerProcesses:
 
     def _finish(self, exit, exception):
         self.exit, self.exception = exit, exception
+        self.queue.remove_put_listener(self._wake_children)
         if self._watcher is not None and self._watcher is not gevent.getcurrent():
             self._watcher.kill(block=False)
         log.info("pool %s ended (%s)", self.name, exit,

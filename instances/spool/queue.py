@@ -29,6 +29,17 @@ Concurrency: one FileQueue belongs to one process and its hub thread; any number
 greenlets may call it. Only :meth:`get` and a back-pressured :meth:`done` /
 :meth:`forward` block (the calling greenlet, never the hub). Several processes may share a
 directory: each claims with its own owner id. Create FileQueues after ``fork``.
+
+Wake-ups: a getter blocked on an empty spool is woken at once by a put (or a requeue, a
+recovery, a forward into it as an output queue) made in the same process, on any
+FileQueue of that directory: no polling is involved. What a process cannot see is a file
+another process renames into ``incoming/``; for those a blocked getter looks at
+``incoming/`` every :attr:`~FileQueue.poll_interval` (50 ms), or, once a change notifier is
+plugged in with :meth:`~FileQueue.attach_watcher`, only every
+:attr:`~FileQueue.watched_poll_interval` (1 s, a safety net). The writer side of such a
+notifier is :meth:`~FileQueue.add_put_listener`: process isolation uses the pair, so its
+worker processes are woken over a pipe by the service's puts (see
+:mod:`instances.isolation.parent`).
 """
 import collections
 import logging
@@ -105,6 +116,7 @@ class FileQueue:
         self.closed = False
         #: Greenlets blocked in :meth:`get` right now.
         self.waiting = 0
+        self._put_listeners = []
         _local[self.directory].add(self)
         self.recover()
 
@@ -266,15 +278,29 @@ class FileQueue:
 
     def attach_watcher(self, subscribe):
         """Plug a change notifier: ``subscribe(callback)`` must arrange for ``callback()``
-        to be called (from any thread) when ``incoming/`` changes, e.g. an inotify watch.
-        Polling continues as a safety net at :attr:`watched_poll_interval`."""
+        to be called (from any thread) when ``incoming/`` changes, e.g. an inotify watch,
+        or the pipe of :mod:`instances.isolation`. Polling continues as a safety net at
+        :attr:`watched_poll_interval`."""
         subscribe(self.wake_threadsafe)
         self.poll_interval = self.watched_poll_interval
+
+    def add_put_listener(self, callback):
+        """Call ``callback()`` whenever a file enters ``incoming/`` of this directory from
+        this process (a put on any FileQueue of it, a requeue, a recovery, a forward into
+        it): the writer's side of a watcher for readers in other processes. Runs in the
+        putting greenlet: MUST NOT block or raise."""
+        self._put_listeners.append(callback)
+
+    def remove_put_listener(self, callback):
+        if callback in self._put_listeners:
+            self._put_listeners.remove(callback)
 
     @staticmethod
     def _wake_local(directory):
         for queue in list(_local.get(directory, ())):
             queue._wakeup.set()
+            for callback in queue._put_listeners:
+                callback()
 
     def close(self):
         """Stop handing out messages: blocked getters raise :class:`QueueClosed`; claimed

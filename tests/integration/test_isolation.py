@@ -11,6 +11,7 @@ import pytest
 
 from instances import InstanceSpec, Registry
 from instances.instance import Instance, make_queue
+from instances.isolation import child
 from instances.isolation.parent import WorkerDied, WorkerProcesses
 from instances.spool.layout import stats
 from supervisor import Supervisor
@@ -90,6 +91,34 @@ def test_children_consume_the_shared_spool_with_the_specs_handler(tmp_path, out,
     assert pool.stop(10) is True
     assert pool.exit == "normal" and not any(_alive(pid) for pid in pids)
     assert not any(stats(str(tmp_path / "spool"))["pending"].values())
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_worker_process_is_woken_by_the_services_put_not_by_its_polling(
+        tmp_path, out, pools, monkeypatch):
+    monkeypatch.setenv("PGVISOR_TEST_SPOOL_POLL", "3600")  # the children look hourly
+    spec = InstanceSpec.from_dict({  # not resolved here: the env var is for the children
+        "name": "river", "channels": ["doc_changed"], "handler": "tests.handlers:job",
+        "isolation": "process", "queue": {"spool": str(tmp_path / "spool")}}, resolve=False)
+    queue = make_queue(spec)
+    pool = _pool(pools, spec, queue).start()
+    wait_for(lambda: pool.ready, 30)
+    queue.put({"payload": "first"})
+    wait_for(lambda: len(_lines(out)) == 1, 20)
+    queue.put({"payload": "second"})  # the child waits in get: only a wake-up is in time
+    wait_for(lambda: len(_lines(out)) == 2, 20, message="the idle child was not woken")
+    assert _payloads(out) == ["first", "second"]
+    assert pool.stop(10) is True
+
+
+def test_a_child_reads_its_config_line_even_with_wake_ups_behind_it():
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, json.dumps({"spec": {}, "path": []}).encode() + b"\n\n\n")
+        assert json.loads(child._read_line(read_fd)) == {"spec": {}, "path": []}
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 @pytest.mark.timeout(60)

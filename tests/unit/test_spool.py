@@ -311,6 +311,30 @@ def test_a_watcher_wakes_a_blocked_get_from_another_thread(tmp_path):
 
 
 @pytest.mark.timeout(10)
+def test_put_listeners_hear_every_file_this_process_puts_into_incoming(tmp_path):
+    queue, other = FileQueue(tmp_path / "q"), FileQueue(tmp_path / "q")
+    heard = []
+
+    def listener():
+        heard.append(len(os.listdir(tmp_path / "q" / "incoming")))
+
+    queue.add_put_listener(listener)
+    other.put({"n": 1})  # another FileQueue of the same directory
+    queue.put_batch([{"n": 2}, {"n": 3}])
+    assert heard == [1, 2]  # called once the file is in incoming/
+    queue.failed(queue.get(block=False), ValueError("no"), "")
+    queue.requeue()  # errors/ back to incoming/
+    assert heard == [1, 2, 2]
+    source = FileQueue(tmp_path / "p", output=OutputQueue(tmp_path / "q"))
+    source.put({"n": 4})
+    source.done(source.get(block=False))  # forwarded into q's incoming/
+    assert heard == [1, 2, 2, 3]
+    queue.remove_put_listener(listener)
+    other.put({"n": 5})
+    assert heard == [1, 2, 2, 3]
+
+
+@pytest.mark.timeout(10)
 def test_get_times_out_with_empty_and_an_interrupted_get_loses_nothing(tmp_path):
     queue = FileQueue(tmp_path)
     with pytest.raises(Empty):
