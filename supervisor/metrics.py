@@ -92,7 +92,7 @@ FAMILIES = {
 
 class SupervisorCollector:
     """A custom collector over ``supervisor`` (anything with ``status()``,
-    ``database_status()`` and ``counters``, see CONVENTIONS "Supervisor")."""
+    ``database_status()`` and ``counters``: the Supervisor's API, docs/supervision.rst)."""
 
     def __init__(self, supervisor):
         self.supervisor = supervisor

@@ -1,7 +1,7 @@
 """The ``pgvisor`` command line (docs/cli.rst): :func:`main`, the console script's entry.
 
-:func:`main` monkey-patches first (DESIGN.md's runtime model: "patch as early as
-possible"), then imports the rest. This ``__init__`` imports nothing itself, so importing
+:func:`main` monkey-patches first (docs/cli.rst: before anything else is imported), then
+imports the rest. This ``__init__`` imports nothing itself, so importing
 any part of the package (``supervisor.cli.output``, say) patches nothing. The parts:
 ``parser`` (the top-level parser and dispatch, the demo and piper delegates), one module
 per command group, each registering its own subcommands (``service``: run; ``control``:

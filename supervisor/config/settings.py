@@ -1,7 +1,7 @@
 """The table of pgvisor's settings: the one place where every setting is mapped.
 
 Each :class:`Setting` names its TOML section and key, its ``PGVISOR_<SECTION>_<KEY>``
-environment variable, its type, default, unit, meaning and validator (STYLE point 4).
+environment variable, its type, default, unit, meaning and validator (docs/configuration.rst).
 :mod:`supervisor.config` loads values against this table; ``pgvisor run --help``
 (:func:`settings_help`) and ``docs/configuration.rst`` (:func:`settings_rst`) are generated
 from it. Pure: no I/O, no logging, safe from any greenlet.
