@@ -1,15 +1,24 @@
-"""``pgvisor restart|verify|shutdown NAME... [--wait]`` and ``pgvisor status``: the verbs
-that talk to a running service over its HTTP API.
+"""``pgvisor restart|verify|shutdown NAME... [--wait]`` and ``pgvisor status [--watch
+[SECONDS]]``: the verbs that talk to a running service over its HTTP API.
 
 The API's address comes from ``--url``, else the config's ``[http] listen`` (``-c``), else
 ``PGVISOR_HTTP_LISTEN`` and the default; the token from ``--token-file`` (or ``--token``,
 which warns), else the config's (its ``token_file``, or the token the service generated in
 its state directory), else ``PGVISOR_HTTP_TOKEN``. Each
 command blocks the main greenlet up to ``--timeout`` seconds per request.
+
+``status --watch`` repeats ``GET /status`` every SECONDS until Ctrl-C: on a terminal it
+redraws the table in place with plain ANSI (cursor home, erase) and adds each instance's
+processed per second between two answers; otherwise (a pipe, a file) it prints one
+timestamped table per interval, and with ``--json`` one JSON document per line.
 """
 import argparse
+import json
 import math
 import os
+import shutil
+import sys
+import time
 import urllib.parse
 
 from instances.exceptions import InvalidConfigurationException
@@ -27,6 +36,16 @@ VERBS = (("restart", "restart instances (clears parking)"),
          ("shutdown", "stop instances until restarted"))
 #: Outcomes of restart/verify/shutdown that mean the operation failed.
 FAILED_OUTCOMES = ("disabled_by_supervisor", "error")
+#: Seconds between two refreshes of ``status --watch`` without a value.
+WATCH_INTERVAL = 2.0
+#: ANSI: cursor home, erase to the end of the line, erase the rest of the screen.
+HOME, ERASE_LINE, ERASE_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+#: The status table's columns (``status --watch`` adds RATE/S).
+STATUS_COLUMNS = [
+    ("NAME", "name"), ("STATE", "state"), ("ENABLED", "enabled"), ("CHANNELS", "channels"),
+    ("CONC", "concurrency"), ("BACKLOG", "backlog"), ("RECEIVED", "received"),
+    ("PROCESSED", "processed"), ("FAILED", "failed"), ("RESTARTS", "restarts"),
+    ("BUDGET", "budget_left"), ("LAST ERROR", "last_error")]
 
 
 def register(subparsers):
@@ -40,6 +59,9 @@ def register(subparsers):
     status = subparsers.add_parser("status",
                                    help="instances and database of the running service")
     _http_flags(status)
+    status.add_argument("--watch", nargs="?", type=seconds, const=WATCH_INTERVAL,
+                        metavar="SECONDS", help="refresh every SECONDS (default %g) until "
+                        "Ctrl-C; in place on a terminal" % WATCH_INTERVAL)
     status.set_defaults(func=cmd_status)
 
 
@@ -174,18 +196,87 @@ def _describe(body, name):
 
 
 def cmd_status(args):
-    """``pgvisor status``: the service's instances and database."""
-    _, body = api_client(args).get("/status")
+    """``pgvisor status [--watch [SECONDS]]``: the service's instances and database."""
+    client = api_client(args)
+    if args.watch is not None:
+        return _watch(client, args.watch, args.json)
+    _, body = client.get("/status")
     if args.json:
         emit_json(body)
-        return cli_output.OK
-    db = body.get("database", {})
-    say("database: %s, role %s%s" % (db.get("state"), db.get("role") or "-",
-                                     ", paused (%s)" % db.get("paused_by")
-                                     if db.get("paused") else ""))
-    say(table(body.get("instances", []), [
-        ("NAME", "name"), ("STATE", "state"), ("ENABLED", "enabled"),
-        ("CHANNELS", "channels"), ("CONC", "concurrency"), ("BACKLOG", "backlog"),
-        ("RECEIVED", "received"), ("PROCESSED", "processed"), ("FAILED", "failed"),
-        ("RESTARTS", "restarts"), ("LAST ERROR", "last_error")], empty="no instances"))
+    else:
+        say(status_text(body))
     return cli_output.OK
+
+
+def status_text(body, rates=None):
+    """The database line and the instances table of a ``GET /status`` answer; with
+    ``rates`` ({name: processed per second}) a RATE/S column."""
+    db = body.get("database", {})
+    head = "database: %s, role %s%s" % (db.get("state"), db.get("role") or "-",
+                                        ", paused (%s)" % db.get("paused_by")
+                                        if db.get("paused") else "")
+    columns = list(STATUS_COLUMNS)
+    if rates is not None:
+        columns.insert(8, ("RATE/S", lambda row: rates.get(row.get("name"))))
+    return head + "\n" + table(body.get("instances", []), columns, empty="no instances")
+
+
+def _watch(client, interval, as_json):
+    """Show ``GET /status`` every ``interval`` seconds until Ctrl-C (exit 0). A failed
+    request is shown and retried at the next interval (the service may be restarting)."""
+    tty = sys.stdout.isatty() and not as_json
+    rates, before = {}, {}
+    if tty:
+        sys.stdout.write("\x1b[2J")
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                _, body = client.get("/status")
+            except CliError as exc:
+                body, problem = None, str(exc)
+            else:
+                problem = None
+                rates = _rates(body, before, started)
+            _show_frame(body, problem, rates, interval, tty, as_json, client.url)
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        if tty:
+            sys.stdout.write("\n")
+        return cli_output.OK
+
+
+def _rates(body, before, now):
+    """Processed per second of each instance since the previous answer (kept in
+    ``before``, updated); None where unknown (first sight, a counter that began again)."""
+    rates = {}
+    for view in body.get("instances", []):
+        name, processed = view.get("name"), view.get("processed")
+        last = before.get(name)
+        if isinstance(processed, int) and last is not None and processed >= last[0] \
+                and now > last[1]:
+            rates[name] = (processed - last[0]) / (now - last[1])
+        before[name] = (processed, now) if isinstance(processed, int) else None
+    return rates
+
+
+def _show_frame(body, problem, rates, interval, tty, as_json, url):
+    stamp = time.strftime("%H:%M:%S")
+    if as_json:
+        say(json.dumps(body if problem is None else {"error": problem}, sort_keys=True,
+                       default=str))
+    elif problem is not None and not tty:
+        cli_output.error(problem)
+    else:
+        text = problem if problem is not None else status_text(body, rates)
+        header = "pgvisor status %s every %gs, %s (Ctrl-C ends)" % (url, interval, stamp)
+        if not tty:
+            say("%s\n%s\n" % (header, text))
+            sys.stdout.flush()
+            return
+        width = shutil.get_terminal_size().columns
+        lines = [line[:width] for line in [header, ""] + text.splitlines()]
+        frame = HOME + "".join(logs.redact(line) + ERASE_LINE + "\n"
+                               for line in lines) + ERASE_BELOW
+        sys.stdout.write(frame)
+    sys.stdout.flush()
