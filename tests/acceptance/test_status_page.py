@@ -67,11 +67,11 @@ def test_page_shows_instances_and_a_kill_raises_the_restart_count_without_a_relo
 
 
 @pytest.mark.timeout(120)
-def test_page_is_read_only_without_the_token_and_restarts_an_instance_with_it(
-        chromium, pg_dsn, tmp_path):
-    svc = start_service(tmp_path, pg_dsn, spec("river"))
+def test_page_is_read_only_without_the_token_and_acts_with_it(chromium, pg_dsn, tmp_path):
+    svc = start_service(tmp_path, pg_dsn, spec("river"), spec("spare", enabled=False))
     try:
         svc.wait_state("river", "running")
+        svc.wait_state("spare", "disabled")
         chromium.driver.get(svc.url + "/")
         chromium.wait_cell("river", "state", "running")
         chromium.wait_refreshes(1)
@@ -93,6 +93,19 @@ def test_page_is_read_only_without_the_token_and_restarts_an_instance_with_it(
         assert chromium.outcomes()[0].endswith("restart river: restarted"), chromium.outcomes()
         chromium.wait_cell("river", "restarts", "1")
         assert svc.status()["river"]["restarts"] == 1
+
+        assert {b.get_attribute("data-action") for b in chromium.action_buttons()
+                if b.get_attribute("data-instance") == "spare"} == {
+                    "enable", "restart", "verify", "shutdown"}
+        chromium.click("spare", "enable")
+        chromium.wait(lambda d: len(chromium.outcomes()) == 3, "the outcome of the enable")
+        assert "enable spare: enabled (registry version" in chromium.outcomes()[0]
+        chromium.wait_cell("spare", "state", "running")
+        assert svc.status()["spare"]["enabled"] is True
+        chromium.click("spare", "shutdown")
+        chromium.wait(lambda d: len(chromium.outcomes()) == 4, "the outcome of the shutdown")
+        assert chromium.outcomes()[0].endswith("shutdown spare: stopped"), chromium.outcomes()
+        chromium.wait_cell("spare", "state", "stopped")
 
         chromium.driver.refresh()  # the token is kept for the tab
         chromium.wait_cell("river", "state", "running")
