@@ -43,8 +43,8 @@ _DOCUMENT = """<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>pgvisor status</title>
-<link rel="stylesheet" href="/static/status.css">
-<script src="/static/status.js" defer></script>
+<link rel="stylesheet" href="static/status.css">
+<script src="static/status.js" defer></script>
 </head>
 <body data-refresh-ms="{refresh_ms}" data-spec-fields="{spec_fields}">
 <header>
@@ -93,7 +93,7 @@ _DOCUMENT = """<!DOCTYPE html>
     <ol id="events" class="events"></ol>
   </section>
 </main>
-<noscript><p>This page needs JavaScript; the same data is at <a href="/status">/status</a>
+<noscript><p>This page needs JavaScript; the same data is at <a href="status">status</a>
 (JSON).</p></noscript>
 </body>
 </html>

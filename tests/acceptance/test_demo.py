@@ -27,7 +27,7 @@ def test_demo_runs_to_its_summary_and_loses_no_row():
                 break
         assert url, "".join(lines)
         with urllib.request.urlopen(url.group(1), timeout=10) as page:
-            assert b"/static/status.js" in page.read()
+            assert b"static/status.js" in page.read()
         with urllib.request.urlopen(url.group(1) + "status", timeout=10) as answer:
             names = {view["name"] for view in json.loads(answer.read())["instances"]}
         assert names == {"river", "audit"}

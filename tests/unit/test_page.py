@@ -25,13 +25,13 @@ def test_root_answers_the_html_document_with_a_strict_content_security_policy():
     assert "'unsafe-inline'" not in policy
     assert headers["X-Content-Type-Options"] == "nosniff"
     html = answer.body.decode("utf-8")
-    assert '<script src="/static/status.js" defer></script>' in html
-    assert '<link rel="stylesheet" href="/static/status.css">' in html
+    assert '<script src="static/status.js" defer></script>' in html
+    assert '<link rel="stylesheet" href="static/status.css">' in html
 
 
 def test_the_document_has_no_inline_script_and_no_event_handler_attribute():
     html = page.document().decode("utf-8")
-    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/static/status.js" defer>']
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="static/status.js" defer>']
     assert not re.search(r"\son[a-z]+\s*=", html)
     assert "http://" not in html and "https://" not in html  # nothing from elsewhere
 

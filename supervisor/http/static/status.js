@@ -3,7 +3,8 @@
 // Polls GET /status every data-refresh-ms and renders it. Every value is written with
 // textContent or as an attribute of an element made here, never as HTML: an error text
 // or a name is shown as typed, never run. Actions are JSON API requests with the bearer
-// token typed once per tab (sessionStorage); without it the page is read-only.
+// token typed once per tab (sessionStorage); without it the page is read-only. Paths are
+// relative to the page, so it also works behind a reverse proxy's path prefix.
 "use strict";
 
 (function () {
@@ -300,7 +301,7 @@
 
   async function poll() {
     try {
-      const answer = await fetch("/status", {headers: headers(), cache: "no-store"});
+      const answer = await fetch("status", {headers: headers(), cache: "no-store"});
       if (answer.status === 401) {
         problem("this service needs the API token for reads too: enter it above");
       } else if (!answer.ok) {
@@ -343,11 +344,11 @@
   }
 
   async function enable(name) {
-    const view = await request("GET", "/instances/" + encodeURIComponent(name));
+    const view = await request("GET", "instances/" + encodeURIComponent(name));
     const spec = {};
     for (const field of specFields) if (field in view) spec[field] = view[field];
     spec.enabled = true;
-    const done = await request("PUT", "/instances/" + encodeURIComponent(name), spec);
+    const done = await request("PUT", "instances/" + encodeURIComponent(name), spec);
     return "enabled (registry version " + show(done.registry_version) + ")";
   }
 
@@ -359,7 +360,7 @@
       if (action === "enable") {
         text = await enable(name);
       } else {
-        const path = "/instances/" + encodeURIComponent(name) + "/" + action +
+        const path = "instances/" + encodeURIComponent(name) + "/" + action +
                      "?wait=1&timeout=" + ACTION_TIMEOUT;
         const op = await request("POST", path, {});
         text = op.status === "done" ? show((op.result || {})[name])
