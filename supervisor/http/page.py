@@ -80,7 +80,7 @@ _DOCUMENT = """<!DOCTYPE html>
         <th title="automatic restarts allowed now (restart_max_rate)">budget left</th>
         <th title="notifications waiting in the queue">queue</th>
         <th title="messages set aside in the spool's errors/">spool errors</th>
-        <th title="live notifications dropped by a full queue">overflows</th>
+        <th title="overflow episodes: a full queue dropped live notifications, then one catch_up">overflows</th>
         <th>catch-ups</th><th title="handled per second, between two refreshes">processed/s</th>
         <th>last error</th><th class="actions">actions</th>
       </tr></thead>

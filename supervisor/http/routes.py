@@ -294,6 +294,7 @@ class Routes:
             "database": dict(self.supervisor.database_status()),
             "instances": self._instance_views(),
             "counters": dict(self.supervisor.counters),
+            "notifiers": list(getattr(self.supervisor, "notifier_status", list)()),
             "registry_version": self.supervisor.registry.version})
 
     def page(self, request, asset):

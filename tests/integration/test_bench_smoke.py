@@ -31,3 +31,21 @@ def test_smoke_benchmarks_run_every_contender_and_print_the_table(tmp_path):
     assert "0 failure(s)" in out
     written = results.read_text(encoding="utf-8")
     assert "## Machine" in written and "| raw psycopg2 |" in written
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_smoke_notifier_figures_run_and_append_their_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier report\n", encoding="utf-8")
+    for _ in range(2):  # a second run replaces the section, it does not add one
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.notifier", "--smoke", "--results", str(results)],
+            cwd=ROOT, capture_output=True, text=True, timeout=110)
+        assert proc.returncode == 0, "bench.notifier --smoke failed:\n%s\n%s" % (
+            proc.stdout[-3000:], proc.stderr[-3000:])
+    for figure in ("producer NOTIFY tps, pgvisor with 1 instance", "pgvisor backends with",
+                   "memory per instance (KB RSS) at 50 subscribed", "fan-out:"):
+        assert figure in proc.stdout, figure
+    written = results.read_text(encoding="utf-8")
+    assert written.startswith("# earlier report") and written.count("## The shared notifier") == 1
