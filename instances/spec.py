@@ -350,6 +350,9 @@ def _check_mode(field, value):
             mode = None
     if not _is_int(mode) or not 0 <= mode <= 0o7777:
         raise _problem(field, value, "must be permissions such as '0o700' or 448")
+    if mode & 0o022:  # the spool's own rule (instances/spool/layout.py), said at once
+        raise _problem(field, value, "must not be writable by group or others (0o700 or "
+                       "0o750)")
     return mode
 
 

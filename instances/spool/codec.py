@@ -53,5 +53,27 @@ def decode(data, base):
     for index, message in enumerate(messages(data)):
         if not message.get("id"):
             message["id"] = names.message_id(base, index)
-        items.append(Notification.from_dict(message) if "channel" in message else message)
+        if "channel" in message:
+            check_notification(message)
+            items.append(Notification.from_dict(message))
+        else:
+            items.append(message)
     return items
+
+
+#: The types of a stored Notification's fields (None allowed where listed).
+_TYPES = {"channel": ((str,), True), "payload": ((str,), True), "kind": ((str,), False),
+          "pid": ((int,), True), "received_at": ((float, int), False), "id": ((str,), True)}
+
+
+def check_notification(message):
+    """Raise ValueError naming the field unless every Notification field of ``message``
+    has its type (channel/payload/kind str, pid int, received_at a number, id str): a file
+    dropped into ``incoming/`` must not hand the handler something else."""
+    for field, (types, nullable) in _TYPES.items():
+        if field not in message or (message[field] is None and nullable):
+            continue
+        value = message[field]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError("message field %s=%.80r: must be %s" % (
+                field, value, " or ".join(t.__name__ for t in types)))

@@ -9,13 +9,19 @@ Configuration written into every data directory:
 - ``postgresql.conf``: settings for speed over durability (no fsync), replication enabled so
   a standby can be made from any cluster, the server log on stderr (the kit sends it to a
   file next to the data directory), and the caller's ``settings`` last;
-- ``pg_hba.conf``: trust for everyone over the unix socket and 127.0.0.1, except members of
-  the group role :data:`PASSWORD_GROUP`, which must authenticate with scram-sha-256 both
-  locally and over TCP. Replication connections are trusted.
+- ``pg_hba.conf`` and ``pg_ident.conf``: nobody is trusted. Over the unix socket, ``peer``
+  authentication maps only the OS user running the kit (and the server account) to the
+  superuser; over TCP (127.0.0.1, ::1) everyone needs scram-sha-256, the superuser with
+  :data:`SUPERUSER_PASSWORD` (random per process, set by initdb; the kit's TCP DSNs carry
+  it). Members of the group role :data:`PASSWORD_GROUP` need their password on the socket
+  too. So another local user cannot connect as the superuser (and run ``COPY ... TO
+  PROGRAM`` as the server account) while a kit cluster runs.
 """
 import atexit
 import ctypes
 import os
+import pwd
+import secrets
 import shutil
 import tempfile
 
@@ -36,8 +42,14 @@ MEMORY_TMPDIR_MIN_FREE = 1 << 30
 #: Group role whose members must give a password (scram-sha-256), even on the unix socket.
 PASSWORD_GROUP = "pgvisor_password_users"
 
-#: The cluster's superuser (initdb -U); trusted without a password.
+#: The cluster's superuser (initdb -U): peer on the unix socket, this password over TCP.
 SUPERUSER = "postgres"
+
+#: The superuser's password in every cluster this process makes (random per process).
+SUPERUSER_PASSWORD = secrets.token_urlsafe(24)
+
+#: The pg_ident.conf map of the unix socket's peer authentication.
+IDENT_MAP = "pgvisor_kit"
 
 #: Settings of every throwaway cluster (before the caller's own ``settings``).
 DEFAULT_SETTINGS = {
@@ -62,16 +74,16 @@ DEFAULT_SETTINGS = {
 }
 
 _HBA = """\
-# written by supervisor.testing: members of {group} need scram, everyone else is trusted
+# written by supervisor.testing: nobody is trusted; the socket maps the kit's OS users
 local   all          +{group}                  scram-sha-256
 host    all          +{group}   127.0.0.1/32   scram-sha-256
 host    all          +{group}   ::1/128        scram-sha-256
-local   all          all                       trust
-host    all          all        127.0.0.1/32   trust
-host    all          all        ::1/128        trust
-local   replication  all                       trust
-host    replication  all        127.0.0.1/32   trust
-host    replication  all        ::1/128        trust
+local   all          all                       peer map={map}
+host    all          all        127.0.0.1/32   scram-sha-256
+host    all          all        ::1/128        scram-sha-256
+local   replication  all                       peer map={map}
+host    replication  all        127.0.0.1/32   scram-sha-256
+host    replication  all        ::1/128        scram-sha-256
 """
 
 _templates = {}
@@ -125,11 +137,20 @@ def _template(bindir):
             top = make_tempdir("pgvisor-template-")
             atexit.register(_remove_in_owner, top, os.getpid())
             datadir = os.path.join(top, "data")
-            processes.run(
-                [program(bindir, "initdb"), "-D", datadir, "-U", SUPERUSER, "-A", "trust",
-                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
-                 "--wal-segsize=1"],  # 1 MB WAL segments: smaller copies and base backups
-                os.path.join(top, "initdb.log"), what="initdb")
+            pwfile = os.path.join(top, "superuser.password")
+            with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
+                      encoding="ascii") as f:
+                f.write(SUPERUSER_PASSWORD + "\n")
+            processes.hand_over(pwfile)
+            try:
+                processes.run(
+                    [program(bindir, "initdb"), "-D", datadir, "-U", SUPERUSER,
+                     "--auth-local=peer", "--auth-host=scram-sha-256", "--pwfile", pwfile,
+                     "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
+                     "--wal-segsize=1"],  # 1 MB WAL segments: smaller copies and base backups
+                    os.path.join(top, "initdb.log"), what="initdb")
+            finally:
+                os.unlink(pwfile)
             _templates[bindir] = datadir
         return _templates[bindir]
 
@@ -152,7 +173,22 @@ def configure(datadir, settings=None):
     with open(os.path.join(datadir, "postgresql.conf"), "a", encoding="utf-8") as conf:
         conf.write("\n".join(lines) + "\n")
     with open(os.path.join(datadir, "pg_hba.conf"), "w", encoding="utf-8") as hba:
-        hba.write(_HBA.format(group=PASSWORD_GROUP))
+        hba.write(_HBA.format(group=PASSWORD_GROUP, map=IDENT_MAP))
+    with open(os.path.join(datadir, "pg_ident.conf"), "w", encoding="utf-8") as ident:
+        ident.write("# written by supervisor.testing: who may be the superuser on the socket\n")
+        for os_user in peer_users():
+            ident.write("%s  %s  %s\n" % (IDENT_MAP, os_user, SUPERUSER))
+
+
+def peer_users():
+    """The OS users the socket's peer authentication maps to the superuser: the one running
+    the kit and the server account the kit runs PostgreSQL as (for pg_basebackup and a
+    standby's WAL receiver)."""
+    users = [pwd.getpwuid(os.geteuid()).pw_name]
+    account = processes.server_account()
+    if account is not None:
+        users.append(pwd.getpwuid(account[0]).pw_name)
+    return list(dict.fromkeys(users))
 
 
 def remove_crashed_shared_memory(datadir):

@@ -12,7 +12,7 @@ import re
 import psycopg2
 from psycopg2 import sql
 
-from supervisor.testing.datadir import PASSWORD_GROUP, SUPERUSER
+from supervisor.testing.datadir import PASSWORD_GROUP, SUPERUSER, SUPERUSER_PASSWORD
 from supervisor.testing.waiting import wait_for
 
 _BARE_VALUE = re.compile(r"^[A-Za-z0-9_./:-]+$")
@@ -39,9 +39,13 @@ class ClusterSQL:
 
     def dsn_for(self, dbname="postgres", tcp=False, user=None, password=None, port=None):
         """A libpq DSN string: the unix socket, or 127.0.0.1 when ``tcp``. ``port``
-        overrides the cluster's (e.g. a :class:`~supervisor.testing.FaultProxy` port)."""
+        overrides the cluster's (e.g. a :class:`~supervisor.testing.FaultProxy` port).
+        Over TCP the superuser needs its password (:data:`SUPERUSER_PASSWORD`, added here);
+        on the socket it is authenticated as the OS user (peer)."""
         parts = [("host", "127.0.0.1" if tcp else self.host), ("port", port or self.port),
                  ("dbname", dbname), ("user", user or SUPERUSER)]
+        if password is None and tcp and (user or SUPERUSER) == SUPERUSER:
+            password = SUPERUSER_PASSWORD
         if password is not None:
             parts.append(("password", password))
         return " ".join("%s=%s" % (key, _dsn_value(value)) for key, value in parts)

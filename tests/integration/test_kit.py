@@ -2,6 +2,7 @@
 backend termination, standby/promote, cleanup (the proxy: test_kit_proxy.py)."""
 import atexit
 import os
+import pwd
 import shutil
 import socket
 import sys
@@ -230,3 +231,40 @@ def test_no_cluster_outlives_the_process_that_made_it(ending, tmp_path):
     else:  # SIGKILL leaves the directories: nothing can remove them
         shutil.rmtree(tempdir)
         shutil.rmtree(template)
+
+
+# -- nobody else is trusted ------------------------------------------------------------------
+
+def _psql_as(user, cluster, host, extra_env=None):
+    """``psql -w`` as the OS ``user`` (None: ourselves) to the superuser; CompletedProcess."""
+    psql = os.path.join(cluster.bindir, "psql")
+    args = [psql, "-w", "-X", "-h", host, "-p", str(cluster.port), "-U", "postgres",
+            "-d", "postgres", "-Atc", "SELECT 1"]
+    env = {"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5", **(extra_env or {})}
+    options = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}
+    return gevent.subprocess.run(args, env=env, capture_output=True, text=True, timeout=30,
+                                 cwd="/", **options)
+
+
+@pytest.mark.timeout(60)
+def test_no_password_no_superuser_over_tcp(pg_cluster):
+    refused = _psql_as(None, pg_cluster, "127.0.0.1")
+    assert refused.returncode != 0 and "password" in refused.stderr, refused
+    from supervisor.testing.datadir import SUPERUSER_PASSWORD
+    allowed = _psql_as(None, pg_cluster, "127.0.0.1", {"PGPASSWORD": SUPERUSER_PASSWORD})
+    assert allowed.stdout.strip() == "1", allowed.stderr
+    assert _select_one(pg_cluster.tcp_dsn) == 1  # the kit's TCP DSNs carry it
+    assert _select_one(pg_cluster.dsn) == 1      # and on the socket we are peer-mapped
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+def test_another_local_user_cannot_be_the_superuser(pg_cluster):
+    """While a kit cluster runs, another account on the machine (here: nobody) reaches the
+    socket (its directory is 0711) and 127.0.0.1, but is refused both ways: it cannot
+    ``COPY ... TO PROGRAM`` as the server account."""
+    for host in (pg_cluster.host, "127.0.0.1"):
+        refused = _psql_as("nobody", pg_cluster, host)
+        assert refused.returncode != 0, (host, refused.stdout)
+        assert "authentication failed" in refused.stderr or "password" in refused.stderr, \
+            refused.stderr

@@ -57,17 +57,17 @@ def running(pg_dsn):
 
 def test_spec_queue_options_reach_the_file_queue(tmp_path):
     spec = _spec(tmp_path / "spool", queue={
-        "spool": str(tmp_path / "spool"), "fsync": True, "max_attempts": 7, "mode": "0o770",
+        "spool": str(tmp_path / "spool"), "fsync": True, "max_attempts": 7, "mode": "0o750",
         "queue_out_dir": str(tmp_path / "next"), "queue_out_limit": 12,
         "queue_out_wait": 0.5})
     queue = make_queue(spec, owner="river")
     try:
         assert queue.directory == str(tmp_path / "spool") and queue.writer.fsync is True
-        assert queue.max_attempts == 7 and queue.mode == 0o770
+        assert queue.max_attempts == 7 and queue.mode == 0o750
         assert queue.owner.startswith("river@")
         assert (queue.output.directory, queue.output.limit, queue.output.wait) == (
             str(tmp_path / "next"), 12, 0.5)
-        assert os.stat(tmp_path / "spool" / "incoming").st_mode & 0o777 == 0o770
+        assert os.stat(tmp_path / "spool" / "incoming").st_mode & 0o777 == 0o750
     finally:
         queue.close()
 

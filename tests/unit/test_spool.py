@@ -158,14 +158,14 @@ def test_directories_and_files_are_owner_only_by_default_despite_umask(tmp_path)
 def test_group_permissions_are_configurable_and_not_cut_by_umask(tmp_path):
     old = os.umask(0o077)
     try:
-        queue = FileQueue(tmp_path / "q", mode=0o770)
+        queue = FileQueue(tmp_path / "q", mode=0o750)
         queue.put({"n": 1})
     finally:
         os.umask(old)
     root = str(tmp_path / "q")
-    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming")).st_mode) == 0o770
+    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming")).st_mode) == 0o750
     (name,) = listing(root, "incoming")
-    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming", name)).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(os.path.join(root, "incoming", name)).st_mode) == 0o640
 
 
 @pytest.mark.timeout(20)
