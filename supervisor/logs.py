@@ -1,4 +1,7 @@
-"""Logging of the service: the text and JSON-lines formats and the password redaction.
+"""Logging of the service: :func:`configure_logging`, the text and JSON-lines formats and the
+password redaction. The formats and the redaction are :mod:`instances.logformat`, shared with
+the worker processes and ``pgvisor piper``, so every line any pgvisor process writes is
+formatted and redacted alike.
 
 Every record leaving pgvisor's handler goes through :class:`RedactingFilter` first, which
 scrubs passwords from the message, its arguments, string ``extra`` values and the traceback:
@@ -14,111 +17,22 @@ JSON format: one object per line with ``ts``, ``level``, ``logger``, ``action``,
 ``instance``, ``message``, ``exc`` and every other JSON-serializable ``extra`` key.
 Handlers are thread-safe (logging's own lock); redaction is pure string work.
 """
-import json
-import logging
-import sys
-import time
-
-from instances.dsn import redact_text
 from instances.exceptions import InvalidConfigurationException
+from instances.logformat import (
+    FORMATS,
+    LEVELS,
+    JsonFormatter,
+    RedactingFilter,
+    TextFormatter,
+    install,
+    redact,
+    register_secret,
+    unregister_secret,
+)
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
-          "warning": logging.WARNING, "error": logging.ERROR}
-FORMATS = ("text", "json")
-
-_secrets = set()
-
-
-def register_secret(value):
-    """Redact ``value`` wherever it appears in a log record from now on. Empty: ignored."""
-    if value:
-        _secrets.add(str(value))
-
-
-def unregister_secret(value):
-    """Stop redacting ``value`` (for tests and credential rotation)."""
-    _secrets.discard(str(value))
-
-
-def redact(text):
-    """Return ``text`` with passwords, URI credentials and registered secrets masked
-    (:func:`instances.dsn.redact_text`)."""
-    return redact_text(text, _secrets)
-
-
-class RedactingFilter(logging.Filter):
-    """Scrubs secrets from a record in place; never drops a record.
-
-    The message is formatted with its args and the result redacted (``args`` become
-    empty); the traceback is formatted into ``exc_text`` and redacted; string ``extra``
-    values are redacted too. Called under the handler's lock, from any thread or greenlet.
-    """
-
-    _exc_formatter = logging.Formatter()
-
-    def filter(self, record):
-        try:
-            message = record.getMessage()
-        except Exception as exc:  # a bad format string still reaches the log, without
-            # its arguments: nothing says which of them holds a secret
-            message = "%s (arguments not shown: %s)" % (record.msg, exc)
-        record.msg, record.args = redact(str(message)), ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._exc_formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, redact(value))
-        return True
-
-
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-def _timestamp(record):
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return "%s.%03dZ" % (seconds, int(record.msecs))
-
-
-class TextFormatter(logging.Formatter):
-    """``<ts> <LEVEL> <logger> action=.. instance=..  <message>`` then the traceback."""
-
-    def format(self, record):
-        keys = "".join(" %s=%s" % (key, getattr(record, key)) for key in ("action", "instance")
-                       if getattr(record, key, None) is not None)
-        line = "%s %-5s %s%s  %s" % (_timestamp(record), record.levelname, record.name,
-                                     keys, record.getMessage())
-        exc = _exception_text(self, record)
-        return line + "\n" + exc if exc else line
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line."""
-
-    def format(self, record):
-        obj = {"ts": _timestamp(record), "level": record.levelname, "logger": record.name,
-               "action": getattr(record, "action", None),
-               "instance": getattr(record, "instance", None),
-               "message": record.getMessage(), "exc": _exception_text(self, record) or None}
-        for key, value in vars(record).items():
-            if key in _STANDARD or key in obj:
-                continue
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                continue
-            obj[key] = value
-        return json.dumps(obj, default=str)
-
-
-def _exception_text(formatter, record):
-    if record.exc_info and not record.exc_text:
-        record.exc_text = formatter.formatException(record.exc_info)
-    parts = [p for p in (record.exc_text, record.stack_info) if p]
-    return "\n".join(parts)
+#: The service's names for the shared log formats (instances.logformat).
+__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "RedactingFilter", "TextFormatter",
+           "configure_logging", "redact", "register_secret", "unregister_secret"]
 
 
 def configure_logging(level="info", fmt="text", stream=None):
@@ -135,15 +49,4 @@ def configure_logging(level="info", fmt="text", stream=None):
     if fmt not in FORMATS:
         raise InvalidConfigurationException(
             "log format %r: must be text or json" % (fmt,), "format", fmt)
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RedactingFilter())
-    handler._pgvisor = True
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_pgvisor", False)]:
-        root.removeHandler(old)
-    # First in line: the filter rewrites the record in place, so handlers installed by
-    # others (error reporters, pytest's capture) see it redacted too.
-    root.handlers.insert(0, handler)
-    root.setLevel(LEVELS[level])
-    return handler
+    return install(level, fmt, stream)

@@ -20,6 +20,7 @@ message and passes it on. Exit codes: 0 done, 2 bad arguments or options.
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -31,6 +32,8 @@ from instances.notification import Notification
 from instances.processors import ProcessorPool
 from instances.spec import check_queue_option, import_handler
 from instances.spool import FileQueue
+from supervisor import logs
+from supervisor.config.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,10 @@ def _drained(queue, concurrency):
 def main(argv=None):
     """Run the piper; returns the process exit code. Blocks the calling greenlet."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_logging("info", "text")  # the service's format and redaction
+    for setting in SETTINGS:  # secrets a handler could log, as the service would hide them
+        if setting.secret:
+            logs.register_secret(os.environ.get(setting.env))
     try:
         handler = import_handler(args.handler)
         queue = FileQueue.from_piper_options(

@@ -36,6 +36,7 @@ import gevent.event
 import gevent.os
 from gevent import subprocess
 
+from instances import logformat
 from instances.processors import ProcessorPool
 
 log = logging.getLogger(__name__)
@@ -127,13 +128,13 @@ def main(argv=None):
     parser.add_argument("--beat-interval", type=float, required=True)
     parser.add_argument("--stop-timeout", type=float, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker[%(process)d] "
-                        "%(levelname)s %(name)s: %(message)s")
+    logformat.install_from(None)
     line = _read_line(0)  # wake-ups may follow it: only the first line is the config
     if line is None:
         log.error("no spec on stdin", extra={"action": "workers.no_spec"})
         return 2
     config = json.loads(line)
+    logformat.install_from(config.get("log"))  # the service's format and secrets
     sys.path.extend(p for p in config["path"] if p not in sys.path)
     from instances import connectors  # noqa: F401  (psycogreen for handlers using psycopg2)
     from instances.spec import InstanceSpec

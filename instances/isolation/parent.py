@@ -44,6 +44,7 @@ import time
 import gevent
 import gevent.event
 
+from instances import logformat
 from instances.components import ComponentKilled
 from instances.isolation.child import WorkerChild
 from instances.links import Links
@@ -203,7 +204,7 @@ class WorkerProcesses:
         self._children[child.proc.pid] = child
         self._gone.clear()
         spec = dict(self.spec.to_dict(), handler_timeout=self.handler_timeout)
-        child.send({"spec": spec, "path": sys.path})
+        child.send({"spec": spec, "path": sys.path, "log": logformat.current()})
         child.reader = gevent.spawn(self._read, child)
         log.info("pool %s: worker %d started", self.name, child.proc.pid,
                  extra={"action": "workers.spawn", "instance": self.name})

@@ -48,3 +48,12 @@ def exits(notification):
         _write("raising %s" % notification.payload)
         raise error(3) if error is SystemExit else error()
     record(notification)
+
+
+def log_secret(notification):
+    """Log a line quoting ``$LEAK_ME`` (a secret the service knows) and ``password=...``,
+    then record the notification: the line must come out redacted."""
+    import logging
+    logging.getLogger("tests.acceptance.handlers").warning(
+        "handling with %s and password=%s", os.environ.get("LEAK_ME"), "hunter2-pw")
+    record(notification)
