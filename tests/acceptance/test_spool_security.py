@@ -98,7 +98,7 @@ def test_a_message_of_the_wrong_types_goes_to_errors_with_the_reason(service, tm
     service.wait_handled("notify c fine")
     wait_for(lambda: len(spool_errors.error_names(str(spool))) == len(bad), 20, 0.05,
              "the bad messages are in errors/")
-    reasons = [spool_errors.read_meta(str(spool), n)
+    reasons = [json.loads((spool / "errors" / (n + spool_errors.META_SUFFIX)).read_text())
                for n in spool_errors.error_names(str(spool))]
     assert all(m["reason"] == "undecodable" for m in reasons), reasons
     shown = " ".join(m["error"] for m in reasons)
