@@ -147,16 +147,13 @@ class HttpApi:
             response = Response(exc.status, exc.body(), headers=exc.headers)
         except gevent.Timeout as exc:
             if exc is not deadline:
-                raise
-            body.abandoned = True
-            response = Response(408, {"error": "request not received within %.0f s" % (
-                self.request_timeout), "field": None, "value": None})
+                response = _internal_error(method, path)
+            else:
+                body.abandoned = True
+                response = Response(408, {"error": "request not received within %.0f s" % (
+                    self.request_timeout), "field": None, "value": None})
         except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("internal error %s answering %s %s", error_id, _printable(method),
-                          _printable(path), extra={"action": "http.internal_error",
-                                                   "instance": None, "error_id": error_id})
-            response = Response(500, {"error": "internal error", "id": error_id})
+            response = _internal_error(method, path)
         finally:
             if deadline is not None:
                 deadline.close()  # answering is bounded by the socket timeout
@@ -189,8 +186,8 @@ class HttpApi:
             self._authenticate(environ)
         if method in MUTATING:
             _check_json_type(environ.get("CONTENT_TYPE"))
-        if not body.expected:
-            body.done()
+        if method != "PUT" or not body.expected:
+            body.done()  # only a PUT reads its body: the request is in (?wait=1 may last)
         request = Request(method, path, environ.get("QUERY_STRING"),
                           environ.get("CONTENT_TYPE"), body.read)
         return handler(request, **kwargs)
@@ -248,6 +245,15 @@ class HttpApi:
         if isinstance(path, str):
             found.add(path)
         return sorted((f for f in found if len(f) >= MIN_SCRUBBED), key=len, reverse=True)
+
+
+def _internal_error(method, path):
+    """The 500 answer of an unexpected exception (being handled), logged under an id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("internal error %s answering %s %s", error_id, _printable(method),
+                  _printable(path), extra={"action": "http.internal_error", "instance": None,
+                                           "error_id": error_id})
+    return Response(500, {"error": "internal error", "id": error_id})
 
 
 def _check_json_type(content_type):

@@ -358,3 +358,57 @@ def test_misspelled_secret_key_does_not_echo_its_value(tmp_path):
         load_config(path, environ={})
     assert problems_of(excinfo) == [
         "%s: [database] pasword = ***: unknown key; did you mean password?" % path]
+
+
+# -- security settings -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("handler, prefixes, allowed", [
+    ("myapp.river:index", (), True),
+    ("subprocess:getoutput", ("myapp.",), False),
+    ("myapp.river:index", ("myapp.",), True),
+    ("myapp:index", ("myapp.",), False),
+    ("myapp:index", ("myapp",), True),
+    ("myapp.river:index", ("myapp",), True),
+    ("myappx.river:index", ("myapp",), False),
+    ("other.x:y", ("myapp.", "other."), True),
+])
+def test_handler_modules_are_module_prefixes(handler, prefixes, allowed):
+    assert settings.handler_allowed(handler, prefixes) is allowed
+
+
+def test_security_and_http_settings_are_checked(tmp_path):
+    path = write(tmp_path, '[database]\ndsn = "host=x"\n[security]\n'
+                 'handler_modules = ["my app", "ok."]\n[http]\nallowed_hosts = ["a/b"]\n'
+                 'token_for_reads = "yes"\n')
+    with pytest.raises(InvalidConfigurationException) as excinfo:
+        load_config(path, environ={})
+    text = "\n".join(problems_of(excinfo))
+    assert "[security] handler_modules" in text and "'my app' is not a module prefix" in text
+    assert "[http] allowed_hosts" in text and "[http] token_for_reads" in text
+
+
+def test_security_settings_from_the_environment(tmp_path):
+    path = write(tmp_path, '[database]\ndsn = "host=x"\n')
+    cfg = load_config(path, environ={"PGVISOR_SECURITY_HANDLER_MODULES": "myapp.,other",
+                                     "PGVISOR_HTTP_ALLOWED_HOSTS": "pgvisor.internal",
+                                     "PGVISOR_HTTP_TOKEN_FOR_READS": "true"})
+    assert cfg.security.handler_modules == ("myapp.", "other")
+    assert cfg.http.allowed_hosts == ("pgvisor.internal",) and cfg.http.token_for_reads
+
+
+def test_the_generated_token_lives_in_the_state_directory(tmp_path):
+    from supervisor.config.token import api_token, generated_token_path
+    path = write(tmp_path, '[database]\ndsn = "host=x"\n[registry]\npath = "reg/r.json"\n')
+    cfg = load_config(path, environ={})
+    assert generated_token_path(cfg) == str(tmp_path / "reg" / "api.token")
+    (tmp_path / "reg").mkdir()
+    assert api_token(cfg) == (None, str(tmp_path / "reg" / "api.token"))  # the CLI: no file
+    token, where = api_token(cfg, create=True)
+    assert api_token(cfg, create=True) == (token, where)  # never overwritten
+    assert os.stat(where).st_mode & 0o777 == 0o600 and len(token) >= 40
+    os.chmod(where, 0o640)
+    with pytest.raises(InvalidConfigurationException) as excinfo:
+        api_token(cfg, create=True)
+    assert "open to group or others" in str(excinfo.value) and token not in str(excinfo.value)
+    state = load_config(path, environ={"PGVISOR_SUPERVISOR_STATE_DIR": str(tmp_path / "s")})
+    assert generated_token_path(state) == str(tmp_path / "s" / "api.token")
