@@ -100,7 +100,8 @@ class Claims:
             errors.banish_file(self.writer, claim.path, claim.base, meta)
             claim.open = 0
         else:
-            errors.banish_message(self.writer, message, "%s_%d" % (claim.base, index), meta)
+            errors.banish_message(self.writer, message,
+                                  names.part_name(claim.base, index, claim.size), meta)
             self._settle(claim)
         return message["id"]
 

@@ -4,7 +4,8 @@ whether the process behind an owner name is still alive.
 A message file is named ``<base>[.<attempts>]``:
 
 * ``base`` = ``<time_ns:020d>-<pid>-<seq:010d>-<random>`` (optionally ``_<index>`` when one
-  message was split off a batch). Names sort by enqueue time, then writer pid, then the
+  message was split off a batch: the index zero-padded to the width of the batch's last
+  index, so the parts of one batch sort in batch order). Names sort by enqueue time, then writer pid, then the
   writer's sequence number, so sorting a directory listing gives FIFO order. The base never
   changes while a message lives in the spool, so it gives a stable message id.
 * ``attempts`` = how many deliveries of this file ended without an outcome (the consumer
@@ -48,6 +49,14 @@ def split(name):
 def with_attempts(base, attempts):
     """The file name of ``base`` after ``attempts`` unfinished deliveries."""
     return "%s.%d" % (base, attempts) if attempts else base
+
+
+def part_name(base, index, count):
+    """The base name of message ``index`` of the ``count`` messages of the batch ``base``
+    when it is split off on its own: ``<base>_<index>``, the index zero-padded to the
+    width of ``count - 1`` so that a listing sorted as strings keeps the batch's order
+    (``_00 .. _11``, never ``_0, _1, _10, _11, _2``)."""
+    return "%s_%0*d" % (base, len(str(max(count - 1, 0))), index)
 
 
 def message_id(base, index):

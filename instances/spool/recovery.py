@@ -82,7 +82,7 @@ def _split_batch(writer, path, base, attempts):
         return False
     for index, message in enumerate(messages):
         message.setdefault("id", names.message_id(base, index))
-        name = names.with_attempts("%s_%d" % (base, index), attempts)
+        name = names.with_attempts(names.part_name(base, index, len(messages)), attempts)
         writer.put_file(codec.encode(message), "incoming", name)
     os.unlink(path)  # after every message is safely in incoming/
     return True

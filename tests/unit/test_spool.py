@@ -204,6 +204,23 @@ def test_a_recovered_batch_comes_back_split_so_a_poison_message_goes_to_errors_a
 
 
 @pytest.mark.timeout(10)
+def test_a_recovered_batch_of_twelve_comes_back_in_batch_order(tmp_path):
+    ids = FileQueue(tmp_path).put_batch([{"n": n} for n in range(12)])
+    move_incoming_to_owner(tmp_path, fake_owner(dead_pid(), "1"))
+    queue = FileQueue(tmp_path)  # recovery splits the batch into 12 files
+    assert len(listing(tmp_path, "incoming")) == 12
+    items = drain(queue)
+    assert [i["n"] for i in items] == list(range(12))  # not 0, 1, 10, 11, 2, ...
+    assert [i["id"] for i in items] == ids
+    ids = queue.put_batch([{"n": n} for n in range(12)])  # a failed member, requeued
+    items = [queue.get(block=False) for _ in range(12)]
+    for item in items:
+        queue.failed(item, "x", None)
+    queue.requeue()
+    assert [i["id"] for i in drain(queue)] == ids
+
+
+@pytest.mark.timeout(10)
 def test_a_reused_pid_is_not_mistaken_for_the_live_owner(tmp_path):
     FileQueue(tmp_path).put({"n": 0})
     reused = fake_owner(os.getpid(), "12345")  # our pid, but another start time
