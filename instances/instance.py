@@ -189,14 +189,17 @@ class Instance:
         in flight finish within what is left, then are killed. What a memory queue still
         holds is dropped: logged with its count (``instance.dropped_at_shutdown``) and
         returned; the next start's ``catch_up`` is how the handler finds those rows. A
-        spool keeps its backlog on disk for the next start: nothing is dropped (returns 0).
+        spool keeps its backlog on disk for the next start: nothing is dropped (returns 0);
+        it is closed, its claims back in ``incoming/`` with their attempts unchanged.
 
         Blocks the caller up to about ``timeout`` seconds (a handler that ignores the kill
         adds a moment). on_death is not called; :attr:`exit` says whether the end was clean.
         """
         clean = self._shut(timeout, work_off=self.spec.queue is None)
-        backlog = self.queue.qsize()
         extra = {"instance": self.name}
+        if self.spec.queue is not None:
+            self.queue.close()  # claims back to incoming/ unchanged: a clean stop, no crash
+        backlog = self.queue.qsize()
         if self.spec.queue is not None:
             log.info("instance %s drained%s: nothing dropped, the spool keeps %d queued "
                      "notification(s) on disk for the next start", self.name,

@@ -324,38 +324,58 @@ class ProcessorPool:
             finally:
                 worker.idle = False
             streak = 0
-            while True:
-                started = worker.busy_since = monotonic()
-                try:
-                    result = handler(item)
-                except HandlerTimeout:
-                    worker.busy_since = None
-                    self._timed_out(item)
-                except _HANDLER_FAILURES as error:
-                    worker.busy_since = None
-                    self._failed(item, error)
-                else:
-                    elapsed = monotonic() - started
-                    worker.busy_since = None
-                    if forward is None:
-                        done(item)
-                    elif not self._forwarded(forward, item, result):
-                        elapsed = None
-                    if elapsed is not None:
-                        self.processed += 1
-                        counts[bucket_of(bounds, elapsed)] += 1
-                        self.latency_sum += elapsed
-                if worker.stopping:
-                    return
-                streak += 1
-                if streak >= yield_every:
-                    break  # back to the blocking get: it yields only when empty, so sleep
-                try:
-                    item = get(False)
-                except Empty:
-                    break
+            try:
+                while True:
+                    started = worker.busy_since = monotonic()
+                    try:
+                        result = handler(item)
+                    except HandlerTimeout:
+                        worker.busy_since = None
+                        self._timed_out(item)
+                    except _HANDLER_FAILURES as error:
+                        worker.busy_since = None
+                        self._failed(item, error)
+                    else:
+                        elapsed = monotonic() - started
+                        worker.busy_since = None
+                        if forward is None:
+                            done(item)
+                        elif not self._forwarded(forward, item, result):
+                            elapsed = None
+                        if elapsed is not None:
+                            self.processed += 1
+                            counts[bucket_of(bounds, elapsed)] += 1
+                            self.latency_sum += elapsed
+                    if worker.stopping:
+                        return
+                    streak += 1
+                    if streak >= yield_every:
+                        break  # back to the blocking get: it yields only when empty, so sleep
+                    try:
+                        item = get(False)
+                    except Empty:
+                        break
+            except BaseException:  # killed where it was (stop, restart, hung): no outcome
+                self._drop(item)
+                raise
             if streak >= yield_every:
                 gevent.sleep(0)
+
+    def _drop(self, item):
+        """A worker dies holding ``item`` without an outcome: a queue that can take it
+        back (a FileQueue's ``release``) hands it out again (or, closed, gives its file
+        back to ``incoming/``) instead of leaving it claimed until the process ends. An
+        item that already had its outcome is not the queue's any more: nothing to do."""
+        release = getattr(self.queue, "release", None)
+        if release is not None:
+            try:
+                release(item)
+            except ValueError:
+                pass
+            except Exception:  # dying already: log, never mask the kill
+                log.exception("pool %s: could not give back %s", self.name,
+                              shorten(repr(item)),
+                              extra={"action": "pool.release_failed", "instance": self.name})
 
     def _forwarded(self, forward, item, result):
         """Hand the handler's ``result`` on; an output the queue cannot write (not a

@@ -118,7 +118,9 @@ class Executor:
         return self._park(self.record(action.name), action.reason)
 
     def _do_forget(self, action):
-        self.records.pop(action.name, None)
+        record = self.records.pop(action.name, None)
+        if record is not None and record.instance is not None:
+            self._close_queue(record.instance)  # removed for good: claims back, fds closed
         self.budget.forget(action.name)
         log.info("instance %s removed", action.name,
                  extra={"action": "supervisor.forget", "instance": action.name})

@@ -61,6 +61,14 @@ def block(notification):
         event.wait()
 
 
+def hold_on_hold(notification):
+    """Record; a payload starting with 'hold' blocks until ``blocking['event']`` is set."""
+    seen.append(notification)
+    event = blocking["event"]
+    if event is not None and (notification.payload or "").startswith("hold"):
+        event.wait()
+
+
 def noop(notification):
     """Do nothing (benchmarks, smoke tests)."""
 

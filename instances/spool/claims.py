@@ -5,7 +5,9 @@ message has an outcome.
 Life of a claimed file (every arrow one atomic ``rename`` or an ``unlink``)::
 
     incoming/X ──claim──▶ pending/<owner>/X ──every message done──▶ deleted
-                            │  │  └──close, none in a handler──▶ incoming/X (attempts unchanged)
+                            │  │  └──close, none in a handler──▶ incoming/X (attempts unchanged;
+                            │  │     a batch with some outcomes: only its messages without one,
+                            │  │     each as incoming/X_<index>)
                             │  └──failed (one message file) / max_attempts / undecodable──▶ errors/X
                             └──failed (one message of a batch)──▶ errors/X_<index> (the rest stays)
 
@@ -27,14 +29,17 @@ from instances.spool import codec, errors, layout, names
 class Claim:
     """One claimed file of ``pending/<owner>/`` and the bookkeeping of its messages."""
 
-    __slots__ = ("attempts", "base", "inflight", "name", "open", "path", "size")
+    __slots__ = ("attempts", "base", "inflight", "items", "left", "name", "open", "path",
+                 "size")
 
-    def __init__(self, name, path, size):
+    def __init__(self, name, path, size, items=()):
         self.name, self.path, self.size = name, path, size
         self.base, self.attempts = names.split(name)
         self.attempts += 1  # this delivery
         self.open = size  # messages not yet done or failed
         self.inflight = 0  # messages handed out, not yet done or failed
+        self.items = list(items)
+        self.left = set(range(size))  # indexes of the messages without an outcome
 
 
 class Claims:
@@ -68,6 +73,9 @@ class Claims:
                 return None
             claim, items = claimed
             self._ready.extend((item, claim, index) for index, item in enumerate(items))
+        return self._hand_out()
+
+    def _hand_out(self):
         entry = self._ready.popleft()
         entry[1].inflight += 1
         self._handed_out[id(entry[0])] = entry
@@ -86,8 +94,21 @@ class Claims:
     def done(self, item):
         """``item`` has its outcome: its file is deleted once all its messages have one
         (after :meth:`close`, a file whose other messages are not in a handler goes back)."""
-        _, claim, _ = self._take(item)
-        self._settle(claim)
+        _, claim, index = self._take(item)
+        self._settle(claim, index)
+
+    def release(self, item):
+        """``item`` was handed out but will get no outcome here (its handler was killed, its
+        worker dropped it): it is handed out again first, before any other message; after
+        :meth:`close`, its file goes back to ``incoming/`` once no message of it is in a
+        handler (attempts unchanged: a clean stop is not a crash)."""
+        entry = self._take(item)
+        if self.closed:
+            claim = entry[1]
+            if claim.inflight == 0 and claim.open:
+                self._release(claim)
+        else:
+            self._ready.appendleft(entry)
 
     def failed(self, item, error, tb_text):
         """``item`` goes alone to ``errors/`` with a ``.meta`` (a batch's other messages are
@@ -97,12 +118,15 @@ class Claims:
         meta = errors.make_meta("failed", error, tb_text, claim.attempts, self.owner,
                                 [message["id"]])
         if claim.size == 1:
-            errors.banish_file(self.writer, claim.path, claim.base, meta)
+            try:
+                errors.banish_file(self.writer, claim.path, claim.base, meta)
+            except FileNotFoundError:  # taken from under us (requeued by an operator)
+                errors.banish_message(self.writer, message, claim.base, meta)
             claim.open = 0
         else:
             errors.banish_message(self.writer, message,
                                   names.part_name(claim.base, index, claim.size), meta)
-            self._settle(claim)
+            self._settle(claim, index)
         return message["id"]
 
     def close(self):
@@ -129,8 +153,9 @@ class Claims:
         entry[1].inflight -= 1
         return entry
 
-    def _settle(self, claim):
+    def _settle(self, claim, index):
         claim.open -= 1
+        claim.left.discard(index)
         if claim.open == 0:
             try:
                 os.unlink(claim.path)
@@ -166,7 +191,7 @@ class Claims:
         except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
             self._banish(Claim(name, path, 1), "undecodable", error)
             return None
-        claim = Claim(name, path, len(items))
+        claim = Claim(name, path, len(items), items)
         if claim.attempts > self.max_attempts:
             self._banish(claim, "max_attempts",
                          "delivered %d times without an outcome" % (claim.attempts - 1))
@@ -184,6 +209,22 @@ class Claims:
         claim.open = 0
 
     def _release(self, claim):
-        """Give an unfinished claim back to ``incoming/`` (its attempts unchanged)."""
-        os.rename(claim.path, os.path.join(self.incoming, claim.name))
+        """Give an unfinished claim back to ``incoming/`` (its attempts unchanged): the file
+        as it is when none of its messages has an outcome, else its messages without one,
+        each as its own file named as recovery names a batch's parts (same ids, same place
+        in the FIFO), so a clean stop never delivers a done message again."""
         claim.open = 0
+        if len(claim.left) == claim.size or not claim.items:
+            try:
+                os.rename(claim.path, os.path.join(self.incoming, claim.name))
+            except FileNotFoundError:
+                pass  # taken from under us (requeued by an operator): nothing to give back
+            return
+        for index in sorted(claim.left):
+            name = names.with_attempts(names.part_name(claim.base, index, claim.size),
+                                       claim.attempts - 1)
+            self.writer.put_file(codec.encode(claim.items[index]), "incoming", name)
+        try:
+            os.unlink(claim.path)  # after every part is safely in incoming/
+        except FileNotFoundError:
+            pass

@@ -224,6 +224,17 @@ class FileQueue:
         log.warning("message %s failed: %s", message_id, error,
                     extra={"action": "spool.failed", "directory": self.directory})
 
+    def release(self, item):
+        """``item`` was handed out but gets no outcome here (its handler was killed): it is
+        handed out again before anything else, or after :meth:`close` its file goes back to
+        ``incoming/`` (attempts unchanged). Raises ValueError for an item that is not
+        handed out (or already settled). Does not yield."""
+        self._claims.release(item)
+        if self.closed:
+            self._wake_local(self.directory)
+        else:
+            self._wakeup.set()
+
     def attempts(self, item):
         """How many times ``item`` has been delivered, this delivery included (>= 1)."""
         return self._claims.attempts(item)
@@ -305,13 +316,17 @@ class FileQueue:
     def close(self):
         """Stop handing out messages: blocked getters raise :class:`QueueClosed`; claimed
         files with no message in a handler go back to ``incoming/`` at once, the others
-        when their last handled message is settled (done/failed still work)."""
+        when their last handled message is settled or released (done/failed/release still
+        work). Nothing that goes back counts as a delivery (attempts unchanged), and a batch
+        some of whose messages were done goes back as its other messages only. Closes the
+        directory fds."""
         if self.closed:
             return
         self.closed = True
         self._wakeup.set()
         self._claims.close()
         _local[self.directory].discard(self)
+        self._wake_local(self.directory)  # other readers of this process: files came back
         self.writer.close()
         if self._out is not None:
             self._out.close()

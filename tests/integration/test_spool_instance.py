@@ -180,3 +180,61 @@ def test_kill_9_of_the_service_with_messages_everywhere_loses_nothing(
         second.send_signal(signal.SIGKILL)
         second.wait(10)
         second.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_clean_drain_gives_claims_back_unchanged_and_done_messages_are_not_resent(
+        tmp_path, pg_dsn):
+    from instances.spool import FileQueue
+
+    handlers.reset()
+    handlers.blocking["event"] = gevent.event.Event()
+    spool = tmp_path / "spool"
+    instance = Instance(_spec(spool, handler="tests.handlers:hold_on_hold"), pg_dsn).start()
+    try:
+        wait_for(lambda: instance.connected, 10)
+        wait_for(lambda: [n.kind for n in handlers.seen] == ["catch_up"], 10)
+        _notify(pg_dsn, "a", "hold", "c")  # one batch file; its handler hangs on "hold"
+        wait_for(lambda: [n.payload for n in handlers.seen][1:] == ["a", "hold"], 10)
+        assert instance.drain(0.5) == 0  # a SIGTERM's drain: the hung handler is killed
+    finally:
+        handlers.blocking["event"].set()
+    counts = stats(str(spool))
+    assert not any(counts["pending"].values()), counts  # nothing left looking like a crash
+    assert instance.queue.closed
+    assert not any("." in name for name in os.listdir(spool / "incoming"))  # attempts: 0
+    queue = FileQueue(spool)  # the next start
+    items = []
+    while queue.qsize():
+        items.append(queue.get(block=False))
+    assert [i.payload for i in items] == ["hold", "c"]  # "a" was done: not sent again
+    assert [queue.attempts(i) for i in items] == [1, 1]
+    queue.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_removed_instance_closes_its_spool_and_gives_its_claims_back(
+        tmp_path, pg_dsn, registry):
+    from supervisor import Supervisor
+
+    handlers.blocking["event"] = gevent.event.Event()
+    spool = tmp_path / "spool"
+    sup = Supervisor(registry, pg_dsn, interval=3600, probe_interval=0.2,
+                     shutdown_grace=0.5, set_as_current=False)  # the hung handler: killed
+    sup.start()
+    try:
+        registry.add(_spec(spool, handler="tests.handlers:hold_on_hold"))
+        wait_for(lambda: sup.status().get("river", {}).get("state") == "running", 20)
+        instance = sup.instance("river")
+        wait_for(lambda: instance.connected, 10)
+        _notify(pg_dsn, "hold")
+        wait_for(lambda: "hold" in [n.payload for n in handlers.seen], 10)
+        registry.remove("river")
+        wait_for(lambda: "river" not in sup.status(), 30)
+        assert instance.queue.closed  # its directory fds closed
+        assert instance.queue.writer._dir_fds == {}
+        wait_for(lambda: not any(stats(str(spool))["pending"].values()), 10)
+        assert not any("." in name for name in os.listdir(spool / "incoming"))
+    finally:
+        handlers.blocking["event"].set()
+        sup.stop(timeout=5)

@@ -395,8 +395,58 @@ def test_close_wakes_getters_and_gives_unhandled_claims_back(tmp_path):
     queue.failed(second, "x", None)
     assert len(listing(tmp_path, "pending/" + queue.owner)) == 1
     queue.done(third)
-    assert len(listing(tmp_path, "incoming")) == 1  # the unfinished batch, given back
-    assert [i["n"] for i in drain(FileQueue(tmp_path))] == [2, 3]  # at least once
+    assert len(listing(tmp_path, "incoming")) == 1  # what is left of the batch, given back
+    assert [i["n"] for i in drain(FileQueue(tmp_path))] == [3]  # the done one is not
+
+
+@pytest.mark.timeout(10)
+def test_a_clean_close_gives_back_only_the_unfinished_messages_with_attempts_unchanged(
+        tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch([{"n": n} for n in range(4)])
+    queue.put({"n": 4})
+    first, second, third = (queue.get(block=False) for _ in range(3))
+    queue.done(first)
+    queue.release(second)  # its handler was killed: handed out again, before the rest
+    assert queue.get(block=False) is second
+    queue.close()  # the fourth message (never handed out) waits for second and third
+    queue.release(second)
+    assert listing(tmp_path, "pending/" + queue.owner) != []
+    queue.release(third)
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+    with pytest.raises(ValueError):
+        queue.release(third)
+    assert not any("." in name for name in listing(tmp_path, "incoming"))  # no attempt
+    again = FileQueue(tmp_path)
+    items = [again.get(block=False) for _ in range(4)]
+    assert [i["n"] for i in items] == [1, 2, 3, 4]  # the done message is not sent again
+    assert [i["id"] for i in items[:3]] == ids[1:]
+    assert [again.attempts(i) for i in items] == [1, 1, 1, 1]
+
+
+@pytest.mark.timeout(10)
+def test_a_pool_stop_that_kills_a_handler_gives_its_claim_back_unchanged(tmp_path):
+    from instances.processors import ProcessorPool
+
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch([{"n": 0}, {"n": 1}])
+    started = gevent.event.Event()
+
+    def handler(item):
+        started.set()
+        gevent.sleep(3600)
+
+    pool = ProcessorPool(queue, handler, 1, 1)
+    pool.start()
+    assert started.wait(5)
+    assert pool.stop(0.1) is False  # the handler was killed
+    assert queue.qsize() == 2  # the killed handler's message is ready again, first
+    queue.close()
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert listing(tmp_path, "incoming") == [ids[0].partition("#")[0]]  # unchanged name
+    again = FileQueue(tmp_path)
+    items = drain(again)
+    assert [i["id"] for i in items] == ids
 
 
 @pytest.mark.timeout(10)
