@@ -14,8 +14,10 @@ Life of a claimed file (every arrow one atomic ``rename`` or an ``unlink``)::
 The rename is the only lock between consumers: the loser of a race (``FileNotFoundError``)
 moves on to the next name. Names of ``incoming/`` are listed, sorted (FIFO) and kept in
 memory; the directory is listed again only when they are used up, so a busy queue is not
-listed once per message. Undecodable files, and files already delivered ``max_attempts``
-times, go to ``errors/`` instead of being handed out.
+listed once per message. Undecodable files (not
+UTF-8, not JSON, nested too deeply, not objects), files over ``max_file_bytes`` and files
+already delivered ``max_attempts`` times go to ``errors/`` with the reason instead of
+being handed out.
 
 Concurrency: one Claims belongs to one :class:`~instances.spool.FileQueue` and its hub
 thread; every method runs on the caller's greenlet and does not yield.
@@ -46,8 +48,9 @@ class Claims:
     """The files claimed for the owner whose pending directory is ``pending_dir``, and
     their messages: ready (decoded, not handed out) and handed out (until an outcome)."""
 
-    def __init__(self, writer, pending_dir, owner, max_attempts, mode):
+    def __init__(self, writer, pending_dir, owner, max_attempts, mode, max_file_bytes=None):
         self.writer = writer
+        self.max_file_bytes = max_file_bytes
         self.mode = mode
         self.incoming = os.path.join(writer.directory, "incoming")
         self.pending_dir = pending_dir
@@ -187,9 +190,17 @@ class Claims:
     def _open(self, name, path):
         try:
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if self.max_file_bytes is not None and size > self.max_file_bytes:
+                    self._banish(Claim(name, path, 1), "oversized",
+                                 "%d bytes: over the spool's max_file_bytes=%d"
+                                 % (size, self.max_file_bytes))
+                    return None
                 items = codec.decode(f.read(), names.split(name)[0])
         except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
             self._banish(Claim(name, path, 1), "undecodable", error)
+            return None
+        except FileNotFoundError:  # taken from under us (requeued by an operator)
             return None
         claim = Claim(name, path, len(items), items)
         if claim.attempts > self.max_attempts:

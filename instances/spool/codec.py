@@ -37,9 +37,12 @@ def encode_meta(meta):
 
 def messages(data):
     """File content -> its stored message dicts, as written (a batch: several). Raises
-    ValueError when the content is not JSON, not UTF-8, or holds something other than
-    JSON objects."""
-    loaded = json.loads(data)
+    ValueError when the content is not JSON, not UTF-8, nested too deeply to decode, or
+    holds something other than JSON objects."""
+    try:
+        loaded = json.loads(data)
+    except RecursionError:  # a file of "[[[[...": its decoding must not kill a consumer
+        raise ValueError("JSON nested too deeply to decode") from None
     stored = loaded if isinstance(loaded, list) else [loaded]
     if not all(isinstance(m, dict) for m in stored):
         raise ValueError("a message is not a JSON object")

@@ -83,6 +83,10 @@ class FileQueue:
     mode = QUEUE_DEFAULTS["mode"]
     #: Deliveries of a message whose consumers keep dying before it goes to ``errors/``.
     max_attempts = QUEUE_DEFAULTS["max_attempts"]
+    #: Bytes a message file may hold: a bigger one is never read, it goes to ``errors/``
+    #: (``"reason": "oversized"``), and ``put`` refuses to write one (ValueError). 64 MiB:
+    #: a listener's batch (at most 1,000 notifications of at most 8,000 bytes) fits.
+    max_file_bytes = 64 * 1024 * 1024
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None):
@@ -110,7 +114,8 @@ class FileQueue:
         if output is not None:
             layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, self.fsync, file_mode)
-        self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode)
+        self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode,
+                              self.max_file_bytes)
         self._wakeup = Event()
         self._hub = gevent.get_hub()
         self.closed = False
@@ -152,7 +157,7 @@ class FileQueue:
         ``block`` and ``timeout`` exist for interface compatibility: the spool is unbounded.
         Does not yield."""
         self._check_open()
-        base = self.writer.write(codec.encode(item))
+        base = self.writer.write(self._checked(codec.encode(item)))
         self._wake_local(self.directory)
         return names.message_id(base, 0)
 
@@ -163,9 +168,15 @@ class FileQueue:
         items = list(items)
         if not items:
             return []
-        base = self.writer.write(codec.encode_batch(items))
+        base = self.writer.write(self._checked(codec.encode_batch(items)))
         self._wake_local(self.directory)
         return [names.message_id(base, i) for i in range(len(items))]
+
+    def _checked(self, data):
+        if len(data) > self.max_file_bytes:
+            raise ValueError("message file of %d bytes: over the spool's max_file_bytes=%d"
+                             % (len(data), self.max_file_bytes))
+        return data
 
     # -- dequeue ---------------------------------------------------------------------
 
@@ -250,7 +261,8 @@ class FileQueue:
 
     def requeue_pending_of_dead_owners(self):
         """``pending/<owner>/`` of dead owners back to ``incoming/``: ``(requeued, banished)``."""
-        result = recovery.recover_pending(self.writer, self.max_attempts, self.owner)
+        result = recovery.recover_pending(self.writer, self.max_attempts, self.owner,
+                                          self.max_file_bytes)
         if result[0]:
             self._wake_local(self.directory)
         return result

@@ -24,21 +24,22 @@ from instances.spool import codec, errors, names
 log = logging.getLogger(__name__)
 
 
-def recover_pending(writer, max_attempts, own_owner):
+def recover_pending(writer, max_attempts, own_owner, max_file_bytes=None):
     """Give back the claimed files of dead owners; returns ``(requeued, banished)``."""
     pending = os.path.join(writer.directory, "pending")
     requeued = banished = 0
     for owner in sorted(os.listdir(pending)):
         if owner == own_owner or names.owner_alive(owner):
             continue
-        r, b = _recover_owner(writer, os.path.join(pending, owner), owner, max_attempts)
+        r, b = _recover_owner(writer, os.path.join(pending, owner), owner, max_attempts,
+                              max_file_bytes)
         requeued, banished = requeued + r, banished + b
     if requeued and writer.fsync:
         writer.sync_dir("incoming")
     return requeued, banished
 
 
-def _recover_owner(writer, owner_dir, owner, max_attempts):
+def _recover_owner(writer, owner_dir, owner, max_attempts, max_file_bytes=None):
     requeued = banished = 0
     for name in sorted(_listdir(owner_dir)):
         base, attempts = names.split(name)
@@ -51,7 +52,7 @@ def _recover_owner(writer, owner_dir, owner, max_attempts):
                     None, attempts, owner, [names.message_id(base, 0)])
                 errors.banish_file(writer, path, base, meta)
                 banished += 1
-            elif _split_batch(writer, path, base, attempts):
+            elif _split_batch(writer, path, base, attempts, max_file_bytes):
                 requeued += 1
             else:
                 os.rename(path, os.path.join(
@@ -70,11 +71,14 @@ def _recover_owner(writer, owner_dir, owner, max_attempts):
     return requeued, banished
 
 
-def _split_batch(writer, path, base, attempts):
+def _split_batch(writer, path, base, attempts, max_file_bytes=None):
     """Requeue the batch file at ``path`` as one file per message; False when it is not a
-    batch (or cannot be read: it is requeued whole, and decoding judges it later)."""
+    batch (or cannot be read, or is over ``max_file_bytes``: it is requeued whole, and the
+    consumer that claims it judges it and sends it to ``errors/``)."""
     try:
         with open(path, "rb") as f:
+            if max_file_bytes is not None and os.fstat(f.fileno()).st_size > max_file_bytes:
+                return False
             messages = codec.messages(f.read())
     except (OSError, ValueError):
         return False

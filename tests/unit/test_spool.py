@@ -285,6 +285,50 @@ def test_undecodable_file_goes_to_errors_and_the_next_one_is_delivered(tmp_path)
         assert json.load(f)["reason"] == "undecodable"
 
 
+def _meta(directory, name):
+    with open(os.path.join(str(directory), "errors", name + ".meta")) as f:
+        return json.load(f)
+
+
+@pytest.mark.timeout(20)
+def test_deeply_nested_json_goes_to_errors_and_the_queue_opens_again(tmp_path):
+    queue = FileQueue(tmp_path)
+    writer = SpoolWriter(str(tmp_path), queue.owner)
+    deep = names.new_base()
+    writer.put_file(b"[" * 200000 + b"]" * 200000, "incoming", deep)
+    queue.put({"n": "good"})
+    assert queue.get(block=False)["n"] == "good"  # no RecursionError out of get()
+    meta = _meta(tmp_path, deep)
+    assert meta["reason"] == "undecodable" and "nested too deeply" in meta["error"]
+    # The same file claimed by a consumer that then died: the next open recovers it.
+    stuck = names.new_base()
+    writer.put_file(b"[" * 200000 + b"]" * 200000, "incoming", stuck)
+    move_incoming_to_owner(tmp_path, fake_owner(dead_pid(), "1"))
+    again = FileQueue(tmp_path)  # raised RecursionError: the queue could never open
+    with pytest.raises(Empty):
+        again.get(block=False)
+    assert _meta(tmp_path, stuck)["reason"] == "undecodable"
+
+
+@pytest.mark.timeout(10)
+def test_a_file_over_max_file_bytes_goes_to_errors_unread_and_put_refuses_one(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(FileQueue, "max_file_bytes", 1000)
+    queue = FileQueue(tmp_path)
+    writer = SpoolWriter(str(tmp_path), queue.owner)
+    big = names.new_base()
+    writer.put_file(json.dumps({"blob": "x" * 2000}).encode(), "incoming", big)
+    queue.put({"n": "good"})
+    assert queue.get(block=False)["n"] == "good"
+    meta = _meta(tmp_path, big)
+    assert meta["reason"] == "oversized" and "max_file_bytes=1000" in meta["error"]
+    with pytest.raises(ValueError, match="max_file_bytes=1000"):
+        queue.put({"blob": "x" * 2000})
+    with pytest.raises(ValueError, match="max_file_bytes"):
+        queue.put_batch([{"blob": "x" * 600}, {"blob": "x" * 600}])
+    assert listing(tmp_path, "incoming") == [] and listing(tmp_path, "tmp") == []
+
+
 @pytest.mark.timeout(10)
 def test_put_wakes_a_blocked_get_without_waiting_for_a_poll(tmp_path):
     queue = FileQueue(tmp_path)
