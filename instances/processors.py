@@ -33,8 +33,8 @@ The pool's end: it ends with its last worker, then tells its links::
                                                                          are killed
     last worker gone --> manager killed --> exit "normal" | "abnormal" --> links
 
-``stop`` lets running handlers finish (and kills what is left after a timeout): "normal";
-``kill`` or a crash: "abnormal".
+``stop`` lets running handlers finish: "normal" (handlers still running after its timeout
+are killed: "abnormal"); ``kill`` or a crash: "abnormal".
 
 Concurrency: every method is for greenlets of the hub's thread; ``stop`` and ``kill``
 block the caller (not the hub). Link callbacks run in the hub and MUST NOT block or raise.
