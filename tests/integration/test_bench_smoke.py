@@ -49,3 +49,26 @@ def test_smoke_notifier_figures_run_and_append_their_section(tmp_path):
         assert figure in proc.stdout, figure
     written = results.read_text(encoding="utf-8")
     assert written.startswith("# earlier report") and written.count("## The shared notifier") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_smoke_chaos_run_injects_every_fault_and_loses_no_row(tmp_path):
+    report = tmp_path / "reliability.rst"
+    proc = subprocess.run(
+        [sys.executable, os.path.join("bench", "chaos.py"), "--smoke", "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=140)
+    assert proc.returncode == 0, "bench/chaos.py --smoke failed:\n%s\n%s" % (
+        proc.stdout[-5000:], proc.stderr[-3000:])
+    for fault in ("backend terminations", "Postgres crash", "instance restarts",
+                  "half-open connection", "kill -9 of the service", "SIGHUP",
+                  "registry edits", "poison rows", "failover"):
+        assert "phase: %s" % fault in proc.stdout, fault
+    written = report.read_text(encoding="utf-8")
+    assert "missing, memory instance" in written
+    for instance in ("memory", "spool"):
+        row = next(line for line in written.splitlines()
+                   if line.startswith("missing, %s instance" % instance))
+        assert row.split()[-1] == "0", row
+    assert "Verdict: every committed row reached both instances." in written
+    assert "final states" in written and "memory running, spool running" in written
