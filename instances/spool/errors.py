@@ -6,7 +6,7 @@ its file cannot be decoded. ``errors/<base>`` holds the message exactly as it wo
 delivered again; ``errors/<base>.meta`` says why::
 
     {"error": "...", "traceback": "...", "attempts": 2, "time": 1700000000.0,
-     "owner": "host-1234-5678", "message_id": "<base>#0", "reason": "failed"}
+     "owner": "host-<boot>.<pidns>-1234-5678", "message_id": "<base>#0", "reason": "failed"}
 
 The ``.meta`` file is written first, so a message in ``errors/`` always has one (a crash
 between the two steps leaves at most an orphan ``.meta``, ignored and overwritten later).

@@ -11,9 +11,12 @@ A message file is named ``<base>[.<attempts>]``:
 * ``attempts`` = how many deliveries of this file ended without an outcome (the consumer
   died). Absent means 0. Recovery renames ``X.2`` to ``X.3``; requeue resets it.
 
-An owner id is ``[<label>@]<host>-<pid>-<start>``: ``start`` is the process start time
-(field 22 of ``/proc/<pid>/stat``), so a reused pid is never mistaken for the original
-process. A temporary file in ``tmp/`` is named ``<base>@<owner>`` so that the files of dead
+An owner id is ``[<label>@]<host>-<boot>.<pidns>-<pid>-<start>``: ``boot`` is the first 12
+hex digits of the kernel's boot id, ``pidns`` the inode of the process's pid namespace
+and ``start`` the process start time (field 22 of ``/proc/<pid>/stat``), so neither a
+reused pid nor the same pid in another container (another pid namespace) on a shared
+spool is mistaken for the original process. Ids of the older form
+``<host>-<pid>-<start>`` are still judged as before. A temporary file in ``tmp/`` is named ``<base>@<owner>`` so that the files of dead
 writers can be recognised and removed.
 
 Pure functions; safe from any greenlet or thread.
@@ -98,6 +101,34 @@ def process_start_time(pid):
     return None if fields[0] in (b"Z", b"X") else fields[19].decode()  # fields 3 and 22
 
 
+_SCOPED = re.compile(r"^(?P<host>.+)-(?P<boot>[0-9a-f]{12}|0)\.(?P<ns>\d+)-(?P<pid>\d+)-"
+                     r"(?P<start>\d+)$")
+
+
+def boot_id():
+    """The first 12 hex digits of this kernel's boot id, "0" when unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")[:12].lower() or "0"
+    except OSError:
+        return "0"
+
+
+def pid_namespace():
+    """The inode of this process's pid namespace (as a decimal string), "0" when unknown."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return "0"
+    digits = re.sub(r"\D", "", link)
+    return digits or "0"
+
+
+def scope():
+    """``<boot>.<pidns>``: where a pid of this process means this process."""
+    return "%s.%s" % (boot_id(), pid_namespace())
+
+
 def current_owner(label=None):
     """The owner id of this process (with ``label`` if given)."""
     if label is not None and not _LABEL.match(label):
@@ -105,18 +136,33 @@ def current_owner(label=None):
         raise InvalidConfigurationException(
             "owner label %r must match %s" % (label, _LABEL.pattern), "owner", label)
     pid = os.getpid()
-    ident = "%s-%d-%s" % (hostname(), pid, process_start_time(pid) or "0")
+    ident = "%s-%s-%d-%s" % (hostname(), scope(), pid, process_start_time(pid) or "0")
     return "%s@%s" % (label, ident) if label else ident
 
 
 def owner_alive(owner):
-    """False only when ``owner`` is certainly dead: same host, and its pid is gone or now
-    belongs to a process started at another time. Unknown formats and other hosts count
-    as alive (never steal work we cannot judge)."""
-    parts = owner.rpartition("@")[2].rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != hostname():
-        return True
-    start = process_start_time(int(parts[1]))
+    """False only when ``owner`` is certainly dead: same host, and then another boot
+    (every process of the last one is gone), or the same boot and pid namespace with its
+    pid gone or now belonging to a process started at another time. Unknown formats,
+    other hosts and other pid namespaces (another container sharing the spool, whose pids
+    mean other processes) count as alive: never steal work we cannot judge."""
+    ident = owner.rpartition("@")[2]
+    scoped = _SCOPED.match(ident)
+    if scoped is not None:
+        if scoped["host"] != hostname():
+            return True
+        boot = boot_id()
+        if "0" not in (boot, scoped["boot"]) and boot != scoped["boot"]:
+            return False  # this host rebooted since
+        if scoped["ns"] != pid_namespace() or "0" in (boot, scoped["boot"]):
+            return True
+        pid, started = scoped["pid"], scoped["start"]
+    else:
+        parts = ident.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or parts[0] != hostname():
+            return True
+        _, pid, started = parts
+    start = process_start_time(int(pid))
     if start is None:
         return False
-    return start == parts[2] or "0" in (start, parts[2])
+    return start == started or "0" in (start, started)

@@ -75,6 +75,10 @@ class FileQueue:
     poll_interval = 0.05
     #: Seconds between looks while a watcher (inotify) reports new files.
     watched_poll_interval = 1.0
+    #: Seconds between two sweeps of ``pending/`` for dead owners' claims while a getter
+    #: waits (a consumer process that died while this one runs: its claims come back
+    #: without waiting for the next open).
+    sweep_interval = 60.0
     #: Seconds after which a ``tmp/`` file is stale even if its writer looks alive.
     stale_tmp_age = 3600.0
     #: fsync every file written, and the directory it is renamed into (survives power loss).
@@ -124,6 +128,7 @@ class FileQueue:
         self._put_listeners = []
         _local[self.directory].add(self)
         self.recover()
+        self._next_sweep = time.monotonic() + self.sweep_interval
 
     @classmethod
     def from_piper_options(cls, queue_in_dir, queue_out_dir=None, queue_out_limit=None,
@@ -187,10 +192,14 @@ class FileQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._check_open()
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.sweep_interval
+                self._sweep()
             item = self._claims.next_item()
             if item is not None:
                 return item
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = None if deadline is None else deadline - now
             if not block or (remaining is not None and remaining <= 0):
                 raise Empty()
             self._wakeup.clear()
@@ -200,6 +209,15 @@ class FileQueue:
                 self._wakeup.wait(interval if remaining is None else min(interval, remaining))
             finally:
                 self.waiting -= 1
+
+    def _sweep(self):
+        """The periodic sweep of dead owners' claims (a failure is logged, never raised
+        into a getter)."""
+        try:
+            self.requeue_pending_of_dead_owners()
+        except OSError:
+            log.exception("spool %s: sweeping pending/ failed", self.directory,
+                          extra={"action": "spool.sweep_failed", "directory": self.directory})
 
     def _check_open(self):
         if self.closed:
@@ -263,6 +281,21 @@ class FileQueue:
         """``pending/<owner>/`` of dead owners back to ``incoming/``: ``(requeued, banished)``."""
         result = recovery.recover_pending(self.writer, self.max_attempts, self.owner,
                                           self.max_file_bytes)
+        if result[0]:
+            self._wake_local(self.directory)
+        return result
+
+    def requeue_owner(self, owner):
+        """``pending/<owner>/`` back to ``incoming/`` whether or not ``owner`` looks alive,
+        as recovery does for a dead one (attempts + 1, ``max_attempts`` to ``errors/``):
+        for the claims of a host that will not come back. Returns ``(requeued, banished)``;
+        ValueError for this queue's own owner or a name that is not an owner directory."""
+        if owner == self.owner:
+            raise ValueError("owner=%r is this queue's own owner" % owner)
+        if not owner or os.sep in owner or owner in (".", ".."):
+            raise ValueError("owner=%r is not an owner of %s/pending" % (owner, self.directory))
+        result = recovery.recover_owner(self.writer, owner, self.max_attempts,
+                                        self.max_file_bytes)
         if result[0]:
             self._wake_local(self.directory)
         return result
@@ -337,6 +370,10 @@ class FileQueue:
         self.closed = True
         self._wakeup.set()
         self._claims.close()
+        try:
+            os.rmdir(self._claims.pending_dir)  # empty: nothing of ours left to judge
+        except OSError:
+            pass  # messages still in handlers (their outcome comes later), or gone
         _local[self.directory].discard(self)
         self._wake_local(self.directory)  # other readers of this process: files came back
         self.writer.close()

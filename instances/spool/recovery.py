@@ -39,6 +39,18 @@ def recover_pending(writer, max_attempts, own_owner, max_file_bytes=None):
     return requeued, banished
 
 
+def recover_owner(writer, owner, max_attempts, max_file_bytes=None):
+    """Give back ``pending/<owner>/`` whatever its owner's state (an operator's decision);
+    returns ``(requeued, banished)``. ValueError when there is no such directory."""
+    owner_dir = os.path.join(writer.directory, "pending", owner)
+    if not os.path.isdir(owner_dir):
+        raise ValueError("owner=%r has no claims in %s" % (owner, os.path.dirname(owner_dir)))
+    result = _recover_owner(writer, owner_dir, owner, max_attempts, max_file_bytes)
+    if result[0] and writer.fsync:
+        writer.sync_dir("incoming")
+    return result
+
+
 def _recover_owner(writer, owner_dir, owner, max_attempts, max_file_bytes=None):
     requeued = banished = 0
     for name in sorted(_listdir(owner_dir)):

@@ -24,6 +24,9 @@ def register(subparsers):
         one.add_argument("directory", metavar="DIR")
         if verb == "requeue":
             one.add_argument("--errors", action="store_true", help="requeue errors/ too")
+            one.add_argument("--owner", action="append", default=[], metavar="OWNER",
+                             help="also give back pending/OWNER/ whether or not OWNER looks "
+                                  "alive (the claims of a host that will not come back)")
     queue.set_defaults(func=cmd_queue)
 
 
@@ -42,7 +45,7 @@ def cmd_queue(args):
     directory = _spool(args.directory)
     result = {"directory": directory}
     if args.verb == "requeue":
-        result.update(_requeue(directory, args.errors))
+        result.update(_requeue(directory, args.errors, args.owner))
     result.update(layout.stats(directory))
     if args.json:
         emit_json(result)
@@ -57,12 +60,20 @@ def cmd_queue(args):
     return cli_output.OK
 
 
-def _requeue(directory, errors):
+def _requeue(directory, errors, owners=()):
     from instances.spool import FileQueue, layout
 
     before = layout.stats(directory)
+    for owner in owners:
+        if owner not in before["pending"]:
+            raise CliError("--owner %s: no pending/%s/ in %s (owners: %s)" % (
+                owner, owner, directory, ", ".join(sorted(before["pending"])) or "none"),
+                cli_output.USAGE)
     queue = FileQueue(directory, owner="cli")  # its recovery requeues dead owners' work
     try:
+        for owner in owners:
+            if os.path.isdir(os.path.join(directory, "pending", owner)):  # not recovered
+                queue.requeue_owner(owner)
         errors_requeued = queue.requeue(errors=True) if errors else 0
     finally:
         queue.close()

@@ -44,3 +44,26 @@ def test_queue_on_a_directory_that_is_no_spool_exits_2_and_creates_nothing(tmp_p
     assert result.returncode == 2
     assert "is not a spool directory" in result.stderr
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.timeout(60)
+def test_queue_requeue_owner_gives_back_the_claims_of_a_host_that_will_not_come_back(
+        tmp_path):
+    spool = tmp_path / "spool"
+    queue = FileQueue(str(spool))
+    queue.put({"n": 0})
+    queue.close()
+    gone = "elsewhere-0123456789ab.4026531836-4242-1"  # another host: never judged dead
+    (spool / "pending" / gone).mkdir(mode=0o700)
+    for name in (spool / "incoming").iterdir():
+        name.rename(spool / "pending" / gone / name.name)
+    plain = run_cli("queue", "requeue", spool, "--json", timeout=30)
+    assert json.loads(plain.stdout)["pending"] == {gone: 1}  # alive as far as we can tell
+    typo = run_cli("queue", "requeue", spool, "--owner", "nobody", timeout=30)
+    assert typo.returncode == 2 and "--owner nobody" in typo.stderr and gone in typo.stderr
+    result = run_cli("queue", "requeue", spool, "--owner", gone, "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    after = json.loads(result.stdout)
+    assert after["pending_requeued"] == 1 and after["incoming"] == 1, after
+    assert gone not in after["pending"]
+    assert [name.name.rpartition(".")[2] for name in (spool / "incoming").iterdir()] == ["1"]

@@ -19,7 +19,12 @@ from supervisor.testing import wait_for
 
 
 def listing(directory, sub):
-    return sorted(os.listdir(os.path.join(str(directory), sub)))
+    """The sorted names in ``directory/sub``; none when it is gone (a closed queue removes
+    its empty ``pending/<owner>/``)."""
+    try:
+        return sorted(os.listdir(os.path.join(str(directory), sub)))
+    except FileNotFoundError:
+        return []
 
 
 def drain(queue):
@@ -235,6 +240,57 @@ def test_a_reused_pid_is_not_mistaken_for_the_live_owner(tmp_path):
     assert queue.get(block=False)["n"] == 0
     pending = stats(str(tmp_path))["pending"]
     assert pending[alive] == 1 and pending[other_host] == 1 and reused not in pending
+
+
+@pytest.mark.timeout(10)
+def test_an_owner_id_names_its_boot_and_pid_namespace_and_only_this_one_is_judged(
+        tmp_path):
+    queue = FileQueue(tmp_path)
+    assert "-%s-%d-" % (names.scope(), os.getpid()) in queue.owner
+    pid = dead_pid()
+    other_ns = "%s-%s.1-%d-1" % (names.hostname(), names.boot_id(), pid)
+    this_ns = "%s-%s-%d-1" % (names.hostname(), names.scope(), pid)
+    other_boot = "f" * 12 if names.boot_id() != "f" * 12 else "e" * 12
+    rebooted = "%s-%s.%s-%d-1" % (names.hostname(), other_boot, names.pid_namespace(),
+                                  os.getpid())
+    assert names.owner_alive(other_ns)  # the same pid in another container: not ours
+    assert not names.owner_alive(this_ns)
+    assert not names.owner_alive(rebooted)  # every process of another boot is gone
+    assert names.owner_alive(queue.owner)
+    for owner in (other_ns, this_ns, rebooted):
+        queue.put({"owner": owner})
+        move_incoming_to_owner(tmp_path, owner)
+    assert queue.recover()[0] == 2
+    assert sorted(stats(str(tmp_path))["pending"]) == sorted([other_ns, queue.owner])
+
+
+@pytest.mark.timeout(10)
+def test_claims_of_an_owner_that_dies_while_we_run_come_back_at_the_next_sweep(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(FileQueue, "sweep_interval", 0.05)
+    queue = FileQueue(tmp_path)
+    queue.put({"n": 0})
+    move_incoming_to_owner(tmp_path, fake_owner(dead_pid(), "1"))
+    item = queue.get(timeout=5)  # no reopen needed
+    assert item["n"] == 0 and queue.attempts(item) == 2
+
+
+@pytest.mark.timeout(10)
+def test_outcomes_tolerate_a_claimed_file_that_vanished(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put({"n": 0})
+    queue.put({"n": 1})
+    first, second = queue.get(block=False), queue.get(block=False)
+    pending = os.path.join(str(tmp_path), "pending", queue.owner)
+    for name in os.listdir(pending):  # an operator's `queue requeue --owner` took them
+        os.rename(os.path.join(pending, name), os.path.join(str(tmp_path), "incoming", name))
+    queue.failed(first, "ValueError('x')", None)  # raised FileNotFoundError
+    queue.done(second)
+    queue.close()
+    message = [n for n in listing(tmp_path, "errors") if not n.endswith(".meta")]
+    assert len(message) == 1
+    with open(os.path.join(str(tmp_path), "errors", message[0])) as f:
+        assert json.load(f)["n"] == 0
 
 
 @pytest.mark.timeout(20)
