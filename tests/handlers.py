@@ -5,6 +5,7 @@ Handlers record what they saw in module-level lists so a test can assert on them
 """
 import os
 import signal
+import time
 
 import gevent
 
@@ -110,6 +111,14 @@ def burn_5ms(message):
     for i in range(55000):
         total += i * i % 7
     return total
+
+
+def burn_5ms_timed(message):
+    """:func:`burn_5ms`, reporting ``<payload> <pid> <start> <end>`` (CLOCK_MONOTONIC, the
+    same clock in every process) to the test's out file."""
+    started = time.monotonic()
+    burn_5ms(message)
+    _append("%s %d %.6f %.6f" % (_payload(message), os.getpid(), started, time.monotonic()))
 
 
 def shout(message):

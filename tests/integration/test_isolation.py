@@ -210,35 +210,27 @@ def test_worker_stuck_in_a_cpu_loop_is_killed_and_restarted(tmp_path, out, pg_ds
     wait_for(lambda: "ok-1" in _payloads(out), 10)
 
 
-def _drain_time(tmp_path, processes, count):
-    """Seconds ``processes`` ready workers take to handle ``count`` spooled messages."""
-    spool = tmp_path / ("spool%d" % processes)
-    spec = _spec(spool, handler="tests.handlers:burn_5ms", min_concurrency=processes,
-                 max_concurrency=processes)
+@pytest.mark.timeout(120)
+def test_two_processes_handle_a_cpu_bound_backlog_side_by_side(tmp_path, out, monkeypatch):
+    """What isolation must give a CPU-bound handler: both worker processes take part, and
+    items of the two are in flight at the same moment. Asserted as that, not as a speed-up:
+    how much faster two processes are depends on what else the machine runs (two busy cores
+    made "two outrun one" fail at random, issue 16); ``bench/isolation.py`` measures it."""
+    monkeypatch.setattr(WorkerProcesses, "beat_interval", 0.02)  # counts come with beats
+    spool = tmp_path / "spool"
+    spec = _spec(spool, handler="tests.handlers:burn_5ms_timed", min_concurrency=2,
+                 max_concurrency=2)
     queue = make_queue(spec)
     pool = WorkerProcesses(queue, spec).start()
     try:
         wait_for(lambda: pool.ready, 15)
-        started = time.monotonic()
-        for n in range(count):
+        for n in range(200):
             queue.put({"payload": str(n)})
-        wait_for(lambda: pool.stats()["processed"] == count, 60, interval=0.02)
-        return time.monotonic() - started
+        wait_for(lambda: pool.stats()["processed"] == 200, 60, interval=0.02)
     finally:
         pool.stop(10)
-
-
-@pytest.mark.timeout(120)
-def test_two_processes_outrun_one_on_a_cpu_bound_handler(tmp_path, monkeypatch):
-    """The one comparative assertion. The handler does a fixed amount of CPU work; other
-    load on this shared 2-core machine only slows a round, so the best of up to three
-    rounds of each is compared, with a margin."""
-    monkeypatch.setattr(WorkerProcesses, "beat_interval", 0.02)  # counts come with beats
-    one, two = [], []
-    for round in range(3):
-        one.append(_drain_time(tmp_path / ("a%d" % round), 1, 400))
-        two.append(_drain_time(tmp_path / ("b%d" % round), 2, 400))
-        print("400 x ~5 ms CPU: 1 process %.2fs, 2 processes %.2fs" % (one[-1], two[-1]))
-        if min(two) < 0.9 * min(one):
-            break
-    assert min(two) < 0.9 * min(one), (one, two)
+    runs = sorted((float(start), float(end), pid) for _, pid, start, end in _lines(out))
+    assert len(runs) == 200 and len({pid for _, _, pid in runs}) == 2
+    overlapping = any(later[0] < earlier[1] and later[2] != earlier[2]
+                      for earlier, later in zip(runs, runs[1:], strict=False))
+    assert overlapping, "the two workers never had an item in flight at the same time"
