@@ -13,6 +13,7 @@ import gc
 import pytest
 
 from instances import Registry
+from supervisor.hubwatch import HubWatch
 from supervisor.testing import HubHeartbeat
 from tests import handlers
 
@@ -20,6 +21,9 @@ from tests import handlers
 TICK = 0.005
 #: Seconds a tick may come late before the test fails (the issue's 50 ms).
 MAX_STALL = 0.050
+#: Seconds after which gevent's monitor thread reports a block: only to say in a failure
+#: which greenlet held the hub where (the assertion is the heartbeat's).
+WATCH_BLOCKING_TIME = 0.04
 
 _worst = {"stall": 0.0, "test": None, "tests": 0}
 
@@ -35,18 +39,23 @@ def hub_heartbeat(request):
     """
     gc.collect()
     gc.freeze()
+    blocks = []
+    watch = HubWatch(blocks.append, max_blocking_time=WATCH_BLOCKING_TIME).start()
     beat = HubHeartbeat(TICK).start()
     try:
         yield beat
     finally:
         stall = beat.stop()
+        watch.stop()
         gc.unfreeze()
     _worst["tests"] += 1
     if stall > _worst["stall"]:
         _worst["stall"], _worst["test"] = stall, request.node.nodeid
     assert beat.ticks > 0, "the heartbeat greenlet never ran"
-    assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms)" % (
-        stall * 1000, MAX_STALL * 1000)
+    assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms)%s" % (
+        stall * 1000, MAX_STALL * 1000, "".join(
+            "; seen blocked %.2f s by %s at %s" % (b.seconds, b.greenlet, " <- ".join(
+                reversed(b.stack))) for b in blocks[-3:]))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import gevent.hub
 import pytest
 
 from instances.exceptions import InvalidConfigurationException
-from supervisor.testing import wait_for
+from supervisor.testing import HubHeartbeat, wait_for
 from supervisor.watch import FileWatcher, real_thread_ident
 
 pytestmark = pytest.mark.timeout(30)
@@ -157,19 +157,12 @@ def test_stop_drops_names_still_being_debounced(tmp_path):
 
 
 def test_the_hub_keeps_running_while_files_change(tmp_path):
+    """The property is the worst stall of the hub (HubHeartbeat: less the time the kernel
+    ran other processes), with the gap ending after the last delivery measured; a count of
+    heartbeat ticks is a timing figure that two busy cores broke at random (issue 16)."""
     recorder = Recorder()
-    gaps = []
-
-    def heartbeat():
-        last = time.perf_counter()
-        while True:
-            gevent.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
     with FileWatcher(tmp_path, None, recorder, debounce=0.05):
-        beat = gevent.spawn(heartbeat)
+        beat = HubHeartbeat(0.005).start()
         created = 0
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
@@ -179,11 +172,12 @@ def test_the_hub_keeps_running_while_files_change(tmp_path):
         expected = {"f%04d" % i for i in range(created)}
         wait_for(lambda: set().union(*recorder.calls) == expected, timeout=DEADLINE,
                  message="every created file reported")
-        beat.kill()
+        ticks = beat.ticks
+        wait_for(lambda: beat.ticks >= ticks + 2, timeout=DEADLINE)
+        beat.stop()
     assert created > 50
     assert len(recorder.calls) < created, "debounced into fewer calls than files"
-    assert len(gaps) > 50
-    assert max(gaps) < 0.05, "hub blocked for %.3f s" % max(gaps)
+    assert beat.max_stall < 0.05, "hub blocked for %.3f s" % beat.max_stall
 
 
 def test_for_file_sees_an_atomic_replace(tmp_path):
