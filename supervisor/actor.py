@@ -97,10 +97,10 @@ class Request:
 class Supervisor:
     """Supervise the instances of ``registry`` against the database ``dsn``.
 
-    docs/supervision.rst describes every argument; an argument left None takes the class
-    attribute of the same name. ``instance_factory(spec, dsn, on_death,
-    on_connection_lost, queue=None)`` builds instances (default:
-    :class:`~instances.instance.Instance`). ``queue``: the request queue (cyme's; default
+    docs/supervision.rst describes the policy and docs/configuration.rst every default; an
+    argument left None takes the class attribute of the same name.
+    ``instance_factory(spec, dsn, on_death, on_connection_lost, queue=None)`` builds
+    instances (default: :class:`~instances.instance.Instance`). ``queue``: the request queue (cyme's; default
     a fresh :class:`gevent.queue.Queue`).
 
     Outage and grace: the database monitor's reports arrive as DATABASE requests; a
@@ -153,16 +153,12 @@ class Supervisor:
         self.registry = registry
         self.dsn = dsn
         self.watch_path = watch_path
-        given = dict(interval=interval, restart_max_rate=restart_max_rate,
-                     wait_after_db_revived=wait_after_db_revived,
-                     failover_files=failover_files, heartbeat_timeout=heartbeat_timeout,
-                     shutdown_grace=shutdown_grace, probe_interval=probe_interval,
-                     probe_timeout=probe_timeout, failover_debounce=failover_debounce,
-                     hub_monitor=hub_monitor, max_blocking_time=max_blocking_time)
-        for key, value in given.items():
-            if value is not None:  # None: the class attribute applies
-                setattr(self, key, value)
-        self.failover_files = tuple(self.failover_files)
+        self._override(interval=interval, restart_max_rate=restart_max_rate,
+                       wait_after_db_revived=wait_after_db_revived,
+                       failover_files=failover_files, heartbeat_timeout=heartbeat_timeout,
+                       shutdown_grace=shutdown_grace, probe_interval=probe_interval,
+                       probe_timeout=probe_timeout, failover_debounce=failover_debounce,
+                       hub_monitor=hub_monitor, max_blocking_time=max_blocking_time)
         check_heartbeat_timeout(self.heartbeat_timeout, (PostgresNotificationListener,))
         self.records = {}
         self.counters = dict.fromkeys(("restarts", "restarts_rate_limited", "deaths", "outages",
@@ -195,6 +191,13 @@ class Supervisor:
         registry.on_enable(lambda name: self._put(Request(Kind.ENABLED, (name,))))
         if set_as_current:
             set_current(self)
+
+    def _override(self, **given):
+        """Set the arguments given; one left None keeps the class attribute."""
+        for key, value in given.items():
+            if value is not None:
+                setattr(self, key, value)
+        self.failover_files = tuple(self.failover_files)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self):

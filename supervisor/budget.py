@@ -22,6 +22,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from instances.rates import parse_rate
+from supervisor.config.settings import BY_NAME
 
 
 class _ClockedStorage(MemoryStorage):
@@ -64,8 +65,9 @@ class RestartBudget:
     value) for a rate it cannot parse.
     """
 
-    #: Automatic restarts allowed per instance: "N/s|m|h|d" or a limits string.
-    default_rate = "1/m"
+    #: Automatic restarts allowed per instance: "N/s|m|h|d" or a limits string (the
+    #: settings table's ``supervisor.restart_max_rate``).
+    default_rate = BY_NAME["supervisor.restart_max_rate"].default
     #: Field named in errors about an invalid rate.
     field = "restart_max_rate"
 

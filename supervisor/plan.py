@@ -2,10 +2,11 @@
 
 ``plan(desired, observed, state) -> [Action, ...]`` compares the registry (desired specs)
 with what runs (:class:`Observed`) under the supervisor's situation (:class:`PlanState`) and
-returns at most one action per instance, sorted by name. No hub, no database, no clock, no
-restart budget: the Supervisor actor gathers the facts, calls :func:`plan`, and carries the
-actions out (spending the budget for ``Restart(budgeted=True)``, parking the instance when
-it is spent). Safe to call from any greenlet or thread; it never blocks.
+returns at most one action per instance, sorted by name. No hub, no database, no clock: the
+Supervisor actor gathers the facts (what a restart budget still allows among them), calls
+:func:`plan`, and its Executor carries the actions out (spending the budget for
+``Restart(budgeted=True)``; the plan parks an instance whose budget is spent). Safe to call
+from any greenlet or thread; it never blocks.
 
 Rules, first match wins for each name (docs/supervision.rst has the same table)::
 
