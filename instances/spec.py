@@ -7,8 +7,8 @@ against. This module owns the fields, their defaults and units, the allowed valu
 pattern, channel limits, restart types, roles, isolations, the spool options of ``queue``
 and their defaults: :data:`QUEUE_DEFAULTS`), one check per field, and the cross-field
 rules. The runtime applies the same checks where it takes a value live
-(:func:`check_concurrency`, :func:`check_handler_timeout`, :func:`check_queue_size`,
-:func:`check_queue_option`), so each rule has one home.
+(:func:`check_name`, :func:`check_concurrency`, :func:`check_handler_timeout`,
+:func:`check_queue_size`, :func:`check_queue_option`), so each rule has one home.
 
 Validation collects *all* problems of a spec and reports them together, one per line, each
 naming the field and the value (a DSN is shown with its password redacted): :func:`validate`
@@ -245,7 +245,10 @@ def _check_bool(field, value):
     return value
 
 
-def _check_name(value):
+def check_name(value):
+    """The rule of an instance name (the spec's ``name``, and a name in a request path):
+    :data:`NAME_PATTERN`. Return it, or raise InvalidConfigurationException naming the
+    field and the value."""
     if not isinstance(value, str) or not _NAME.match(value):
         raise _problem("name", value, "must match %s (lowercase letters, digits, '_', '.', "
                        "'-'; at most 64 characters)" % NAME_PATTERN)
@@ -385,7 +388,7 @@ def _check_rate(value):
 
 
 _CHECKS = {
-    "name": _check_name,
+    "name": check_name,
     "channels": _check_channels,
     "handler": _check_handler,
     "min_concurrency": lambda v: _check_int("min_concurrency", v, 1, MAX_CONCURRENCY),

@@ -27,12 +27,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from instances.dsn import redact_dsn
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import InstanceExists, UnknownInstance
-from instances.spec import NAME_PATTERN, InstanceSpec
+from instances.spec import InstanceSpec, check_name
 from supervisor.config.settings import handler_allowed
 from supervisor.http import page
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(NAME_PATTERN + r"\Z")
 _OPERATION_ID = re.compile(r"[0-9a-f]{1,32}\Z")
 ACTIONS = ("restart", "verify", "shutdown")
 JSON_TYPE = "application/json"
@@ -379,9 +378,10 @@ def spec_view(spec):
 
 
 def _check_name(name):
-    if not _NAME.match(name):
-        raise HttpError(400, "name=%r: must match %s (lowercase letters, digits, '_', '.', "
-                        "'-'; at most 64 characters)" % (name, NAME_PATTERN), "name", name)
+    try:
+        check_name(name)  # the spec's rule, one home
+    except InvalidConfigurationException as exc:
+        raise HttpError(400, str(exc), "name", name) from None
 
 
 def _unknown(name):

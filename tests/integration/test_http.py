@@ -5,6 +5,7 @@ import json
 import logging
 import socket
 import time
+import urllib.parse
 
 import gevent.event
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from instances import InstanceSpec
 from instances.exceptions import InvalidConfigurationException
+from instances.spec import check_name
 from supervisor import Supervisor
 from supervisor.http import HttpApi
 from supervisor.testing import wait_for
@@ -146,6 +148,9 @@ def test_get_unknown_instance_is_404(client):
 def test_bad_instance_names_are_400_naming_the_name(client, name):
     reply = client.call("GET", "/instances/" + name)
     _assert_error(reply, 400, "name")
+    with pytest.raises(InvalidConfigurationException) as by_spec:
+        check_name(urllib.parse.unquote(name))
+    assert reply.body["error"] == str(by_spec.value)  # one rule: the spec's
 
 
 def test_status_has_instances_database_and_counters(client, river):
