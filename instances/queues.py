@@ -23,7 +23,7 @@ import time
 
 import gevent.queue
 
-from instances.spec import check_queue_size
+from instances.spec import InstanceSpec, check_queue_size
 
 #: Raised by ``get`` on timeout or when non-blocking and nothing is there.
 Empty = gevent.queue.Empty
@@ -40,8 +40,8 @@ class MemoryQueue:
     block only the calling greenlet. Not for use across OS threads.
     """
 
-    #: Items the queue holds before ``put`` blocks.
-    maxsize = 10000
+    #: Items the queue holds before ``put`` blocks (the spec's ``queue_size`` default).
+    maxsize = InstanceSpec.__dataclass_fields__["queue_size"].default
     #: Failures kept in :attr:`errors` (newest last) for status pages.
     errors_kept = 100
 

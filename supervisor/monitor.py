@@ -38,6 +38,7 @@ from instances.backoff import Backoff
 from instances.connectors import PostgresConnector
 from instances.episodes import Episode, duration, one_line
 from instances.exceptions import DatabaseError, InvalidConfigurationException
+from supervisor.config.settings import BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,14 @@ class DatabaseState:
 class DatabaseMonitor:
     """Probe ``dsn`` periodically and on demand; ``report(state)`` on every change."""
 
-    #: Seconds between probes while the database is up (and after a single failure).
-    probe_interval = 1.0
+    #: Seconds between probes while the database is up (and after a single failure); the
+    #: default is the settings table's ``[supervisor] probe_interval``.
+    probe_interval = BY_NAME["supervisor.probe_interval"].default
     #: Seconds between probes at most while it is down (the pace backs off up to this).
     down_interval = 5.0
-    #: Seconds a probe (connect + query) may take before it counts as failed.
-    probe_timeout = 2.0
+    #: Seconds a probe (connect + query) may take before it counts as failed (the settings
+    #: table's ``[supervisor] probe_timeout``).
+    probe_timeout = BY_NAME["supervisor.probe_timeout"].default
     #: Failed probes in a row that make the database "down" (one is a blip).
     failures_to_down = 2
     #: Seconds after which a changed role is probed again and believed only if confirmed.

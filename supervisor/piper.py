@@ -30,7 +30,7 @@ import gevent.event
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import Notification
 from instances.processors import ProcessorPool
-from instances.spec import check_queue_option, import_handler
+from instances.spec import QUEUE_DEFAULTS, check_queue_option, import_handler
 from instances.spool import FileQueue
 from supervisor import logs
 from supervisor.config.settings import SETTINGS
@@ -62,8 +62,9 @@ def parser():
                    "next spool is full (default 10)")
     p.add_argument("--handler", required=True, help="module:callable, called per message")
     p.add_argument("--concurrency", type=int, default=1, help="handler greenlets (default 1)")
-    p.add_argument("--max-attempts", type=int, default=5,
-                   help="deliveries before a message whose consumer keeps dying is set aside")
+    p.add_argument("--max-attempts", type=int, default=QUEUE_DEFAULTS["max_attempts"],
+                   help="deliveries before a message whose consumer keeps dying is set aside "
+                   "(default %d)" % QUEUE_DEFAULTS["max_attempts"])
     p.add_argument("--fsync", action="store_true", help="fsync every file written")
     p.add_argument("--once", action="store_true", help="drain the input queue, then exit")
     p.add_argument("--stop-timeout", type=float, default=10.0,
