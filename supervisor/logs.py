@@ -1,12 +1,12 @@
-"""Logging of the service: :func:`configure_logging`, the text and JSON-lines formats and the
-password redaction. The formats and the redaction are :mod:`instances.logformat`, shared with
-the worker processes and ``pgvisor piper``, so every line any pgvisor process writes is
-formatted and redacted alike.
+"""Logging of the service: :func:`configure_logging` installs the text or JSON-lines format
+and the password redaction of :mod:`instances.logformat` (shared with the worker processes
+and ``pgvisor piper``, so every line any pgvisor process writes is formatted and redacted
+alike; import those names from there).
 
-Every record leaving pgvisor's handler goes through :class:`RedactingFilter` first, which
+Every record leaving pgvisor's handler goes through ``RedactingFilter`` first, which
 scrubs passwords from the message, its arguments, string ``extra`` values and the traceback:
 ``password=...`` in libpq strings, ``scheme://user:secret@host`` URIs, ``"password": "..."``
-dict reprs, and every value given to :func:`register_secret` (the service registers the
+dict reprs, and every value given to ``register_secret`` (the service registers the
 database password and the HTTP token at start-up).
 
 Text format::
@@ -18,21 +18,7 @@ JSON format: one object per line with ``ts``, ``level``, ``logger``, ``action``,
 Handlers are thread-safe (logging's own lock); redaction is pure string work.
 """
 from instances.exceptions import InvalidConfigurationException
-from instances.logformat import (
-    FORMATS,
-    LEVELS,
-    JsonFormatter,
-    RedactingFilter,
-    TextFormatter,
-    install,
-    redact,
-    register_secret,
-    unregister_secret,
-)
-
-#: The service's names for the shared log formats (instances.logformat).
-__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "RedactingFilter", "TextFormatter",
-           "configure_logging", "redact", "register_secret", "unregister_secret"]
+from instances.logformat import FORMATS, LEVELS, install
 
 
 def configure_logging(level="info", fmt="text", stream=None):

@@ -27,6 +27,7 @@ import sys
 import gevent
 import gevent.event
 
+from instances import logformat
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import Notification
 from instances.processors import ProcessorPool
@@ -88,7 +89,7 @@ def main(argv=None):
     logs.configure_logging("info", "text")  # the service's format and redaction
     for setting in SETTINGS:  # secrets a handler could log, as the service would hide them
         if setting.secret:
-            logs.register_secret(os.environ.get(setting.env))
+            logformat.register_secret(os.environ.get(setting.env))
     try:
         handler = import_handler(args.handler)
         queue = FileQueue.from_piper_options(

@@ -36,9 +36,9 @@ import time
 import gevent
 import gevent.event
 
+from instances import logformat
 from instances.exceptions import InvalidConfigurationException, RegistryError
 from instances.registry import Registry
-from supervisor import logs
 from supervisor.actor import Supervisor
 from supervisor.config.reload import apply_changes, config_changes
 from supervisor.sdnotify import Notifier, Watchdog
@@ -149,7 +149,7 @@ class Service:
         from supervisor.http import HttpApi
 
         token, path = api_token(cfg, create=True)
-        logs.register_secret(token)
+        logformat.register_secret(token)
         self.http = HttpApi(self.supervisor, listen=cfg.http.address, token=token,
                             max_body=cfg.http.max_body,
                             token_for_reads=cfg.http.token_for_reads,
@@ -233,7 +233,7 @@ class Service:
                               extra={"action": "config.reload_rejected", "instance": None})
             else:
                 for secret in new.secrets():
-                    logs.register_secret(secret)
+                    logformat.register_secret(secret)
                 apply_changes(self, config_changes(self.config, new), new)
                 self.config = new
         outcome = self.supervisor.reload_registry()

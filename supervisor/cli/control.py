@@ -21,8 +21,8 @@ import sys
 import time
 import urllib.parse
 
+from instances import logformat
 from instances.exceptions import InvalidConfigurationException
-from supervisor import logs
 from supervisor.cli import output as cli_output
 from supervisor.cli.api import ApiClient
 from supervisor.cli.options import common_flags, load
@@ -106,13 +106,13 @@ def api_client(args):
         listen = os.environ.get(BY_NAME["http.listen"].env) or BY_NAME["http.listen"].default
         url = _url(*split_listen(listen))
     token = token or os.environ.get(BY_NAME["http.token"].env)
-    logs.register_secret(token)
+    logformat.register_secret(token)
     return ApiClient(_checked_url(url), token, timeout=args.timeout)
 
 
 def _flag_token(args):
     if args.token:
-        logs.register_secret(args.token)
+        logformat.register_secret(args.token)
         cli_output.error("warning: --token shows in the process list (ps); use --token-file "
                          "FILE or PGVISOR_HTTP_TOKEN")
         return args.token
@@ -276,7 +276,7 @@ def _show_frame(body, problem, rates, interval, tty, as_json, url):
             return
         width = shutil.get_terminal_size().columns
         lines = [line[:width] for line in [header, ""] + text.splitlines()]
-        frame = HOME + "".join(logs.redact(line) + ERASE_LINE + "\n"
+        frame = HOME + "".join(logformat.redact(line) + ERASE_LINE + "\n"
                                for line in lines) + ERASE_BELOW
         sys.stdout.write(frame)
     sys.stdout.flush()

@@ -7,8 +7,8 @@ file I/O (milliseconds).
 """
 import os
 
+from instances import logformat
 from instances.exceptions import InvalidConfigurationException
-from supervisor import logs
 from supervisor.cli import output as cli_output
 from supervisor.cli.output import CliError
 from supervisor.config import load_config
@@ -28,12 +28,12 @@ def load(path, overrides=None):
     """load_config with its problems as a CliError (exit 2, one line per problem); the
     config's secrets are registered for redaction before anything else is printed."""
     for var in SECRET_ENV:
-        logs.register_secret(os.environ.get(var))
+        logformat.register_secret(os.environ.get(var))
     try:
         cfg = load_config(path, overrides=overrides)
     except InvalidConfigurationException as exc:
         raise CliError("\n".join(getattr(exc, "problems", [str(exc)])),
                        cli_output.USAGE) from None
     for secret in cfg.secrets():
-        logs.register_secret(secret)
+        logformat.register_secret(secret)
     return cfg

@@ -1,6 +1,6 @@
 """What the ``pgvisor`` command prints: exit codes, errors, human tables and ``--json``.
 
-Every text leaving the CLI goes through :func:`supervisor.logs.redact` (passwords in DSNs,
+Every text leaving the CLI goes through :func:`instances.logformat.redact` (passwords in DSNs,
 registered secrets). Tables are plain aligned columns, one row per line, for humans; the
 ``--json`` form is one JSON document on stdout, for scripts. Errors go to stderr, one line
 per problem, prefixed ``pgvisor:``.
@@ -8,7 +8,7 @@ per problem, prefixed ``pgvisor:``.
 import json
 import sys
 
-from supervisor import logs
+from instances import logformat
 
 #: Exit codes of every ``pgvisor`` command (docs/cli.rst lists them).
 OK = 0
@@ -30,12 +30,12 @@ def error(message, stream=None):
     """Print ``message`` to stderr, each line prefixed ``pgvisor:``, redacted."""
     stream = sys.stderr if stream is None else stream
     for line in str(message).splitlines() or [""]:
-        print("pgvisor: %s" % logs.redact(line), file=stream)
+        print("pgvisor: %s" % logformat.redact(line), file=stream)
 
 
 def say(text="", stream=None):
     """Print ``text`` (redacted) to stdout."""
-    print(logs.redact(str(text)), file=sys.stdout if stream is None else stream)
+    print(logformat.redact(str(text)), file=sys.stdout if stream is None else stream)
 
 
 def emit_json(value):

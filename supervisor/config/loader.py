@@ -18,10 +18,10 @@ import os
 import stat
 import sys
 
+from instances import logformat
 from instances.connectors import parse_dsn
 from instances.dsn import REDACTED
 from instances.exceptions import InvalidConfigurationException
-from supervisor import logs
 from supervisor.config import settings
 from supervisor.config.settings import BY_NAME, SECTIONS, SETTINGS
 
@@ -36,7 +36,7 @@ _SECRET_HINT = ("pass", "pwd", "token", "secret")
 
 def redact_value(value):
     """``value`` with any secret in a string redacted (non-strings unchanged)."""
-    return logs.redact(value) if isinstance(value, str) else value
+    return logformat.redact(value) if isinstance(value, str) else value
 
 
 class _Entry:
@@ -63,12 +63,12 @@ class Loader:
         entry = entry or self.entries[name]
         setting = BY_NAME[name]
         if entry.origin == "env":
-            shown = REDACTED if setting.secret else logs.redact(entry.raw)
+            shown = REDACTED if setting.secret else logformat.redact(entry.raw)
             line = "%s=%s: %s" % (setting.env, shown, why)
         else:
             value = entry.value if entry.raw is None else entry.raw
             shown = REDACTED if setting.secret and value is not None else \
-                logs.redact(settings.render(value))
+                logformat.redact(settings.render(value))
             where = {"override": "command line", "file": self.path}.get(
                 entry.origin, self.path or "configuration")
             line = "%s: [%s] %s = %s: %s" % (where, setting.section, setting.key, shown, why)
@@ -113,7 +113,7 @@ class Loader:
             near_secret = any(s.secret and s.key in hint for s in SETTINGS
                               if s.section == section)
             shown = REDACTED if near_secret or any(h in key.lower() for h in _SECRET_HINT) \
-                else logs.redact(settings.render(value))
+                else logformat.redact(settings.render(value))
             self.unknown("[%s] %s = %s: unknown key%s" % (section, key, shown, hint), name)
             return
         entry = _Entry(value, "file", value)

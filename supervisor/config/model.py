@@ -120,7 +120,7 @@ class Config:
 
     def secrets(self):
         """The secret values in force (database password, HTTP token): register them with
-        :func:`supervisor.logs.register_secret` at start-up."""
+        :func:`instances.logformat.register_secret` at start-up."""
         found = (self.database.connect_params().get("password"), self.http.token)
         return tuple(value for value in found if value)
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from instances import logformat
 from instances.exceptions import InvalidConfigurationException
 from supervisor import logs
 
@@ -32,9 +33,9 @@ def capture():
 @pytest.fixture
 def secret():
     value = "Zq-9-unguessable"
-    logs.register_secret(value)
+    logformat.register_secret(value)
     yield value
-    logs.unregister_secret(value)
+    logformat.unregister_secret(value)
 
 
 log = logging.getLogger("supervisor.actor")
@@ -95,7 +96,7 @@ def test_configure_is_idempotent_and_validates(capture):
     capture("text")
     capture("json")
     ours = [h for h in logging.getLogger().handlers if getattr(h, "_pgvisor", False)]
-    assert len(ours) == 1 and isinstance(ours[0].formatter, logs.JsonFormatter)
+    assert len(ours) == 1 and isinstance(ours[0].formatter, logformat.JsonFormatter)
     with pytest.raises(InvalidConfigurationException, match="loud"):
         logs.configure_logging(level="loud")
     with pytest.raises(InvalidConfigurationException, match="xml"):
@@ -113,11 +114,11 @@ def test_configure_is_idempotent_and_validates(capture):
     ("nothing secret here", "nothing secret here"),
 ])
 def test_redact_patterns(text, expected):
-    assert logs.redact(text) == expected
+    assert logformat.redact(text) == expected
 
 
 def test_registered_secret_is_redacted_anywhere(secret):
-    assert logs.redact("token %s in a sentence" % secret) == "token *** in a sentence"
+    assert logformat.redact("token %s in a sentence" % secret) == "token *** in a sentence"
 
 
 def test_filter_scrubs_message_args_extras_and_traceback(capture, secret):
