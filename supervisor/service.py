@@ -160,7 +160,8 @@ class Service:
         except OSError as exc:
             raise OSError(exc.errno, "[http] listen = %s:%d: %s" % (
                 *cfg.http.address, exc.strerror or exc)) from None
-        log.info("HTTP API token: %s", path or "from PGVISOR_HTTP_TOKEN",
+        log.info("HTTP API token: %s", path or "from [http] token (the config or "
+                 "PGVISOR_HTTP_TOKEN)",
                  extra={"action": "http.token", "instance": None, "token_file": path})
 
     def shutdown(self):
