@@ -48,6 +48,7 @@ import gevent
 import gevent.event
 from gevent import GreenletExit, getcurrent
 
+from instances.backoff import Backoff
 from instances.components import ComponentKilled, interrupt_if
 from instances.episodes import LogLimiter, shorten
 from instances.links import Links
@@ -100,6 +101,15 @@ class ProcessorPool:
     latency_bounds = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                       2.5, 5.0, 10.0)
 
+    #: Tries of a handler that raised, on the same item, before the error path
+    #: (``queue.failed``): DESIGN's "retry 3 times" (0: fail at once). A timeout is not
+    #: retried.
+    retries = 3
+    #: Seconds before the first retry, doubling for each further one (1 s, 2 s, 4 s).
+    retry_delay = 1.0
+    #: Fraction of each retry delay added or removed at random.
+    retry_jitter = 0.1
+
     def __init__(self, queue, handler, min_concurrency=1, max_concurrency=1,
                  handler_timeout=60.0, name=""):
         self.name = name
@@ -116,7 +126,7 @@ class ProcessorPool:
         self.min_concurrency, self.max_concurrency = min_concurrency, max_concurrency
         self._wake_manager = gevent.event.Event()
         self.handler_timeout = handler_timeout
-        self.processed = self.failed = self.timed_out = 0
+        self.processed = self.failed = self.timed_out = self.retried = 0
         #: Handled items per latency bucket (the last one: above every bound), and the sum.
         self.latency_counts = [0] * (len(self.latency_bounds) + 1)
         self.latency_sum = 0.0
@@ -323,7 +333,7 @@ class ProcessorPool:
                 continue
             finally:
                 worker.idle = False
-            streak = 0
+            streak = tries = 0
             try:
                 while True:
                     started = worker.busy_since = monotonic()
@@ -334,6 +344,10 @@ class ProcessorPool:
                         self._timed_out(item)
                     except _HANDLER_FAILURES as error:
                         worker.busy_since = None
+                        if tries < self.retries:
+                            tries += 1
+                            self._retry_wait(worker, item, error, tries)
+                            continue  # the same item again
                         self._failed(item, error)
                     else:
                         elapsed = monotonic() - started
@@ -346,6 +360,7 @@ class ProcessorPool:
                             self.processed += 1
                             counts[bucket_of(bounds, elapsed)] += 1
                             self.latency_sum += elapsed
+                    tries = 0
                     if worker.stopping:
                         return
                     streak += 1
@@ -360,6 +375,32 @@ class ProcessorPool:
                 raise
             if streak >= yield_every:
                 gevent.sleep(0)
+
+    def _retry_wait(self, worker, item, error, tries):
+        """Wait before try ``tries + 1`` of ``item``: :attr:`retry_delay` doubling, with
+        :attr:`retry_jitter`. The worker counts as idle meanwhile, so a stop or a retire
+        interrupts the wait at once (the item is then given back, not failed)."""
+        self.retried += 1
+        self.last_error = repr(error)
+        backoff = Backoff(self.retry_delay, 2.0, self.retry_delay * 2.0 ** self.retries,
+                          self.retry_jitter)
+        backoff.attempts = tries - 1
+        delay = backoff.next()
+        allowed, held = self._failure_log.allow("handler.retry")
+        if allowed:
+            log.warning("pool %s: handler failed on %s (%s), try %d of %d in %.1fs%s",
+                        self.name, shorten(repr(item)), shorten(repr(error)), tries + 1,
+                        self.retries + 1, delay,
+                        " (%d similar lines held back)" % held if held else "",
+                        extra={"action": "handler.retry", "instance": self.name,
+                               "held_back": held})
+        worker.idle = True
+        try:
+            if worker.stopping:
+                raise _Stop()
+            gevent.sleep(delay)
+        finally:
+            worker.idle = False
 
     def _drop(self, item):
         """A worker dies holding ``item`` without an outcome: a queue that can take it

@@ -15,6 +15,10 @@ blocking = {"event": None}
 #: ``tests.handlers:into_<key>`` records into ``seen_by[key]`` (one handler per instance).
 seen_by = {}
 
+if os.environ.get("PGVISOR_TEST_RETRY_DELAY"):  # a process a test started (tests/conftest.py)
+    from instances.processors import ProcessorPool
+    ProcessorPool.retry_delay = float(os.environ["PGVISOR_TEST_RETRY_DELAY"])
+
 if os.environ.get("PGVISOR_TEST_SPOOL_POLL"):  # a worker process of test_isolation
     from instances.spool import FileQueue
     FileQueue.watched_poll_interval = float(os.environ["PGVISOR_TEST_SPOOL_POLL"])
@@ -68,6 +72,14 @@ def hold_on_hold(notification):
     event = blocking["event"]
     if event is not None and (notification.payload or "").startswith("hold"):
         event.wait()
+
+
+def flaky(notification):
+    """Fail the first two calls for each payload (a database blip), then record it."""
+    failures.append(notification)
+    if sum(1 for n in failures if n.payload == notification.payload) <= 2:
+        raise ConnectionError("blip on %r" % notification.payload)
+    seen.append(notification)
 
 
 def noop(notification):

@@ -12,6 +12,7 @@ The ``.meta`` file is written first, so a message in ``errors/`` always has one 
 between the two steps leaves at most an orphan ``.meta``, ignored and overwritten later).
 Functions run on the caller's greenlet and do not yield.
 """
+import json
 import os
 import time
 
@@ -60,13 +61,38 @@ def error_names(directory):
                   if not name.endswith(META_SUFFIX))
 
 
-def requeue_errors(writer):
-    """Move every message of ``errors/`` back to ``incoming/`` with its attempts reset
-    (same base name, so the same message id and FIFO position); drop the ``.meta`` files.
-    Returns the number of messages requeued."""
+def _meta_of(directory, name):
+    """The ``.meta`` dict of ``errors/<name>``; ``{}`` when it is missing or unreadable."""
+    try:
+        with open(os.path.join(directory, "errors", name + META_SUFFIX), "rb") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def matches(meta, reason=None, error_contains=None):
+    """Whether a message whose ``.meta`` is ``meta`` passes the requeue filter: its reason
+    is ``reason`` (when given) and its error holds ``error_contains`` (when given)."""
+    if reason is not None and meta.get("reason") != reason:
+        return False
+    if error_contains is not None and error_contains not in str(meta.get("error") or ""):
+        return False
+    return True
+
+
+def requeue_errors(writer, reason=None, error_contains=None):
+    """Move the messages of ``errors/`` back to ``incoming/`` with their attempts reset
+    (same base name, so the same message id and FIFO position); drop their ``.meta``
+    files. With ``reason`` / ``error_contains`` only the messages whose ``.meta`` passes
+    :func:`matches` (a message without a readable ``.meta`` passes no filter). Returns the
+    number of messages requeued."""
     directory = writer.directory
     moved = 0
+    filtered = reason is not None or error_contains is not None
     for name in error_names(directory):
+        if filtered and not matches(_meta_of(directory, name), reason, error_contains):
+            continue
         base, _ = names.split(name)
         try:
             os.rename(os.path.join(directory, "errors", name),

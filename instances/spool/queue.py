@@ -300,9 +300,12 @@ class FileQueue:
             self._wake_local(self.directory)
         return result
 
-    def requeue(self, errors=True):
-        """Move ``errors/`` back to ``incoming/`` (attempts reset); returns the count."""
-        moved = requeue_errors(self.writer) if errors else 0
+    def requeue(self, errors=True, reason=None, error_contains=None):
+        """Move ``errors/`` back to ``incoming/`` (attempts reset): the dead-letter replay.
+        With ``reason`` (``"failed"``, ``"max_attempts"``, ``"undecodable"``,
+        ``"oversized"``) and/or ``error_contains`` (text of the ``.meta``'s error) only
+        the messages that match. Returns the count."""
+        moved = requeue_errors(self.writer, reason, error_contains) if errors else 0
         if moved:
             self._wake_local(self.directory)
         return moved

@@ -1,4 +1,4 @@
-"""``pgvisor queue stats DIR`` and ``pgvisor queue requeue DIR [--errors]``: a spool
+"""``pgvisor queue stats DIR`` and ``pgvisor queue requeue DIR [--errors] [--owner X]``: a spool
 queue's directories, read or repaired in place (the service may be running).
 
 Blocking directory scans in the main greenlet: this is a one-shot command, not the service.
@@ -27,6 +27,11 @@ def register(subparsers):
             one.add_argument("--owner", action="append", default=[], metavar="OWNER",
                              help="also give back pending/OWNER/ whether or not OWNER looks "
                                   "alive (the claims of a host that will not come back)")
+            one.add_argument("--reason", metavar="REASON",
+                             choices=("failed", "max_attempts", "undecodable", "oversized"),
+                             help="with --errors: only messages set aside for REASON")
+            one.add_argument("--error-contains", metavar="TEXT",
+                             help="with --errors: only messages whose error holds TEXT")
     queue.set_defaults(func=cmd_queue)
 
 
@@ -45,7 +50,11 @@ def cmd_queue(args):
     directory = _spool(args.directory)
     result = {"directory": directory}
     if args.verb == "requeue":
-        result.update(_requeue(directory, args.errors, args.owner))
+        if (args.reason or args.error_contains) and not args.errors:
+            raise CliError("--reason and --error-contains filter --errors: add --errors",
+                           cli_output.USAGE)
+        result.update(_requeue(directory, args.errors, args.owner, args.reason,
+                               args.error_contains))
     result.update(layout.stats(directory))
     if args.json:
         emit_json(result)
@@ -60,7 +69,7 @@ def cmd_queue(args):
     return cli_output.OK
 
 
-def _requeue(directory, errors, owners=()):
+def _requeue(directory, errors, owners=(), reason=None, error_contains=None):
     from instances.spool import FileQueue, layout
 
     before = layout.stats(directory)
@@ -74,7 +83,7 @@ def _requeue(directory, errors, owners=()):
         for owner in owners:
             if os.path.isdir(os.path.join(directory, "pending", owner)):  # not recovered
                 queue.requeue_owner(owner)
-        errors_requeued = queue.requeue(errors=True) if errors else 0
+        errors_requeued = queue.requeue(True, reason, error_contains) if errors else 0
     finally:
         queue.close()
     after = layout.stats(directory)

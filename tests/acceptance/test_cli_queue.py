@@ -67,3 +67,23 @@ def test_queue_requeue_owner_gives_back_the_claims_of_a_host_that_will_not_come_
     assert after["pending_requeued"] == 1 and after["incoming"] == 1, after
     assert gone not in after["pending"]
     assert [name.name.rpartition(".")[2] for name in (spool / "incoming").iterdir()] == ["1"]
+
+
+@pytest.mark.timeout(60)
+def test_queue_requeue_errors_with_a_filter_replays_only_what_matches(tmp_path):
+    spool = tmp_path / "spool"
+    queue = FileQueue(str(spool))
+    for n in range(3):
+        queue.put({"n": n})
+    items = [queue.get(timeout=5) for _ in range(3)]
+    queue.failed(items[0], ConnectionError("db down"), None)
+    queue.failed(items[1], KeyError("payload"), None)
+    queue.failed(items[2], ConnectionError("db down"), None)
+    queue.close()
+    alone = run_cli("queue", "requeue", spool, "--reason", "failed", timeout=30)
+    assert alone.returncode == 2 and "add --errors" in alone.stderr
+    result = run_cli("queue", "requeue", spool, "--errors", "--error-contains", "db down",
+                     "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    after = json.loads(result.stdout)
+    assert (after["errors_requeued"], after["incoming"], after["errors"]) == (2, 2, 1)

@@ -238,3 +238,17 @@ def test_a_removed_instance_closes_its_spool_and_gives_its_claims_back(
     finally:
         handlers.blocking["event"].set()
         sup.stop(timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_a_handler_error_is_retried_and_a_blip_sends_nothing_to_errors(
+        tmp_path, pg_dsn, running):
+    spool = tmp_path / "spool"
+    instance = running(_spec(spool, handler="tests.handlers:flaky"))
+    _notify(pg_dsn, "a", "b")
+    wait_for(lambda: [n.payload for n in handlers.seen if n.kind == "notify"] == ["a", "b"],
+             10)
+    assert [n.payload for n in handlers.failures if n.kind == "notify"] == [
+        "a"] * 3 + ["b"] * 3  # two failures each, then the try that worked
+    assert instance.health()["failed"] == 0
+    assert not os.listdir(spool / "errors")

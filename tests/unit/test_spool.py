@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -667,3 +668,80 @@ def test_a_bad_queue_in_wait_is_refused_naming_it(tmp_path):
     with pytest.raises(InvalidConfigurationException) as caught:
         FileQueue.from_piper_options(tmp_path, queue_in_wait=-1)
     assert caught.value.field == "queue_in_wait"
+
+
+@pytest.mark.timeout(20)
+def test_a_failing_handler_is_retried_with_doubling_delays_before_errors(tmp_path):
+    from instances.processors import ProcessorPool
+
+    assert (ProcessorPool.retries, ProcessorPool.retry_jitter) == (3, 0.1)  # DESIGN's
+    queue = FileQueue(tmp_path)
+    queue.put({"n": "blip"})  # fails twice (a database blip), then works
+    queue.put({"n": "poison"})  # always fails
+    tries = {"blip": [], "poison": []}
+    done = gevent.event.Event()
+
+    def handler(item):
+        tries[item["n"]].append(time.monotonic())
+        if item["n"] == "poison" or len(tries["blip"]) <= 2:
+            if len(tries["poison"]) == 4:
+                done.set()
+            raise ValueError("db down")
+
+    pool = ProcessorPool(queue, handler, 1, 1)
+    pool.retry_delay = 0.05
+    pool.start()
+    try:
+        assert done.wait(15)
+        wait_for(lambda: pool.failed == 1, 5)
+    finally:
+        pool.stop(5)
+    assert len(tries["blip"]) == 3 and len(tries["poison"]) == 4  # 1 + 3 retries
+    gaps = [b - a for a, b in zip(tries["poison"], tries["poison"][1:])]
+    assert all(gap >= 0.9 * 0.05 * 2 ** k for k, gap in enumerate(gaps)), gaps
+    assert pool.processed == 1 and pool.retried == 2 + 3
+    message = [n for n in listing(tmp_path, "errors") if not n.endswith(".meta")]
+    assert len(message) == 1 and _meta(tmp_path, message[0])["error"] == \
+        "ValueError('db down')"
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_during_a_retry_wait_gives_the_message_back_not_to_errors(tmp_path):
+    from instances.processors import ProcessorPool
+
+    queue = FileQueue(tmp_path)
+    ids = [queue.put({"n": 0})]
+    failed_once = gevent.event.Event()
+
+    def handler(item):
+        failed_once.set()
+        raise ValueError("db down")
+
+    pool = ProcessorPool(queue, handler, 1, 1)
+    pool.retry_delay = 3600.0
+    pool.start()
+    assert failed_once.wait(5)
+    wait_for(lambda: pool.retried == 1, 5)
+    assert pool.stop(5) is True  # the wait is interrupted at once, nothing killed
+    queue.close()
+    assert listing(tmp_path, "errors") == []
+    assert [i["id"] for i in drain(FileQueue(tmp_path))] == ids
+
+
+@pytest.mark.timeout(10)
+def test_requeue_replays_errors_through_a_filter(tmp_path):
+    queue = FileQueue(tmp_path)
+    for n in range(3):
+        queue.put({"n": n})
+    items = [queue.get(block=False) for _ in range(3)]
+    queue.failed(items[0], ValueError("db down"), None)
+    queue.failed(items[1], KeyError("payload"), None)
+    queue.failed(items[2], ValueError("db down again"), None)
+    SpoolWriter(str(tmp_path), queue.owner).put_file(b"{", "incoming", names.new_base())
+    with pytest.raises(Empty):
+        queue.get(block=False)  # the undecodable file goes to errors/
+    assert queue.error_count() == 4
+    assert queue.requeue(error_contains="db down") == 2
+    assert queue.requeue(reason="failed") == 1  # the KeyError; the undecodable one stays
+    assert queue.error_count() == 1
+    assert sorted(i["n"] for i in drain(queue)) == [0, 1, 2]
