@@ -697,7 +697,7 @@ def test_a_failing_handler_is_retried_with_doubling_delays_before_errors(tmp_pat
     finally:
         pool.stop(5)
     assert len(tries["blip"]) == 3 and len(tries["poison"]) == 4  # 1 + 3 retries
-    gaps = [b - a for a, b in zip(tries["poison"], tries["poison"][1:])]
+    gaps = [b - a for a, b in zip(tries["poison"], tries["poison"][1:], strict=False)]
     assert all(gap >= 0.9 * 0.05 * 2 ** k for k, gap in enumerate(gaps)), gaps
     assert pool.processed == 1 and pool.retried == 2 + 3
     message = [n for n in listing(tmp_path, "errors") if not n.endswith(".meta")]
