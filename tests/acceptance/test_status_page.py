@@ -52,6 +52,10 @@ def test_page_shows_instances_and_a_kill_raises_the_restart_count_without_a_relo
         assert chromium.cell("victim", "restarts") == "0"
         facts = chromium.driver.find_element("id", "database").text
         assert "up" in facts and "primary" in facts, facts
+        notifiers = chromium.driver.find_element("id", "notifiers-section")
+        chromium.wait(lambda d: notifiers.is_displayed() and "victim_ch" in notifiers.text,
+                      "the shared LISTEN connection with its channels")
+        assert "river_ch" in notifiers.text and "password" not in notifiers.text
         chromium.driver.execute_script("window.__same_page = true")
 
         notify(pg_dsn, "victim_ch", "victim")  # its handler kills it, as a crash would

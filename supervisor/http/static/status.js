@@ -15,7 +15,8 @@
   const EVENTS_KEPT = 20;      // recent state changes listed
   const OUTCOMES_KEPT = 8;     // action outcomes listed
   const ACTION_TIMEOUT = 15;   // seconds an action waits for its outcome (?wait=1)
-  const NOTIFIER_COLUMNS = ["name", "dsn", "connected", "channels", "last_error"];
+  const NOTIFIER_COLUMNS = ["name", "dsn", "connected", "channels", "subscribers", "backlog",
+                            "queue_usage", "reconnects", "last_error"];
   const NODE_COLUMNS = ["node", "name", "state", "leader", "last_seen", "instances"];
 
   const body = document.body;
@@ -110,29 +111,32 @@
   }
 
   // A list of objects of a shape this page may not know yet (notifiers, nodes): the known
-  // columns first, then any other key, each value as text.
+  // columns present, then every other key in one "more" cell, each value as text.
   function renderObjects(sectionId, tableId, items, known) {
     const section = $(sectionId);
     section.hidden = !Array.isArray(items);
     if (!Array.isArray(items)) return;
     const keys = known.filter((k) => items.some((item) => k in item));
-    for (const item of items) {
-      for (const k of Object.keys(item)) if (!keys.includes(k)) keys.push(k);
-    }
+    const more = (item) => Object.keys(item).filter((k) => !keys.includes(k)).sort()
+      .map((k) => k.replace(/_/g, " ") + " " + show(item[k])).join(" \u00b7 ");
+    const withMore = items.some((item) => more(item));
     const table = $(tableId);
     const head = table.tHead, rows = table.tBodies[0];
     clear(head);
     clear(rows);
     const tr = el("tr");
     keys.forEach((k) => tr.appendChild(el("th", k.replace(/_/g, " "))));
+    if (withMore) tr.appendChild(el("th", "more"));
     head.appendChild(tr);
     for (const item of items) {
       const row = el("tr");
       for (const k of keys) {
-        const className = k === "connected" || k === "leader"
-          ? (item[k] ? "yes" : "no") : (k === "last_error" ? "error-text" : "");
+        const flag = k === "connected" || k === "leader" || k === "alive";
+        const className = flag ? (item[k] ? "yes" : "no")
+                        : (k === "last_error" && item[k] ? "error-text" : k);
         row.appendChild(el("td", show(item[k]), className));
       }
+      if (withMore) row.appendChild(el("td", more(item), "more muted"));
       rows.appendChild(row);
     }
   }
@@ -220,7 +224,9 @@
       row.appendChild(budget);
       row.appendChild(el("td", show(view.backlog), "number queue"));
       row.appendChild(el("td", show(view.spool_errors), "number spool-errors"));
-      row.appendChild(el("td", show(view.overflows), "number overflows"));
+      const overflows = el("td", show(view.overflows), "number overflows");
+      if (view.dropped !== undefined) overflows.title = show(view.dropped) + " dropped";
+      row.appendChild(overflows);
       row.appendChild(el("td", show(view.catch_ups), "number catch-ups"));
       const rate = rateOf(view, now);
       row.appendChild(el("td", rate === null ? "\u2013" : rate.toFixed(1), "number rate"));
@@ -275,7 +281,9 @@
     const now = Date.now();
     const views = Array.isArray(data.instances) ? data.instances : [];
     renderDatabase(data);
-    renderObjects("notifiers-section", "notifiers", data.notifiers, NOTIFIER_COLUMNS);
+    // The shared LISTEN connections: top-level notifiers (database.notifiers as well).
+    const notifiers = data.notifiers || (data.database || {}).notifiers;
+    renderObjects("notifiers-section", "notifiers", notifiers, NOTIFIER_COLUMNS);
     renderObjects("nodes-section", "nodes", data.nodes, NODE_COLUMNS);
     renderInstances(views, now);
     noteChanges(views, now);
