@@ -48,8 +48,25 @@ from instances.queues import Full
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = object()
-_WAKE = object()
+#: What :func:`wait_readable` answers besides None (readable): the wait timed out, or its
+#: waiter was switched with WAKE by someone asking for a change.
+TIMEOUT = object()
+WAKE = object()
+
+
+def wait_readable(io, waiter, timeout):
+    """Block the calling greenlet until ``io`` (a read watcher on a connection's socket)
+    fires (None), ``timeout`` seconds pass (TIMEOUT) or someone switches ``waiter`` (WAKE).
+    Used by the listener and the notifier; the caller keeps ``waiter`` where a change
+    request can find it."""
+    timer = gevent.get_hub().loop.timer(timeout)
+    io.start(waiter.switch, None)
+    timer.start(waiter.switch, TIMEOUT)
+    try:
+        return waiter.get()
+    finally:
+        io.stop()
+        timer.close()
 
 #: The keywords only hermes' form of the listener's constructor has.
 HERMES_KEYWORDS = frozenset(("pg_connector", "notif_channel", "notif_queue", "error_queue",
@@ -180,7 +197,7 @@ class PostgresNotificationListener(Component):
     def _switch_if_waiting(self, waiter):
         if self._waiter is waiter:
             self._waiter = None
-            waiter.switch(_WAKE)
+            waiter.switch(WAKE)
 
     # -- lifecycle hooks (listener's greenlet) --------------------------------------------
     def set_up(self):
@@ -209,7 +226,7 @@ class PostgresNotificationListener(Component):
             self._apply_channels()
         with self.interruptible():
             outcome = self._wait_readable()
-        if outcome is _TIMEOUT:
+        if outcome is TIMEOUT:
             self._ping()
         return outcome
 
@@ -260,18 +277,12 @@ class PostgresNotificationListener(Component):
                 self.beat()
 
     def _wait_readable(self):
-        """Block until readable (None), a change is asked for (_WAKE) or silence (_TIMEOUT)."""
-        waiter = self._waiter = Waiter()
-        io = self._io
-        timer = gevent.get_hub().loop.timer(self.ping_interval)
-        io.start(waiter.switch, None)
-        timer.start(waiter.switch, _TIMEOUT)
+        """Block until readable (None), a change is asked for (WAKE) or silence (TIMEOUT)."""
+        self._waiter = Waiter()
         try:
-            return waiter.get()
+            return wait_readable(self._io, self._waiter, self.ping_interval)
         finally:
             self._waiter = None
-            io.stop()
-            timer.close()
 
     def _ping(self):
         """A round trip within ping_timeout, or the connection counts as lost."""

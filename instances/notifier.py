@@ -70,13 +70,12 @@ from instances.exceptions import (
     RoleChanged,
 )
 from instances.links import Links
+from instances.listeners import TIMEOUT, WAKE, wait_readable
 from instances.notification import Notification
 from instances.queues import Closed, Full
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = object()
-_WAKE = object()
 _probe_ids = itertools.count(1)
 
 
@@ -381,7 +380,7 @@ class Notifier(Component):
     def _switch_if_waiting(self, waiter):
         if self._waiter is waiter:
             self._waiter = None
-            waiter.switch(_WAKE)
+            waiter.switch(WAKE)
 
     def status(self):
         """A dict for status pages (a snapshot; never blocks)."""
@@ -427,10 +426,10 @@ class Notifier(Component):
     def pre_execute(self):
         if self._dirty:
             self._apply_changes()
-            return _WAKE  # LISTEN may have read notifications already: poll at once
+            return WAKE  # LISTEN may have read notifications already: poll at once
         with self.interruptible():
             outcome = self._wait_readable(self._wait_time())
-        if outcome is _TIMEOUT:
+        if outcome is TIMEOUT:
             self._on_timer()
         return outcome
 
@@ -526,21 +525,14 @@ class Notifier(Component):
         return max(timeout, 0.0)
 
     def _wait_readable(self, timeout):
-        """Block until readable (None), a change is asked for (_WAKE) or ``timeout``."""
-        waiter = self._waiter = Waiter()
+        """Block until readable (None), a change is asked for (WAKE) or ``timeout``."""
         if self._dirty:  # asked for while we were busy
-            self._waiter = None
-            return _WAKE
-        io = self._io
-        timer = gevent.get_hub().loop.timer(timeout)
-        io.start(waiter.switch, None)
-        timer.start(waiter.switch, _TIMEOUT)
+            return WAKE
+        self._waiter = Waiter()
         try:
-            return waiter.get()
+            return wait_readable(self._io, self._waiter, timeout)
         finally:
             self._waiter = None
-            io.stop()
-            timer.close()
 
     def _on_timer(self):
         """Silence or a probe due: a probe overdue is a broken LISTEN path; else probe or
