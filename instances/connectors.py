@@ -382,6 +382,25 @@ class PostgresConnector:
                 cursor.execute(sql, params)
                 return cursor.fetchall() if cursor.description is not None else None
 
+    @contextlib.contextmanager
+    def transaction(self):
+        """``BEGIN`` on the shared connection, ``COMMIT`` when the block ends, ``ROLLBACK``
+        when it raises (a lost connection rolled back by itself and is forgotten). The
+        block runs :meth:`execute` on this connector; only its owning greenlet may use it.
+        A COMMIT that fails raises the translated error: the outcome is then unknown only
+        when it is :class:`ConnectionLost`."""
+        self.execute("BEGIN")
+        try:
+            yield self
+        except BaseException:
+            if self.connected:
+                try:
+                    self.execute("ROLLBACK")
+                except DatabaseError:
+                    self.disconnect()
+            raise
+        self.execute("COMMIT")
+
     def _query_once(self, sql):
         """Rows of ``sql`` on a connection of its own, closed afterwards."""
         conn = self._open()
