@@ -8,12 +8,24 @@ never sees the Supervisor and decides nothing about an instance: what to do is
 spending budget, keeping the records) and answers each with an
 :class:`~supervisor.plan.Outcome`.
 
+Build first, stop second: the instance an action starts is built (its handler imported,
+its queue opened or validated) before the one it replaces is stopped. When the spec asked
+for cannot be built (a handler that does not import, a spool directory that cannot be
+used), the running instance keeps running on its previous spec, and a dead one is started
+again on that spec; the error is kept on the record (``pending_spec_error`` in the status)
+and the next verify tries the new spec again (docs/supervision.rst, "Edits that cannot
+start"). Only an instance with no previous spec to fall back on is parked.
+
 Runs only in the Supervisor's actor greenlet (it writes records and instances, which no
 other greenlet does). Starting is quick (instances connect in their own greenlets);
 stopping waits for the current notification up to the shutdown ``grace`` each call is
 given, so the stops of one request run side by side and a request costs at most one grace.
 """
+import dataclasses
+import importlib
 import logging
+import os
+import typing
 
 import gevent
 
@@ -23,6 +35,25 @@ from supervisor.plan import Apply, Forget, Hold, Outcome, Park, Recreate, Restar
 from supervisor.records import Record
 
 log = logging.getLogger(__name__)
+
+#: The actions that start an instance: it is built before anything is stopped.
+STARTING = (Start, Restart, Recreate)
+
+
+@dataclasses.dataclass
+class Built:
+    """An instance built for an action before the old one stops. ``spec``: what it was
+    built of (the spec asked for, or the previous one when that cannot be built);
+    ``instance``: None when it is built only once the old one has stopped (a spool
+    directory the old instance still holds); ``error``: why the spec asked for could not
+    be built (None: it could); ``fresh_queue``: the queue is not the old instance's."""
+
+    spec: typing.Any
+    instance: typing.Any = None
+    error: typing.Optional[str] = None
+    fresh_queue: bool = True
+    #: The spec asked for (differs from ``spec`` when the previous one was built instead).
+    asked: typing.Any = None
 
 
 def make_instance(spec, dsn, on_death, on_connection_lost, queue=None, notifiers=None):
@@ -63,27 +94,35 @@ class Executor:
     # -- the policy's actions -------------------------------------------------------------
     def carry_out(self, actions, grace):
         """Carry out ``actions`` (from :func:`~supervisor.plan.plan`); return ``{name:
-        outcome}``. The instances to stop stop first, side by side, within ``grace``."""
+        outcome}``. What the actions start is built first (:meth:`build`); then the
+        instances to stop stop, side by side, within ``grace``; a Recreate whose new spec
+        cannot be built stops nothing: its instance keeps running (:meth:`_keep`)."""
+        built = {a.name: self.build(self.record(a.name), a.spec,
+                                    fallback=not isinstance(a, Recreate))
+                 for a in actions if isinstance(a, STARTING)}
+        kept = {a.name for a in actions if isinstance(a, Recreate) and built[a.name].error}
         self.stop_all([self.records[a.name] for a in actions
                        if isinstance(a, (Stop, Recreate, Restart, Park))
-                       and self._alive(a.name)], grace)
-        return {action.name: self._carry[type(action)](action) for action in actions}
+                       and a.name not in kept and self._alive(a.name)], grace)
+        return {a.name: self._carry[type(a)](a, built[a.name]) if a.name in built
+                else self._carry[type(a)](a) for a in actions}
 
-    def _do_start(self, action):
-        return self._start(self.record(action.name), action.spec, Outcome.STARTED,
-                           action.reason)
+    def _do_start(self, action, built):
+        return self._start(self.record(action.name), built, Outcome.STARTED, action.reason)
 
-    def _do_recreate(self, action):
-        return self._start(self.record(action.name), action.spec, Outcome.STARTED,
-                           action.reason)
+    def _do_recreate(self, action, built):
+        record = self.record(action.name)
+        if built.error:
+            return self._keep(record, action.spec, built.error)
+        return self._start(record, built, Outcome.STARTED, action.reason)
 
-    def _do_restart(self, action):
+    def _do_restart(self, action, built):
         record = self.record(action.name)
         if action.budgeted:
             self.budget.try_spend(record.name, action.spec.restart_max_rate)
         record.restarts += 1
         self.counters["restarts"] += 1
-        return self._start(record, action.spec, Outcome.RESTARTED, action.reason)
+        return self._start(record, built, Outcome.RESTARTED, action.reason)
 
     def _do_apply(self, action):
         self.records[action.name].instance.apply(action.spec)
@@ -129,25 +168,26 @@ class Executor:
     # -- the operator's commands ------------------------------------------------------------
     def restart(self, specs, grace):
         """Restart the instances of ``specs`` (``{name: spec}``) now, whatever their state:
-        parking, refusals and budgets are cleared; a disabled one is only stopped."""
+        parking, refusals and budgets are cleared; a disabled one is only stopped. Each
+        replacement is built before its instance stops (:meth:`build`)."""
         records = [self.record(name) for name in specs]
         for record in records:
             self.unblock(record)
             record.final_state = None
+        built = {r.name: self.build(r, specs[r.name]) for r in records if specs[r.name].enabled}
         stopping = [r for r in records if r.instance is not None and r.instance.alive]
         self.stop_all(stopping, grace)
         outcome = {}
         for record in records:
             was_running = any(r is record for r in stopping)
-            spec = specs[record.name]
-            if not spec.enabled:
+            if record.name not in built:
                 outcome[record.name] = Outcome.DISABLED
                 continue
             record.restarts += was_running
             self.counters["restarts"] += was_running
             outcome[record.name] = self._start(
-                record, spec, Outcome.RESTARTED if was_running else Outcome.STARTED,
-                "operator request")
+                record, built[record.name],
+                Outcome.RESTARTED if was_running else Outcome.STARTED, "operator request")
         return outcome
 
     def shutdown(self, names, grace):
@@ -200,24 +240,105 @@ class Executor:
         return record
 
     # -- carrying out -----------------------------------------------------------------------
-    def _start(self, record, spec, outcome, reason):
+    def build(self, record, spec, fallback=True):
+        """Build, not start, the instance of ``spec`` that replaces ``record``'s (see
+        :class:`Built`): its handler imported, its queue the old one when unchanged, else
+        opened now (a spool directory the old instance holds opens once that one has
+        closed it: only its handler is checked now). When ``spec`` cannot be built and
+        ``fallback``, the record's previous spec is built instead; when neither can be,
+        the Built has no spec. Never raises."""
         old = record.instance
+        if record.pending_spec is not None:
+            importlib.invalidate_caches()  # a retry: see the modules deployed since
+        try:
+            return self._build(old, spec)
+        except Exception as exc:
+            error = str(exc)
+        previous = old.spec if old is not None else None
+        if fallback and previous is not None and previous != spec:
+            try:
+                built = self._build(old, previous)
+            except Exception as exc:
+                error = "%s (the previous spec cannot start either: %s)" % (error, exc)
+            else:
+                built.error, built.asked = error, spec
+                return built
+        return Built(None, None, error, asked=spec)
+
+    def _build(self, old, spec):
         queue = old.queue if old is not None and old.spec.queue == spec.queue and (
             old.spec.queue_size == spec.queue_size) else None
-        if old is not None and queue is None:
-            self._close_queue(old)
+        if queue is None and _same_spool(old, spec):
+            spec.resolve_handler()
+            return Built(spec)
+        instance = self.factory(spec, self.dsn, self.on_death, self.on_connection_lost,
+                                queue=queue)
+        return Built(spec, instance, fresh_queue=queue is None)
+
+    def _start(self, record, built, outcome, reason):
+        """Start ``built`` in place of ``record``'s instance (stopped by now). When it
+        fails to start, the previous spec is started instead (as :meth:`build` would have
+        chosen); the record is parked only when nothing starts."""
+        old = record.instance
+        if built.spec is None:
+            return self._park(record, "cannot start: %s" % built.error)
+        if old is not None and built.fresh_queue:
+            self._close_queue(old)  # after the stop: its claims go back for the new one
         try:
-            record.instance = self.factory(spec, self.dsn, self.on_death,
-                                           self.on_connection_lost, queue=queue)
-            record.instance.start()
+            instance = self._started(built, None if built.fresh_queue else old.queue)
         except Exception as error:  # a bad handler or queue: fail fast, spend nothing
-            return self._park(record, "cannot start: %s" % error)
+            if built.error is not None or old is None or old.spec == built.spec:
+                return self._park(record, "cannot start: %s" % error)
+            built = Built(old.spec, error=str(error), asked=built.spec,
+                          fresh_queue=built.fresh_queue)
+            try:
+                instance = self._started(built, None if built.fresh_queue else old.queue)
+            except Exception as again:
+                return self._park(record, "cannot start: %s (the previous spec cannot "
+                                  "start either: %s)" % (error, again))
+        record.instance = instance
         record.exit, record.final_state, record.died_in_outage = None, None, False
         record.refused_by = record.fatal = None
         record.changed()
+        if built.error:
+            log.info("instance %s %s on its previous spec (%s)", record.name, outcome, reason,
+                     extra={"action": "supervisor." + outcome, "instance": record.name})
+            self._keep(record, built.asked, built.error)
+            return Outcome.ERROR.detail("%s on the previous spec; the new one cannot start: "
+                                        "%s" % (outcome, built.error))
+        if record.pending_spec is not None:
+            log.info("instance %s: its pending spec applies now", record.name,
+                     extra={"action": "supervisor.pending_applied", "instance": record.name})
+        record.pending_spec = record.pending_error = None
         log.info("instance %s %s (%s)", record.name, outcome, reason,
                  extra={"action": "supervisor." + outcome, "instance": record.name})
         return outcome
+
+    def _started(self, built, queue):
+        """The instance of ``built`` (made now if it was not yet, on ``queue``), started;
+        a queue opened for it is closed again when it fails."""
+        instance = built.instance
+        try:
+            if instance is None:
+                instance = self.factory(built.spec, self.dsn, self.on_death,
+                                        self.on_connection_lost, queue=queue)
+            return instance.start() or instance
+        except Exception:
+            if instance is not None and queue is None and built.fresh_queue:
+                self._close_queue(instance)
+            raise
+
+    def _keep(self, record, spec, error):
+        """``spec`` cannot start: ``record``'s instance goes on with its previous one; the
+        error shows on it (``pending_spec_error``) until a verify can start ``spec``.
+        Logged once per spec and error."""
+        if (record.pending_spec, record.pending_error) != (spec, error):
+            log.error("instance %s keeps its previous spec: the new one cannot start: %s "
+                      "(tried again at every verify)", record.name, error,
+                      extra={"action": "supervisor.spec_refused", "instance": record.name})
+        record.pending_spec, record.pending_error = spec, error
+        return Outcome.ERROR.detail("still running the previous spec; the new one cannot "
+                                    "start: %s" % error)
 
     def _close_queue(self, old):
         """The old instance's queue is not reused: close it (a FileQueue hands its claims
@@ -249,3 +370,11 @@ class Executor:
     def _alive(self, name):
         record = self.records.get(name)
         return record is not None and record.instance is not None and record.instance.alive
+
+
+def _same_spool(old, spec):
+    """True when ``spec``'s spool is the directory ``old``'s queue holds (the new queue
+    can only open once the old one has closed: it removes its claims' directory)."""
+    directory = getattr(old.queue, "directory", None) if old is not None else None
+    return bool(directory and spec.queue is not None
+                and os.path.abspath(spec.queue["spool"]) == directory)

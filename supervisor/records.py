@@ -35,6 +35,11 @@ class Record:
     refused_by: typing.Optional[str] = None
     #: The fatal database error it last died of (None: none).
     fatal: typing.Optional[str] = None
+    #: A spec asked for that could not start (its handler does not import, its queue
+    #: cannot open): the instance runs its previous spec meanwhile; None: none.
+    pending_spec: typing.Any = None
+    #: Why ``pending_spec`` could not start.
+    pending_error: typing.Optional[str] = None
     since: float = dataclasses.field(default_factory=time.time)
 
     def changed(self):
@@ -59,16 +64,27 @@ def observed_of(record, restarts_left=None):
         refused_by=record.refused_by, fatal=record.fatal, restarts_left=restarts_left)
 
 
+def pending_error_of(record, spec):
+    """Why the desired ``spec`` does not run yet (its instance runs its previous spec), or
+    None: an error recorded for another spec (the registry moved on) does not count."""
+    if record.pending_spec is not None and record.pending_spec == spec:
+        return record.pending_error
+    return None
+
+
 def status_of(record, spec, db_up):
     """The status dict of one instance (see Supervisor.status)."""
     instance = record.instance
     health = instance.health() if instance is not None else {}
     shown = spec if spec is not None else (instance.spec if instance is not None else None)
+    pending = pending_error_of(record, spec)
     return {
         "state": shown_state(spec, observed_of(record), db_up),
         "restarts": record.restarts,
-        "last_error": record.parked or health.get("last_error") or record.last_error,
+        "last_error": record.parked or (pending and "new spec not applied: %s" % pending)
+        or health.get("last_error") or record.last_error,
         "parked_reason": record.parked,
+        "pending_spec_error": pending,
         "since": record.since,
         "channels": list(shown.channels) if shown is not None else [],
         "concurrency": health.get("concurrency", 0) if health.get("alive") else 0,

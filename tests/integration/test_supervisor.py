@@ -123,3 +123,34 @@ def test_async_operations_report_outcomes_and_merge_duplicates(registry, supervi
     assert supervisor.verify().get(timeout=5) == {"river": "unchanged"}
     assert supervisor.restart("river").get(timeout=10) == {"river": "started"}
     _wait_state(supervisor, "river", "running")
+
+
+@pytest.mark.timeout(30)
+def test_an_instance_dying_while_its_edit_cannot_start_comes_back_on_its_previous_spec(
+        registry, supervisor, pg_dsn):
+    registry.add(_spec())
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    registry.resolve = False  # as the CLI stores a handler it cannot import
+    registry.update("river", handler="no_such_module_pgvisor:handle")
+    wait_for(lambda: supervisor.status()["river"]["pending_spec_error"], 10)
+    running = supervisor.instance("river")
+    assert running.alive and running.spec.handler == "tests.handlers:record"
+    running.kill()  # a crash while the edit waits: restarted on the spec that can start
+    wait_for(lambda: supervisor.instance("river") is not running
+             and supervisor.instance("river").alive, 10)
+    status = supervisor.status()["river"]
+    assert status["state"] in ("starting", "running") and status["restarts"] == 1
+    assert "no_such_module_pgvisor" in status["pending_spec_error"]
+    assert supervisor.instance("river").spec.handler == "tests.handlers:record"
+    _wait_state(supervisor, "river", "running")
+    _notify(pg_dsn, "doc_changed", "still")
+    wait_for(lambda: "still" in [n.payload for n in handlers.seen], 5)
+    # An operator's restart asks for the new spec again: still refused, still running.
+    outcome = supervisor.restart(["river"]).get(timeout=10)["river"]
+    assert outcome.startswith("error: restarted on the previous spec"), outcome
+    assert supervisor.instance("river").alive
+    # Back to a handler that imports: the record forgets the refusal.
+    registry.update("river", handler="tests.handlers:into_fixed")
+    wait_for(lambda: supervisor.instance("river").spec.handler == "tests.handlers:into_fixed"
+             and supervisor.status()["river"]["pending_spec_error"] is None, 10)

@@ -15,6 +15,7 @@
   const EVENTS_KEPT = 20;      // recent state changes listed
   const OUTCOMES_KEPT = 8;     // action outcomes listed
   const ACTION_TIMEOUT = 15;   // seconds an action waits for its outcome (?wait=1)
+  const PENDING = "new spec not applied: ";  // how last_error words a pending edit
   const NOTIFIER_COLUMNS = ["name", "dsn", "connected", "channels", "subscribers", "backlog",
                             "queue_usage", "reconnects", "last_error"];
   const NODE_COLUMNS = ["node", "name", "state", "leader", "last_seen", "instances"];
@@ -168,6 +169,10 @@
     const td = el("td", null, "state");
     td.appendChild(el("span", view.state, "badge state-" + state));
     if (view.parked_reason) td.appendChild(expandable(view.parked_reason, "reason"));
+    // An edit that cannot start: the instance runs its previous spec meanwhile.
+    if (view.pending_spec_error) {
+      td.appendChild(expandable(PENDING + view.pending_spec_error, "reason pending"));
+    }
     if (view.since) td.title = view.state + " since " + clock(view.since);
     return td;
   }
@@ -230,9 +235,11 @@
       row.appendChild(el("td", show(view.catch_ups), "number catch-ups"));
       const rate = rateOf(view, now);
       row.appendChild(el("td", rate === null ? "\u2013" : rate.toFixed(1), "number rate"));
-      // A parked instance's last error is its parking reason, shown under its state.
-      row.appendChild(errorCell(view.last_error === view.parked_reason ? null
-                                                                       : view.last_error));
+      // A parked instance's last error is its parking reason, and an edit's that cannot
+      // start is its pending error: both are shown under its state.
+      const underState = [view.parked_reason, PENDING + view.pending_spec_error];
+      row.appendChild(errorCell(underState.includes(view.last_error) ? null
+                                                                     : view.last_error));
       row.appendChild(actionsCell(view));
       for (const details of row.querySelectorAll("details")) {
         details.open = open.has(view.name + " " + details.closest("td").className);
