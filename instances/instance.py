@@ -243,6 +243,16 @@ class Instance:
             if part is not None:
                 part.kill(block=False)
 
+    def reconnect_now(self):
+        """The database is back (its owner knows): a source waiting out its reconnect
+        backoff tries at once, the own listener or the shared notifier this instance
+        subscribes to (:meth:`~instances.components.Component.retry_now`). Returns True if
+        one was waiting to reconnect. Never blocks."""
+        listener = self.listener
+        source = getattr(listener, "notifier", listener)  # a Subscription: its notifier
+        retry = getattr(source, "retry_now", None)
+        return bool(retry is not None and self.alive and retry())
+
     def apply(self, spec):
         """Take ``spec`` live: channels and concurrency change without a restart.
 

@@ -518,7 +518,19 @@ class Supervisor:
             self._db_since = time.time()
         if previous is not None and not was_up:
             self._begin_grace()
+            self._reconnect_now()
         return role_changed
+
+    def _reconnect_now(self):
+        """The database is back: listeners and notifiers waiting out their reconnect
+        backoff (up to 32 s) try at once, so the first live notification does not wait
+        for the rest of it."""
+        woken = [record.name for record in self.records.values()
+                 if record.instance is not None and record.instance.reconnect_now()]
+        if woken:
+            log.info("database revived: %d instance(s) reconnect now (%s)", len(woken),
+                     ", ".join(sorted(woken)[:10]),
+                     extra={"action": "supervisor.reconnect_now", "instance": None})
 
     def _begin_grace(self):
         self._grace += 1

@@ -16,12 +16,16 @@ GRACE = 1.0
 
 class SlowToReconnect(Instance):
     """A real Instance whose listener, once its connection is lost, waits a minute before
-    reconnecting: it is still away when the revive grace is over."""
+    reconnecting, and is deaf to the supervisor's "the database is back": it is still away
+    when the revive grace is over."""
 
     def start(self):
         super().start()
         self.listener.backoff = Backoff(initial=60.0, max_delay=60.0, jitter=0)
         return self
+
+    def reconnect_now(self):
+        return False
 
 
 def factory(spec, dsn, on_death, on_connection_lost, queue=None):
@@ -174,3 +178,49 @@ def test_operator_pause_holds_restarts_and_resume_restarts_free(registry, superv
     _wait_states(supervisor, {"steady": "running"})
     assert supervisor.instance("steady") is not first
     assert supervisor.budget.remaining("steady") == remaining
+
+
+class MinuteBackoff(Instance):
+    """A real Instance whose source waits a minute between reconnect attempts: its own
+    listener's backoff, or the shared notifier's."""
+
+    def start(self):
+        super().start()
+        source = getattr(self.listener, "notifier", self.listener)
+        source.backoff = Backoff(initial=60.0, max_delay=60.0, jitter=0)
+        return self
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("connection", ["shared", "own"])
+def test_a_revived_database_wakes_listeners_out_of_their_reconnect_backoff(
+        registry, pg_private_cluster, connection):
+    """The monitor says "up": the notifier (or an own listener) reconnects at once, not at
+    the end of its backoff (here a minute, far past the test's deadlines)."""
+    from tests import handlers
+    sup = Supervisor(registry, pg_private_cluster.dsn, interval=3600,
+                     wait_after_db_revived=30.0, probe_interval=0.2, probe_timeout=1.0,
+                     set_as_current=False, instance_factory=lambda spec, dsn, on_death,
+                     on_connection_lost, queue=None: MinuteBackoff(
+                         spec, dsn, on_death=on_death, on_connection_lost=on_connection_lost,
+                         queue=queue, notifiers=sup.notifiers))
+    registry.add(_spec("woken", connection=connection))
+    sup.start()
+    try:
+        _wait_states(sup, {"woken": "running"})
+        instance = sup.instance("woken")
+        pg_private_cluster.stop()
+        _wait_paused(sup, 10)
+        source = getattr(instance.listener, "notifier", instance.listener)
+        wait_for(lambda: source.backoff.attempts >= 1, 10,
+                 message="the source lost its connection and waits to retry")
+        pg_private_cluster.start()
+        wait_for(lambda: sup.db_up, 15, message="the monitor saw the database back")
+        wait_for(lambda: instance.connected, 10,
+                 message="reconnected within its minute of backoff")
+        assert sup.instance("woken") is instance  # the same instance: no restart
+        del handlers.seen[:]
+        pg_private_cluster.execute("SELECT pg_notify('ch_woken', 'first')")
+        wait_for(lambda: "first" in [n.payload for n in handlers.seen], 10)
+    finally:
+        sup.stop(timeout=5)

@@ -265,6 +265,35 @@ def test_stop_interrupts_the_backoff_sleep():
 
 
 @pytest.mark.timeout(10)
+def test_retry_now_ends_the_backoff_wait_of_a_failing_component_only():
+    attempts = []
+    comp = Recorder(strategy=FakeStrategy("reconnect"), backoff=Backoff(initial=60, max_delay=60),
+                    set_up=lambda c: attempts.append(1) or 1 / 0)
+    assert comp.retry_now() is False  # not started: nothing to cut short
+    comp.start()
+    try:
+        wait_for(lambda: comp.backoff.attempts == 1, 5)
+        assert len(attempts) == 1  # waiting out a 60 s backoff
+        assert comp.retry_now() is True
+        wait_for(lambda: len(attempts) == 2, 5, message="retried at once, not after 60 s")
+        wait_for(lambda: comp.backoff.attempts == 2, 5)
+        gevent.sleep(0.05)
+        assert len(attempts) == 2  # one wake, one attempt: the next wait is a full one
+    finally:
+        comp.stop(5)
+
+
+@pytest.mark.timeout(10)
+def test_retry_now_leaves_a_healthy_component_alone():
+    comp = QueueReader(gevent.queue.Queue()).start()
+    try:
+        gevent.sleep(0)
+        assert comp.retry_now() is False and not comp._retry_now.is_set()
+    finally:
+        comp.stop(5)
+
+
+@pytest.mark.timeout(10)
 def test_kill_ends_abnormally_runs_tear_down_and_tells_links():
     told = []
     comp = QueueReader(gevent.queue.Queue()).start()
