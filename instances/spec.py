@@ -8,7 +8,8 @@ pattern, channel limits, restart types, roles, isolations, the spool options of 
 and their defaults: :data:`QUEUE_DEFAULTS`), one check per field, and the cross-field
 rules. The runtime applies the same checks where it takes a value live
 (:func:`check_name`, :func:`check_concurrency`, :func:`check_handler_timeout`,
-:func:`check_queue_size`, :func:`check_queue_option`), so each rule has one home.
+:func:`check_queue_size`, :func:`check_queue_option`, :func:`check_batch`), so each rule
+has one home.
 
 Validation collects *all* problems of a spec and reports them together, one per line, each
 naming the field and the value (a DSN is shown with its password redacted): :func:`validate`
@@ -39,6 +40,10 @@ ROLES = ("primary", "standby", "any")
 ISOLATIONS = ("greenlet", "process")
 #: Where a listening instance's notifications come from (see InstanceSpec.connection).
 CONNECTIONS = ("shared", "own")
+#: Upper bound of ``batch`` (notifications per call of a batch handler).
+MAX_BATCH = 10000
+#: The named keys of ``order_key`` (else a ``"module:function"`` path).
+ORDER_KEYS = ("channel", "payload")
 #: The spool options of ``queue`` and their defaults (``spool`` is required).
 QUEUE_DEFAULTS = {
     "spool": None,             # directory of the FileQueue (required)
@@ -98,6 +103,13 @@ class InstanceSpec:
     #: Seconds between periodic catch_ups (the polling fallback where LISTEN cannot work,
     #: e.g. behind PgBouncer in transaction mode); None: only after a (re)LISTEN.
     catch_up_interval: typing.Optional[float] = None
+    #: None: ``handler(notification)``; N: ``handler(list)`` of up to N notifications per
+    #: call, a catch_up alone in its own (see :mod:`instances.batching`).
+    batch: typing.Optional[int] = None
+    #: None: no order beyond ``max_concurrency == 1``'s; ``"channel"``, ``"payload"`` or
+    #: ``"module:function"`` (a notification's key): notifications of one key never run at
+    #: the same time and keep their order (see :mod:`instances.ordering`).
+    order_key: typing.Optional[str] = None
     resolve: dataclasses.InitVar[bool] = True
 
     def __post_init__(self, resolve):
@@ -152,7 +164,9 @@ class InstanceSpec:
         the handler changes. Raise InvalidConfigurationException naming unknown fields."""
         data = self.to_dict()
         data.update(changes)
-        return self.from_dict(data, "handler" in changes if resolve is None else resolve)
+        if resolve is None:
+            resolve = "handler" in changes or "order_key" in changes
+        return self.from_dict(data, resolve)
 
     @property
     def needs_database(self):
@@ -177,6 +191,13 @@ class InstanceSpec:
     def resolve_handler(self):
         """Return the handler callable (imports its module: blocks while importing)."""
         return import_handler(self.handler)
+
+    def resolve_order_key(self):
+        """The key function of ``order_key`` (None without one); a path's module is
+        imported (blocks while importing). See :func:`instances.ordering.key_function`."""
+        if self.order_key is None or self.order_key in ORDER_KEYS:
+            return self.order_key
+        return import_handler(self.order_key, "order_key")
 
     def __hash__(self):
         return hash(json.dumps(self.to_dict(), sort_keys=True))
@@ -271,36 +292,56 @@ def _check_channels(value):
     return tuple(value)
 
 
-def _check_handler(value):
+def _check_handler(value, field="handler"):
     module, _, attribute = value.partition(":") if isinstance(value, str) else ("", "", "")
     parts = module.split(".") + attribute.split(".")
     if not all(part.isidentifier() for part in parts):
-        raise _problem("handler", value,
+        raise _problem(field, value,
                        "must be 'module.path:callable' (e.g. 'myapp.river:index')")
     return value
 
 
-def import_handler(handler):
+def import_handler(handler, field="handler"):
     """Import ``"module.path:attr.path"`` and return the callable; blocks while importing.
 
-    Raise InvalidConfigurationException naming the handler and the import error.
+    Raise InvalidConfigurationException naming ``field`` (the handler, or the path of an
+    ``order_key``), the path and the import error.
     """
-    module_name, _, attribute = _check_handler(handler).partition(":")
+    module_name, _, attribute = _check_handler(handler, field).partition(":")
     try:
         target = importlib.import_module(module_name)
     except Exception as exc:  # any error of the imported module's code
-        raise _problem("handler", handler, "cannot import module %r: %s: %s"
+        raise _problem(field, handler, "cannot import module %r: %s: %s"
                        % (module_name, type(exc).__name__, exc)) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise _problem("handler", handler, "%r has no attribute %r"
+            raise _problem(field, handler, "%r has no attribute %r"
                            % (getattr(target, "__name__", target), part)) from None
     if not callable(target):
-        raise _problem("handler", handler, "%r is not callable (it is a %s)"
+        raise _problem(field, handler, "%r is not callable (it is a %s)"
                        % (attribute, type(target).__name__))
     return target
+
+
+def check_batch(value):
+    """The rule of ``batch``: None (one notification per handler call) or an integer
+    between 1 and :data:`MAX_BATCH`. Raise InvalidConfigurationException naming the field
+    and the value."""
+    if value is not None and (not _is_int(value) or not 1 <= value <= MAX_BATCH):
+        raise _problem("batch", value, "must be null (one notification per call) or an "
+                       "integer between 1 and %d (notifications per call)" % MAX_BATCH)
+    return value
+
+
+def _check_order_key(value):
+    if value is None or value in ORDER_KEYS:
+        return value
+    if not isinstance(value, str) or ":" not in value:
+        raise _problem("order_key", value, "must be null, %s or a 'module.path:function' "
+                       "taking a notification" % " or ".join(map(repr, ORDER_KEYS)))
+    return _check_handler(value, "order_key")
 
 
 def _check_path(field, value, required):
@@ -404,6 +445,8 @@ _CHECKS = {
     "restart_max_rate": _check_rate,
     "connection": lambda v: _check_choice("connection", v, CONNECTIONS),
     "catch_up_interval": lambda v: _check_seconds("catch_up_interval", v, allow_none=True),
+    "batch": check_batch,
+    "order_key": _check_order_key,
 }
 
 
@@ -462,6 +505,29 @@ def _cross_problems(values):
             "isolation='process', queue=None: process isolation needs a spool queue "
             "(set queue={\"spool\": DIR})", "isolation,queue",
             {"isolation": "process", "queue": None}))
+    return problems + _delivery_problems(values)
+
+
+def _delivery_problems(values):
+    """The combinations ``batch`` and ``order_key`` do not support (named, not guessed)."""
+    batch, key, problems = values.get("batch"), values.get("order_key"), []
+    if batch is not None and key is not None:
+        problems.append(InvalidConfigurationException(
+            "batch=%r, order_key=%r: a batch handler cannot have an order_key (a batch runs "
+            "several keys at once; with max_concurrency=1 batches keep the queue's order)"
+            % (batch, key), "batch,order_key", {"batch": batch, "order_key": key}))
+    queue = values.get("queue")
+    if batch is not None and isinstance(queue, Mapping) and queue.get("queue_out_dir"):
+        problems.append(InvalidConfigurationException(
+            "batch=%r, queue.queue_out_dir=%r: a batch handler's return value cannot be "
+            "forwarded per message (drop queue_out_dir or batch)"
+            % (batch, queue["queue_out_dir"]), "batch,queue",
+            {"batch": batch, "queue": dict(queue)}))
+    if key is not None and values.get("isolation") == "process":
+        problems.append(InvalidConfigurationException(
+            "order_key=%r, isolation='process': per-key order is kept inside one process's "
+            "pool; worker processes claim spool files on their own" % (key,),
+            "order_key,isolation", {"order_key": key, "isolation": "process"}))
     return problems
 
 
@@ -482,6 +548,11 @@ def validate(values, resolve_handler=True):
     if resolve_handler and "handler" in normalized:
         try:
             import_handler(normalized["handler"])
+        except InvalidConfigurationException as exc:
+            problems.append(exc)
+    if resolve_handler and normalized.get("order_key") not in (None,) + ORDER_KEYS:
+        try:
+            import_handler(normalized["order_key"], "order_key")
         except InvalidConfigurationException as exc:
             problems.append(exc)
     return normalized, problems + _cross_problems(normalized)

@@ -347,3 +347,48 @@ def test_restart_fields_name_what_a_running_instance_cannot_take_live():
     assert base.replace(handler="json:loads").restart_fields(base) == ("handler",)
     source = base.replace(channels=(), queue={"spool": "/tmp/x"})
     assert source.restart_fields(base) == ("channels", "queue")  # to none: no listener
+
+
+@pytest.mark.parametrize("value", [0, -1, 10001, True, "10", 1.5, [5]])
+def test_a_bad_batch_names_the_field_and_the_value(value):
+    error = error_of(batch=value)
+    assert (error.field, error.value) == ("batch", value)
+    assert str(error).startswith("batch=%r: must be null" % (value,))
+    assert "between 1 and 10000" in str(error)
+
+
+@pytest.mark.parametrize("value", ["chanel", "", 5, "json", "json:", "no such:thing", ["a"]])
+def test_a_bad_order_key_names_the_field_and_the_value(value):
+    error = error_of(order_key=value)
+    assert (error.field, error.value) == ("order_key", value)
+    assert str(error).startswith("order_key=%r" % (value,))
+
+
+def test_an_order_key_path_is_imported_like_a_handler_and_named_when_it_fails():
+    assert spec(order_key="json:dumps").resolve_order_key() is json.dumps
+    assert spec(order_key="channel").resolve_order_key() == "channel"
+    error = error_of(order_key="json:no_such_function")
+    assert error.field == "order_key" and "has no attribute 'no_such_function'" in str(error)
+    unresolved = InstanceSpec.from_dict(dict(BASE, order_key="no_such_mod:key"), resolve=False)
+    with pytest.raises(InvalidConfigurationException, match="order_key='no_such_mod:key'"):
+        unresolved.resolve_order_key()
+
+
+@pytest.mark.parametrize("changes, fields", [
+    ({"batch": 10, "order_key": "channel"}, "batch,order_key"),
+    ({"batch": 10, "queue": {"spool": "/q", "queue_out_dir": "/out"}}, "batch,queue"),
+    ({"order_key": "payload", "isolation": "process", "queue": {"spool": "/q"}},
+     "order_key,isolation"),
+])
+def test_unsupported_combinations_of_batch_and_order_key_are_named(changes, fields):
+    assert error_of(**changes).field == fields
+
+
+def test_batch_and_order_key_round_trip_through_to_dict():
+    for s in (spec(batch=500, queue={"spool": "/q"}, isolation="process"),
+              spec(order_key="json:dumps", max_concurrency=4)):
+        data = json.loads(json.dumps(s.to_dict()))
+        assert InstanceSpec.from_dict(data) == s
+    assert (spec().batch, spec().order_key) == (None, None)
+    assert {"batch", "order_key"} <= set(spec(batch=2).restart_fields(spec()) +
+                                         spec(order_key="channel").restart_fields(spec()))
