@@ -66,14 +66,16 @@ def make_queue(spec, owner=None):
     return FileQueue.from_spec(spec.queue, owner=owner)
 
 
-def make_pool(spec, queue, handler):
+def make_pool(spec, queue, handler, order_key=None):
     """The processors of ``spec``: greenlets in this process, or worker processes
-    (``isolation="process"``, see :mod:`instances.isolation.parent`) sharing the spool."""
+    (``isolation="process"``, see :mod:`instances.isolation.parent`) sharing the spool.
+    ``order_key``: the spec's, resolved (:meth:`InstanceSpec.resolve_order_key`)."""
     if spec.isolation == "process":
         from instances.isolation.parent import WorkerProcesses
         return WorkerProcesses(queue, spec)
     return ProcessorPool(queue, handler, spec.min_concurrency, spec.max_concurrency,
-                         spec.handler_timeout, spec.name)
+                         spec.handler_timeout, spec.name, batch=spec.batch,
+                         order_key=order_key)
 
 
 class Instance:
@@ -108,6 +110,7 @@ class Instance:
         self.ended_at = None
         self._stopping = False
         self._handler = spec.resolve_handler()
+        self._order_key = spec.resolve_order_key()
 
     @property
     def name(self):
@@ -133,7 +136,7 @@ class Instance:
         self.exit = self.exception = None
         self._stopping = False
         spec = self.spec
-        self.pool = make_pool(spec, self.queue, self._handler)
+        self.pool = make_pool(spec, self.queue, self._handler, self._order_key)
         self.pool.link(self._part_ended)
         self.listener = self._make_listener() if spec.channels else None
         self.started_at, self.ended_at = time.time(), None
@@ -226,8 +229,10 @@ class Instance:
             clean = self.listener.stop(timeout) and clean
         pool = self.pool
         if work_off and pool is not None:
-            # The pool keeps working (and autoscaling); nothing signals "empty": look.
-            while pool.alive and self.queue.qsize() and time.monotonic() < deadline:
+            # The pool keeps working (and autoscaling); nothing signals "empty": look
+            # (at what per-key order holds out of the queue, too).
+            while pool.alive and (self.queue.qsize() or getattr(pool, "held", 0)) \
+                    and time.monotonic() < deadline:
                 gevent.sleep(self.drain_poll_interval)
         if pool is not None:
             clean = pool.stop(max(0.1, deadline - time.monotonic())) and clean

@@ -19,7 +19,10 @@ worker above min that waited ``idle_timeout`` for an item exits.
 
 Ordering: with ``max_concurrency == 1`` one worker handles items strictly in queue order,
 one at a time. With more, items start in queue order but run concurrently and may finish
-in any order, including two notifications of the same channel.
+in any order, including two notifications of the same channel -- unless ``order_key`` is
+given: then items of one key never overlap and run in queue order
+(:mod:`instances.ordering`). With ``batch = N`` the handler gets lists of up to N items
+(:mod:`instances.batching`, which also says what a failing batch means).
 
 Handler timeouts cost nothing per item: the manager sleeps until the earliest deadline of
 a running handler and throws :class:`HandlerTimeout` into that worker only if it is still
@@ -49,11 +52,13 @@ import gevent.event
 from gevent import GreenletExit, getcurrent
 
 from instances.backoff import Backoff
+from instances.batching import take_batch
 from instances.components import ComponentKilled, interrupt_if
 from instances.episodes import LogLimiter, shorten
 from instances.links import Links
+from instances.ordering import KeyOrder, key_function
 from instances.queues import Closed, Empty
-from instances.spec import check_concurrency, check_handler_timeout
+from instances.spec import check_batch, check_concurrency, check_handler_timeout
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,10 @@ _HANDLER_FAILURES = (Exception, gevent.Timeout, SystemExit, KeyboardInterrupt, G
 
 class _Stop(GreenletExit):
     """Private: thrown by stop() into a worker waiting for an item."""
+
+
+#: What _wait_item returns instead of an item: exit (an idle worker above min), try again.
+_RETIRE, _AGAIN = object(), object()
 
 
 class _Worker:
@@ -111,7 +120,7 @@ class ProcessorPool:
     retry_jitter = 0.1
 
     def __init__(self, queue, handler, min_concurrency=1, max_concurrency=1,
-                 handler_timeout=60.0, name=""):
+                 handler_timeout=60.0, name="", batch=None, order_key=None):
         self.name = name
         #: None while running or never started; "normal" or "abnormal" after the end.
         self.exit = None
@@ -134,6 +143,11 @@ class ProcessorPool:
         self.last_error = None
         self._failure_log = LogLimiter()
         self._manager = None
+        #: None: ``handler(item)``; N: ``handler(list of up to N)`` (instances.batching).
+        self.batch = check_batch(batch)
+        #: None, or the :class:`~instances.ordering.KeyOrder` of ``order_key`` (``"channel"``,
+        #: ``"payload"`` or a callable taking an item).
+        self.order = None if order_key is None else KeyOrder(key_function(order_key))
 
     # -- owner API ---------------------------------------------------------------------
     @property
@@ -179,6 +193,11 @@ class ProcessorPool:
     @property
     def alive(self):
         return self._running
+
+    @property
+    def held(self):
+        """Items taken from the queue and held behind a running key (``order_key``)."""
+        return self.order.held if self.order is not None else 0
 
     @property
     def size(self):
@@ -302,7 +321,12 @@ class ProcessorPool:
 
     def _work(self, worker):
         try:
-            self._loop(worker)
+            if self.batch is not None:
+                self._loop_batches(worker)
+            elif self.order is not None:
+                self._loop_ordered(worker)
+            else:
+                self._loop(worker)
         except (_Stop, Closed):
             pass
         except Exception as error:  # the queue failed us: the pool cannot go on
@@ -375,6 +399,202 @@ class ProcessorPool:
                 raise
             if streak >= yield_every:
                 gevent.sleep(0)
+
+    # -- batches and per-key order (instances.batching, instances.ordering) --------------
+    def _wait_item(self, worker):
+        """Block for the next item as the hot path does (idle meanwhile); _RETIRE when an
+        idle worker above min_concurrency should exit, _AGAIN after an idle timeout."""
+        worker.idle = True
+        try:
+            return self.queue.get(True, self.idle_timeout
+                                  if len(self._workers) > self.min_concurrency else None)
+        except Empty:
+            return _RETIRE if self._active() > self.min_concurrency else _AGAIN
+        finally:
+            worker.idle = False
+
+    def _loop_ordered(self, worker):
+        """The worker of an ``order_key`` pool: run an item whose key is free, and then what
+        waits behind that key; hold an item whose key runs elsewhere (see ordering)."""
+        order, handled = self.order, 0
+        while not worker.stopping:
+            item = self._wait_item(worker)
+            if item is _RETIRE:
+                return
+            if item is _AGAIN:
+                continue
+            try:
+                key = order.key(item)
+            except Exception as error:  # the key function failed on it: that item alone
+                self._failed(item, error)
+                continue
+            if order.admit(key, item):
+                handled += self._run_key(worker, key, item)
+            elif order.full:
+                self._idle_wait(worker, order.wait_for_room)
+            if handled >= self.yield_every:
+                handled = 0
+                gevent.sleep(0)  # a queue that always has an item never blocks get
+
+    def _run_key(self, worker, key, item):
+        """Run ``item`` and every item held behind ``key``, in order; return how many. A
+        stop (or a kill) gives what is still held back to the queue's front, in order."""
+        order, count = self.order, 0
+        try:
+            while item is not None:
+                self._handle(worker, item, item)
+                count += 1
+                if worker.stopping:
+                    break
+                item = order.next(key)
+            else:
+                return count
+        except BaseException:
+            self._give_back(order.give_up(key))
+            self._drop(item)  # after the held ones: a spool hands it out before them
+            raise
+        self._give_back(order.give_up(key))
+        return count
+
+    def _loop_batches(self, worker):
+        """The worker of a ``batch`` pool: a list of up to ``batch`` items per call."""
+        carry, handled = None, 0
+        get, size = self.queue.get, self.batch
+        while not worker.stopping:
+            item, carry = (carry, None) if carry is not None else (self._wait_item(worker), None)
+            if item is _RETIRE:
+                return
+            if item is _AGAIN:
+                continue
+            batch, carry = take_batch(item, lambda: get(False), size)
+            try:
+                self._run_batch(worker, batch)
+            except BaseException:
+                self._give_back([carry] if carry is not None else [])
+                raise
+            handled += len(batch)
+            if handled >= self.yield_every:
+                handled = 0
+                gevent.sleep(0)
+        if carry is not None:
+            self._give_back([carry])
+
+    def _run_batch(self, worker, batch):
+        """``handler(batch)`` with the retry policy; all done, or each item alone."""
+        tries, settled = 0, 0
+        try:
+            while True:
+                started = worker.busy_since = time.monotonic()
+                try:
+                    self.handler(batch)
+                except HandlerTimeout:
+                    worker.busy_since = None
+                    if len(batch) == 1:
+                        settled = 1
+                        return self._timed_out(batch[0])
+                    self._log_batch_failure(batch, "timed out")
+                    break
+                except _HANDLER_FAILURES as error:
+                    worker.busy_since = None
+                    if tries < self.retries:
+                        tries += 1
+                        self._retry_wait(worker, batch, error, tries)
+                        continue
+                    if len(batch) == 1:
+                        settled = 1
+                        return self._failed(batch[0], error)
+                    self._log_batch_failure(batch, repr(error))
+                    break
+                worker.busy_since = None
+                self._batch_done(batch, time.monotonic() - started)
+                settled = len(batch)
+                return None
+            for item in batch:  # isolate the poison one(s)
+                if worker.stopping:
+                    break
+                self._handle(worker, item, [item])
+                settled += 1
+        except _Stop:  # a stop interrupted a retry wait: the rest goes back, in order
+            self._give_back(batch[settled:])
+            raise
+        except BaseException:  # killed: the spool gets them back (a memory queue loses them)
+            for item in reversed(batch[settled:]):
+                self._drop(item)
+            raise
+        self._give_back(batch[settled:])
+        return None
+
+    def _batch_done(self, batch, elapsed):
+        done = self.queue.done
+        for item in batch:
+            done(item)
+        self.processed += len(batch)
+        self.latency_counts[bisect.bisect_left(self.latency_bounds, elapsed)] += 1
+        self.latency_sum += elapsed
+
+    def _log_batch_failure(self, batch, why):
+        allowed, held = self._failure_log.allow("handler.batch_failed")
+        if allowed:
+            log.warning("pool %s: a batch of %d failed (%s)%s: handling each alone",
+                        self.name, len(batch), shorten(why),
+                        " (%d similar lines held back)" % held if held else "",
+                        extra={"action": "handler.batch_failed", "instance": self.name,
+                               "held_back": held})
+
+    def _handle(self, worker, item, arg):
+        """``handler(arg)`` for ``item`` (``arg``: the item, or ``[item]`` for a batch
+        handler) with the retry policy, then its outcome, as the hot path does inline."""
+        forward = getattr(self.queue, "forward", None)
+        tries = 0
+        while True:
+            started = worker.busy_since = time.monotonic()
+            try:
+                result = self.handler(arg)
+            except HandlerTimeout:
+                worker.busy_since = None
+                return self._timed_out(item)
+            except _HANDLER_FAILURES as error:
+                worker.busy_since = None
+                if tries < self.retries:
+                    tries += 1
+                    self._retry_wait(worker, item, error, tries)
+                    continue
+                return self._failed(item, error)
+            elapsed = time.monotonic() - started
+            worker.busy_since = None
+            if forward is None:
+                self.queue.done(item)
+            elif not self._forwarded(forward, item, result):
+                return None
+            self.processed += 1
+            self.latency_counts[bisect.bisect_left(self.latency_bounds, elapsed)] += 1
+            self.latency_sum += elapsed
+            return None
+
+    def _idle_wait(self, worker, wait):
+        """``wait()`` as an idle worker (a stop or a retire interrupts it)."""
+        worker.idle = True
+        try:
+            if not worker.stopping:
+                wait()
+        finally:
+            worker.idle = False
+
+    def _give_back(self, items):
+        """Items taken from the queue that get no outcome here go back to its front, in
+        order: a spool's ``release`` (each is handed out first: hence reversed), a memory
+        queue's ``give_back``."""
+        if not items:
+            return
+        release = getattr(self.queue, "release", None)
+        if release is None:
+            self.queue.give_back(items)
+            return
+        for item in reversed(items):
+            try:
+                release(item)
+            except ValueError:  # settled meanwhile: not ours to give back
+                pass
 
     def _retry_wait(self, worker, item, error, tries):
         """Wait before try ``tries + 1`` of ``item``: :attr:`retry_delay` doubling, with

@@ -78,6 +78,14 @@ class MemoryQueue:
         """Items waiting to be handled."""
         return self._queue.qsize()
 
+    def give_back(self, items):
+        """Put ``items`` (got earlier, not handled) back at the FRONT, in their order, even
+        past ``maxsize`` (they were counted in before): per-key order's stop
+        (:mod:`instances.ordering`). Wakes a blocked getter. Never blocks."""
+        queue = self._queue
+        queue.queue.extendleft(reversed(items))
+        gevent.get_hub().loop.run_callback(queue._unlock)  # what put() schedules
+
     def done(self, item):
         """Count ``item`` as handled. Never blocks."""
         self.done_count += 1

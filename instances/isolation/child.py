@@ -144,7 +144,8 @@ def main(argv=None):
     queue = FileQueue.from_spec(spec.queue, owner=spec.name)
     wakers = []
     queue.attach_watcher(wakers.append)
-    pool = ProcessorPool(queue, handler, 1, 1, spec.handler_timeout, spec.name)
+    pool = ProcessorPool(queue, handler, 1, 1, spec.handler_timeout, spec.name,
+                         batch=spec.batch)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the parent's to handle

@@ -29,7 +29,7 @@ FIELD_FLAGS = (("channels", "channels"), ("handler", "handler"),
                ("run_on", "run_on"), ("restart", "restart"), ("queue_size", "queue_size"),
                ("handler_timeout", "handler_timeout"), ("isolation", "isolation"),
                ("dsn", "dsn"), ("restart_max_rate", "restart_max_rate"),
-               ("enabled", "enabled"))
+               ("enabled", "enabled"), ("batch", "batch"), ("order_key", "order_key"))
 EDIT_NOTE = "(a running service picks the change up from the file)"
 #: The registry verbs: (verb, help).
 VERBS = (("list", "list the registered instances"), ("show", "one instance's fields"),
@@ -73,6 +73,10 @@ def _spec_flags(parser, update):
     parser.add_argument("--isolation", choices=ISOLATIONS)
     parser.add_argument("--dsn", help="DSN override for this instance")
     parser.add_argument("--restart-max-rate", metavar="RATE")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="a batch handler: lists of up to N notifications per call")
+    parser.add_argument("--order-key", metavar="KEY", help="channel, payload or "
+                        "MODULE:FUNCTION: same-key notifications never overlap, keep order")
     group = parser.add_mutually_exclusive_group()
     if update:
         group.add_argument("--enable", dest="enabled", action="store_const", const=True)

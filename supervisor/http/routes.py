@@ -317,11 +317,13 @@ class Routes:
         if "name" in data and data["name"] != name:
             raise HttpError(400, "name=%r in the body differs from %r in the path" % (
                 data["name"], name), "name", data["name"])
-        handler = data.get("handler")
-        if isinstance(handler, str) and not handler_allowed(handler, self.handler_modules):
-            raise HttpError(403, "handler=%r: its module is not allowed by [security] "
-                            "handler_modules (%s)" % (handler, ", ".join(
-                                self.handler_modules)), "handler", handler)
+        for field in ("handler", "order_key"):  # both name code the service imports
+            path = data.get(field)
+            if isinstance(path, str) and ":" in path and not handler_allowed(
+                    path, self.handler_modules):
+                raise HttpError(403, "%s=%r: its module is not allowed by [security] "
+                                "handler_modules (%s)" % (field, path, ", ".join(
+                                    self.handler_modules)), field, path)
         registry = self.supervisor.registry
         with _registry_errors():
             spec = InstanceSpec.from_dict(dict(data, name=name), resolve=registry.resolve)

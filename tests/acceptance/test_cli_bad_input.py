@@ -65,3 +65,33 @@ def test_a_listen_address_in_use_names_http_listen(tmp_path, pg_dsn):
             svc.stop()
     assert "[http] listen = 127.0.0.1:%d" % port in svc.log()
     assert "Traceback" not in svc.log()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--batch", "0"), ("batch=0", "between 1 and 10000")),
+    (("--batch", "many"), ("--batch", "'many'")),
+    (("--set", "batch=true"), ("batch=True",)),
+    (("--order-key", "shard"), ("order_key='shard'", "'channel' or 'payload'")),
+    (("--batch", "5", "--order-key", "channel"), ("batch=5, order_key='channel'",)),
+])
+def test_bad_batch_and_order_key_are_usage_errors_naming_them(tmp_path, args, words):
+    registry = tmp_path / "registry.json"
+    result = run_cli("instances", "add", "river", "--registry", registry, "--channel", "c",
+                     "--handler", "tests.handlers:record", *args, env=environ(tmp_path))
+    _one_clear_line(result, *words)
+    assert "river" not in (registry.read_text() if registry.exists() else "")
+
+
+def test_batch_and_order_key_flags_are_stored(tmp_path):
+    registry = tmp_path / "registry.json"
+    for name, args in (("bulk", ("--batch", "200")), ("keyed", ("--order-key", "payload"))):
+        result = run_cli("instances", "add", name, "--registry", registry, "--channel", "c",
+                         "--handler", "tests.handlers:record", *args, env=environ(tmp_path))
+        assert result.returncode == 0, result.stderr
+    shown = run_cli("instances", "show", "bulk", "--registry", registry, "--json",
+                    env=environ(tmp_path))
+    assert '"batch": 200' in shown.stdout
+    result = run_cli("instances", "update", "keyed", "--registry", registry, "--max", "4",
+                     env=environ(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert '"order_key": "payload"' in registry.read_text()

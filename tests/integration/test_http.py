@@ -695,3 +695,40 @@ def test_the_access_log_escapes_control_characters(client, caplog):
     message = record.getMessage()
     assert "\n" not in message and "\r" not in message and "\x1b" not in message
     assert "\\x0a2026-01-01" in message and "\\x5c" in message
+
+
+def test_batch_and_order_key_survive_a_get_put_round_trip(client, registry):
+    for name, fields in (("bulk", {"batch": 500}),
+                         ("keyed", {"order_key": "tests.handlers:record",
+                                    "max_concurrency": 4})):
+        assert client.call("PUT", "/instances/" + name, _spec_body(**fields)).status == 201
+        stored = registry.get(name)
+        answer = client.call("GET", "/instances/" + name).body
+        assert all(answer[field] == value for field, value in fields.items())
+        spec_fields = {f for f in InstanceSpec.__dataclass_fields__}
+        body = {k: v for k, v in answer.items() if k in spec_fields}
+        assert client.call("PUT", "/instances/" + name, body).status == 200
+        assert registry.get(name) == stored
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"batch": 0}, "batch"), ({"batch": "100"}, "batch"), ({"batch": 10001}, "batch"),
+    ({"order_key": "shard"}, "order_key"), ({"order_key": "tests.handlers:missing"}, "order_key"),
+    ({"batch": 10, "order_key": "channel"}, "batch,order_key"),
+])
+def test_bad_batch_or_order_key_is_400_naming_the_field_and_changes_nothing(
+        client, registry, fields, field):
+    reply = client.call("PUT", "/instances/lake", _spec_body(**fields))
+    _assert_error(reply, 400, field)
+    assert "lake" not in registry
+
+
+def test_an_order_key_path_outside_handler_modules_is_refused(supervisor, registry):
+    api = _serve(supervisor, handler_modules=["tests.handlers"])
+    try:
+        reply = Client(api).call("PUT", "/instances/lake", _spec_body(
+            order_key="tests.poison:handle", max_concurrency=2))
+        _assert_error(reply, 403, "order_key")
+        assert reply.body["value"] == "tests.poison:handle" and "lake" not in registry
+    finally:
+        api.stop(timeout=2)

@@ -1,0 +1,58 @@
+"""Batch handlers for bulk sinks: how a spec's ``batch = N`` cuts the queue's items into
+handler calls, and what a failing call means.
+
+With ``batch = N`` a :class:`~instances.processors.ProcessorPool` calls
+``handler(notifications)`` with a list of up to N items instead of once per item: a worker
+blocks for the first item, then takes what is queued already (never waiting for more), up
+to N. A ``catch_up`` is always alone in its own call (``[catch_up]``): it means "re-read
+your tables", which a bulk sink does apart from its rows. Order: one worker hands its list
+in queue order; with ``max_concurrency > 1`` batches run side by side, as items would.
+
+Outcomes are per batch::
+
+    handler(batch) --returns--------------------------------------> every item done
+                   --raises--> the whole batch again, the pool's retry policy
+                               (``retries`` = 3, 1 s doubling, 10 % jitter)
+                   --still raises, or overran handler_timeout--> each item alone:
+                               handler([item]), as a single notification is handled
+                               (retried, then the error path); the others are done
+
+so a poison notification goes to the error path alone (``errors/`` of a spool, the
+memory queue's ``errors``) and the rest of its batch is handled. A batch of one that
+fails goes straight to the error path after its retries. The latency histogram observes
+each call (a batch), ``processed`` counts items. A spool's messages are claimed as the
+spool hands them out and acked (``done``) together once their batch succeeded; a batch
+interrupted by a stop is given back unacked, in order. A batch handler's return value is
+not used (a spec with ``batch`` and ``queue_out_dir`` is refused).
+
+Concurrency: pure functions, for any greenlet.
+"""
+from instances.notification import Notification
+from instances.queues import Empty
+
+_CATCH_UP = Notification.CATCH_UP
+
+
+def is_catch_up(item):
+    """True for a catch_up notification (a plain spool message never is one)."""
+    return isinstance(item, Notification) and item[2] == _CATCH_UP
+
+
+def take_batch(first, get_nowait, size):
+    """``(batch, carry)``: ``first`` and what ``get_nowait()`` gives at once, up to
+    ``size`` items. A catch_up ends the batch: alone when it is ``first``, else it is
+    returned as ``carry``, the first item of the next batch. Stops at ``Empty``; never
+    blocks (``get_nowait`` must not)."""
+    if size == 1 or is_catch_up(first):
+        return [first], None
+    batch = [first]
+    append = batch.append
+    while len(batch) < size:
+        try:
+            item = get_nowait()
+        except Empty:
+            break
+        if is_catch_up(item):
+            return batch, item
+        append(item)
+    return batch, None
