@@ -54,9 +54,11 @@ $(BENCH_STAMP): $(STAMP) setup.py
 
 bench: $(BENCH_STAMP) postgres
 	$(PY) -m bench.run --verbose
+	$(PY) -m bench.delivery --verbose
 
 bench-smoke: $(BENCH_STAMP) postgres
 	$(PY) -m bench.run --smoke
+	$(PY) -m bench.delivery --smoke
 
 
 # The published chaos run (docs/reliability.rst, regenerated): the real service, faults in

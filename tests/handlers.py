@@ -140,3 +140,12 @@ def shout(message):
         raise ValueError("bad payload %r" % payload)
     return {"payload": payload.upper(), "source": message["id"] if isinstance(
         message, dict) else message.id}
+
+
+def bulk_job(messages):
+    """A batch handler for other processes: one ``batch <count> <pid> <payloads>`` line
+    per call to $PGVISOR_TEST_OUT, after raising if any payload starts with ``bad``."""
+    payloads = [_payload(message) or "catch_up" for message in messages]
+    if any(payload.startswith("bad") for payload in payloads):
+        raise ValueError("bad payload in %r" % payloads)
+    _append("batch %d %d %s" % (len(payloads), os.getpid(), " ".join(payloads)))

@@ -72,3 +72,24 @@ def test_smoke_chaos_run_injects_every_fault_and_loses_no_row(tmp_path):
         assert row.split()[-1] == "0", row
     assert "Verdict: every committed row reached both instances." in written
     assert "final states" in written and "memory running, spool running" in written
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_smoke_delivery_figures_run_and_keep_the_rest_of_the_report(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier report\n\n<!-- notifier figures (python -m bench.notifier) -->"
+                       "\n## The shared notifier\n", encoding="utf-8")
+    for _ in range(2):  # a second run replaces the section, it does not add one
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.delivery", "--smoke", "--results", str(results)],
+            cwd=ROOT, capture_output=True, text=True, timeout=110)
+        assert proc.returncode == 0, "bench.delivery --smoke failed:\n%s\n%s" % (
+            proc.stdout[-3000:], proc.stderr[-3000:])
+    for contender in ("raw psycopg2, a list per read", "pgvisor, batch = 1000",
+                      "pgvisor, 4 processors, order_key (100 keys)"):
+        assert "| %s |" % contender in proc.stdout, contender
+    written = results.read_text(encoding="utf-8")
+    assert written.startswith("# earlier report")
+    assert written.count("## Batch handlers and per-key order") == 1
+    assert written.index("## Batch handlers") < written.index("## The shared notifier")
