@@ -23,13 +23,13 @@ itself. The rules, after River (a ``river_migration`` table of applied versions)
   node's role may lack CREATE once the tables exist).
 
 Blocks the calling greenlet for the database round trips (psycogreen); the connector is
-the caller's and used from that greenlet only.
+the caller's and used from that greenlet only. Importing this module imports no driver
+(the config checks schema names with :func:`check_schema`).
 """
 import dataclasses
 import logging
 
-from instances.connectors import PostgresConnector, quote_ident
-from instances.dsn import MAX_IDENTIFIER_BYTES
+from instances.dsn import MAX_IDENTIFIER_BYTES, quote_ident
 from instances.exceptions import InvalidConfigurationException, RegistryError
 
 log = logging.getLogger(__name__)
@@ -81,17 +81,24 @@ INSERT INTO {schema}.registry_version (version) VALUES (0);
 )
 
 
-def check_schema(schema, field="registry.schema"):
-    """``schema`` if it is a usable schema name, else InvalidConfigurationException naming
-    ``field`` and the value. Any string is a quoted identifier, but not an empty one, one
-    with a NUL byte, or one longer than :data:`MAX_SCHEMA_BYTES`."""
+def schema_problem(schema):
+    """Why ``schema`` is not a usable schema name, or None. Any string is a quoted
+    identifier, but not an empty one, one with a NUL byte, or one longer than
+    :data:`MAX_SCHEMA_BYTES`."""
     if not isinstance(schema, str) or not schema:
-        problem = "must be a non-empty string"
-    elif "\x00" in schema:
-        problem = "must not contain a NUL byte"
-    elif len(schema.encode("utf-8")) > MAX_SCHEMA_BYTES:
-        problem = "must be at most %d bytes (UTF-8)" % MAX_SCHEMA_BYTES
-    else:
+        return "must be a non-empty string"
+    if "\x00" in schema:
+        return "must not contain a NUL byte"
+    if len(schema.encode("utf-8")) > MAX_SCHEMA_BYTES:
+        return "must be at most %d bytes (UTF-8)" % MAX_SCHEMA_BYTES
+    return None
+
+
+def check_schema(schema, field="registry.schema"):
+    """``schema`` if it is a usable schema name (:func:`schema_problem`), else
+    InvalidConfigurationException naming ``field`` and the value."""
+    problem = schema_problem(schema)
+    if problem is None:
         return schema
     raise InvalidConfigurationException("%s=%r: %s (a schema name, used as a quoted "
                                         "identifier)" % (field, schema, problem), field, schema)
@@ -147,6 +154,8 @@ def migrate(db, schema=DEFAULT_SCHEMA, migrations=MIGRATIONS):
     written), InvalidConfigurationException for a bad schema name,
     :class:`~instances.exceptions.DatabaseError` when the database refuses or goes away
     (a step either committed whole or not at all)."""
+    # Imported here: the schema checks above are used by the config (no driver there).
+    from instances.connectors import PostgresConnector
     check_schema(schema)
     check_steps(migrations)
     own = not isinstance(db, PostgresConnector)

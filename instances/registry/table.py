@@ -1,0 +1,192 @@
+"""The :class:`PostgresRegistry`: the desired instances in a table that several nodes share.
+
+The tables live in the schema ``schema`` (``[registry] schema``, default ``pgvisor``) and
+are created and upgraded by :mod:`instances.migrations` (step 1)::
+
+    registry          name (primary key), spec (jsonb: one element of the JSON document's
+                      "instances"), enables, version (the registry version of its last
+                      change), updated_at
+    registry_version  one row: the registry's version, raised by every edit
+
+An edit is one transaction (:meth:`PostgresRegistry._locked`): the ``registry_version`` row
+is locked ``FOR UPDATE``, so edits from every node and every CLI queue there; the rows are
+read afresh, the change is applied to a copy and checked (raising rolls back: nothing
+changes), only the rows that differ are written, the version is raised, and
+``pg_notify('<schema>_registry', version)`` is sent inside the transaction: Postgres
+delivers it at COMMIT, so no node hears of an edit that did not happen, and every node
+LISTENing (:class:`~instances.registry.follower.RegistryFollower`) reloads at once. A
+reload reads the version (one row) and the rows only when it moved; the rows are checked
+by the same codec as the file (:func:`instances.registry.codec.from_document`), so a bad
+row written by hand is reported with every problem and the previous state stays.
+
+Database outage: reads (``get``, iteration) answer from memory, so the last desired state
+read stays in force; an edit or reload raises :class:`RegistryUnavailable` and changes
+nothing.
+
+Concurrency: one connection per registry, used by one greenlet at a time (a gevent lock
+around every use, adoption and callbacks included); every method blocks only the calling
+greenlet (psycogreen). Host names are resolved off the hub by the connector.
+"""
+import contextlib
+import json
+import logging
+
+import gevent.lock
+
+from instances import migrations
+from instances.connectors import PostgresConnector, redact_dsn
+from instances.exceptions import ConnectionLost, DatabaseError, RegistryError
+from instances.registry.codec import FORMAT, from_document
+from instances.registry.desired import DesiredState, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def channel_of(schema):
+    """The NOTIFY channel of the registry in ``schema``: ``<schema>_registry``."""
+    return migrations.check_schema(schema) + "_registry"
+
+
+class PostgresRegistry(DesiredState):
+    """The desired state in the tables of ``schema`` on the database ``dsn`` (a libpq
+    string or a hermes dict), with the same API, validation and errors as the file's
+    :class:`~instances.registry.Registry`.
+
+    ``connect``: migrate the schema and read the rows now (raising RegistryUnavailable when
+    the database cannot be reached, :class:`~instances.migrations.SchemaError` for a schema
+    newer than this pgvisor, RegistryError for invalid rows); False: start empty and do it
+    at the first :meth:`reload`.
+    """
+
+    #: Seconds an edit waits for another edit's lock before RegistryError.
+    lock_timeout = 10.0
+    #: ``application_name`` of the registry's connection.
+    application_name = "pgvisor-registry"
+
+    def __init__(self, dsn, schema=migrations.DEFAULT_SCHEMA, resolve=True, connect=True):
+        super().__init__(resolve)
+        self.schema = migrations.check_schema(schema)
+        self.dsn = dsn
+        #: The channel every edit NOTIFYs (payload: the new version).
+        self.channel = channel_of(schema)
+        self._quoted = migrations.quote_schema(schema)
+        self._connector = PostgresConnector(dsn, application_name=self.application_name)
+        self._mutex = gevent.lock.RLock()
+        #: True once the schema is migrated and the rows were read at least once.
+        self.loaded = False
+        if connect:
+            self.reload()
+
+    @property
+    def location(self):
+        """``schema S on <dsn>`` (password redacted)."""
+        return "schema %s on %s" % (self.schema, redact_dsn(self.dsn))
+
+    def reload(self):
+        """Read the rows when the version moved (first: migrate); True if the specs changed.
+        Raise RegistryUnavailable (database down), SchemaError, or RegistryError naming
+        every invalid row; the previous state stays in force."""
+        with self._serialized():
+            if not self.loaded:
+                with self._database("migrating"):
+                    migrations.migrate(self._connector, self.schema)
+            elif self._stored_version() == self._stat:
+                return False
+            specs, version, stat, enables = self._read()
+            changed = self._adopt(specs, version, stat, enables)
+            self.loaded = True
+            return changed
+
+    def follow(self, notifiers, interval):
+        """A started :class:`~instances.registry.follower.RegistryFollower`: reload on
+        every NOTIFY of :attr:`channel` (through ``notifiers``) and every ``interval``."""
+        from instances.registry.follower import RegistryFollower
+        return RegistryFollower(self, notifiers, interval).start()
+
+    def close(self):
+        """Close the connection (a later use reconnects)."""
+        with self._serialized():
+            self._connector.disconnect()
+
+    # -- storage (see instances.registry.desired) ------------------------------------------
+
+    def _serialized(self):
+        return self._mutex
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The edit's transaction (migrating first if never loaded), its lock timeout, and
+        the lock of the version row that every edit takes."""
+        with self._database("editing"):
+            if not self.loaded:
+                migrations.migrate(self._connector, self.schema)
+            with self._connector.transaction():
+                self._connector.execute("SELECT set_config('lock_timeout', %s, true)",
+                                        ("%dms" % (self.lock_timeout * 1000),))
+                self._connector.execute("SELECT version FROM %s.registry_version FOR UPDATE"
+                                        % self._quoted)
+                yield
+        self.loaded = True
+
+    def _stored_version(self):
+        with self._database("reading"):
+            rows = self._connector.execute("SELECT version FROM %s.registry_version"
+                                           % self._quoted)
+        if len(rows) != 1:
+            raise RegistryError("registry %s: %s.registry_version must hold one row, it holds "
+                                "%d" % (self.location, self.schema, len(rows)))
+        return rows[0][0]
+
+    def _read(self):
+        """The rows, in one statement (one snapshot): ``(specs, version, version,
+        enables)``. Raise RegistryError naming every invalid row."""
+        with self._database("reading"):
+            rows = self._connector.execute(
+                "SELECT v.version, r.name, r.spec::text, r.enables FROM %s.registry_version v"
+                " LEFT JOIN %s.registry r ON true ORDER BY r.name" % (self._quoted, self._quoted))
+        if len({row[0] for row in rows}) != 1:
+            raise RegistryError("registry %s: %s.registry_version must hold one row"
+                                % (self.location, self.schema))
+        version = rows[0][0]
+        rows = [row for row in rows if row[1] is not None]
+        doc = {"format": FORMAT, "version": version,
+               "instances": [json.loads(row[2]) for row in rows],
+               "enables": {row[1]: row[3] for row in rows if row[3]}}
+        specs, version, enables = from_document(doc, self.location)
+        return specs, version, version, enables
+
+    def _write(self, specs, version, enables, old):
+        """Write the rows that differ from ``old``, raise the version, NOTIFY (inside the
+        edit's transaction). Return the version."""
+        old_specs, old_enables = old
+        removed = sorted(n for n in old_specs if n not in specs)
+        changed = [{"name": n, "spec": spec.to_dict(), "enables": enables.get(n, 0)}
+                   for n, spec in sorted(specs.items())
+                   if old_specs.get(n) != spec or old_enables.get(n, 0) != enables.get(n, 0)]
+        execute = self._connector.execute
+        if removed:
+            execute("DELETE FROM %s.registry WHERE name = ANY(%%s)" % self._quoted, (removed,))
+        if changed:
+            execute("INSERT INTO %s.registry (name, spec, enables, version)"
+                    " SELECT x->>'name', x->'spec', (x->>'enables')::bigint, %%s"
+                    " FROM jsonb_array_elements(%%s::jsonb) x"
+                    " ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec,"
+                    " enables = EXCLUDED.enables, version = EXCLUDED.version,"
+                    " updated_at = now()" % self._quoted,
+                    (version, json.dumps(changed)))
+        execute("UPDATE %s.registry_version SET version = %%s, updated_at = now()"
+                % self._quoted, (version,))
+        execute("SELECT pg_notify(%s, %s)", (self.channel, str(version)))
+        return version
+
+    @contextlib.contextmanager
+    def _database(self, doing):
+        """Database errors as registry errors: a lost connection is RegistryUnavailable."""
+        try:
+            yield
+        except ConnectionLost as exc:
+            raise RegistryUnavailable("registry %s unavailable while %s: %s" % (
+                self.location, doing, exc)) from None
+        except DatabaseError as exc:
+            raise RegistryError("registry %s: %s failed: %s" % (
+                self.location, doing, exc)) from None
