@@ -186,6 +186,7 @@ class Supervisor:
         self._merged = {}
         self._greenlets = []
         self._watcher = None
+        self._follower = None  # the registry's own follower (a table: its NOTIFY), if any
         self.running = False
         registry.on_change(lambda _registry: self._put(Request(Kind.REGISTRY, ratelimit=True)))
         registry.on_enable(lambda name: self._put(Request(Kind.ENABLED, (name,))))
@@ -210,6 +211,9 @@ class Supervisor:
         if self.hub_monitor:
             self.hubwatch.start()
         self.monitor.start()
+        follow = getattr(self.registry, "follow", None)
+        if follow is not None:  # a registry in Postgres reloads on its NOTIFY, off the actor
+            self._follower = follow(self.notifiers, self.interval)
         if self.watch_path:
             from supervisor.watch import FileWatcher
             self._watcher = FileWatcher(self.watch_path, self.failover_files,
@@ -233,6 +237,8 @@ class Supervisor:
         if self._grace_timer is not None:
             self._grace_timer.kill(block=False)
         self.hubwatch.stop()
+        if self._follower is not None:
+            self._follower.stop(timeout)
         self.notifiers.stop(timeout)
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         log.info("supervisor stopped", extra={"action": "supervisor.stop", "instance": None})
@@ -256,7 +262,11 @@ class Supervisor:
         return self._put(Request(Kind.PING))
 
     def reload_registry(self):
-        """Re-read the registry file now; greenlet value: True if something changed."""
+        """Re-read the registry now; greenlet value: True if the reload succeeded (a change
+        reaches the actor as a registry-changed request). A registry with a follower (in
+        Postgres) is read by the follower's greenlet, never by the actor."""
+        if self._follower is not None:
+            return self._follower.reload_now()
         return self._put(Request(Kind.RELOAD))
 
     def pause(self):

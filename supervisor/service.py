@@ -1,7 +1,9 @@
 """The :class:`Service`: what ``pgvisor run`` runs, wired together and driven by signals.
 
-Wiring (in start order): the :class:`~instances.registry.Registry` file, the
-:class:`~supervisor.Supervisor`, a :class:`~supervisor.watch.FileWatcher` on the registry file
+Wiring (in start order): the registry (``[registry] backend``: the
+:class:`~instances.registry.Registry` file, or the :class:`~instances.registry.PostgresRegistry`
+table that the supervisor's follower reloads on every NOTIFY of an edit), the
+:class:`~supervisor.Supervisor`, for a file a :class:`~supervisor.watch.FileWatcher` on it
 (a hand or CLI edit reaches ``supervisor.reload_registry()``), the
 :class:`~supervisor.http.HttpApi`, systemd readiness and watchdog pings
 (:mod:`supervisor.sdnotify`). Logging and the secrets are set up by the caller (the CLI)
@@ -38,7 +40,7 @@ import gevent.event
 
 from instances import logformat
 from instances.exceptions import InvalidConfigurationException, RegistryError
-from instances.registry import Registry
+from instances.registry import RegistryUnavailable, open_registry
 from supervisor.actor import Supervisor
 from supervisor.config.reload import apply_changes, config_changes
 from supervisor.sdnotify import Notifier, Watchdog
@@ -119,14 +121,14 @@ class Service:
         tell systemd READY=1. Raises RegistryError, InvalidConfigurationException or
         OSError (address in use); what started stays started (see :meth:`_stop_parts`)."""
         cfg = self.config
-        self.registry = Registry(cfg.registry.path)
+        self.registry = self._open_registry(cfg)
         self.supervisor = Supervisor(self.registry, cfg.database.connect_dsn(),
                                      **supervisor_options(cfg))
         log.info("pgvisor starting: database %s, registry %s (%d instances)",
-                 cfg.database.display_dsn(), self.registry.path, len(self.registry),
+                 cfg.database.display_dsn(), self.registry.location, len(self.registry),
                  extra={"action": "service.start", "instance": None})
         self.supervisor.start()
-        if cfg.registry.watch:
+        if cfg.registry.watch and cfg.registry.backend == "file":
             from supervisor.watch import FileWatcher
             self.watcher = FileWatcher.for_file(self.registry.path, self._registry_changed,
                                                 field="registry.path")
@@ -141,6 +143,22 @@ class Service:
         gc.freeze()
         self.notifier.notify("READY=1", "STATUS=supervising %d instances" % len(self.registry))
         log.info("pgvisor ready", extra={"action": "service.ready", "instance": None})
+
+    @staticmethod
+    def _open_registry(cfg):
+        """The configured registry. A table whose database cannot be reached now starts
+        empty: the follower reads it once the database answers (its NOTIFY subscription's
+        catch_up), so the service waits for its database as it does for any outage."""
+        registry = open_registry(cfg.registry.backend, path=cfg.registry.path,
+                                 dsn=cfg.database.connect_dsn(), schema=cfg.registry.schema,
+                                 connect=False)
+        try:
+            registry.reload()
+        except RegistryUnavailable as exc:
+            log.warning("registry not read yet, starting with no instances until the "
+                        "database answers: %s", exc,
+                        extra={"action": "registry.unavailable", "instance": None})
+        return registry
 
     def _start_http(self, cfg):
         """The HTTP API with the configured token, else the generated one (created at the
@@ -214,6 +232,8 @@ class Service:
             self.supervisor.stop(timeout=self.config.supervisor.shutdown_grace)
         if self.http is not None:
             self.http.stop(self.http_stop_timeout)
+        if self.registry is not None:
+            self.registry.close()
         self.notifier.close()
 
     # -- reload -----------------------------------------------------------------------------

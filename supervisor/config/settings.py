@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from instances.exceptions import InvalidConfigurationException
+from instances.migrations import schema_problem
 from instances.rates import parse_rate
 
 TYPES = ("str", "int", "float", "bool", "list", "path")
@@ -83,6 +84,12 @@ def file_names(value):
     for name in value:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise ValueError("%r is not a plain file name" % name)
+
+
+def schema_name(value):
+    problem = schema_problem(value)
+    if problem:
+        raise ValueError(problem + " (a schema name, used as a quoted identifier)")
 
 
 def split_listen(value):
@@ -171,13 +178,22 @@ SETTINGS = (
        "period of the database monitor's probe", positive),
     _S("supervisor", "probe_timeout", "float", 2.0, "s",
        "a database probe slower than this counts as failed", positive),
+    _S("registry", "backend", "str", "file", "",
+       "where the desired instances live: ``file`` (the JSON file ``path``, one node) or "
+       "``postgres`` (a table in the ``[database]``, shared by several nodes; created and "
+       "migrated by the service)", one_of("file", "postgres")),
+    _S("registry", "schema", "str", "pgvisor", "",
+       "backend postgres: the schema of pgvisor's tables (a quoted identifier, at most 54 "
+       "bytes); edits are announced on the channel ``<schema>_registry``", schema_name),
     _S("registry", "path", "path", "registry.json", "",
-       "registry file of desired instances; relative to the config file's directory"),
+       "backend file: registry file of desired instances; relative to the config file's "
+       "directory"),
     _S("supervisor", "state_dir", "path", None, "",
        "directory of the service's own files (the generated API token ``api.token``); "
        "default: the registry file's directory"),
     _S("registry", "watch", "bool", True, "",
-       "reload the registry when the file changes"),
+       "backend file: reload the registry when the file changes (backend postgres reloads "
+       "on the NOTIFY of every edit and every ``[supervisor] interval``)"),
     _S("failover", "watch_path", "path", None, "",
        "directory watched for failover files (the data directory); must exist"),
     _S("failover", "files", "list",
