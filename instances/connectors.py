@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import re
 import socket
 
@@ -233,6 +234,14 @@ def resolved_parameters(params, resolve=resolve_host, environ=os.environ):
             params.get("host") or environ.get("PGHOST"), exc)) from None
 
 
+def _where(params):
+    """The host one connect attempt goes to, as shown in errors: ``host[ (addr)]:port``."""
+    host = params.get("host") or params.get("hostaddr") or "the default socket"
+    addr = params.get("hostaddr")
+    shown = host if not addr or addr == host else "%s (%s)" % (host, addr)
+    return "%s:%s" % (shown, params["port"]) if params.get("port") else shown
+
+
 # -- the connector ---------------------------------------------------------------------------
 
 _IDENTITY_SQL = (
@@ -306,14 +315,38 @@ class PostgresConnector:
         return params
 
     def _open(self):
-        """A new autocommit connection (blocks this greenlet up to connect_timeout, name
-        resolution included)."""
+        """A new autocommit connection. Blocks this greenlet: name resolution (up to
+        connect_timeout), then each host in turn (:func:`instances.dsn.host_attempts`) up
+        to connect_timeout each. A host that refuses, closes during startup, times out
+        or does not fit ``target_session_attrs`` passes the turn to the next; an error
+        no other host could cure (authentication, a missing database) ends the tries,
+        as libpq's own multi-host connect does."""
         params = self.connection_parameters()
         timeout = float(params["connect_timeout"] or 0) or None
+        with gevent.Timeout(timeout, False):
+            resolved = None
+            resolved = resolved_parameters(params)
+        if resolved is None:
+            raise ConnectionLost("resolving the hosts of %s timed out after %s s" % (
+                redact_dsn(self.dsn), timeout))
+        attempts = _dsn.host_attempts(resolved, os.environ, random.shuffle)
+        failures = []
+        for attempt in attempts:
+            try:
+                return self._connect(attempt, timeout)
+            except ConnectionLost as error:
+                if len(attempts) == 1:
+                    raise
+                failures.append("%s: %s" % (_where(attempt), error))
+        raise ConnectionLost("no host of %s accepted the connection: %s" % (
+            redact_dsn(self.dsn), "; ".join(failures)))
+
+    def _connect(self, params, timeout):
+        """One connect with ``params`` as they are, within ``timeout`` seconds."""
         timer = gevent.Timeout(timeout)
         timer.start()
         try:
-            conn = psycopg2.connect(**resolved_parameters(params))
+            conn = psycopg2.connect(**params)
             conn.autocommit = True
         except gevent.Timeout as exc:
             if exc is not timer:
@@ -325,8 +358,8 @@ class PostgresConnector:
             # Debug only: the caller owns the story (the monitor logs the outage once and
             # a summary every 5 min; a listener logs its reconnect episode the same way).
             log.debug("cannot connect to %s: %s", redact_dsn(self.dsn), error,
-                        extra={"action": "connector.connect_failed",
-                               "instance": params["application_name"]})
+                      extra={"action": "connector.connect_failed",
+                             "instance": params["application_name"]})
             raise error from None
         finally:
             timer.close()

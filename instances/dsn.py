@@ -228,3 +228,66 @@ def with_hostaddr(params, resolve, environ):
     if any(ports):
         out["port"] = ",".join(ports)
     return out
+
+
+# -- one host at a time (pure: the connector tries each attempt in turn) -------------------
+#
+# libpq moves on to the next host of ``host=a,b`` only when a connection cannot be made (or
+# the server's session does not fit ``target_session_attrs``), not when a host accepts TCP
+# and then closes the connection during startup, as a TCP proxy or a load balancer in front
+# of a dead server does: the whole connect fails there. The connector therefore hands libpq
+# one host at a time, each with its own ``connect_timeout``.
+
+#: ``target_session_attrs`` values tried in two passes: hosts that fit first, then any.
+_PREFERRED = {"prefer-standby": "standby"}
+
+
+def host_attempts(params, environ, shuffle=None):
+    """``params`` (libpq keywords, hosts already resolved by :func:`with_hostaddr`) as a
+    list of parameter dicts of one host each, in the order libpq would try them:
+    ``target_session_attrs=prefer-standby`` becomes a pass with ``standby`` then one with
+    ``any``; ``load_balance_hosts=random`` orders the hosts by ``shuffle(list)`` (in
+    place, e.g. ``random.shuffle``). One host, a ``service``, or host and address lists
+    libpq would refuse: ``[params]`` unchanged (libpq reports what is wrong)."""
+    entries = _entries(params, environ)
+    if len(entries) <= 1:
+        return [params]
+    if params.get("load_balance_hosts") == "random" and shuffle is not None:
+        shuffle(entries)
+    single = []
+    for host, addr, port in entries:
+        one = dict(params, host=host)
+        one.pop("hostaddr", None)
+        one.pop("port", None)
+        one.update((key, value) for key, value in (("hostaddr", addr), ("port", port))
+                   if value)
+        if not host:
+            del one["host"]
+        single.append(one)
+    attrs = params.get("target_session_attrs")
+    if attrs in _PREFERRED:
+        return [dict(one, target_session_attrs=_PREFERRED[attrs]) for one in single] + [
+            dict(one, target_session_attrs="any") for one in single]
+    return single
+
+
+def _entries(params, environ):
+    """``[(host, hostaddr, port)]`` of ``params`` (``PGHOST``, ``PGHOSTADDR``, ``PGPORT``
+    from ``environ`` as fallbacks); [] when libpq must decide (a service, lists whose
+    lengths differ)."""
+    if params.get("service") or environ.get("PGSERVICE"):
+        return []
+    hosts = _split(params.get("host") or environ.get("PGHOST"))
+    addrs = _split(params.get("hostaddr") or environ.get("PGHOSTADDR"))
+    count = max(len(hosts), len(addrs))
+    hosts, addrs = hosts or [""] * count, addrs or [""] * count
+    ports = _split(params.get("port") or environ.get("PGPORT")) or [""]
+    if len(ports) == 1:
+        ports = ports * count
+    if not (len(hosts) == len(addrs) == len(ports)):
+        return []
+    return list(zip(hosts, addrs, ports, strict=True))
+
+
+def _split(value):
+    return value.split(",") if value else []

@@ -114,3 +114,82 @@ def test_a_connect_cut_by_an_outer_timeout_closes_its_socket_too(pg_cluster):
                 assert _sockets_to(proxy.port) == 0
         finally:
             gc.enable()
+
+
+# -- multi-host DSNs: one host at a time --------------------------------------------------
+
+def _closed_port():
+    """A TCP port of 127.0.0.1 nothing listens on (bound, then released)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_hosts(first_port, cluster, **extra):
+    """libpq keywords reaching ``cluster`` over TCP as the second of two hosts."""
+    params = psycopg2.extensions.parse_dsn(cluster.dsn_for("postgres", tcp=True))
+    params.update(dict({"host": "127.0.0.1,127.0.0.1",
+                        "port": "%d,%d" % (first_port, cluster.port)}, **extra))
+    return params
+
+
+@pytest.mark.usefixtures("hub_heartbeat")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("attrs", [None, "read-write", "prefer-standby"])
+def test_a_first_host_that_accepts_then_closes_passes_the_turn_to_the_next(pg_cluster,
+                                                                          attrs):
+    """A proxy in front of a dead primary accepts TCP and closes during startup: libpq
+    alone fails the whole connect there; the connector goes on to the second host."""
+    extra = {"target_session_attrs": attrs} if attrs else {}
+    with FaultProxy(_closed_port()) as dead_primary:
+        connector = PostgresConnector(_two_hosts(dead_primary.port, pg_cluster, **extra),
+                                      connect_timeout=5)
+        try:
+            assert connector.execute("SELECT 1") == [[1]]
+            assert connector.pg_connection.info.port == pg_cluster.port
+        finally:
+            connector.disconnect()
+        # libpq given both hosts at once does not get there (what the connector avoids)
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(**_two_hosts(dead_primary.port, pg_cluster, **extra)).close()
+
+
+@pytest.mark.usefixtures("hub_heartbeat")
+@pytest.mark.timeout(60)
+def test_each_host_gets_its_own_connect_timeout(pg_cluster):
+    """A first host that accepts and then says nothing (a blackhole) costs its
+    connect_timeout, then the second host answers: the deadline is per host."""
+    with FaultProxy(pg_cluster.port) as silent:
+        silent.blackhole()
+        connector = PostgresConnector(_two_hosts(silent.port, pg_cluster), connect_timeout=1)
+        try:
+            assert connector.execute("SELECT 1") == [[1]]
+            assert connector.pg_connection.info.port == pg_cluster.port
+        finally:
+            connector.disconnect()
+            silent.heal()
+
+
+@pytest.mark.timeout(60)
+def test_when_no_host_answers_the_error_names_each_host(pg_cluster):
+    with FaultProxy(_closed_port()) as first:
+        connector = PostgresConnector(_two_hosts(first.port, pg_cluster, port="%d,%d" % (
+            first.port, _closed_port())), connect_timeout=2)
+        with pytest.raises(ConnectionLost) as caught:
+            connector.execute("SELECT 1")
+    message = str(caught.value)
+    assert message.startswith("no host of ") and message.count("127.0.0.1:") == 2, message
+
+
+@pytest.mark.timeout(120)
+def test_read_write_skips_a_standby_listed_first(pg_pair):
+    params = psycopg2.extensions.parse_dsn(pg_pair.primary.dsn_for("postgres", tcp=True))
+    params.update(host="127.0.0.1,127.0.0.1", target_session_attrs="read-write",
+                  port="%d,%d" % (pg_pair.standby.port, pg_pair.primary.port))
+    connector = PostgresConnector(params, connect_timeout=5)
+    try:
+        assert connector.is_server_master()
+        assert connector.pg_connection.info.port == pg_pair.primary.port
+    finally:
+        connector.disconnect()

@@ -5,7 +5,13 @@ from types import MappingProxyType
 
 import pytest
 
-from instances.dsn import host_entries, normalize_dict, secret_fragments, with_hostaddr
+from instances.dsn import (
+    host_attempts,
+    host_entries,
+    normalize_dict,
+    secret_fragments,
+    with_hostaddr,
+)
 
 ADDRESSES = {"db1": ["10.0.0.1"], "db2": ["10.0.0.2", "fd00::2"], "lb": ["10.0.0.9"]}
 
@@ -81,3 +87,36 @@ def test_an_object_form_dsn_as_a_spec_keeps_it_is_accepted():
     frozen = MappingProxyType({"database": "app", "host": "db1", "password": "s3cret"})
     assert normalize_dict(frozen) == {"dbname": "app", "host": "db1", "password": "s3cret"}
     assert secret_fragments(frozen) == ["s3cret"]
+
+
+def test_a_multi_host_dsn_is_tried_one_resolved_host_at_a_time_in_order():
+    resolved = with_hostaddr({"host": "db1,db2", "port": "5432,6432", "dbname": "app"},
+                             resolve, {})
+    assert host_attempts(resolved, {}) == [
+        {"host": "db1", "hostaddr": "10.0.0.1", "port": "5432", "dbname": "app"},
+        {"host": "db2", "hostaddr": "10.0.0.2", "port": "6432", "dbname": "app"},
+        {"host": "db2", "hostaddr": "fd00::2", "port": "6432", "dbname": "app"}]
+
+
+def test_one_host_a_service_or_lists_libpq_refuses_stay_one_attempt():
+    for params in ({"host": "db1", "hostaddr": "10.0.0.1"}, {"dbname": "app"},
+                   {"service": "main", "host": "a,b"}, {"host": "a,b", "port": "1,2,3"}):
+        assert host_attempts(params, {}) == [params]
+
+
+def test_target_session_attrs_is_kept_per_host_and_prefer_standby_takes_two_passes():
+    params = {"host": "10.0.0.1,10.0.0.2", "port": "5432"}
+    rw = host_attempts(dict(params, target_session_attrs="read-write"), {})
+    assert [a["target_session_attrs"] for a in rw] == ["read-write"] * 2
+    prefer = host_attempts(dict(params, target_session_attrs="prefer-standby"), {})
+    assert [(a["host"], a["target_session_attrs"]) for a in prefer] == [
+        ("10.0.0.1", "standby"), ("10.0.0.2", "standby"),
+        ("10.0.0.1", "any"), ("10.0.0.2", "any")]
+
+
+def test_pghost_and_pgport_give_the_hosts_and_load_balance_hosts_shuffles_them():
+    attempts = host_attempts({"load_balance_hosts": "random"},
+                             {"PGHOST": "/run/pg,10.0.0.2", "PGPORT": "5433"},
+                             shuffle=lambda entries: entries.reverse())
+    assert [(a["host"], a["port"]) for a in attempts] == [("10.0.0.2", "5433"),
+                                                          ("/run/pg", "5433")]
