@@ -418,19 +418,24 @@ class PostgresConnector:
     @contextlib.contextmanager
     def transaction(self):
         """``BEGIN`` on the shared connection, ``COMMIT`` when the block ends, ``ROLLBACK``
-        when it raises (a lost connection rolled back by itself and is forgotten). The
-        block runs :meth:`execute` on this connector; only its owning greenlet may use it.
-        A COMMIT that fails raises the translated error: the outcome is then unknown only
-        when it is :class:`ConnectionLost`."""
+        when it raises (a lost connection rolled back by itself and is forgotten). A
+        timeout or kill thrown into the block (not an ``Exception``) closes the connection
+        instead of waiting for a ROLLBACK on it: the server rolls back a closed session's
+        transaction. The block runs :meth:`execute` on this connector; only its owning
+        greenlet may use it. A COMMIT that fails raises the translated error: the outcome
+        is then unknown only when it is :class:`ConnectionLost`."""
         self.execute("BEGIN")
         try:
             yield self
-        except BaseException:
+        except Exception:
             if self.connected:
                 try:
                     self.execute("ROLLBACK")
                 except DatabaseError:
                     self.disconnect()
+            raise
+        except BaseException:
+            self.disconnect()
             raise
         self.execute("COMMIT")
 

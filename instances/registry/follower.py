@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class RegistryFollower:
-    """Reload ``registry`` (a PostgresRegistry: ``dsn``, ``channel``, ``reload()``) on its
-    NOTIFYs through ``notifiers`` and every ``interval`` seconds."""
+    """Reload ``registry`` (a PostgresRegistry: ``dsn``, ``channel``, ``loaded``,
+    ``reload()``) on its NOTIFYs through ``notifiers`` and every ``interval`` seconds."""
 
     #: Notifications kept waiting (more start an overflow: one catch_up, one reload).
     queue_size = 64
@@ -84,6 +84,7 @@ class RegistryFollower:
             self._reload()
 
     def _reload(self):
+        unread = not self.registry.loaded  # the service started while it was unavailable
         try:
             if self.registry.reload():
                 self.changes += 1
@@ -97,8 +98,9 @@ class RegistryFollower:
             return False
         finally:
             self.reloads += 1
-        if self.last_error is not None:
-            log.info("registry %s read again", self.registry.location,
+        if self.last_error is not None or unread:
+            log.info("registry %s read: %d instance(s)", self.registry.location,
+                     len(self.registry),
                      extra={"action": "registry.available", "instance": None})
         self.last_error = self._told = None
         return True

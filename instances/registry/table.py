@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 
+import gevent
 import gevent.lock
 
 from instances import migrations
@@ -60,6 +61,9 @@ class PostgresRegistry(DesiredState):
 
     #: Seconds an edit waits for another edit's lock before RegistryError.
     lock_timeout = 10.0
+    #: Seconds a read, an edit or a migration may take in all (a database that stopped
+    #: answering, e.g. a cut network, is then RegistryUnavailable, the connection closed).
+    timeout = 20.0
     #: ``application_name`` of the registry's connection.
     application_name = "pgvisor-registry"
 
@@ -181,12 +185,27 @@ class PostgresRegistry(DesiredState):
 
     @contextlib.contextmanager
     def _database(self, doing):
-        """Database errors as registry errors: a lost connection is RegistryUnavailable."""
+        """Database errors as registry errors: a lost connection, or one silent past
+        :attr:`timeout` (closed then), is RegistryUnavailable."""
+        timer = gevent.Timeout(self.timeout)
+        timer.start()
         try:
             yield
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._connector.disconnect()
+            raise RegistryUnavailable("registry %s unavailable while %s: no answer within "
+                                      "%.0f s" % (self.location, doing, self.timeout)) from None
         except ConnectionLost as exc:
             raise RegistryUnavailable("registry %s unavailable while %s: %s" % (
                 self.location, doing, exc)) from None
         except DatabaseError as exc:
             raise RegistryError("registry %s: %s failed: %s" % (
                 self.location, doing, exc)) from None
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # a kill mid-query: the connection is unusable
+                self._connector.disconnect()
+            raise
+        finally:
+            timer.close()

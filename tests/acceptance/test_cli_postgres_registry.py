@@ -150,3 +150,24 @@ def test_a_bad_schema_in_the_config_is_refused_naming_the_setting(pg_database, t
     result = node.cli("instances", "list", "-c", node.config)
     assert result.returncode == 2
     assert "[registry] schema" in result.stderr and "at most 54 bytes" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_node_started_while_the_database_is_down_runs_the_table_once_it_answers(
+        pg_private_cluster, tmp_path):
+    (tmp_path / "n").mkdir()
+    node = _node(tmp_path / "n", pg_private_cluster.dsn)
+    result = node.cli("instances", "add", "river", "-c", node.config, "--channel",
+                      "river_ch", "--handler", HANDLERS + ":record")
+    assert result.returncode == 0, result.stderr
+    pg_private_cluster.stop()
+    try:
+        result = node.cli("instances", "list", "-c", node.config)
+        assert result.returncode == 3 and "unavailable" in result.stderr
+        node.start()  # ready without its database: it waits, as for any outage
+        assert "action=registry.unavailable" in node.log()
+        pg_private_cluster.start()
+        node.wait_state("river", "running", timeout=60)
+        node.wait_log("action=registry.available")
+    finally:
+        node.stop()

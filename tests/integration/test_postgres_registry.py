@@ -2,6 +2,7 @@
 from two registries at once, the NOTIFY after each committed edit, hand-edited rows,
 merge / replace, and a database outage (reads keep the last state, edits change nothing)."""
 import json
+import time
 
 import gevent
 import pytest
@@ -16,9 +17,9 @@ from instances.registry import (
     UnknownInstance,
 )
 from instances.registry.table import channel_of
-from supervisor.testing import wait_for
+from supervisor.testing import FaultProxy, wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("hub_heartbeat")]
 
 
 def make(name, **fields):
@@ -214,3 +215,29 @@ def test_a_registry_opened_while_the_database_is_down_starts_empty_and_loads_lat
         assert registry.reload() is True and registry.names() == ["river"]
     finally:
         registry.close()
+
+
+def test_a_database_that_stops_answering_is_unavailable_within_the_timeout(
+        pg_cluster, pg_database):
+    """A cut network (the proxy's blackhole: no data, no close, keepalives answered) must
+    not hang a reload or an edit, nor the greenlets waiting behind it."""
+    with FaultProxy(pg_cluster.port) as proxy:
+        dsn = proxy.dsn_for(pg_cluster, dbname=pg_database.name)
+        registry = PostgresRegistry(dsn)
+        registry.timeout = 1.0
+        try:
+            registry.add(make("river"))
+            registry.update("river", max_concurrency=2)  # the version moved: reload reads
+            proxy.blackhole()
+            for attempt in (registry.reload, lambda: registry.add(make("other"))):
+                started = time.monotonic()
+                with pytest.raises(RegistryUnavailable, match="no answer within 1 s"):
+                    attempt()
+                assert time.monotonic() - started < 5
+            assert registry.names() == ["river"]
+            proxy.heal()
+            registry.add(make("other"))
+        finally:
+            registry.close()
+    assert [n for (n,) in pg_database.execute(
+        "SELECT name FROM pgvisor.registry ORDER BY 1")] == ["other", "river"]

@@ -13,7 +13,7 @@ from supervisor import Supervisor
 from supervisor.testing import wait_for
 from tests import handlers
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("hub_heartbeat")]
 
 #: The issue's bound: an edit on one node reaches every node within this many seconds.
 REACH = 1.0
