@@ -245,8 +245,14 @@ class PostgresNotificationListener(Component):
         if self._put_batch is not None:
             size = self.batch_size
             for start in range(0, len(exec_value), size):
-                self._put_batch([make((n.channel, n.payload, "notify", n.pid, now, None))
-                                 for n in exec_value[start:start + size]])
+                batch = [make((n.channel, n.payload, "notify", n.pid, now, None))
+                         for n in exec_value[start:start + size]]
+                while True:  # a spool at its bound blocks the reader, as a full queue does
+                    try:
+                        self._put_batch(batch, True, self.put_beat)
+                        break
+                    except Full:
+                        self.beat()
             self.received += len(exec_value)
             return
         put, beat = self.queue.put, self.put_beat

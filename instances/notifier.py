@@ -13,8 +13,8 @@ The notifier never waits for a subscriber: a memory queue is offered each notifi
 without blocking. A full queue starts an **overflow** episode for that subscription only:
 its live notifications are dropped (counted in :attr:`Subscription.dropped`) until its
 queue is down to ``resume_fill`` (half) and takes ONE coalesced ``catch_up``, which ends
-the episode (logged once, with the count). A spool (FileQueue) has no size bound, so it
-never overflows.
+the episode (logged once, with the count). A spool (FileQueue) overflows the same way at
+its bound (``max_messages`` / ``max_bytes``): a batch file it refuses is dropped whole.
 
 ``catch_up`` rule: every subscription gets one catch_up before live notifications after
 each (re)LISTEN that concerns it: its subscribe, a channel it added, every reconnect of the
@@ -238,7 +238,9 @@ class Subscription:
         size = self.batch_size
         try:
             for start in range(0, len(pending), size):
-                self.queue.put_batch(pending[start:start + size])
+                self.queue.put_batch(pending[start:start + size], False)
+        except Full:  # a spool at its bound: what is left of this read is dropped
+            self._overflow_begins(len(pending) - start)
         except Closed:
             pass
 

@@ -57,6 +57,8 @@ QUEUE_DEFAULTS = {
     "queue_in_perms": None,    # mentat's name for mode (None: mode applies)
     "queue_in_wait": None,     # seconds an idle reader waits between looks at incoming/
                                # (None: FileQueue.poll_interval, 0.05)
+    "max_messages": 1_000_000,  # messages incoming/ may hold; then overflow (0: no bound)
+    "max_bytes": 1 << 30,      # bytes of files incoming/ may hold (1 GiB; 0: no bound)
 }
 
 
@@ -362,6 +364,8 @@ _QUEUE_CHECKS = {  # key -> check(field, value)
     "batch": _check_bool,
     "queue_in_perms": lambda f, v: None if v is None else _check_mode(f, v),
     "queue_in_wait": lambda f, v: None if v is None else _check_seconds(f, v),
+    "max_messages": lambda f, v: _check_int(f, v, 0),
+    "max_bytes": lambda f, v: _check_int(f, v, 0),
 }
 
 

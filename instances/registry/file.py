@@ -26,6 +26,8 @@ import os
 import tempfile
 import time
 
+import gevent
+
 from instances.exceptions import RegistryError
 from instances.registry.codec import dump, parse
 from instances.registry.desired import DesiredState
@@ -149,7 +151,7 @@ def _write_file(path, specs, version, file_mode, enables=None):
             _copy_ownership(f.fileno(), path, file_mode)
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            _fsync(f.fileno())
             stat = fingerprint(os.fstat(f.fileno()))
         os.replace(tmp, path)
         _fsync_directory(directory)
@@ -181,6 +183,25 @@ def _copy_ownership(fd, path, default_mode):
 def _fsync_directory(directory):
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync(fd):
+    """``os.fsync`` in gevent's threadpool: the calling greenlet waits, the hub goes on."""
+    hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        os.fsync(fd)
+        return
+    error = hub.threadpool.apply(_fsync_in_pool, (fd,))
+    if error is not None:
+        raise error
+
+
+def _fsync_in_pool(fd):
+    try:
+        os.fsync(fd)
+    except OSError as error:  # returned, not raised: gevent reports a raise to the hub
+        return error
+    return None

@@ -14,18 +14,25 @@ Life of a claimed file (every arrow one atomic ``rename`` or an ``unlink``)::
 The rename is the only lock between consumers: the loser of a race (``FileNotFoundError``)
 moves on to the next name. Names of ``incoming/`` are listed, sorted (FIFO) and kept in
 memory; the directory is listed again only when they are used up, so a busy queue is not
-listed once per message. Undecodable files (not
+listed once per message, and the listing runs in gevent's threadpool (one at a time: a
+greenlet that needs names while another lists waits for that listing). Every file claimed
+or given back is counted in the directory's :class:`~instances.spool.backlog.Backlog`.
+Undecodable files (not
 UTF-8, not JSON, nested too deeply, not objects), files over ``max_file_bytes`` and files
 already delivered ``max_attempts`` times go to ``errors/`` with the reason instead of
 being handed out.
 
 Concurrency: one Claims belongs to one :class:`~instances.spool.FileQueue` and its hub
-thread; every method runs on the caller's greenlet and does not yield.
+thread; every method runs on the caller's greenlet. Only :meth:`Claims.next_item` yields
+(while ``incoming/`` is listed, and to fsync in durable mode) and, in durable mode,
+outcomes that write a file (a failure, a release after close).
 """
 import collections
 import os
 
-from instances.spool import codec, errors, layout, names
+from gevent.event import Event
+
+from instances.spool import codec, errors, layout, names, offload
 
 
 class Claim:
@@ -48,8 +55,10 @@ class Claims:
     """The files claimed for the owner whose pending directory is ``pending_dir``, and
     their messages: ready (decoded, not handed out) and handed out (until an outcome)."""
 
-    def __init__(self, writer, pending_dir, owner, max_attempts, mode, max_file_bytes=None):
+    def __init__(self, writer, pending_dir, owner, max_attempts, mode, max_file_bytes=None,
+                 backlog=None):
         self.writer = writer
+        self.backlog = backlog
         self.max_file_bytes = max_file_bytes
         self.mode = mode
         self.incoming = os.path.join(writer.directory, "incoming")
@@ -60,6 +69,7 @@ class Claims:
         self._known = collections.deque()  # names of incoming/ seen, oldest first
         self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
         self._handed_out = {}  # id(item) -> (item, claim, index)
+        self._listing = None  # an Event while a greenlet lists incoming/
 
     def __len__(self):
         """Messages claimed and decoded but not handed out yet."""
@@ -130,6 +140,7 @@ class Claims:
             errors.banish_message(self.writer, message,
                                   names.part_name(claim.base, index, claim.size), meta)
             self._settle(claim, index)
+        self._banished(1)
         return message["id"]
 
     def close(self):
@@ -171,8 +182,8 @@ class Claims:
         """``(claim, items)`` of the oldest deliverable file, or None if there is none."""
         while True:
             if not self._known:
-                self._known.extend(sorted(os.listdir(self.incoming)))
-                if not self._known:
+                self._refill()
+                if not self._known or self.closed:
                     return None
             name = self._known.popleft()
             path = os.path.join(self.pending_dir, name)
@@ -187,10 +198,27 @@ class Claims:
             if opened is not None:
                 return opened
 
+    def _refill(self):
+        """Names of ``incoming/`` into ``_known`` from a listing made in the threadpool; a
+        greenlet that comes while another lists waits for that listing instead."""
+        listing = self._listing
+        if listing is not None:
+            listing.wait()
+            return
+        self._listing = listing = Event()
+        try:
+            self._known.extend(offload.listing(self.incoming))
+        finally:
+            self._listing = None
+            listing.set()
+
     def _open(self, name, path):
+        count = names.message_count(name)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
+                self._left(count, size)
+                count = None
                 if self.max_file_bytes is not None and size > self.max_file_bytes:
                     self._banish(Claim(name, path, 1), "oversized",
                                  "%d bytes: over the spool's max_file_bytes=%d"
@@ -201,6 +229,8 @@ class Claims:
             self._banish(Claim(name, path, 1), "undecodable", error)
             return None
         except FileNotFoundError:  # taken from under us (requeued by an operator)
+            if count is not None:
+                self._left(count, 0)
             return None
         claim = Claim(name, path, len(items), items)
         if claim.attempts > self.max_attempts:
@@ -218,6 +248,19 @@ class Claims:
         meta = errors.make_meta(reason, error, None, claim.attempts, self.owner, ids)
         errors.banish_file(self.writer, claim.path, claim.base, meta)
         claim.open = 0
+        self._banished(1)
+
+    def _left(self, messages, nbytes):
+        if self.backlog is not None:
+            self.backlog.left(1, messages, nbytes)
+
+    def _entered(self, messages, nbytes):
+        if self.backlog is not None:
+            self.backlog.entered(1, messages, nbytes)
+
+    def _banished(self, messages):
+        if self.backlog is not None:
+            self.backlog.errors += messages
 
     def _release(self, claim):
         """Give an unfinished claim back to ``incoming/`` (its attempts unchanged): the file
@@ -227,14 +270,19 @@ class Claims:
         claim.open = 0
         if len(claim.left) == claim.size or not claim.items:
             try:
+                size = os.stat(claim.path).st_size
                 os.rename(claim.path, os.path.join(self.incoming, claim.name))
             except FileNotFoundError:
                 pass  # taken from under us (requeued by an operator): nothing to give back
+            else:
+                self._entered(names.message_count(claim.name), size)
             return
         for index in sorted(claim.left):
             name = names.with_attempts(names.part_name(claim.base, index, claim.size),
                                        claim.attempts - 1)
-            self.writer.put_file(codec.encode(claim.items[index]), "incoming", name)
+            data = codec.encode(claim.items[index])
+            self.writer.put_file(data, "incoming", name)
+            self._entered(1, len(data))
         try:
             os.unlink(claim.path)  # after every part is safely in incoming/
         except FileNotFoundError:

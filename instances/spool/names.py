@@ -3,9 +3,10 @@ whether the process behind an owner name is still alive.
 
 A message file is named ``<base>[.<attempts>]``:
 
-* ``base`` = ``<time_ns:020d>-<pid>-<seq:010d>-<random>`` (optionally ``_<index>`` when one
-  message was split off a batch: the index zero-padded to the width of the batch's last
-  index, so the parts of one batch sort in batch order). Names sort by enqueue time, then writer pid, then the
+* ``base`` = ``<time_ns:020d>-<pid>-<seq:010d>-<random>[n<count>]`` (``n<count>``: a batch
+  file of ``count`` messages, so a listing alone tells how many messages wait; optionally
+  ``_<index>`` when one message was split off a batch: the index zero-padded to the width
+  of the batch's last index, so the parts of one batch sort in batch order). Names sort by enqueue time, then writer pid, then the
   writer's sequence number, so sorting a directory listing gives FIFO order. The base never
   changes while a message lives in the spool, so it gives a stable message id.
 * ``attempts`` = how many deliveries of this file ended without an outcome (the consumer
@@ -27,20 +28,37 @@ import socket
 import time
 import uuid
 
+import gevent.monkey
+
 #: Characters allowed in an owner label (it becomes part of a directory name).
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: A base written by a spool, with its message count when it is a batch.
+_BASE = re.compile(r"^\d{20}-\d+-\d{10}-[0-9a-f]{8}(?:n(\d+))?$")
 
 _last_time = 0
 _seq = 0
+#: A real lock (not a greenlet one): bases are also made in the threadpool (recovery).
+_lock = gevent.monkey.get_original("_thread", "allocate_lock")()
 
 
-def new_base():
-    """Return a fresh base name; strictly increasing within this process."""
+def new_base(count=1):
+    """Return a fresh base name for a file of ``count`` messages; strictly increasing
+    within this process (from any thread)."""
     global _last_time, _seq
-    now = max(time.time_ns(), _last_time + 1)  # wall clocks may step back; FIFO may not
-    _last_time = now
-    _seq += 1
-    return "%020d-%d-%010d-%s" % (now, os.getpid(), _seq, uuid.uuid4().hex[:8])
+    with _lock:
+        now = max(time.time_ns(), _last_time + 1)  # wall clocks may step back; FIFO may not
+        _last_time = now
+        _seq += 1
+        seq = _seq
+    base = "%020d-%d-%010d-%s" % (now, os.getpid(), seq, uuid.uuid4().hex[:8])
+    return base + "n%d" % count if count > 1 else base
+
+
+def message_count(name):
+    """Messages in the file ``name`` as its name tells (a batch base says ``n<count>``;
+    a part split off a batch, or any other name, holds one)."""
+    match = _BASE.match(name.partition(".")[0])
+    return int(match.group(1)) if match is not None and match.group(1) else 1
 
 
 def split(name):

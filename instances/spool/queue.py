@@ -30,38 +30,48 @@ greenlets may call it. Only :meth:`get` and a back-pressured :meth:`done` /
 :meth:`forward` block (the calling greenlet, never the hub). Several processes may share a
 directory: each claims with its own owner id. Create FileQueues after ``fork``.
 
+Nothing blocks the hub: ``fsync`` (durable mode) and every scan of a directory (the
+listing of ``incoming/`` that claims the next files, recovery, the periodic sweep of
+``pending/``, :meth:`~FileQueue.stats`) run in gevent's threadpool
+(:mod:`instances.spool.offload`), and :meth:`~FileQueue.qsize` /
+:meth:`~FileQueue.error_count` read counters (:mod:`instances.spool.backlog`), not the
+directory.
+
+Bound: ``incoming/`` holds at most :attr:`~FileQueue.max_messages` messages and
+:attr:`~FileQueue.max_bytes` bytes (the counters' view; one file alone may exceed them when
+``incoming/`` is empty). A put that does not fit waits for room, or raises
+:class:`gevent.queue.Full` when not blocking: the shared notifier then treats it as an
+overflow (live notifications dropped and counted, then ONE catch_up once there is room,
+:mod:`instances.notifier`), as for a full memory queue.
+
 Wake-ups: a getter blocked on an empty spool is woken at once by a put (or a requeue, a
-recovery, a forward into it as an output queue) made in the same process, on any
-FileQueue of that directory: no polling is involved. What a process cannot see is a file
-another process renames into ``incoming/``; for those a blocked getter looks at
-``incoming/`` every :attr:`~FileQueue.poll_interval` (50 ms), or, once a change notifier is
-plugged in with :meth:`~FileQueue.attach_watcher`, only every
-:attr:`~FileQueue.watched_poll_interval` (1 s, a safety net). The writer side of such a
-notifier is :meth:`~FileQueue.add_put_listener`: process isolation uses the pair, so its
-worker processes are woken over a pipe by the service's puts (see
+recovery, a release after close, a forward into it as an output queue) made in the same
+process, on any FileQueue of that directory. Files another process renames into
+``incoming/`` wake it through an inotify watch of ``incoming/``
+(:mod:`instances.spool.watcher`); a blocked getter then looks by itself only every
+:attr:`~FileQueue.watched_poll_interval` (1 s, a safety net). Where inotify is missing it
+looks every :attr:`~FileQueue.poll_interval` (50 ms). A change notifier of one's own can be
+plugged in with :meth:`~FileQueue.attach_watcher`; its writer side is
+:meth:`~FileQueue.add_put_listener`: process isolation uses the pair, so its worker
+processes are woken over a pipe by the service's puts (see
 :mod:`instances.isolation.parent`).
 """
-import collections
 import logging
 import os
 import time
-import weakref
 
 import gevent
 from gevent.event import Event
 
-from instances.queues import Closed, Empty
+from instances.queues import Closed, Empty, Full
 from instances.spec import QUEUE_DEFAULTS, check_queue_option
-from instances.spool import codec, errors, layout, names, recovery
+from instances.spool import backlog, codec, layout, names, offload, recovery
 from instances.spool.claims import Claims
 from instances.spool.errors import requeue_errors
 from instances.spool.output import OutputQueue
 from instances.spool.writer import SpoolWriter
 
 log = logging.getLogger(__name__)
-
-#: FileQueues of this process by directory: a put wakes local getters at once.
-_local = collections.defaultdict(weakref.WeakSet)
 
 
 #: Raised by get/put of a closed FileQueue (the queue protocol's ``Closed``).
@@ -71,9 +81,10 @@ QueueClosed = Closed
 class FileQueue:
     """A spool directory as a queue (same interface as the memory queue). See the module."""
 
-    #: Seconds between looks at ``incoming/`` while idle (other processes' puts).
+    #: Seconds between looks at ``incoming/`` while idle, where no watcher (inotify)
+    #: reports other processes' files.
     poll_interval = 0.05
-    #: Seconds between looks while a watcher (inotify) reports new files.
+    #: Seconds between looks while a watcher (inotify) reports new files: a safety net.
     watched_poll_interval = 1.0
     #: Seconds between two sweeps of ``pending/`` for dead owners' claims while a getter
     #: waits (a consumer process that died while this one runs: its claims come back
@@ -91,16 +102,24 @@ class FileQueue:
     #: (``"reason": "oversized"``), and ``put`` refuses to write one (ValueError). 64 MiB:
     #: a listener's batch (at most 1,000 notifications of at most 8,000 bytes) fits.
     max_file_bytes = 64 * 1024 * 1024
+    #: Messages ``incoming/`` may hold before a put waits (or, not blocking, raises Full:
+    #: an overflow for the notifier); 0: no bound.
+    max_messages = QUEUE_DEFAULTS["max_messages"]
+    #: Bytes of message files ``incoming/`` may hold, the same way (1 GiB); 0: no bound.
+    max_bytes = QUEUE_DEFAULTS["max_bytes"]
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
-                 output=None, poll_interval=None):
+                 output=None, poll_interval=None, max_messages=None, max_bytes=None):
         """Create the directories if needed, then :meth:`recover`. ``owner`` is an optional
         label of this consumer (the owner id always adds host, pid and start time);
-        ``fsync``, ``mode``, ``max_attempts`` and ``poll_interval`` override the class
-        attributes (checked as the spec's ``queue`` options are; ``poll_interval`` is
-        mentat's ``queue_in_wait``); ``output`` an :class:`OutputQueue`."""
+        ``fsync``, ``mode``, ``max_attempts``, ``max_messages``, ``max_bytes`` and
+        ``poll_interval`` override the class attributes (checked as the spec's ``queue``
+        options are; ``poll_interval`` is mentat's ``queue_in_wait``); ``output`` an
+        :class:`OutputQueue`. Blocks the calling greenlet while recovery and the first
+        count of ``incoming/`` run in the threadpool."""
         self.directory = os.path.abspath(directory)
-        for key, value in (("fsync", fsync), ("mode", mode), ("max_attempts", max_attempts)):
+        for key, value in (("fsync", fsync), ("mode", mode), ("max_attempts", max_attempts),
+                           ("max_messages", max_messages), ("max_bytes", max_bytes)):
             if value is not None:
                 setattr(self, key, check_queue_option(key, value, key))
         if poll_interval is not None:
@@ -118,16 +137,18 @@ class FileQueue:
         if output is not None:
             layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, self.fsync, file_mode)
+        self._backlog = backlog.of(self.directory)
         self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode,
-                              self.max_file_bytes)
+                              self.max_file_bytes, self._backlog)
         self._wakeup = Event()
         self._hub = gevent.get_hub()
         self.closed = False
         #: Greenlets blocked in :meth:`get` right now.
         self.waiting = 0
         self._put_listeners = []
-        _local[self.directory].add(self)
+        self._backlog.join(self)
         self.recover()
+        self._backlog.recount()
         self._next_sweep = time.monotonic() + self.sweep_interval
 
     @classmethod
@@ -153,35 +174,68 @@ class FileQueue:
             options.get("queue_out_limit"), options.get("queue_out_wait"),
             options.get("queue_in_perms"), options.get("queue_in_wait"), owner=owner,
             fsync=options.get("fsync"), mode=options.get("mode"),
-            max_attempts=options.get("max_attempts"))
+            max_attempts=options.get("max_attempts"),
+            max_messages=options.get("max_messages"), max_bytes=options.get("max_bytes"))
 
     # -- enqueue ---------------------------------------------------------------------
 
     def put(self, item, block=True, timeout=None):
         """Enqueue one message (dict or Notification) as one file; return its message id.
-        ``block`` and ``timeout`` exist for interface compatibility: the spool is unbounded.
-        Does not yield."""
+        While ``incoming/`` is at its bound (:attr:`max_messages`, :attr:`max_bytes`)
+        waits for room, at most ``timeout`` seconds, then raises :class:`Full` (at once
+        when not ``block``). Yields only to wait for room and, with ``fsync``, while the
+        threadpool commits the file."""
         self._check_open()
-        base = self.writer.write(self._checked(codec.encode(item)))
-        self._wake_local(self.directory)
+        base = self._write(self._checked(codec.encode(item)), 1, block, timeout)
         return names.message_id(base, 0)
 
-    def put_batch(self, items):
+    def put_batch(self, items, block=True, timeout=None):
         """Enqueue ``items`` as ONE file (one write, one fsync, one rename); return their
-        message ids. Does not yield."""
+        message ids. The bound applies to the whole file as in :meth:`put`: it goes in
+        whole or not at all."""
         self._check_open()
         items = list(items)
         if not items:
             return []
-        base = self.writer.write(self._checked(codec.encode_batch(items)))
-        self._wake_local(self.directory)
+        base = self._write(self._checked(codec.encode_batch(items)), len(items), block,
+                           timeout)
         return [names.message_id(base, i) for i in range(len(items))]
+
+    def _write(self, data, count, block, timeout):
+        """Wait for room for ``count`` messages, write them, count them; the base name."""
+        backlog, size = self._backlog, len(data)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not backlog.fits(count, size, self.max_messages, self.max_bytes):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not block or (remaining is not None and remaining <= 0):
+                backlog.maybe_recount(urgent=True)  # other processes may have made room
+                raise Full()
+            backlog.wait_for_room(1.0 if remaining is None else min(1.0, remaining))
+            self._check_open()
+        # Counted before the write: a writer that yields (fsync) holds its place.
+        backlog.files += 1
+        backlog.messages += count
+        backlog.bytes += size
+        try:
+            base = self.writer.write(data, count=count)
+        except BaseException:
+            backlog.left(1, count, size)
+            raise
+        backlog.entered(0, 0, 0)  # wake the readers and put listeners
+        return base
 
     def _checked(self, data):
         if len(data) > self.max_file_bytes:
             raise ValueError("message file of %d bytes: over the spool's max_file_bytes=%d"
                              % (len(data), self.max_file_bytes))
         return data
+
+    @property
+    def maxsize(self):
+        """:attr:`max_messages` as a memory queue's ``maxsize`` (0: no bound): the notifier
+        waits for :meth:`qsize` to fall under its share of it before an overflow's
+        catch_up."""
+        return self.max_messages or 0
 
     # -- dequeue ---------------------------------------------------------------------
 
@@ -203,7 +257,8 @@ class FileQueue:
             if not block or (remaining is not None and remaining <= 0):
                 raise Empty()
             self._wakeup.clear()
-            interval = self.poll_interval
+            interval = (self.watched_poll_interval if self._backlog.watched
+                        else self.poll_interval)
             self.waiting += 1
             try:
                 self._wakeup.wait(interval if remaining is None else min(interval, remaining))
@@ -211,8 +266,8 @@ class FileQueue:
                 self.waiting -= 1
 
     def _sweep(self):
-        """The periodic sweep of dead owners' claims (a failure is logged, never raised
-        into a getter)."""
+        """The periodic sweep of dead owners' claims, in the threadpool (a failure is
+        logged, never raised into a getter)."""
         try:
             self.requeue_pending_of_dead_owners()
         except OSError:
@@ -240,10 +295,11 @@ class FileQueue:
         if self._out is not None and output is not None:
             # Until the output is written the item is still ours: an output that is not
             # JSON, or a write interrupted, leaves it for done/failed again.
-            data = (codec.encode_batch(output) if isinstance(output, list)
-                    else codec.encode(output))
-            self._out.write(data, self.output.limit, self.output.wait)
-            self._wake_local(self.output.directory)
+            many = isinstance(output, list)
+            data = codec.encode_batch(output) if many else codec.encode(output)
+            count = len(output) if many else 1
+            self._out.write(data, self.output.limit, self.output.wait, count=count)
+            _entered(self.output.directory, count, len(data))
         self._claims.done(item)
 
     def failed(self, item, error, tb_text):
@@ -259,9 +315,7 @@ class FileQueue:
         ``incoming/`` (attempts unchanged). Raises ValueError for an item that is not
         handed out (or already settled). Does not yield."""
         self._claims.release(item)
-        if self.closed:
-            self._wake_local(self.directory)
-        else:
+        if not self.closed:
             self._wakeup.set()
 
     def attempts(self, item):
@@ -272,18 +326,33 @@ class FileQueue:
 
     def recover(self):
         """Crash recovery (run by the constructor): requeue claimed files of dead owners
-        and delete stale ``tmp/`` files. Returns ``(requeued, banished, tmp_removed)``."""
+        and delete stale ``tmp/`` files, in the threadpool. Returns ``(requeued, banished,
+        tmp_removed)``."""
         requeued, banished = self.requeue_pending_of_dead_owners()
-        removed = recovery.clean_tmp(self.directory, self.stale_tmp_age)
+        removed = offload.call(recovery.clean_tmp, self.directory, self.stale_tmp_age)
+        if removed:
+            log.info("removed %d stale tmp/ files", removed,
+                     extra={"action": "spool.clean_tmp", "directory": self.directory})
         return requeued, banished, removed
 
     def requeue_pending_of_dead_owners(self):
-        """``pending/<owner>/`` of dead owners back to ``incoming/``: ``(requeued, banished)``."""
-        result = recovery.recover_pending(self.writer, self.max_attempts, self.owner,
-                                          self.max_file_bytes)
-        if result[0]:
-            self._wake_local(self.directory)
+        """``pending/<owner>/`` of dead owners back to ``incoming/`` (in the threadpool):
+        ``(requeued, banished)``."""
+        recovered = offload.call(recovery.recover_pending, self.writer, self.max_attempts,
+                                 self.owner, self.max_file_bytes)
+        for owner, requeued, banished in recovered:
+            log.warning("recovered %d files of dead owner %s (%d to errors/)",
+                        requeued + banished, owner, banished,
+                        extra={"action": "spool.recover", "owner": owner})
+        result = (sum(r for _, r, _ in recovered), sum(b for _, _, b in recovered))
+        self._moved_in(*result)
         return result
+
+    def _moved_in(self, requeued, banished):
+        """Files were moved into ``incoming/`` / ``errors/`` by a scan: recount, wake."""
+        if requeued or banished:
+            self._backlog.recount()
+            self._backlog.entered(0, 0, 0)
 
     def requeue_owner(self, owner):
         """``pending/<owner>/`` back to ``incoming/`` whether or not ``owner`` looks alive,
@@ -294,10 +363,12 @@ class FileQueue:
             raise ValueError("owner=%r is this queue's own owner" % owner)
         if not owner or os.sep in owner or owner in (".", ".."):
             raise ValueError("owner=%r is not an owner of %s/pending" % (owner, self.directory))
-        result = recovery.recover_owner(self.writer, owner, self.max_attempts,
-                                        self.max_file_bytes)
-        if result[0]:
-            self._wake_local(self.directory)
+        result = offload.call(recovery.recover_owner, self.writer, owner, self.max_attempts,
+                              self.max_file_bytes)
+        if result[0] or result[1]:
+            log.warning("requeued %d files of owner %s (%d to errors/)", sum(result), owner,
+                        result[1], extra={"action": "spool.recover", "owner": owner})
+        self._moved_in(*result)
         return result
 
     def requeue(self, errors=True, reason=None, error_contains=None):
@@ -305,24 +376,30 @@ class FileQueue:
         With ``reason`` (``"failed"``, ``"max_attempts"``, ``"undecodable"``,
         ``"oversized"``) and/or ``error_contains`` (text of the ``.meta``'s error) only
         the messages that match. Returns the count."""
-        moved = requeue_errors(self.writer, reason, error_contains) if errors else 0
-        if moved:
-            self._wake_local(self.directory)
+        moved = 0
+        if errors:
+            moved = offload.call(requeue_errors, self.writer, reason, error_contains)
+        self._moved_in(moved, 0)
         return moved
 
     def qsize(self):
-        """Messages claimed but not handed out, plus FILES in ``incoming/`` (a batch file
-        counts once)."""
-        return len(self._claims) + len(os.listdir(os.path.join(self.directory, "incoming")))
+        """Messages waiting: claimed but not handed out, plus those in ``incoming/`` (the
+        counter, see :mod:`instances.spool.backlog`: exact for this process, other
+        processes' files as of the last recount). Never yields (a recount that is due
+        starts in the background)."""
+        self._backlog.maybe_recount()
+        return len(self._claims) + self._backlog.messages
 
     def stats(self):
-        """The counts of this spool directory: see :func:`instances.spool.stats`."""
-        return layout.stats(self.directory)
+        """The counts of this spool directory (scanned in the threadpool): see
+        :func:`instances.spool.stats`."""
+        return offload.call(layout.stats, self.directory)
 
     def error_count(self):
-        """Messages in ``errors/`` now (for status pages: one listing of that directory
-        alone, which holds only failures; :meth:`stats` lists ``incoming/`` too)."""
-        return len(errors.error_names(self.directory))
+        """Messages in ``errors/`` (for status pages): the counter, exact for this
+        process's failures, other processes' as of the last recount. Never yields."""
+        self._backlog.maybe_recount()
+        return self._backlog.errors
 
     # -- wake-up ---------------------------------------------------------------------
 
@@ -354,12 +431,12 @@ class FileQueue:
         if callback in self._put_listeners:
             self._put_listeners.remove(callback)
 
-    @staticmethod
-    def _wake_local(directory):
-        for queue in list(_local.get(directory, ())):
-            queue._wakeup.set()
-            for callback in queue._put_listeners:
-                callback()
+    def arrived(self):
+        """Files entered ``incoming/`` from this process (called by the directory's
+        backlog): wake the getters, tell the put listeners."""
+        self._wakeup.set()
+        for callback in self._put_listeners:
+            callback()
 
     def close(self):
         """Stop handing out messages: blocked getters raise :class:`QueueClosed`; claimed
@@ -377,11 +454,19 @@ class FileQueue:
             os.rmdir(self._claims.pending_dir)  # empty: nothing of ours left to judge
         except OSError:
             pass  # messages still in handlers (their outcome comes later), or gone
-        _local[self.directory].discard(self)
-        self._wake_local(self.directory)  # other readers of this process: files came back
+        self._backlog.leave(self)
+        self._backlog.entered(0, 0, 0)  # other readers of this process: files came back
         self.writer.close()
         if self._out is not None:
             self._out.close()
 
     def __repr__(self):
         return "<FileQueue %s owner=%s>" % (self.directory, self.owner)
+
+
+def _entered(directory, messages, nbytes):
+    """A file was written into the spool ``directory`` by this process (a forward into an
+    output queue): count it and wake that directory's readers here, if any."""
+    known = backlog.known(directory)
+    if known is not None:
+        known.entered(1, messages, nbytes)

@@ -12,31 +12,32 @@
   are deleted. They were never renamed into ``incoming/``, so they were never enqueued:
   their writer did not get a success back.
 
-Safe to run by several processes at once (a lost rename race is skipped). Runs on the
-caller's greenlet and does not yield.
+Safe to run by several processes at once (a lost rename race is skipped). Every function
+here scans directories and may fsync, so the spool runs them in gevent's threadpool
+(:mod:`instances.spool.offload`): they make file system calls only, and return what they
+did for the caller to log on the hub.
 """
-import logging
 import os
 import time
 
 from instances.spool import codec, errors, names
 
-log = logging.getLogger(__name__)
-
 
 def recover_pending(writer, max_attempts, own_owner, max_file_bytes=None):
-    """Give back the claimed files of dead owners; returns ``(requeued, banished)``."""
+    """Give back the claimed files of dead owners; returns ``[(owner, requeued,
+    banished), ...]`` for each owner that had some."""
     pending = os.path.join(writer.directory, "pending")
-    requeued = banished = 0
+    recovered = []
     for owner in sorted(os.listdir(pending)):
         if owner == own_owner or names.owner_alive(owner):
             continue
         r, b = _recover_owner(writer, os.path.join(pending, owner), owner, max_attempts,
                               max_file_bytes)
-        requeued, banished = requeued + r, banished + b
-    if requeued and writer.fsync:
+        if r or b:
+            recovered.append((owner, r, b))
+    if any(r for _, r, _ in recovered) and writer.fsync:
         writer.sync_dir("incoming")
-    return requeued, banished
+    return recovered
 
 
 def recover_owner(writer, owner, max_attempts, max_file_bytes=None):
@@ -76,10 +77,6 @@ def _recover_owner(writer, owner_dir, owner, max_attempts, max_file_bytes=None):
         os.rmdir(owner_dir)
     except OSError:
         pass  # not empty (a late rename) or already gone: a later recovery handles it
-    if requeued or banished:
-        log.warning("recovered %d files of dead owner %s (%d to errors/)",
-                    requeued + banished, owner, banished,
-                    extra={"action": "spool.recover", "owner": owner})
     return requeued, banished
 
 
@@ -120,9 +117,6 @@ def clean_tmp(directory, stale_age):
                 removed += 1
         except FileNotFoundError:
             continue  # renamed into place or removed meanwhile
-    if removed:
-        log.info("removed %d stale tmp/ files", removed,
-                 extra={"action": "spool.clean_tmp", "directory": directory})
     return removed
 
 

@@ -5,6 +5,11 @@ written in full, optionally ``fsync``-ed, then atomically renamed into its targe
 directory (``incoming/`` or ``errors/``), whose directory entry is ``fsync``-ed too in
 durable mode. Readers therefore only ever see complete files.
 
+In durable mode the whole commit (write, ``fsync``, rename, ``fsync`` of the directory)
+runs in gevent's threadpool (:mod:`instances.spool.offload`): one round trip per file,
+and the hub goes on while the disk works. Without ``fsync`` a commit is a few short
+system calls on the caller's thread.
+
 Back-pressure: :meth:`SpoolWriter.write` with a ``limit`` first *reserves* its ``tmp/``
 file, then counts ``tmp/`` + ``incoming/`` (its own reservation included). Over the limit it
 gives the reservation back and waits. Every writer that proceeds has counted every earlier
@@ -18,16 +23,17 @@ import time
 import gevent
 from gevent.queue import Full
 
-from instances.spool import names
+from instances.spool import names, offload
 
 
 class SpoolWriter:
     """Writes files into the spool ``directory`` (which must already have its subdirectories).
 
     ``owner`` is the owner id put in ``tmp/`` names, ``fsync`` the durability mode,
-    ``file_mode`` the permission bits of new files. Writes block the calling greenlet only
-    on back-pressure (:func:`gevent.sleep`); the file operations themselves are short
-    system calls made on the hub thread.
+    ``file_mode`` the permission bits of new files. Writes block the calling greenlet on
+    back-pressure (:func:`gevent.sleep`) and, with ``fsync``, while the threadpool commits;
+    never the hub. :meth:`put_file` and :meth:`commit` may also be called from a
+    threadpool thread (recovery runs there).
     """
 
     def __init__(self, directory, owner, fsync=False, file_mode=0o600):
@@ -37,11 +43,16 @@ class SpoolWriter:
         self.file_mode = file_mode
         self.tmp_dir = os.path.join(directory, "tmp")
         self._dir_fds = {}
+        if fsync:  # opened here, once: commits in the threadpool only read this dict
+            for target in ("incoming", "errors"):
+                self._dir_fds[target] = os.open(os.path.join(directory, target),
+                                                os.O_RDONLY | os.O_DIRECTORY)
 
-    def reserve(self):
-        """Create an empty, exclusively owned file in ``tmp/``: ``(fd, tmp_path, base)``."""
+    def reserve(self, count=1):
+        """Create an empty, exclusively owned file in ``tmp/`` for ``count`` messages:
+        ``(fd, tmp_path, base)``."""
         while True:
-            base = names.new_base()
+            base = names.new_base(count)
             path = os.path.join(self.tmp_dir, names.tmp_name(base, self.owner))
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, self.file_mode)
@@ -59,7 +70,13 @@ class SpoolWriter:
             pass
 
     def commit(self, fd, tmp_path, data, target, name):
-        """Write ``data`` (bytes) into the reserved file and rename it to ``target/name``."""
+        """Write ``data`` (bytes) into the reserved file and rename it to ``target/name``
+        (with ``fsync``: in the threadpool, blocking the calling greenlet only)."""
+        if self.fsync:
+            return offload.call(self._commit, fd, tmp_path, data, target, name)
+        return self._commit(fd, tmp_path, data, target, name)
+
+    def _commit(self, fd, tmp_path, data, target, name):
         try:
             view = memoryview(data)
             while view:
@@ -81,7 +98,7 @@ class SpoolWriter:
         if fd is None:
             fd = self._dir_fds[target] = os.open(
                 os.path.join(self.directory, target), os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(fd)
+        offload.call(os.fsync, fd)
 
     def put_file(self, data, target, name):
         """Write ``data`` as ``target/name`` through ``tmp/`` (no limit)."""
@@ -89,12 +106,17 @@ class SpoolWriter:
         return self.commit(fd, tmp_path, data, target, name)
 
     def count(self):
-        """Files in ``tmp/`` + ``incoming/``. ``tmp/`` is listed first, so a file renamed
-        between the two listings is counted twice, never missed."""
+        """Files in ``tmp/`` + ``incoming/`` (scanned in the threadpool). ``tmp/`` is
+        listed first, so a file renamed between the two listings is counted twice, never
+        missed."""
+        return offload.call(self._count)
+
+    def _count(self):
         return _count(self.tmp_dir) + _count(os.path.join(self.directory, "incoming"))
 
-    def write(self, data, limit=None, wait=10.0, block=True, timeout=None):
-        """Enqueue ``data`` (bytes) into ``incoming/``; return the new file's base name.
+    def write(self, data, limit=None, wait=10.0, block=True, timeout=None, count=1):
+        """Enqueue ``data`` (bytes, ``count`` messages) into ``incoming/``; return the new
+        file's base name.
 
         With ``limit``, wait while the queue holds more than ``limit`` files, re-checking
         every ``wait`` seconds (blocks the calling greenlet). Raises
@@ -102,7 +124,7 @@ class SpoolWriter:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            fd, tmp_path, base = self.reserve()
+            fd, tmp_path, base = self.reserve(count)
             if limit is None or self.count() <= limit:
                 return self.commit(fd, tmp_path, data, "incoming", base)
             self.discard(fd, tmp_path)

@@ -50,7 +50,7 @@ class BatchQueue(MemoryQueue):
         super().__init__()
         self.batches = []
 
-    def put_batch(self, items):
+    def put_batch(self, items, block=True, timeout=None):
         self.batches.append(list(items))
 
 

@@ -1,0 +1,271 @@
+"""The spool's figures: ``python -m bench.spool [--smoke]`` (also run by ``make bench``).
+
+1. **Hub stall with a big backlog** (``hub``, a process of its own, monkey-patched): a
+   spool directory holding 100,000 message files is opened (recovery and the first count)
+   and used for a few seconds by greenlets that each do what the service does to a spool:
+   a status loop (``qsize()``, ``error_count()`` every 10 ms, ``stats()`` every 0.5 s), a
+   putter (``put`` with ``fsync``), a consumer (``get`` + ``done``), the sweep of
+   ``pending/`` and a recount of ``incoming/`` forced every 0.5 s. A
+   :class:`~supervisor.testing.HubHeartbeat` ticking every 2 ms gives the hub's worst
+   stall over the whole run (its ``max_stall``: run-queue waits of a busy machine left
+   out; the wall-clock figure beside it). For scale, the time one listing of that
+   ``incoming/`` takes on the hub is reported too: what every ``qsize()`` used to cost.
+2. **Drain** (issue 13 item 4): 100,000 notifications committed in one transaction,
+   drained by pgvisor with a memory queue, a spool with fsync off and a spool with fsync
+   on (``bench.contender_pgvisor``, the same contender ``make bench`` runs), interleaved,
+   3 repetitions; ratios of medians to the memory queue. ``--profile`` also writes a
+   pyinstrument profile of one drain of each spool mode to ``bench/profiles/``.
+
+The section is appended to ``bench/RESULTS.md`` (replacing an older one), or written to
+``--results``; ``--smoke`` runs tiny sizes and writes nothing unless ``--results`` is given.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = "<!-- spool figures (python -m bench.spool) -->"
+GEVENT = [sys.executable, "-m", "gevent.monkey", "--module"]
+SPOOL_BASE = os.environ.get("PGVISOR_BENCH_SPOOL_DIR", "/var/tmp")
+
+SIZES = {
+    "full": dict(files=100_000, hub_seconds=5.0, reps=3, drain=100_000),
+    "smoke": dict(files=2_000, hub_seconds=0.5, reps=1, drain=2_000),
+}
+#: The hub stall a 100,000-file backlog may cause at worst (issue 16 item 2).
+HUB_TARGET_MS = 50.0
+#: Drain targets as a ratio to the memory queue (issue 13 item 4).
+DRAIN_TARGETS = {"pgvisor spool fsync=off": 0.6, "pgvisor spool fsync=on": 0.5}
+
+
+# -- 1. the hub with a big backlog (runs in its own monkey-patched process) ----------------
+
+def fill(directory, files):
+    """``files`` one-message files in ``directory/incoming`` (fsync off: setting up)."""
+    from instances.spool.layout import make_dirs
+    from instances.spool.writer import SpoolWriter
+    make_dirs(directory)
+    writer = SpoolWriter(directory, "bench-filler")
+    payload = json.dumps({"channel": "bench", "payload": "x" * 100, "kind": "notify",
+                          "pid": 1, "received_at": time.time()}).encode()
+    for _ in range(files):
+        writer.write(payload)
+    writer.close()
+
+
+def hub(args):
+    import gevent
+
+    from instances.spool import FileQueue
+    from supervisor.testing import HubHeartbeat
+    directory = tempfile.mkdtemp(prefix="pgvisor-bench-hub-", dir=SPOOL_BASE)
+    try:
+        fill(directory, args.files)
+        began = time.perf_counter()
+        listed = len(os.listdir(os.path.join(directory, "incoming")))
+        listing_ms = (time.perf_counter() - began) * 1000
+        figures = {"files": listed, "listing_on_hub_ms": listing_ms}
+        with HubHeartbeat(tick=0.002) as beat:
+            figures.update(exercise(FileQueue(directory, fsync=True), args.seconds, gevent))
+        figures.update(max_stall_ms=beat.max_stall * 1000,
+                       max_wall_stall_ms=beat.max_wall_stall * 1000, ticks=beat.ticks)
+    finally:
+        subprocess.run(["rm", "-rf", directory], check=False)
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+def exercise(queue, seconds, gevent):
+    """What the service does to a spool, for ``seconds``; counts of each kind of call."""
+    deadline = time.monotonic() + seconds
+    counts = {"qsize": 0, "stats": 0, "put": 0, "get": 0, "recounts": 0}
+
+    def status():
+        last_stats = 0.0
+        while time.monotonic() < deadline:
+            queue.qsize()
+            queue.error_count()
+            counts["qsize"] += 1
+            if time.monotonic() - last_stats > 0.5:
+                queue.stats()
+                counts["stats"] += 1
+                queue._backlog._next_recount = 0  # a recount of incoming/ now
+                queue._next_sweep = 0  # and the sweep of pending/ at the next get
+                last_stats = time.monotonic()
+            gevent.sleep(0.01)
+
+    def putter():
+        while time.monotonic() < deadline:
+            queue.put({"n": counts["put"]})
+            counts["put"] += 1
+
+    def consumer():
+        while time.monotonic() < deadline:
+            item = queue.get(timeout=1)
+            queue.done(item)
+            counts["get"] += 1
+            if counts["get"] % 100 == 0:
+                gevent.sleep(0)  # a processor yields every so many items
+
+    gevent.joinall([gevent.spawn(f) for f in (status, putter, consumer)], raise_error=True)
+    counts["recounts"] = queue._backlog.recounts
+    counts["backlog"] = queue.qsize()
+    queue.close()
+    return counts
+
+
+def measure_hub(size):
+    argv = GEVENT + ["bench.spool", "hub", "--files", str(size["files"]),
+                     "--seconds", str(size["hub_seconds"])]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=_env(), check=True).stdout
+    return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+
+
+# -- 2. drain against the memory queue ---------------------------------------------------------
+
+CONTENDERS = [  # (label, spool: None for the memory queue, else the fsync flag)
+    ("pgvisor memory", None), ("pgvisor spool fsync=off", False),
+    ("pgvisor spool fsync=on", True)]
+
+
+def measure_drain(size, verbose, profile):
+    from bench import run
+    from supervisor.testing import PostgresCluster
+    bench = run.Bench(argparse.Namespace(smoke=size is SIZES["smoke"], verbose=verbose,
+                                         profile_run=None))
+    command = run.GEVENT + ["bench.contender_pgvisor"]
+    results = {label: [] for label, _ in CONTENDERS}
+    profiles = {}
+    with PostgresCluster("pgvisor-bench-spool") as cluster:
+        for rep in range(size["reps"]):
+            for label, spool in CONTENDERS:
+                figures = bench.run_contender(cluster.dsn, run.FIGURES[0], label, command,
+                                              spool, size["drain"])
+                results[label].append(figures["rate"])
+                if verbose:
+                    print("  drain %s rep %d: %.0f/s" % (label, rep + 1, figures["rate"]),
+                          file=sys.stderr, flush=True)
+        if profile:
+            for label, spool in CONTENDERS:
+                path = os.path.join(ROOT, "bench", "profiles", "spool-%s.txt" % (
+                    "memory" if spool is None else "fsync-" + ("on" if spool else "off")))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                bench.args.profile_run = path
+                bench.run_contender(cluster.dsn, run.FIGURES[0], label, command, spool,
+                                    size["drain"])
+                bench.args.profile_run = None
+                profiles[label] = os.path.relpath(path, ROOT)
+    return results, profiles
+
+
+# -- the report --------------------------------------------------------------------------------
+
+def report(hub_figures, drain, profiles, size, began, command):
+    rows = ["| figure | runs | median | min | max | target |", "|---|---|---|---|---|---|"]
+    stall = hub_figures["max_stall_ms"]
+    rows.append("| hub's worst stall (ms) with %s files in incoming/ while qsize/status/"
+                "put/get/sweep/recount run | 1 x %.0f s | %.1f | | | <= %.0f ms: %s "
+                "(wall clock %.1f ms; %d ticks) |" % (
+                    _n(hub_figures["files"]), size["hub_seconds"], stall, HUB_TARGET_MS,
+                    "met" if stall <= HUB_TARGET_MS else "MISSED",
+                    hub_figures["max_wall_stall_ms"], hub_figures["ticks"]))
+    rows.append("| for scale: one listing of that incoming/ on the hub (ms), what every "
+                "qsize() cost before | 1 | %.1f | | | |" % hub_figures["listing_on_hub_ms"])
+    rows.append("| calls made during the run | 1 | %s | | | |" % ", ".join(
+        "%s %s" % (k, _n(hub_figures[k])) for k in ("qsize", "stats", "put", "get",
+                                                    "recounts")))
+    memory = statistics.median(drain["pgvisor memory"]) if drain["pgvisor memory"] else None
+    for label, _ in CONTENDERS:
+        runs = drain[label]
+        if not runs:
+            continue
+        med = statistics.median(runs)
+        target = ""
+        if label in DRAIN_TARGETS and memory:
+            ratio, goal = med / memory, DRAIN_TARGETS[label]
+            target = "%.2fx memory (>= %.1fx: %s)" % (ratio, goal,
+                                                      "met" if ratio >= goal else "MISSED")
+        rows.append("| drain rate (notifications/s), %s | %d x %s | %s | %s | %s | %s |" % (
+            label, len(runs), _n(size["drain"]), _n(med), _n(min(runs)), _n(max(runs)),
+            target))
+    lines = [
+        "## The spool", "",
+        "Generated by `%s` on %s UTC (%.0f s); spool directories on %s. Hub stall: one "
+        "process, monkey-patched, a HubHeartbeat ticking every 2 ms (its max_stall leaves "
+        "out the time the hub's thread waited for a CPU of the busy machine; CPU work, "
+        "blocking system calls and GIL waits count). Drain: `bench.contender_pgvisor` "
+        "(one instance under a real Supervisor, the shared notifier), 100,000 "
+        "notifications committed in one transaction, contenders interleaved (memory, "
+        "fsync=off, fsync=on, then again), ratios of medians to the memory queue." % (
+            command, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began)),
+            time.time() - began, SPOOL_BASE), ""] + rows
+    if profiles:
+        lines += ["", "Profiles of one more drain each (pyinstrument, flat own times then "
+                  "the call tree): " + ", ".join("`%s`" % p for p in profiles.values()) + "."]
+    return "\n".join(lines)
+
+
+def _n(value):
+    return "{:,.0f}".format(value)
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def write(path, text):
+    """Put ``text`` after MARKER in ``path``, replacing an older section (a section after
+    it, such as the notifier's, is kept)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+    except FileNotFoundError:
+        content = ""
+    before, _, after = content.partition(MARKER)
+    rest = ""
+    if after:
+        cut = after.find("<!-- ", 1)
+        rest = after[cut:] if cut >= 0 else ""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(before.rstrip("\n") + "\n\n" + MARKER + "\n" + text + "\n"
+                + ("\n" + rest if rest else ""))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    hub_args = sub.add_parser("hub")
+    hub_args.add_argument("--files", type=int, required=True)
+    hub_args.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--no-drain", action="store_true", help="the hub figure only")
+    parser.add_argument("--profile", action="store_true", help="profile a drain of each")
+    parser.add_argument("--results", help="default: bench/RESULTS.md (not with --smoke)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "hub":
+        return hub(args)
+    size = SIZES["smoke" if args.smoke else "full"]
+    began = time.time()
+    hub_figures = measure_hub(size)
+    drain, profiles = ({label: [] for label, _ in CONTENDERS}, {}) if args.no_drain else \
+        measure_drain(size, args.verbose, args.profile)
+    command = "python -m bench.spool" + "".join(
+        " --" + flag.replace("_", "-") for flag in ("smoke", "no_drain", "profile")
+        if getattr(args, flag))
+    text = report(hub_figures, drain, profiles, size, began, command)
+    print(text)
+    path = args.results or (None if args.smoke else os.path.join(ROOT, "bench", "RESULTS.md"))
+    if path:
+        write(path, text)
+        print("wrote %s" % path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""What a spool runs off the hub: fsync and directory scans, in gevent's threadpool.
+
+An ``fsync`` waits for the disk (a millisecond on a good one, seconds on a busy or failing
+one) and a listing of a directory of 100,000 files takes tens of milliseconds: either,
+made on the hub's thread, stops every greenlet of the process (timeouts, heartbeats,
+``/health``). :func:`call` runs such a function in the hub's threadpool and blocks only
+the calling greenlet until it returns (its exception is raised in the caller).
+
+Functions given to :func:`call` touch the file system and their own arguments only: no
+logging, no greenlet, no state shared with the hub thread (the result goes back, the
+caller acts on it). A call made from the hub itself (a hub callback, which must never
+block) runs inline instead: that is the rare path (a link callback closing a queue), and
+blocking the hub briefly beats raising in it. So does a call made by a function already
+running in the threadpool (recovery writes files there).
+"""
+import os
+
+import gevent
+import gevent.monkey
+
+_real_ident = gevent.monkey.get_original("_thread", "get_ident")
+#: Real thread ids of the threadpool's threads that ran a function of ours.
+_pool_threads = set()
+
+
+def call(function, *args):
+    """``function(*args)`` in the hub's threadpool; blocks the calling greenlet only."""
+    if _real_ident() in _pool_threads:
+        return function(*args)
+    hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        return function(*args)
+    value, error = hub.threadpool.apply(_in_pool, (function, args))
+    if error is not None:
+        try:
+            raise error
+        finally:
+            error = None  # no reference cycle through the traceback
+    return value
+
+
+def _in_pool(function, args):
+    """Run in the pool; an exception comes back as a value (gevent would also report an
+    exception escaping a pool function to the hub as an error: a full disk is not a bug
+    of the hub's)."""
+    _pool_threads.add(_real_ident())
+    try:
+        return function(*args), None
+    except Exception as error:
+        return None, error
+
+
+def listing(path):
+    """The names in the directory ``path``, sorted (FIFO for spool names); [] when it
+    does not exist. Runs in the threadpool."""
+    return call(_sorted_names, path)
+
+
+def _sorted_names(path):
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+

@@ -1,0 +1,208 @@
+"""The spool off the hub: fsync and directory scans run in gevent's threadpool, sizes come
+from counters, idle readers are woken without polling, and ``incoming/`` has a bound."""
+import os
+import subprocess
+import sys
+
+import gevent
+import gevent.monkey
+import pytest
+
+from instances.queues import Empty, Full
+from instances.spool import FileQueue, backlog, names, watcher
+from instances.spool.writer import SpoolWriter
+from supervisor.testing import wait_for
+
+real_ident = gevent.monkey.get_original("_thread", "get_ident")
+
+
+class Recorder:
+    """Wraps the os functions a spool could block on; records on which real thread each
+    call touching ``root`` (or any fsync) ran."""
+
+    def __init__(self, monkeypatch, root):
+        self.root = str(root)
+        self.calls = []  # (function name, real thread id)
+        for name in ("fsync", "listdir", "scandir"):
+            monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
+
+    def _wrap(self, name, original):
+        def recorded(*args, **kwargs):
+            target = args[0] if args else kwargs.get("path", ".")
+            if name == "fsync" or str(target).startswith(self.root):
+                self.calls.append((name, real_ident()))
+            return original(*args, **kwargs)
+        return recorded
+
+    def on(self, thread):
+        return [name for name, ident in self.calls if ident == thread]
+
+
+def dead_owner():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return "%s-%d-%s" % (names.hostname(), child.pid, "1")
+
+
+@pytest.mark.timeout(20)
+def test_fsync_and_every_directory_scan_run_in_the_threadpool_not_on_the_hub(
+        tmp_path, monkeypatch):
+    hub_thread = real_ident()
+    recorder = Recorder(monkeypatch, tmp_path)
+    owner_dir = tmp_path / "q" / "pending" / dead_owner()
+    owner_dir.mkdir(parents=True)
+    (owner_dir / names.new_base()).write_bytes(b'{"n": -1}')  # a crashed consumer's claim
+    queue = FileQueue(tmp_path / "q", fsync=True)  # recovery + the first count
+    queue.put({"n": 0})
+    queue.put_batch([{"n": 1}, {"n": 2}])
+    first = queue.get(block=False)
+    queue.failed(first, ValueError("x"), None)
+    assert queue.qsize() >= 2 and queue.error_count() == 1
+    queue.stats()
+    assert queue.requeue() == 1
+    queue._next_sweep = 0  # the periodic sweep of pending/, due now
+    items = [queue.get(block=False) for _ in range(4)]
+    for item in items:
+        queue.done(item)
+    with pytest.raises(Empty):
+        queue.get(block=False)
+    queue.close()
+    kinds = {name for name, _ in recorder.calls}
+    assert kinds == {"fsync", "listdir", "scandir"}, recorder.calls  # the test saw them
+    assert recorder.on(hub_thread) == []
+
+
+@pytest.mark.timeout(10)
+def test_qsize_and_error_count_read_counters_without_looking_at_the_directory(
+        tmp_path, monkeypatch):
+    queue = FileQueue(tmp_path)
+    for n in range(5):
+        queue.put({"n": n})
+    queue.put_batch([{"n": n} for n in range(5, 15)])
+    queue.failed(queue.get(block=False), ValueError("x"), None)
+    queue._backlog._next_recount = float("inf")  # no recount is due
+    recorder = Recorder(monkeypatch, tmp_path)
+    assert queue.qsize() == 14  # 4 single files + one batch file of 10 messages
+    assert queue.error_count() == 1
+    assert recorder.calls == []
+
+
+@pytest.mark.timeout(10)
+def test_a_recount_catches_files_other_processes_put_and_took(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put({"n": 0})
+    other = SpoolWriter(str(tmp_path), "other-owner")
+    other.write(b'[{"n": 1}, {"n": 2}, {"n": 3}]', count=3)  # another process's batch
+    assert queue.qsize() == 1  # not seen yet
+    queue._backlog.recount()
+    assert queue.qsize() == 4
+    for name in os.listdir(tmp_path / "incoming"):  # another consumer took them all
+        os.unlink(tmp_path / "incoming" / name)
+    queue._backlog._next_recount = 0
+    queue.qsize()  # starts the recount in the background
+    wait_for(lambda: queue.qsize() == 0, timeout=5, message="the recount sees them gone")
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_file_name_tells_its_message_count(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch([{"n": n} for n in range(7)])
+    queue.put({"n": 7})
+    counts = sorted(names.message_count(n) for n in os.listdir(tmp_path / "incoming"))
+    assert counts == [1, 7]
+    assert names.message_count(names.part_name(names.new_base(12), 3, 12)) == 1
+    assert names.message_count("not-a-spool-name.3") == 1
+
+
+@pytest.mark.timeout(10)
+def test_an_idle_reader_is_woken_by_another_process_through_inotify(tmp_path):
+    queue = FileQueue(tmp_path)
+    if not queue._backlog.watched:
+        pytest.skip("no inotify here")
+    queue.poll_interval = queue.watched_poll_interval = 3600.0  # only a wake-up delivers
+    reader = gevent.spawn(queue.get, True, 10)
+    wait_for(lambda: queue.waiting == 1, timeout=5, message="the reader waits")
+    code = ("from instances.spool.writer import SpoolWriter; "
+            "SpoolWriter(%r, 'writer-process').write(b'{\"n\": 1}')" % str(tmp_path))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert reader.get(timeout=5)["n"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_the_last_queue_of_a_directory_removes_its_watch(tmp_path):
+    first, second = FileQueue(tmp_path), FileQueue(tmp_path)
+    shared = backlog.known(first.directory)
+    assert second._backlog is shared
+    watch = shared._watch
+    if watch is None:
+        pytest.skip("no inotify here")
+    inotify = watcher._inotify
+    first.close()
+    assert inotify.watches.get(watch.wd) is watch
+    second.close()
+    assert shared._watch is None and watch.wd not in inotify.watches
+
+
+# -- the bound ---------------------------------------------------------------------------
+
+@pytest.mark.timeout(10)
+def test_a_put_over_max_messages_raises_full_when_not_blocking(tmp_path):
+    queue = FileQueue(tmp_path, max_messages=5)
+    queue.put_batch([{"n": n} for n in range(4)])
+    queue.put({"n": 4})
+    with pytest.raises(Full):
+        queue.put({"n": 5}, block=False)
+    with pytest.raises(Full):
+        queue.put_batch([{"n": 5}, {"n": 6}], False)
+    with pytest.raises(Full):
+        queue.put({"n": 5}, timeout=0.05)
+    assert sum(names.message_count(n) for n in os.listdir(tmp_path / "incoming")) == 5
+
+
+@pytest.mark.timeout(10)
+def test_a_put_over_max_bytes_waits_for_a_claim(tmp_path):
+    queue = FileQueue(tmp_path, max_bytes=100)
+    queue.put({"pad": "x" * 60})
+    with pytest.raises(Full):
+        queue.put({"pad": "y" * 60}, block=False)
+    waiting = gevent.spawn(queue.put, {"pad": "y" * 60})
+    gevent.sleep(0.01)
+    assert not waiting.ready()
+    item = queue.get(block=False)  # room: the waiting put goes in
+    waiting.get(timeout=5)
+    queue.done(item)
+    assert queue.get(block=False)["pad"] == "y" * 60
+
+
+@pytest.mark.timeout(10)
+def test_an_empty_spool_takes_one_file_bigger_than_the_bound(tmp_path):
+    queue = FileQueue(tmp_path, max_messages=2)
+    queue.put_batch([{"n": n} for n in range(3)])  # never refused forever
+    with pytest.raises(Full):
+        queue.put({"n": 3}, block=False)
+
+
+@pytest.mark.timeout(10)
+def test_zero_means_no_bound_and_bad_bounds_are_refused_by_name(tmp_path):
+    from instances.exceptions import InvalidConfigurationException
+    queue = FileQueue(tmp_path, max_messages=0, max_bytes=0)
+    for n in range(50):
+        queue.put({"n": n}, block=False)
+    assert queue.maxsize == 0
+    with pytest.raises(InvalidConfigurationException, match="max_messages=-1"):
+        FileQueue(tmp_path, max_messages=-1)
+    with pytest.raises(InvalidConfigurationException, match="max_bytes='big'"):
+        FileQueue(tmp_path, max_bytes="big")
+
+
+@pytest.mark.timeout(10)
+def test_a_queue_dropped_without_close_lets_its_watch_go(tmp_path):
+    import gc
+    queue = FileQueue(tmp_path)
+    if queue._backlog._watch is None:
+        pytest.skip("no inotify here")
+    wd = queue._backlog._watch.wd
+    del queue
+    gc.collect()
+    assert wd not in watcher._inotify.watches
