@@ -12,6 +12,11 @@ Actions (restart, verify, shutdown, enable) are requests to the JSON API with
 ``Authorization: Bearer <token>`` and ``Content-Type: application/json``; the token is typed
 once per browser tab and kept in its ``sessionStorage``. Without it the page is read-only.
 
+With ``token_for_reads`` a browser cannot send that header when it opens the page, so the
+server answers an unauthenticated ``GET /`` with :func:`login_document`: a form that posts
+the token to ``/login`` (or a link ``/?token=...``), after which the server sets a read
+cookie (:mod:`supervisor.http.server`); that cookie opens reads only, never actions.
+
 Transport-free like :mod:`supervisor.http.routes`: functions return bytes and content
 types; routes wraps them in answers.
 """
@@ -36,6 +41,37 @@ HEADERS = [
     ("Referrer-Policy", "no-referrer"),
     ("X-Frame-Options", "DENY"),
 ]
+
+#: Headers of the login page: as :data:`HEADERS`, but its one form may post to this origin.
+LOGIN_HEADERS = [(name, value.replace("form-action 'none'", "form-action 'self'"))
+                 for name, value in HEADERS]
+
+_LOGIN = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>pgvisor status: token</title>
+<link rel="stylesheet" href="static/status.css">
+</head>
+<body>
+<header><h1>pgvisor</h1></header>
+<main>
+  <section>
+    <h2>API token</h2>
+    <p>This server asks for its API token to show its status ({problem}).</p>
+    <form method="post" action="login" autocomplete="off">
+      <input name="token" type="password" placeholder="API token" aria-label="API token"
+             required autofocus>
+      <button type="submit">Open the status page</button>
+    </form>
+    <p class="muted">The browser keeps a read-only cookie for this site until it closes;
+    actions still ask for the token on the page.</p>
+  </section>
+</main>
+</body>
+</html>
+"""
 
 _DOCUMENT = """<!DOCTYPE html>
 <html lang="en">
@@ -105,6 +141,13 @@ def document():
     fields = ",".join(f.name for f in dataclasses.fields(InstanceSpec))
     return _DOCUMENT.format(refresh_ms=int(REFRESH_SECONDS * 1000),
                             spec_fields=html.escape(fields)).encode("utf-8")
+
+
+def login_document(wrong=False):
+    """The login page (bytes): one form posting the token to ``login``. ``wrong``: a token
+    was given and it was not the server's."""
+    problem = "the token given was wrong" if wrong else "[http] token_for_reads is on"
+    return _LOGIN.format(problem=html.escape(problem)).encode("utf-8")
 
 
 def asset(name):

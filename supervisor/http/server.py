@@ -2,7 +2,9 @@
 
 A plain WSGI application served by :class:`gevent.pywsgi.WSGIServer`. This module owns the
 transport: binding, the ``Host`` check (DNS rebinding), bearer-token authentication (every
-mutating request, always; reads too with ``token_for_reads``), the JSON content type of
+mutating request, always; reads too with ``token_for_reads``, where a browser may show
+the token once and read with a cookie instead, see :meth:`HttpApi.read_cookie`), the JSON
+content type of
 mutations (no cross-site form posts), the request body limit, the per-request deadline and
 the connection pool (idle connections dropped first), JSON error answers, password
 scrubbing of every answer, and one access log line per request with control characters
@@ -21,6 +23,7 @@ Concurrency: start() and stop() are called from any greenlet of the hub's thread
 application never raises: an unexpected exception is answered with 500 and an error id,
 and logged with its traceback under that id.
 """
+import hashlib
 import hmac
 import json
 import logging
@@ -30,6 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
+from urllib.parse import parse_qs
 
 import gevent
 import gevent.pool
@@ -38,6 +42,7 @@ import gevent.pywsgi
 from instances.dsn import REDACTED, scrub, secret_fragments
 from instances.exceptions import InvalidConfigurationException
 from supervisor.config.settings import is_loopback
+from supervisor.http import page
 from supervisor.http.routes import JSON_TYPE, HttpError, Request, Response, Routes
 from supervisor.metrics import make_registry
 
@@ -49,9 +54,14 @@ MUTATING = ("PUT", "DELETE", "POST")
 MIN_SCRUBBED = 4
 #: Routes readable without a token even when ``token_for_reads`` is set (probes).
 OPEN_PATHS = ("/health",)
+#: Where the status page's login form posts the token (form-encoded, not JSON).
+LOGIN_PATH = "/login"
+FORM_TYPE = "application/x-www-form-urlencoded"
+#: The cookie that opens reads for a browser (``token_for_reads``): an HMAC of the token.
+READ_COOKIE = "pgvisor_read"
 #: Host names always accepted in the ``Host`` header (with any port).
 LOOPBACK_NAMES = ("localhost", "localhost.")
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
             413: "Payload Too Large", 415: "Unsupported Media Type",
@@ -97,6 +107,7 @@ class HttpApi:
         self.max_body = max_body
         self.token_for_reads = token_for_reads
         self._token = (token if token is not None else secrets.token_urlsafe(32)).encode()
+        self._cookie = hmac.new(self._token, b"pgvisor read cookie", hashlib.sha256).hexdigest()
         self.allowed_hosts = _host_set(host, allowed_hosts)
         self.metrics_registry = make_registry(supervisor)
         self.routes = Routes(supervisor, self.metrics_registry,
@@ -107,6 +118,14 @@ class HttpApi:
     def token(self):
         """The bearer token in force (never log it)."""
         return self._token.decode()
+
+    @property
+    def read_cookie(self):
+        """The value of the :data:`READ_COOKIE` a browser gets for the token (``GET
+        /?token=...`` or the login form's ``POST /login``): it opens reads, never a
+        mutation (those need the bearer header: a cookie would make them forgeable from
+        another site). An HMAC of the token: the cookie never holds the token itself."""
+        return self._cookie
 
     @property
     def address(self):
@@ -175,17 +194,25 @@ class HttpApi:
 
     def _dispatch(self, method, path, environ, body):
         self._check_host(environ.get("HTTP_HOST"))
+        if path == LOGIN_PATH:
+            return self._login_form(method, environ, body)
         handlers, kwargs = self.routes.match(path)
         handler = handlers.get(method)
         if handler is None:
             allow = ", ".join(sorted(handlers))
             raise HttpError(405, "method %s not allowed on %s (allowed: %s)" % (
                 method, path, allow), "method", method, headers=[("Allow", allow)])
-        if method in MUTATING or (self.token_for_reads and
-                                  path.rstrip("/") not in OPEN_PATHS):
-            self._authenticate(environ)
+        if path == "/" and "token" in parse_qs(environ.get("QUERY_STRING") or ""):
+            return self._login_link(environ)
         if method in MUTATING:
+            self._authenticate(environ)
             _check_json_type(environ.get("CONTENT_TYPE"))
+        elif self.token_for_reads and path.rstrip("/") not in OPEN_PATHS \
+                and not self._has_read_cookie(environ):
+            if path == "/" and not environ.get("HTTP_AUTHORIZATION"):
+                return Response(401, page.login_document(), page.HTML_TYPE,
+                                page.LOGIN_HEADERS)
+            self._authenticate(environ)
         if method != "PUT" or not body.expected:
             body.done()  # only a PUT reads its body: the request is in (?wait=1 may last)
         request = Request(method, path, environ.get("QUERY_STRING"),
@@ -206,6 +233,48 @@ class HttpApi:
                 and not name.endswith(".localhost"):
             raise HttpError(421, "Host %r is not this server's name (add it to [http] "
                             "allowed_hosts)" % header, "Host", header)
+
+    # -- a browser's way in (token_for_reads) ---------------------------------------------
+
+    def _login_link(self, environ):
+        """``GET /?token=...``: the read cookie and a redirect to the page without the
+        token in its address (the access log never shows a query string)."""
+        given = parse_qs(environ.get("QUERY_STRING") or "")["token"][-1]
+        return self._logged_in(environ, given)
+
+    def _login_form(self, method, environ, body):
+        """``POST /login`` of the login page's form (``token=...``, form-encoded)."""
+        if method != "POST":
+            raise HttpError(405, "method %s not allowed on %s (allowed: POST)" % (
+                method, LOGIN_PATH), "method", method, headers=[("Allow", "POST")])
+        kind = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+        if kind != FORM_TYPE:
+            raise HttpError(415, "Content-Type must be %s on %s, got %r" % (
+                FORM_TYPE, LOGIN_PATH, environ.get("CONTENT_TYPE") or None),
+                "Content-Type", environ.get("CONTENT_TYPE") or None)
+        form = parse_qs(body.read().decode("utf-8", "replace"))
+        return self._logged_in(environ, (form.get("token") or [""])[-1])
+
+    def _logged_in(self, environ, given):
+        """303 to the page with the read cookie when ``given`` is the token, else the
+        login page again (401)."""
+        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token):
+            return Response(401, page.login_document(wrong=True), page.HTML_TYPE,
+                            page.LOGIN_HEADERS)
+        cookie = "%s=%s; Path=/; HttpOnly; SameSite=Strict" % (READ_COOKIE, self._cookie)
+        if environ.get("wsgi.url_scheme") == "https":
+            cookie += "; Secure"
+        return Response(303, b"", "text/plain; charset=utf-8",
+                        [("Location", "./"), ("Set-Cookie", cookie)])
+
+    def _has_read_cookie(self, environ):
+        """True when the request carries the :attr:`read_cookie`."""
+        for part in (environ.get("HTTP_COOKIE") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == READ_COOKIE and hmac.compare_digest(
+                    value.strip().encode("utf-8", "replace"), self._cookie.encode()):
+                return True
+        return False
 
     def _authenticate(self, environ):
         scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")

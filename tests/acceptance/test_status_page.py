@@ -181,3 +181,38 @@ def test_the_docs_screenshot_is_made_by_its_script(chromium, pg_dsn, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(target) > 10000  # a rendered page, not a blank image
 
+
+
+@pytest.mark.timeout(120)
+def test_with_token_for_reads_the_token_typed_once_opens_the_page_by_a_read_cookie(
+        chromium, pg_dsn, tmp_path):
+    """A browser cannot send a bearer header when it opens a page: with token_for_reads
+    GET / is a login form; the token posted once gives an HttpOnly, SameSite=Strict cookie
+    for reads, the address never holds the token, and actions still need it typed in."""
+    from tests.acceptance.service_process import ServiceProcess
+    token = "reads-%d-token" % os.getpid()
+    svc = ServiceProcess(tmp_path, {
+        "database": {"dsn": pg_dsn},
+        "supervisor": {"interval": 3600.0, "probe_interval": 0.2},
+        "http": {"token": token, "token_for_reads": True},
+    }, env=environ(tmp_path))
+    Registry(svc.registry, resolve=False).add(spec("river"))
+    svc.start()
+    try:
+        chromium.driver.get(svc.url + "/")
+        field = chromium.driver.find_element("name", "token")
+        field.send_keys(token)
+        field.submit()
+        chromium.wait_cell("river", "state", "running")
+        assert chromium.driver.current_url == svc.url + "/"
+        [cookie] = [c for c in chromium.driver.get_cookies() if c["name"] == "pgvisor_read"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert token not in cookie["value"]
+        assert chromium.action_buttons() == []  # the cookie reads; acting needs the token
+        chromium.driver.get(svc.url + "/?token=" + token)  # the link form lands on / too
+        chromium.wait_cell("river", "state", "running")
+        assert chromium.driver.current_url == svc.url + "/"
+        assert token not in svc.log()
+    finally:
+        chromium.driver.delete_all_cookies()
+        svc.stop()

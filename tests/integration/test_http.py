@@ -478,6 +478,68 @@ def test_token_for_reads_protects_gets_but_not_health(supervisor):
         api.stop(timeout=2)
 
 
+@pytest.fixture
+def reads_secured(supervisor):
+    api = _serve(supervisor, token=TOKEN, token_for_reads=True)
+    yield api
+    api.stop(timeout=2)
+
+
+def _cookie_of(reply):
+    """``name=value`` of the reply's Set-Cookie, and its attributes (lower case)."""
+    first, *attributes = [part.strip() for part in reply.header("Set-Cookie").split(";")]
+    return first, {a.lower() for a in attributes}
+
+
+def test_a_browser_opens_the_page_with_the_token_once_then_reads_by_cookie(reads_secured,
+                                                                         caplog):
+    """token_for_reads: GET / answers a login form; ?token= (or the form's POST) sets an
+    HttpOnly, SameSite=Strict cookie and sends the browser to / without the token; the
+    cookie opens reads; the token never reaches the access log."""
+    browser = Client(reads_secured, token="")
+    login = browser.call("GET", "/")
+    assert login.status == 401 and login.header("Content-Type").startswith("text/html")
+    assert '<form method="post" action="login"' in login.text
+    assert "form-action 'self'" in login.header("Content-Security-Policy")
+    with caplog.at_level(logging.INFO, logger="supervisor.http"):
+        link = browser.call("GET", "/?token=" + TOKEN)
+        form = browser.call("POST", "/login", raw=("token=" + TOKEN).encode(),
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    for reply in (link, form):
+        assert reply.status == 303 and reply.header("Location") == "./"
+        cookie, attributes = _cookie_of(reply)
+        assert {"httponly", "samesite=strict", "path=/"} <= attributes
+        assert TOKEN not in cookie and cookie == "pgvisor_read=" + reads_secured.read_cookie
+    logged = " ".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert TOKEN not in logged and "GET / 303" in logged and "POST /login 303" in logged
+    with_cookie = {"Cookie": "other=1; " + cookie}
+    for path in ("/", "/status", "/instances", "/static/status.js"):
+        assert browser.call("GET", path, headers=with_cookie).status == 200, path
+    assert browser.call("GET", "/status", headers={"Cookie": "pgvisor_read=forged"}
+                        ).status == 401
+
+
+def test_the_read_cookie_never_authorizes_a_mutation(reads_secured, registry):
+    browser = Client(reads_secured, token="")
+    cookie, _ = _cookie_of(browser.call("GET", "/?token=" + TOKEN))
+    reply = browser.call("PUT", "/instances/lake", _spec_body(), headers={"Cookie": cookie})
+    _assert_error(reply, 401, "Authorization")
+    _assert_error(browser.call("POST", "/instances/lake/restart", {},
+                               headers={"Cookie": cookie}), 401, "Authorization")
+    assert "lake" not in registry
+
+
+def test_a_wrong_token_gets_the_login_page_again_and_no_cookie(reads_secured):
+    browser = Client(reads_secured, token="")
+    for reply in (browser.call("GET", "/?token=wrong"),
+                  browser.call("POST", "/login", raw=b"token=wrong", headers={
+                      "Content-Type": "application/x-www-form-urlencoded"})):
+        assert reply.status == 401 and "the token given was wrong" in reply.text
+        assert reply.header("Set-Cookie") is None
+    _assert_error(browser.call("POST", "/login", {"token": TOKEN}), 415, "Content-Type")
+    _assert_error(browser.call("GET", "/login"), 405, "method")
+
+
 def test_without_a_token_a_random_one_guards_every_mutation(supervisor, registry):
     api = _serve(supervisor)
     try:
