@@ -68,6 +68,7 @@ class Kind(enum.StrEnum):
     REGISTRY = "registry"
     STOP = "stop"
     PING = "ping"
+    NODES = "nodes"
 
 
 #: Kinds never merged with a waiting twin: each carries its own event.
@@ -188,6 +189,9 @@ class Supervisor:
         self._watcher = None
         self._follower = None  # the registry's own follower (a table: its NOTIFY), if any
         self.running = False
+        #: A :class:`supervisor.nodes.Cluster` (multi-node): only the instances it allows
+        #: run here. None: every instance of the registry (single node).
+        self.cluster = None
         registry.on_change(lambda _registry: self._put(Request(Kind.REGISTRY, ratelimit=True)))
         registry.on_enable(lambda name: self._put(Request(Kind.ENABLED, (name,))))
         if set_as_current:
@@ -256,6 +260,11 @@ class Supervisor:
         """Stop ``names``; they stay stopped until restarted (or the registry changes them)."""
         return self._put(Request(Kind.SHUTDOWN, _names(names)))
 
+    def nodes_changed(self):
+        """Node membership or assignments changed (the Cluster says so): verify. Never
+        blocks, never raises (a hub callback may call it)."""
+        return self._put(Request(Kind.NODES, ratelimit=True))
+
     def ping(self):
         """A request that does nothing: its greenlet finishes ({}) once the actor loop has
         got to it. The systemd watchdog pings only after such an answer."""
@@ -315,6 +324,8 @@ class Supervisor:
             spec = desired.get(name)
             status["budget_left"] = self.budget.remaining(
                 name, spec.restart_max_rate if spec is not None else None)
+            if self.cluster is not None:
+                status["node"], status["epoch"] = self.cluster.placement(name)
         return statuses
 
     def database_status(self):
@@ -339,7 +350,11 @@ class Supervisor:
                          restart_max_rate=self.budget.default_rate)
 
     def desired(self, names=None):
+        """``{name: spec}`` of the instances that should run here (``names``: of those)."""
         specs = {spec.name: spec for spec in self.registry}
+        if self.cluster is not None:
+            allowed = self.cluster.allowed()
+            specs = {name: spec for name, spec in specs.items() if name in allowed}
         if names is None:
             return specs
         return {name: specs[name] for name in names if name in specs}
@@ -503,7 +518,12 @@ class Supervisor:
         if names is None:
             return {}
         known = self.desired(names)
-        return {name: Outcome.UNKNOWN for name in names if name not in known}
+        outcome = {name: Outcome.UNKNOWN for name in names if name not in known}
+        for name in outcome if self.cluster is not None else ():
+            node, _ = self.cluster.placement(name)
+            if node is not None:
+                outcome[name] = Outcome.UNKNOWN.detail("runs on node %s" % node)
+        return outcome
 
     # -- the database's state and the grace (actor greenlet) ---------------------------
     def _database_changed_to(self, state):
@@ -602,4 +622,5 @@ HANDLERS = {
     Kind.REGISTRY: Supervisor._on_verify,
     Kind.STOP: Supervisor._on_stop,
     Kind.PING: Supervisor._on_ping,
+    Kind.NODES: Supervisor._on_verify,
 }

@@ -32,6 +32,7 @@ SystemExit (the CLI turns the returned code into the exit status).
 """
 import gc
 import logging
+import os
 import signal
 import time
 
@@ -79,6 +80,8 @@ class Service:
         self.load_config = load_config
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self.registry = self.supervisor = self.watcher = self.http = None
+        #: The node's :class:`~supervisor.nodes.Cluster` with ``[cluster] enabled``.
+        self.cluster = None
         self._stop_requested = gevent.event.Event()
         self._abort = gevent.event.Event()
         #: True when a second signal cut the shutdown short (run() returned 1 at once).
@@ -127,6 +130,8 @@ class Service:
         log.info("pgvisor starting: database %s, registry %s (%d instances)",
                  cfg.database.display_dsn(), self.registry.location, len(self.registry),
                  extra={"action": "service.start", "instance": None})
+        if cfg.cluster.enabled:  # before the supervisor's first verify
+            self._start_cluster(cfg)
         self.supervisor.start()
         if cfg.registry.watch and cfg.registry.backend == "file":
             from supervisor.watch import FileWatcher
@@ -159,6 +164,27 @@ class Service:
                         "database answers: %s", exc,
                         extra={"action": "registry.unavailable", "instance": None})
         return registry
+
+    def _start_cluster(self, cfg):
+        """Join the cluster: from now on the supervisor runs only what it is assigned."""
+        from supervisor.nodes import Cluster
+
+        sup, registry = self.supervisor, self.registry
+        self.cluster = Cluster(
+            cfg.database.connect_dsn(), node_name=cfg.cluster.node_name,
+            lease_ttl=cfg.cluster.lease_ttl, node_grace=cfg.cluster.node_grace,
+            wait_after_db_revived=cfg.supervisor.wait_after_db_revived,
+            schema=cfg.registry.schema,
+            state_dir=cfg.supervisor.state_dir or os.path.dirname(cfg.registry.path),
+            desired=lambda: {spec.name: spec.run_on for spec in registry},
+            role=lambda: sup.role, instance=sup.instance, changed=sup.nodes_changed)
+        sup.cluster = self.cluster
+        sup.nodes_changed()  # stop whatever is not assigned here (nothing is, yet)
+        self.cluster.start()
+        log.info("node %s: clustering on (lease_ttl %.1f s, node_grace %.1f s)",
+                 self.cluster.name, self.cluster.lease_ttl, self.cluster.node_grace,
+                 extra={"action": "cluster.start", "instance": None,
+                        "node": self.cluster.name})
 
     def _start_http(self, cfg):
         """The HTTP API with the configured token, else the generated one (created at the
@@ -201,6 +227,7 @@ class Service:
                 "%s=%d" % item for item in sorted(left.items())),
                 extra={"action": "service.drain_timeout", "instance": None})
         self.supervisor.stop(timeout=grace)
+        self._stop_cluster()
         self._stop_parts()
         log.info("pgvisor stopped", extra={"action": "service.stop", "instance": None})
         return 0
@@ -223,6 +250,12 @@ class Service:
                 left[instance.name] = dropped
         return left
 
+    def _stop_cluster(self):
+        """Leave the cluster once nothing runs here: the others take over at once."""
+        if self.cluster is not None:
+            self.cluster.stop(timeout=self.http_stop_timeout)
+            self.cluster = None
+
     def _stop_parts(self):
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -230,6 +263,7 @@ class Service:
             self.watcher.stop()
         if self.supervisor is not None and self.supervisor.running:
             self.supervisor.stop(timeout=self.config.supervisor.shutdown_grace)
+        self._stop_cluster()
         if self.http is not None:
             self.http.stop(self.http_stop_timeout)
         if self.registry is not None:

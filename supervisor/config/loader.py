@@ -174,6 +174,7 @@ class Loader:
         values = {name: entry.value for name, entry in self.entries.items()}
         self.check_database(values)
         self.check_http(values)
+        self.check_cluster(values)
         path = values["failover.watch_path"]
         if path is not None and not os.path.isdir(path):
             self.problem("failover.watch_path", "no such directory: %s" % path)
@@ -226,6 +227,14 @@ class Loader:
             if not settings.is_loopback(host):
                 self.problem("http.listen", "refusing to bind %s without [http] token_file "
                              "or PGVISOR_HTTP_TOKEN" % listen)
+
+    def check_cluster(self, values):
+        """A node is judged dead only after its lease ran out: node_grace > lease_ttl."""
+        grace, ttl = values["cluster.node_grace"], values["cluster.lease_ttl"]
+        if values["cluster.enabled"] and grace is not None and ttl is not None \
+                and grace <= ttl:
+            self.problem("cluster.node_grace", "must be greater than [cluster] lease_ttl "
+                         "(%g s): a node is judged dead only after its lease ran out" % ttl)
 
     def read_secret_file(self, values, file_name, value_name):
         """The first of (file, variable, config value) wins; a file open to group or

@@ -90,10 +90,11 @@ RegistrySettings = _section_class("registry", _Section)
 FailoverSettings = _section_class("failover", _Section)
 HttpSettings = _section_class("http", _Http)
 SecuritySettings = _section_class("security", _Section)
+ClusterSettings = _section_class("cluster", _Section)
 LoggingSettings = _section_class("logging", _Section)
 _CLASSES = dict(zip(SECTIONS, (DatabaseSettings, SupervisorSettings, RegistrySettings,
                                FailoverSettings, HttpSettings, SecuritySettings,
-                               LoggingSettings), strict=True))
+                               ClusterSettings, LoggingSettings), strict=True))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -110,6 +111,7 @@ class Config:
     failover: FailoverSettings
     http: HttpSettings
     security: SecuritySettings
+    cluster: ClusterSettings
     logging: LoggingSettings
     source: str = None
     warnings: tuple = ()

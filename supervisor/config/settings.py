@@ -121,6 +121,12 @@ def module_prefixes(value):
                              % prefix)
 
 
+def cluster_name(value):
+    if not _NODE_NAME.match(value):
+        raise ValueError("must be 1..63 letters, digits, '.', '_' or '-'")
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _MODULE_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.?\Z")
 
 
@@ -220,6 +226,18 @@ SETTINGS = (
        "module prefixes a spec PUT over HTTP may name as its handler (``\"myapp.\"``: "
        "myapp's submodules; ``\"myapp\"``: myapp and its submodules); empty: any module. "
        "Config file only", module_prefixes),
+    _S("cluster", "enabled", "bool", False, "",
+       "run as one node of a cluster sharing the database: each instance runs on exactly "
+       "one node (docs/multinode.rst)"),
+    _S("cluster", "node_name", "str", None, "",
+       "this node's name, unique in the cluster; default: the host name plus a short id "
+       "stable for this host and state directory", cluster_name),
+    _S("cluster", "node_grace", "float", 30.0, "s",
+       "a node silent this long loses its instances to the others (more than lease_ttl)",
+       positive),
+    _S("cluster", "lease_ttl", "float", 10.0, "s",
+       "a node's lease on its instances and the leader's on its term, on the database's "
+       "clock; a node that cannot renew stops its instances before it runs out", positive),
     _S("logging", "level", "str", "info", "", "debug, info, warning or error",
        one_of(*LEVELS)),
     _S("logging", "format", "str", "text", "", "text or json (one JSON object per line)",

@@ -1,0 +1,106 @@
+"""Multi-node (issue 14): nodes as separate ``pgvisor run`` processes on one database.
+
+What must hold, whatever happens to a node: every instance runs on exactly one node. The
+handlers prove it (tests/cluster_handlers.py): each call extends the interval (instance,
+node, epoch) in a table whose EXCLUSION constraint refuses two nodes' overlapping intervals
+of one instance, so a double run fails its write and lands in ``violations``. Leases are
+short (tests/acceptance/cluster_nodes.py): lease_ttl 2 s, node_grace 5 s.
+"""
+import pytest
+
+from supervisor.testing import FaultProxy, wait_for
+from tests.acceptance.cluster_nodes import LEASE_TTL, NODE_GRACE, Nodes
+
+
+def assert_exactly_once(nodes):
+    assert nodes.violations() == [], nodes.violations()
+
+
+@pytest.fixture
+def cluster_nodes(tmp_path, pg_database):
+    made = []
+
+    def make(**kwargs):
+        made.append(Nodes(tmp_path, pg_database, **kwargs))
+        return made[-1]
+    yield make
+    for nodes in made:
+        nodes.stop()
+
+
+@pytest.mark.timeout(120)
+def test_three_nodes_share_thirty_instances_and_a_killed_nodes_share_moves(cluster_nodes):
+    nodes = cluster_nodes(count=3, instances=30).start()
+    placement = nodes.wait_all_running(60)
+    counts = nodes.count_by_node(placement)
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    assigned = nodes.assignments()
+
+    victim = max(counts, key=lambda n: (counts[n], n))
+    moving = sorted(i for i, n in placement.items() if n == victim)
+    killed_at = nodes.now()
+    nodes.kill(victim)
+    survivors = nodes.alive()
+    after = nodes.wait_all_running(NODE_GRACE + 5 + 5, survivors,
+                                   "the killed node's instances run elsewhere")
+    for instance in moving:
+        assert after[instance] != victim
+        assert wait_for(lambda i=instance: nodes.handled_since(i, killed_at), 10, 0.1,
+                        "%s handled on its new node" % instance)
+    counts = nodes.count_by_node(after)
+    assert max(counts[n] for n in survivors) - min(counts[n] for n in survivors) <= 1
+    # the survivors' instances did not move: only the dead node's share did
+    for instance, node in placement.items():
+        if node != victim:
+            assert after[instance] == node, instance
+    moved = nodes.assignments()
+    for instance in moving:
+        assert moved[instance][1] > assigned[instance][1]  # a new epoch
+    assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_leader_is_replaced_with_the_next_term(cluster_nodes):
+    nodes = cluster_nodes(count=3, instances=6).start()
+    nodes.wait_all_running(60)
+    term, holder, _ = wait_for(nodes.leader, 20, 0.1, "a leader")
+    nodes.kill(holder)
+    elected = wait_for(lambda: (nodes.leader() or (0, None, 0))[0] > term and nodes.leader(),
+                       LEASE_TTL + 5 + 5, 0.05, "a new leader")
+    new_term, new_holder, left = elected
+    assert new_term == term + 1
+    assert new_holder != holder and new_holder in nodes.alive()
+    nodes.wait_all_running(NODE_GRACE + 10, nodes.alive())
+    assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_cut_off_node_stops_before_its_lease_expires_and_rejoins_without_a_duplicate(
+        cluster_nodes, pg_database):
+    with FaultProxy(pg_database.cluster.port) as proxy:
+        cut = "n2"
+        nodes = cluster_nodes(count=3, instances=12, dsn_of=lambda i: proxy.dsn_for(
+            pg_database.cluster, pg_database.name) if i == 2 else pg_database.dsn).start()
+        placement = nodes.wait_all_running(60)
+        theirs = sorted(i for i, n in placement.items() if n == cut)
+        assert theirs
+        proxy.blackhole()
+        # The node stops its instances on its own clock, before the lease can expire.
+        wait_for(lambda: not set(theirs) & set(nodes.running([cut])), LEASE_TTL + 2, 0.05,
+                 "%s stopped its instances" % cut)
+        lease_end = pg_database.execute(
+            "SELECT lease_expires_at FROM pgvisor.nodes WHERE name = %s", [cut])[0][0]
+        last = pg_database.execute(
+            "SELECT max(upper(during)) FROM intervals WHERE node = %s", [cut])[0][0]
+        assert last < lease_end, (last, lease_end)
+        # The others take its share once node_grace has passed, never before the lease end.
+        nodes.wait_all_running(NODE_GRACE + 10, ["n0", "n1"], "n0 and n1 run everything")
+        first = pg_database.execute(
+            "SELECT min(lower(during)) FROM intervals WHERE node <> %s AND instance = ANY(%s)"
+            " AND lower(during) > %s", [cut, theirs, last])[0][0]
+        assert first is not None and first > lease_end, (first, lease_end)
+        proxy.heal()
+        # On heal it learns it lost its lease, joins again and takes a share: no duplicate.
+        nodes[cut].wait_log("action=cluster.lease_lost", timeout=20)
+        nodes.wait_all_running(30, ["n0", "n1", cut], "the healed node takes a share")
+        assert_exactly_once(nodes)

@@ -1,0 +1,116 @@
+"""The multi-node policy without a database: balance(), plan_writes(), the timing rule."""
+import pytest
+
+from instances.exceptions import InvalidConfigurationException
+from supervisor.config import load_config
+from supervisor.nodes import balance, check_timing, plan_writes, quiet, role_fits
+
+
+def counts(result):
+    out = {}
+    for node in result.values():
+        out[node] = out.get(node, 0) + 1
+    return out
+
+
+def anys(n):
+    return {"i%03d" % i: "any" for i in range(n)}
+
+
+def test_balance_spreads_by_count_within_one():
+    result = balance(anys(30), {"a": "primary", "b": "primary", "c": "primary"}, {})
+    assert counts(result) == {"a": 10, "b": 10, "c": 10}
+    result = balance(anys(31), {"a": "primary", "b": "primary", "c": "primary"}, {})
+    assert sorted(counts(result).values()) == [10, 10, 11]
+
+
+def test_a_joining_node_takes_only_its_share_and_the_rest_stays():
+    before = balance(anys(30), {"a": "primary", "b": "primary"}, {})
+    after = balance(anys(30), {"a": "primary", "b": "primary", "c": "primary"}, before)
+    moved = [i for i in before if before[i] != after[i]]
+    assert len(moved) == 10 and all(after[i] == "c" for i in moved)
+    assert counts(after) == {"a": 10, "b": 10, "c": 10}
+
+
+def test_a_leaving_nodes_share_goes_to_the_others_and_nothing_else_moves():
+    three = {"a": "primary", "b": "primary", "c": "primary"}
+    before = balance(anys(30), three, {})
+    after = balance(anys(30), {"a": "primary", "b": "primary"}, before)
+    assert counts(after) == {"a": 15, "b": 15}
+    assert all(after[i] == before[i] for i in before if before[i] != "c")
+
+
+def test_run_on_is_respected_and_unplaceable_instances_get_no_node():
+    desired = {"p1": "primary", "p2": "primary", "s1": "standby", "x": "any", "y": "any"}
+    result = balance(desired, {"a": "primary", "b": "standby", "c": None}, {})
+    assert result["p1"] == result["p2"] == "a" and result["s1"] == "b"
+    assert {result["x"], result["y"]} <= {"b", "c"}
+    assert balance({"s": "standby"}, {"a": "primary"}, {}) == {"s": None}
+    # a node whose role changed to standby gives its primary-only instances back
+    moved = balance({"p": "primary"}, {"a": "standby", "b": "primary"}, {"p": "a"})
+    assert moved == {"p": "b"}
+
+
+def test_role_fits():
+    assert role_fits("any", None) and role_fits("primary", "primary")
+    assert not role_fits("primary", None) and not role_fits("standby", "primary")
+
+
+def test_balance_is_deterministic():
+    nodes = {"a": "primary", "b": "primary", "c": "primary"}
+    assert balance(anys(50), nodes, {}) == balance(anys(50), nodes, {})
+
+
+def test_plan_writes_lists_only_changes():
+    assignments = {"i1": ("a", 5), "i2": ("b", 6), "gone": ("a", 7), "free": (None, 8)}
+    target = {"i1": "a", "i2": "c", "new": "b", "free": "a"}
+    assert plan_writes(target, assignments) == [
+        ("free", "a", 8), ("gone", None, 7), ("i2", "c", 6), ("new", "b", None)]
+
+
+def test_node_grace_must_exceed_the_lease():
+    check_timing(10.0, 30.0)
+    with pytest.raises(InvalidConfigurationException, match="node_grace"):
+        check_timing(10.0, 10.0)
+    with pytest.raises(InvalidConfigurationException, match="lease_ttl"):
+        check_timing(0.0, 10.0)
+
+
+def test_cluster_settings_are_checked_with_field_and_value(tmp_path):
+    path = tmp_path / "pgvisor.toml"
+    path.write_text('[database]\ndsn = "host=x"\n[cluster]\nenabled = true\n'
+                    'node_grace = 5\nlease_ttl = 10\nnode_name = "bad name"\n')
+    with pytest.raises(InvalidConfigurationException) as excinfo:
+        load_config(str(path), environ={})
+    text = str(excinfo.value)
+    assert "[cluster] node_grace = 5: must be greater than [cluster] lease_ttl (10 s)" in text
+    assert '[cluster] node_name = "bad name": must be 1..63 letters' in text
+    path.write_text('[database]\ndsn = "host=x"\n')
+    cfg = load_config(str(path), environ={})
+    assert (cfg.cluster.enabled, cfg.cluster.node_grace, cfg.cluster.lease_ttl) == (
+        False, 30.0, 10.0)
+
+
+class _Part:
+    def __init__(self, alive=False, size=0):
+        self._alive, self.size = alive, size
+
+    def is_alive(self):
+        return self._alive
+
+    @property
+    def alive(self):
+        return self._alive
+
+
+class _Instance:
+    def __init__(self, listener=None, pool=None):
+        self.listener, self.pool = listener, pool
+
+
+def test_a_stopping_instance_is_not_quiet_while_a_handler_runs():
+    assert quiet(None)
+    assert quiet(_Instance(_Part(False), _Part(False, 0)))
+    assert not quiet(_Instance(_Part(True), _Part(True, 1)))
+    # the listener stopped first, a handler still finishing: not quiet
+    assert not quiet(_Instance(_Part(False), _Part(True, 1)))
