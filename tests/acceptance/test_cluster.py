@@ -8,7 +8,8 @@ short (tests/acceptance/cluster_nodes.py): lease_ttl 2 s, node_grace 5 s.
 """
 import pytest
 
-from supervisor.testing import FaultProxy, wait_for
+from supervisor.testing import FaultProxy, holds, wait_for
+from supervisor.testing.pytest_plugin import PostgresDatabase
 from tests.acceptance.cluster_nodes import LEASE_TTL, NODE_GRACE, Nodes
 
 
@@ -17,11 +18,13 @@ def assert_exactly_once(nodes):
 
 
 @pytest.fixture
-def cluster_nodes(tmp_path, pg_database):
+def cluster_nodes(request, tmp_path):
     made = []
 
-    def make(**kwargs):
-        made.append(Nodes(tmp_path, pg_database, **kwargs))
+    def make(database=None, **kwargs):
+        if database is None:
+            database = request.getfixturevalue("pg_database")
+        made.append(Nodes(tmp_path, database, **kwargs))
         return made[-1]
     yield make
     for nodes in made:
@@ -104,3 +107,31 @@ def test_a_cut_off_node_stops_before_its_lease_expires_and_rejoins_without_a_dup
         nodes[cut].wait_log("action=cluster.lease_lost", timeout=20)
         nodes.wait_all_running(30, ["n0", "n1", cut], "the healed node takes a share")
         assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_postgres_outage_longer_than_node_grace_moves_nothing(pg_private_cluster,
+                                                                  cluster_nodes):
+    pg_private_cluster.create_database("nodes")
+    database = PostgresDatabase(pg_private_cluster, "nodes")
+    nodes = cluster_nodes(database=database, count=3, instances=9, revived_wait=3.0).start()
+    placement = nodes.wait_all_running(60)
+    before = nodes.assignments()
+    pg_private_cluster.stop()
+    # Every node lets its grants run out and stops its instances (it cannot tell an
+    # outage from being cut off) ...
+    for name, node in nodes.nodes.items():
+        node.wait_log("its lease was not renewed in time", timeout=20)
+    wait_for(lambda: not nodes.running(), 10, 0.1, "nothing runs during the outage")
+    # ... and nothing starts anywhere while it stays down longer than node_grace (every
+    # heartbeat gets older than that) ...
+    assert holds(lambda: not nodes.running(), NODE_GRACE + 1.0, 0.2,
+                 "nothing runs while the database is down")
+    pg_private_cluster.start()
+    # ... and after the revival the same instances run on the same nodes, same epochs:
+    # the leader judged nobody dead within wait_after_db_revived.
+    assert nodes.wait_all_running(40) == placement
+    assert nodes.assignments() == before
+    for name in nodes.nodes:
+        assert "action=cluster.node_dead" not in nodes[name].log()
+    assert_exactly_once(nodes)
