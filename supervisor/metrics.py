@@ -7,7 +7,7 @@ it on a private :class:`prometheus_client.CollectorRegistry` (:func:`make_regist
 never on the global default one: two supervisors in one process (tests) do not collide.
 
 The families, their types and labels are listed in :data:`FAMILIES` and documented in
-docs/http.rst ("Metrics"). Concurrency: ``collect`` runs in the scraping greenlet, does not
+docs/http.rst ("Metrics"); the ``pgvisor_cluster_*`` ones only with clustering on. Concurrency: ``collect`` runs in the scraping greenlet, does not
 block (the supervisor's status methods read a snapshot) and never raises for a malformed
 latency histogram (it is left out and logged at debug level).
 """
@@ -75,6 +75,20 @@ SUPERVISOR_COUNTERS = (
     ("pgvisor_verifies", "verifies", "Verify passes of the supervisor."),
 )
 
+#: Cluster counters (multi-node, ``supervisor.cluster.counters``): (metric name without
+#: ``_total``, counters key, help text).
+CLUSTER_COUNTERS = (
+    ("pgvisor_cluster_rebalances", "rebalances",
+     "Assignment writes by this node as the leader (each moved or placed instances)."),
+    ("pgvisor_cluster_moves", "moves", "Instances this node moved as the leader."),
+    ("pgvisor_cluster_lost_leases", "lost_leases",
+     "Times this node found its lease gone (judged dead or replaced) and joined again."),
+    ("pgvisor_cluster_fenced_kills", "fenced_kills",
+     "Instances killed because their grant ran out before they stopped."),
+    ("pgvisor_cluster_tick_failures", "tick_failures",
+     "Coordination round trips (ticks) that failed."),
+)
+
 #: Every family this collector can emit: name -> (type, labels). Used by docs and tests.
 FAMILIES = {
     "pgvisor_instances": ("gauge", ("state",)),
@@ -87,6 +101,11 @@ FAMILIES = {
     **{name: ("counter", ("instance",)) for name, _, _ in INSTANCE_COUNTERS},
     **{name: ("counter", ()) for name, _, _ in SUPERVISOR_COUNTERS},
     **{name: (kind, ("notifier",)) for name, kind, _, _ in NOTIFIER_FAMILIES},
+    "pgvisor_cluster_nodes": ("gauge", ()),
+    "pgvisor_cluster_leader": ("gauge", ()),
+    "pgvisor_cluster_term": ("gauge", ()),
+    "pgvisor_cluster_assignments": ("gauge", ("node",)),
+    **{name: ("counter", ()) for name, _, _ in CLUSTER_COUNTERS},
 }
 
 
@@ -115,6 +134,28 @@ class SupervisorCollector:
         histogram = self._histogram(status)
         if histogram is not None:
             yield histogram
+        cluster = getattr(self.supervisor, "cluster", None)
+        if cluster is not None:
+            yield from self._cluster_families(cluster.status())
+
+    def _cluster_families(self, cluster):
+        """Multi-node: the nodes, the leadership, the assignments per node, the counters."""
+        nodes = cluster.get("nodes") or ()
+        yield GaugeMetricFamily("pgvisor_cluster_nodes", "Nodes in the cluster's table.",
+                                value=len(nodes))
+        yield GaugeMetricFamily("pgvisor_cluster_leader",
+                                "1 while this node holds the leader's term, else 0.",
+                                value=1 if cluster.get("is_leader") else 0)
+        yield GaugeMetricFamily("pgvisor_cluster_term", "The leader's term as last read.",
+                                value=cluster.get("term") or 0)
+        per_node = GaugeMetricFamily("pgvisor_cluster_assignments",
+                                     "Instances assigned to each node.", labels=["node"])
+        for node in nodes:
+            per_node.add_metric([str(node.get("name"))], node.get("instances") or 0)
+        yield per_node
+        counters = cluster.get("counters") or {}
+        for name, key, text in CLUSTER_COUNTERS:
+            yield CounterMetricFamily(name, text, value=counters.get(key, 0))
 
     def _instance_families(self, status):
         by_state = GaugeMetricFamily("pgvisor_instances", "Instances by state.",

@@ -52,20 +52,20 @@ def register(subparsers):
     """Add the control verbs and ``status`` to the top-level ``subparsers``."""
     for verb, text in VERBS:
         one = subparsers.add_parser(verb, help=text + " (over HTTP)", description=text)
-        _http_flags(one)
+        http_flags(one)
         one.add_argument("names", nargs="+", metavar="NAME")
         one.add_argument("--wait", action="store_true", help="wait for the outcome")
         one.set_defaults(func=cmd_action)
     status = subparsers.add_parser("status",
                                    help="instances and database of the running service")
-    _http_flags(status)
+    http_flags(status)
     status.add_argument("--watch", nargs="?", type=seconds, const=WATCH_INTERVAL,
                         metavar="SECONDS", help="refresh every SECONDS (default %g) until "
                         "Ctrl-C; in place on a terminal" % WATCH_INTERVAL)
     status.set_defaults(func=cmd_status)
 
 
-def _http_flags(parser):
+def http_flags(parser):
     common_flags(parser)
     parser.add_argument("--url", help="the service's API, e.g. http://127.0.0.1:7390 "
                         "(default: from the config's [http] listen)")

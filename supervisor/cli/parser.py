@@ -2,9 +2,9 @@
 
 Each command group registers its own subcommands and holds its ``cmd_*``:
 :mod:`~supervisor.cli.service` (run), :mod:`~supervisor.cli.control` (restart, verify,
-shutdown, status), :mod:`~supervisor.cli.instances` (the registry verbs) and
-:mod:`~supervisor.cli.queue` (spool queues); output and exit codes are in
-:mod:`~supervisor.cli.output`. The delegates (demo, piper) parse their own arguments.
+shutdown, status), :mod:`~supervisor.cli.instances` (the registry verbs),
+:mod:`~supervisor.cli.nodes` (the cluster's nodes) and :mod:`~supervisor.cli.queue` (spool
+queues); output and exit codes are in :mod:`~supervisor.cli.output`. The delegates (demo, piper) parse their own arguments.
 Imported by :func:`supervisor.cli.main` after it patched.
 """
 import argparse
@@ -12,12 +12,12 @@ import importlib
 import sys
 
 from supervisor import logs
-from supervisor.cli import control, instances, queue, service
+from supervisor.cli import control, instances, nodes, queue, service
 from supervisor.cli import output as cli_output
 from supervisor.cli.output import CliError
 
 #: The command groups, in the order ``pgvisor --help`` lists them.
-GROUPS = (service, instances, control, queue)
+GROUPS = (service, instances, control, nodes, queue)
 #: Commands implemented elsewhere: ``supervisor.<name>.main(argv)``.
 DELEGATES = {"demo": "the whole story on a throwaway Postgres",
              "piper": "mentat's piper: handle a spool queue with a handler"}

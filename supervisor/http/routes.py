@@ -253,7 +253,8 @@ class Routes:
             return {"GET": self.get_operation}, {"op_id": parts[1]}
         if not parts or (len(parts) == 2 and parts[0] == "static"):
             return {"GET": self.page}, {"asset": parts[1] if parts else None}
-        simple = {"health": self.health, "metrics": self.metrics, "status": self.status}
+        simple = {"health": self.health, "metrics": self.metrics, "status": self.status,
+                  "nodes": self.nodes}
         if len(parts) == 1 and parts[0] in simple:
             return {"GET": simple[parts[0]]}, {}
         raise HttpError(404, "no route %s" % path, "path", path)
@@ -295,6 +296,15 @@ class Routes:
             "counters": dict(self.supervisor.counters),
             "notifiers": list(getattr(self.supervisor, "notifier_status", list)()),
             "registry_version": self.supervisor.registry.version})
+
+    def nodes(self, request):
+        """The cluster as this node sees it (``supervisor.cluster.status()``); 404 when
+        clustering is off."""
+        cluster = getattr(self.supervisor, "cluster", None)
+        if cluster is None:
+            raise HttpError(404, "clustering is off on this node ([cluster] enabled = "
+                            "false)", "cluster.enabled", False)
+        return Response(200, cluster.status())
 
     def page(self, request, asset):
         """The status page (``/``) or one of its files (``/static/NAME``)."""

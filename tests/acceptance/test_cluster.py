@@ -17,6 +17,28 @@ def assert_exactly_once(nodes):
     assert nodes.violations() == [], nodes.violations()
 
 
+def assert_surfaces(nodes, placement, holder, term):
+    """GET /nodes, ``pgvisor nodes`` and the instances' statuses tell the same story as
+    the database."""
+    assigned = nodes.assignments()
+    for name, node in nodes.nodes.items():
+        body = node.get("/nodes")
+        assert body["node"] == name and body["leader"] == holder and body["term"] == term
+        assert {n["name"] for n in body["nodes"]} == set(nodes.nodes)
+        counts = nodes.count_by_node(placement)
+        assert {n["name"]: n["instances"] for n in body["nodes"]} == counts
+        for instance in nodes.names:
+            view = node.get("/instances/%s" % instance)
+            assert (view["node"], view["epoch"]) == assigned[instance]
+    shown = nodes["n0"].cli("nodes", "-c", nodes["n0"].config)
+    assert shown.returncode == 0, shown.stderr
+    assert "leader: %s, term %d" % (holder, term) in shown.stdout
+    rows = [line.replace(" *", "").split() for line in shown.stdout.splitlines()[2:]]
+    assert {row[0]: row[1] for row in rows} == {
+        name: "yes" if name == holder else "no" for name in nodes.nodes}
+    assert "n0 *" in shown.stdout  # the node asked
+
+
 @pytest.fixture
 def cluster_nodes(request, tmp_path):
     made = []
@@ -65,8 +87,9 @@ def test_three_nodes_share_thirty_instances_and_a_killed_nodes_share_moves(clust
 @pytest.mark.timeout(120)
 def test_a_killed_leader_is_replaced_with_the_next_term(cluster_nodes):
     nodes = cluster_nodes(count=3, instances=6).start()
-    nodes.wait_all_running(60)
+    placement = nodes.wait_all_running(60)
     term, holder, _ = wait_for(nodes.leader, 20, 0.1, "a leader")
+    assert_surfaces(nodes, placement, holder, term)
     nodes.kill(holder)
     elected = wait_for(lambda: (nodes.leader() or (0, None, 0))[0] > term and nodes.leader(),
                        LEASE_TTL + 5 + 5, 0.05, "a new leader")

@@ -36,6 +36,14 @@ class FakeSupervisor:
         return dict(self.database)
 
 
+class FakeCluster:
+    """A stand-in for supervisor.nodes.Cluster: its status() (GET /nodes)."""
+
+    def status(self):
+        return {"is_leader": True, "term": 3, "counters": {"rebalances": 2, "moves": 5},
+                "nodes": [{"name": "a", "instances": 4}, {"name": "b", "instances": 3}]}
+
+
 def scrape(supervisor):
     text = generate_latest(make_registry(supervisor)).decode("utf-8")
     samples = {}
@@ -126,10 +134,17 @@ def test_exposition_text_declares_types():
 def test_every_documented_family_is_emitted_when_latency_is_present():
     sup = FakeSupervisor()
     sup.instances["river"] = _entry(latency_buckets=[[0.1, 1], [1.0, 3]], latency_sum=1.5)
-    text, _ = scrape(sup)
+    sup.cluster = FakeCluster()
+    text, samples = scrape(sup)
     names = {f.name for f in text_string_to_metric_families(text)}
     # the parser strips _total from counter family names
     assert names == {name for name in FAMILIES}
+    assert samples[("pgvisor_cluster_assignments", (("node", "b"),))] == 3
+    assert samples[("pgvisor_cluster_term", ())] == 3
+    assert samples[("pgvisor_cluster_moves_total", ())] == 5
+    del sup.cluster
+    text, _ = scrape(sup)
+    assert "pgvisor_cluster" not in text  # single node: no cluster families
 
 
 def test_histogram_is_omitted_without_latency_buckets():
