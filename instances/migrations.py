@@ -78,6 +78,37 @@ CREATE TABLE {schema}.registry_version (
 );
 INSERT INTO {schema}.registry_version (version) VALUES (0);
 """),
+    # The cluster (supervisor/nodes.py): the nodes' heartbeats and leases, the leader's
+    # termed lease, the assignments with their epochs (one sequence: never reused).
+    Migration(2, "cluster", """
+CREATE TABLE {schema}.nodes (
+    name text PRIMARY KEY,
+    incarnation text NOT NULL,
+    role text,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at timestamptz NOT NULL,
+    lease_expires_at timestamptz NOT NULL,
+    running integer NOT NULL DEFAULT 0,
+    info jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE {schema}.leader (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    term bigint NOT NULL,
+    holder text NOT NULL,
+    elected_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE SEQUENCE {schema}.epochs;
+CREATE TABLE {schema}.assignments (
+    instance text PRIMARY KEY,
+    node text,
+    epoch bigint NOT NULL,
+    prev_node text,
+    assigned_at timestamptz NOT NULL,
+    not_before timestamptz NOT NULL
+);
+CREATE INDEX ON {schema}.assignments (node);
+"""),
 )
 
 

@@ -1,7 +1,8 @@
 """Multi-node: the :class:`Cluster` of one pgvisor node, coordinated through Postgres.
 
 Several nodes share one database; each instance runs on exactly one node. Three tables in
-the cluster's schema (docs/multinode.rst has the failure model)::
+the schema of pgvisor's tables (``[registry] schema``; migration step 2 of
+:mod:`instances.migrations` creates them; docs/multinode.rst has the failure model)::
 
     nodes        name, incarnation, role, heartbeat_at, lease_expires_at, running, ...
                  one row per live node: its heartbeat and its lease (Oban's peers)
@@ -68,44 +69,12 @@ import gevent.event
 import gevent.pool
 
 from instances.connectors import PostgresConnector
-from instances.dsn import quote_ident
+from instances import migrations
 from instances.episodes import one_line
 from instances.exceptions import DatabaseError, InvalidConfigurationException
 from supervisor.config.settings import BY_NAME
 
 log = logging.getLogger(__name__)
-
-#: The cluster's tables, in the schema given (created if missing; docs/multinode.rst).
-SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.nodes (
-    name text PRIMARY KEY,
-    incarnation text NOT NULL,
-    role text,
-    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    heartbeat_at timestamptz NOT NULL,
-    lease_expires_at timestamptz NOT NULL,
-    running integer NOT NULL DEFAULT 0,
-    info jsonb NOT NULL DEFAULT '{{}}'
-);
-CREATE TABLE IF NOT EXISTS {schema}.leader (
-    id boolean PRIMARY KEY DEFAULT true CHECK (id),
-    term bigint NOT NULL,
-    holder text NOT NULL,
-    elected_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL
-);
-CREATE SEQUENCE IF NOT EXISTS {schema}.epochs;
-CREATE TABLE IF NOT EXISTS {schema}.assignments (
-    instance text PRIMARY KEY,
-    node text,
-    epoch bigint NOT NULL,
-    prev_node text,
-    assigned_at timestamptz NOT NULL,
-    not_before timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS assignments_node ON {schema}.assignments (node);
-"""
 
 #: Register (or take back after a restart) this node's row: only when the row is free or
 #: its lease expired ``margin`` ago (a live process of the same name keeps it).
@@ -131,11 +100,11 @@ WITH me AS (
     WHERE name = %(name)s AND incarnation = %(incarnation)s
     RETURNING name),
 lead AS (
-    INSERT INTO {schema}.leader AS l (id, term, holder, elected_at, expires_at)
+    INSERT INTO {schema}.leader AS l (only_row, term, holder, elected_at, expires_at)
     SELECT true, 1, %(name)s, clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(ttl)s)
     FROM me WHERE %(lead)s
-    ON CONFLICT (id) DO UPDATE SET
+    ON CONFLICT (only_row) DO UPDATE SET
         term = CASE WHEN l.holder = excluded.holder AND l.term = %(term)s
                     THEN l.term ELSE l.term + 1 END,
         elected_at = CASE WHEN l.holder = excluded.holder AND l.term = %(term)s
@@ -177,7 +146,7 @@ ASSIGNMENTS_SQL = "SELECT instance, node, epoch FROM {schema}.assignments"
 WRITE_SQL = """
 WITH fence AS (
     UPDATE {schema}.leader SET expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
-    WHERE id AND term = %(term)s AND holder = %(name)s
+    WHERE only_row AND term = %(term)s AND holder = %(name)s
     RETURNING term),
 dead AS (
     DELETE FROM {schema}.nodes
@@ -355,7 +324,7 @@ class Cluster:
     start_interval = 0.25
 
     def __init__(self, dsn, *, desired, role, instance, changed, node_name=None,
-                 schema="pgvisor", lease_ttl=None, node_grace=None,
+                 schema=migrations.DEFAULT_SCHEMA, lease_ttl=None, node_grace=None,
                  wait_after_db_revived=None, state_dir=None):
         for key, value in (("lease_ttl", lease_ttl), ("node_grace", node_grace),
                            ("wait_after_db_revived", wait_after_db_revived)):
@@ -363,7 +332,8 @@ class Cluster:
                 setattr(self, key, float(value))
         check_timing(self.lease_ttl, self.node_grace)
         self.name = node_name or default_node_name(state_dir)
-        self.schema = quote_ident(schema)
+        self.schema_name = migrations.check_schema(schema, "registry.schema")
+        self.schema = migrations.quote_schema(schema)
         self._desired, self._role, self._instance, self._changed = (
             desired, role, instance, changed)
         self.connector = PostgresConnector(dsn, application_name="pgvisor-cluster",
@@ -549,10 +519,9 @@ class Cluster:
         return True
 
     def _ensure_schema(self):
-        """Create the tables when missing (a transaction-scoped advisory lock serializes
-        the DDL of nodes starting together; it guards no lease)."""
-        self._query("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgvisor.cluster.ddl'));"
-                    + SCHEMA_SQL + "COMMIT;")
+        """Bring the schema's tables to the code's version (instances/migrations.py: one
+        read when they are)."""
+        migrations.migrate(self.connector, self.schema_name)
 
     def _tick_params(self):
         leader = self.leader

@@ -44,8 +44,8 @@ def test_a_second_run_changes_nothing_and_takes_no_lock(connector, pg_database):
 
 
 def test_any_schema_name_is_a_quoted_identifier(connector, pg_database):
-    assert migrate(connector, ODD) == [1]
-    assert versions(pg_database, ODD) == [(1, "registry")]
+    assert migrate(connector, ODD) == [m.version for m in MIGRATIONS]
+    assert versions(pg_database, ODD) == [(m.version, m.name) for m in MIGRATIONS]
     assert migrations.applied(connector, "pgvisor") == {}  # the default one is untouched
 
 
@@ -86,8 +86,8 @@ def test_two_processes_migrating_at_once_apply_each_step_once(pg_dsn, pg_databas
         out, err = racer.communicate(timeout=30)
         assert racer.returncode == 0, err
         results.append(json.loads(out))
-    assert sorted(results) == [[], [1]]
-    assert versions(pg_database) == [(1, "registry")]
+    assert sorted(results) == [[], [m.version for m in MIGRATIONS]]
+    assert versions(pg_database) == [(m.version, m.name) for m in MIGRATIONS]
 
 
 def test_a_schema_newer_than_the_code_is_refused_and_left_alone(connector, pg_database):
@@ -95,7 +95,8 @@ def test_a_schema_newer_than_the_code_is_refused_and_left_alone(connector, pg_da
     pg_database.execute("INSERT INTO pgvisor.schema_version (version, name) VALUES (99, 'x')")
     with pytest.raises(SchemaError, match="version 99, newer than this pgvisor knows"):
         migrate(connector)
-    steps = MIGRATIONS + (Migration(2, "more", "CREATE TABLE {schema}.more (i int)"),)
+    steps = MIGRATIONS + (Migration(migrations.latest() + 1, "more",
+                                    "CREATE TABLE {schema}.more (i int)"),)
     with pytest.raises(SchemaError):
         migrate(connector, migrations=steps)
     assert pg_database.execute("SELECT to_regclass('pgvisor.more')") == [(None,)]
@@ -103,7 +104,7 @@ def test_a_schema_newer_than_the_code_is_refused_and_left_alone(connector, pg_da
 
 def test_a_step_known_under_another_name_is_refused(connector):
     migrate(connector)
-    renamed = (Migration(1, "something-else", MIGRATIONS[0].sql),)
+    renamed = (Migration(1, "something-else", MIGRATIONS[0].sql),) + MIGRATIONS[1:]
     with pytest.raises(SchemaError, match="migration 1 was applied as registry"):
         migrate(connector, migrations=renamed)
 
@@ -111,15 +112,17 @@ def test_a_step_known_under_another_name_is_refused(connector):
 def test_later_steps_are_applied_in_order_and_a_failed_step_rolls_back_whole(
         connector, pg_database):
     migrate(connector)
+    n = migrations.latest()
     steps = MIGRATIONS + (
-        Migration(2, "two", "CREATE TABLE {schema}.two (i int)"),
-        Migration(3, "three", "CREATE TABLE {schema}.three (i int); SELECT no_such_fn()"))
+        Migration(n + 1, "two", "CREATE TABLE {schema}.two (i int)"),
+        Migration(n + 2, "three", "CREATE TABLE {schema}.three (i int); SELECT no_such_fn()"))
     with pytest.raises(DatabaseError):
         migrate(connector, migrations=steps)
-    assert versions(pg_database) == [(1, "registry"), (2, "two")]
+    assert versions(pg_database) == [(m.version, m.name) for m in MIGRATIONS] + [
+        (n + 1, "two")]
     assert pg_database.execute("SELECT to_regclass('pgvisor.three')") == [(None,)]
-    steps = steps[:2] + (Migration(3, "three", "CREATE TABLE {schema}.three (i int)"),)
-    assert migrate(connector, migrations=steps) == [3]
+    steps = steps[:n + 1] + (Migration(n + 2, "three", "CREATE TABLE {schema}.three (i int)"),)
+    assert migrate(connector, migrations=steps) == [n + 2]
     assert connector.execute("SELECT 1") == [[1]]  # the connection is usable again
 
 
