@@ -478,16 +478,21 @@ class Cluster:
                     return self.tick
             sent = time.monotonic()
             row = self._query(TICK_SQL, self._tick_params())[0]
+            self._reached()
             delay = self._ticked(sent, row)
             if self.term is not None:
                 self._lead()
+        self.last_error = None
+        return delay
+
+    def _reached(self):
+        """A round trip succeeded: after failures, the revival (the leader's wait before
+        it judges anyone dead starts now, before this tick's own planning)."""
         if self._failing:
             self._failing = False
             self._revived_at = time.monotonic()
             log.info("node %s reaches the database again", self.name,
                      extra={"action": "cluster.revived", "instance": None})
-        self.last_error = None
-        return delay
 
     def _failed(self, error):
         self.counters["tick_failures"] += 1
