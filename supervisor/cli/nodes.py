@@ -5,7 +5,7 @@ term above it; ``--json`` prints the answer as it came. The API's address and to
 found as for the control verbs (:func:`supervisor.cli.control.api_client`).
 """
 from supervisor.cli import output as cli_output
-from supervisor.cli.control import http_flags, api_client
+from supervisor.cli.control import api_client, http_flags
 from supervisor.cli.output import emit_json, say, table
 
 #: The nodes table's columns.
