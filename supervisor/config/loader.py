@@ -229,7 +229,12 @@ class Loader:
                              "or PGVISOR_HTTP_TOKEN" % listen)
 
     def check_cluster(self, values):
-        """A node is judged dead only after its lease ran out: node_grace > lease_ttl."""
+        """Every node reads one registry (the table); a node is judged dead only after its
+        lease ran out: node_grace > lease_ttl."""
+        if values["cluster.enabled"] and values["registry.backend"] != "postgres":
+            self.problem("cluster.enabled", "needs [registry] backend = \"postgres\" (every "
+                         "node must read the same registry), not %r"
+                         % values["registry.backend"])
         grace, ttl = values["cluster.node_grace"], values["cluster.lease_ttl"]
         if values["cluster.enabled"] and grace is not None and ttl is not None \
                 and grace <= ttl:

@@ -228,7 +228,7 @@ SETTINGS = (
        "Config file only", module_prefixes),
     _S("cluster", "enabled", "bool", False, "",
        "run as one node of a cluster sharing the database: each instance runs on exactly "
-       "one node (docs/multinode.rst)"),
+       "one node (docs/multinode.rst); needs ``[registry] backend = \"postgres\"``"),
     _S("cluster", "node_name", "str", None, "",
        "this node's name, unique in the cluster; default: the host name plus a short id "
        "stable for this host and state directory", cluster_name),

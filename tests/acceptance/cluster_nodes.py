@@ -1,7 +1,7 @@
 """The multi-node tests' harness: N ``pgvisor run`` processes sharing one database.
 
-:class:`Nodes` starts each node in a directory of its own (``node<i>/``, the same registry
-written into each), with ``[cluster] enabled`` and short leases, its database reached
+:class:`Nodes` writes the registry into the database's table (``[registry] backend =
+"postgres"``) and starts each node in a directory of its own (``n<i>/``), with ``[cluster] enabled`` and short leases, its database reached
 through ``dsn_of(i)`` (a FaultProxy for the node the test will cut off). The handlers are
 ``tests.cluster_handlers:interval_<instance>``: they write intervals into a table whose
 EXCLUSION constraint refuses two nodes running one instance at once, through a direct
@@ -10,7 +10,8 @@ connection (``intervals_dsn``) that no injected fault touches. Every wait has a 
 import os
 import signal
 
-from instances import InstanceSpec, Registry
+from instances import InstanceSpec
+from instances.registry.table import PostgresRegistry
 from supervisor.testing import wait_for
 from tests.acceptance.service_process import ServiceProcess
 from tests.cluster_handlers import INTERVALS_SQL
@@ -29,6 +30,13 @@ class Nodes:
         self.database = database
         database.execute(INTERVALS_SQL)
         self.names = ["i%02d" % i for i in range(instances)]
+        registry = PostgresRegistry(database.dsn)
+        for instance in self.names:
+            registry.add(InstanceSpec(
+                name=instance, channels=["cluster_test"], run_on="any",
+                handler="tests.cluster_handlers:interval_%s" % instance,
+                handler_timeout=3600.0))
+        registry.close()
         self.nodes = {}
         for index in range(count):
             name = "n%d" % index
@@ -37,18 +45,13 @@ class Nodes:
             dsn = dsn_of(index) if dsn_of is not None else database.dsn
             self.nodes[name] = ServiceProcess(directory, {
                 "database": {"dsn": dsn},
+                "registry": {"backend": "postgres"},
                 "supervisor": {"probe_interval": 0.2, "shutdown_grace": 1.0,
                                "wait_after_db_revived": revived_wait},
                 "cluster": {"enabled": True, "node_name": name, "lease_ttl": lease_ttl,
                             "node_grace": node_grace},
             }, env={"PGVISOR_CLUSTER_NODE_NAME": name,
                     "PGVISOR_TEST_INTERVALS_DSN": database.dsn})
-            registry = Registry(self.nodes[name].registry)
-            for instance in self.names:
-                registry.add(InstanceSpec(
-                    name=instance, channels=["cluster_test"], run_on="any",
-                    handler="tests.cluster_handlers:interval_%s" % instance,
-                    handler_timeout=3600.0))
 
     def __getitem__(self, name):
         return self.nodes[name]

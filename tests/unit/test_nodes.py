@@ -83,6 +83,7 @@ def test_cluster_settings_are_checked_with_field_and_value(tmp_path):
     with pytest.raises(InvalidConfigurationException) as excinfo:
         load_config(str(path), environ={})
     text = str(excinfo.value)
+    assert '[cluster] enabled = true: needs [registry] backend = "postgres"' in text
     assert "[cluster] node_grace = 5: must be greater than [cluster] lease_ttl (10 s)" in text
     assert '[cluster] node_name = "bad name": must be 1..63 letters' in text
     path.write_text('[database]\ndsn = "host=x"\n')
