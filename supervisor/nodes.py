@@ -68,8 +68,8 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from instances.connectors import PostgresConnector
 from instances import migrations
+from instances.connectors import PostgresConnector
 from instances.episodes import one_line
 from instances.exceptions import DatabaseError, InvalidConfigurationException
 from supervisor.config.settings import BY_NAME

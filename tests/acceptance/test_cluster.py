@@ -143,7 +143,7 @@ def test_a_postgres_outage_longer_than_node_grace_moves_nothing(pg_private_clust
     pg_private_cluster.stop()
     # Every node lets its grants run out and stops its instances (it cannot tell an
     # outage from being cut off) ...
-    for name, node in nodes.nodes.items():
+    for node in nodes.nodes.values():
         node.wait_log("its lease was not renewed in time", timeout=20)
     wait_for(lambda: not nodes.running(), 10, 0.1, "nothing runs during the outage")
     # ... and nothing starts anywhere while it stays down longer than node_grace (every
