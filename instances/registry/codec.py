@@ -49,23 +49,40 @@ def from_document(doc, path="<registry>"):
     """Check a decoded document: ``({name: spec}, version, {name: enables})``; handlers are
     not imported. Raise RegistryError naming ``path`` and every problem, one per line."""
     problems = _document_problems(doc)
+    items = [] if problems else [
+        ("instances[%d]%s" % (index, " (%r)" % data["name"] if isinstance(data, dict)
+                              and isinstance(data.get("name"), str) else ""), data)
+        for index, data in enumerate(doc.get("instances", []))]
+    found, more = specs_of(items)
     specs, seen = {}, collections.defaultdict(list)
-    for index, data in enumerate(doc.get("instances", []) if not problems else []):
-        try:
-            spec = InstanceSpec.from_dict(data, resolve=False)
-        except InvalidConfigurationException as exc:
-            name = data.get("name") if isinstance(data, dict) else None
-            label = "instances[%d]%s" % (index, " (%r)" % name if isinstance(name, str) else "")
-            problems.append("%s: %s" % (label, str(exc).replace("\n", "\n  ")))
-            continue
-        seen[spec.name].append(index)
-        specs[spec.name] = spec
-    problems += ["duplicate instance name %r (instances[%s])" % (
+    for index, spec in enumerate(found):
+        if spec is not None:
+            seen[spec.name].append(index)
+            specs[spec.name] = spec
+    problems += more + ["duplicate instance name %r (instances[%s])" % (
         name, "], [".join(map(str, where))) for name, where in seen.items() if len(where) > 1]
     if problems:
-        raise RegistryError("invalid registry %s:\n%s" % (
-            path, "\n".join("  " + p for p in problems)))
+        raise_problems(path, problems)
     return specs, doc.get("version", 0), dict(doc.get("enables", {}))
+
+
+def specs_of(items):
+    """``(label, data)`` pairs (data: one instance object) as ``([spec or None, ...],
+    [problem, ...])``, one problem per invalid instance, named by its label."""
+    specs, problems = [], []
+    for label, data in items:
+        try:
+            specs.append(InstanceSpec.from_dict(data, resolve=False))
+        except InvalidConfigurationException as exc:
+            specs.append(None)
+            problems.append("%s: %s" % (label, str(exc).replace("\n", "\n  ")))
+    return specs, problems
+
+
+def raise_problems(path, problems):
+    """Raise the RegistryError of an invalid registry: ``path`` and one problem a line."""
+    raise RegistryError("invalid registry %s:\n%s" % (path, "\n".join("  " + p
+                                                                      for p in problems)))
 
 
 def _document_problems(doc):

@@ -16,6 +16,7 @@ Storage hooks a backend fills: ``location`` (what messages call it), ``_locked()
 :meth:`~DesiredState.reload`. ``stamp`` is the backend's cheap change detector (a file's
 fingerprint, the table's version).
 """
+import collections
 import contextlib
 import logging
 
@@ -166,8 +167,8 @@ class DesiredState:
         Handlers are checked only as :attr:`resolve` says; a spec list with a name twice
         raises InvalidConfigurationException and nothing changes."""
         specs = list(specs)
-        names = [spec.name for spec in specs]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted(n for n, count in collections.Counter(
+            spec.name for spec in specs).items() if count > 1)
         if twice:
             raise InvalidConfigurationException(
                 "duplicate instance name(s) %s" % ", ".join(map(repr, twice)), "name",
