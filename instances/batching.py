@@ -27,10 +27,13 @@ not used (a spec with ``batch`` and ``queue_out_dir`` is refused).
 
 Concurrency: pure functions, for any greenlet.
 """
+import operator
+
 from instances.notification import Notification
 from instances.queues import Empty
 
 _CATCH_UP = Notification.CATCH_UP
+_kind = operator.itemgetter(2)
 
 
 def is_catch_up(item):
@@ -38,21 +41,31 @@ def is_catch_up(item):
     return isinstance(item, Notification) and item[2] == _CATCH_UP
 
 
-def take_batch(first, get_nowait, size):
-    """``(batch, carry)``: ``first`` and what ``get_nowait()`` gives at once, up to
-    ``size`` items. A catch_up ends the batch: alone when it is ``first``, else it is
-    returned as ``carry``, the first item of the next batch. Stops at ``Empty``; never
-    blocks (``get_nowait`` must not)."""
-    if size == 1 or is_catch_up(first):
-        return [first], None
-    batch = [first]
-    append = batch.append
-    while len(batch) < size:
+def take_batch(pending, more, size):
+    """The next batch: up to ``size`` items cut from the front of ``pending`` (a list of
+    items taken from the queue, oldest first; consumed in place), refilled from ``more()``
+    (what the queue has at once, a sequence; raises Empty) while short. A catch_up ends
+    the batch: alone when it comes first, else it stays first in ``pending`` for the next
+    one. Never blocks (``more`` must not); ``pending`` must not be empty. The cut and the
+    catch_up scan run at C speed over a chunk of Notifications (the hot path)."""
+    while len(pending) < size:
         try:
-            item = get_nowait()
+            pending.extend(more())
         except Empty:
             break
-        if is_catch_up(item):
-            return batch, item
-        append(item)
-    return batch, None
+    batch = pending[:size]
+    stop = catch_up_at(batch)
+    if stop is not None:
+        batch = batch[:max(stop, 1)]
+    del pending[:len(batch)]
+    return batch
+
+
+def catch_up_at(items):
+    """The index of the first catch_up in ``items``, or None."""
+    try:
+        return list(map(_kind, items)).index(_CATCH_UP)
+    except ValueError:
+        return None
+    except (TypeError, KeyError, IndexError):  # not all Notifications (spool messages)
+        return next((i for i, item in enumerate(items) if is_catch_up(item)), None)

@@ -78,7 +78,7 @@ class _Stop(GreenletExit):
     """Private: thrown by stop() into a worker waiting for an item."""
 
 
-#: What _wait_item returns instead of an item: exit (an idle worker above min), try again.
+#: What _wait_for returns instead of work: exit (an idle worker above min), try again.
 _RETIRE, _AGAIN = object(), object()
 
 
@@ -196,8 +196,9 @@ class ProcessorPool:
 
     @property
     def held(self):
-        """Items taken from the queue and held behind a running key (``order_key``)."""
-        return self.order.held if self.order is not None else 0
+        """Items taken from the queue that wait for a worker (``order_key``: ready, or
+        held behind a running key)."""
+        return self.order.waiting if self.order is not None else 0
 
     @property
     def size(self):
@@ -401,40 +402,71 @@ class ProcessorPool:
                 gevent.sleep(0)
 
     # -- batches and per-key order (instances.batching, instances.ordering) --------------
-    def _wait_item(self, worker):
-        """Block for the next item as the hot path does (idle meanwhile); _RETIRE when an
-        idle worker above min_concurrency should exit, _AGAIN after an idle timeout."""
+    def _wait_for(self, worker, take):
+        """``take(timeout)`` as the hot path blocks (idle meanwhile); _RETIRE when an idle
+        worker above min_concurrency should exit, _AGAIN after an idle timeout."""
         worker.idle = True
         try:
-            return self.queue.get(True, self.idle_timeout
-                                  if len(self._workers) > self.min_concurrency else None)
+            return take(self.idle_timeout if len(self._workers) > self.min_concurrency
+                        else None)
         except Empty:
             return _RETIRE if self._active() > self.min_concurrency else _AGAIN
         finally:
             worker.idle = False
 
+    def _sources(self):
+        """``(take(timeout), more())``: a chunk queue's ``get_chunk`` (blocking, then not;
+        split among ``max_concurrency`` workers), else ``get`` as a chunk of one."""
+        get_chunk = getattr(self.queue, "get_chunk", None)
+        split = self.max_concurrency
+        if get_chunk is not None:
+            return (lambda timeout: get_chunk(True, timeout, split),
+                    lambda: get_chunk(False, None, split))
+        get = self.queue.get
+        return (lambda timeout: (get(True, timeout),)), (lambda: (get(False),))
+
     def _loop_ordered(self, worker):
-        """The worker of an ``order_key`` pool: run an item whose key is free, and then what
-        waits behind that key; hold an item whose key runs elsewhere (see ordering)."""
-        order, handled = self.order, 0
-        while not worker.stopping:
-            item = self._wait_item(worker)
-            if item is _RETIRE:
-                return
-            if item is _AGAIN:
-                continue
-            try:
-                key = order.key(item)
-            except Exception as error:  # the key function failed on it: that item alone
-                self._failed(item, error)
-                continue
-            if order.admit(key, item):
-                handled += self._run_key(worker, key, item)
-            elif order.full:
-                self._idle_wait(worker, order.wait_for_room)
-            if handled >= self.yield_every:
-                handled = 0
-                gevent.sleep(0)  # a queue that always has an item never blocks get
+        """The worker of an ``order_key`` pool: run a ready item and what is held behind
+        its key; with nothing ready, wait for the turn to take from the queue, take and
+        dispatch (see instances.ordering)."""
+        order, take, handled = self.order, self._sources()[0], 0
+        try:
+            while not worker.stopping:
+                entry = order.take_ready()
+                if entry is None:
+                    entry = self._take_turn(worker, take)
+                    if entry is _RETIRE:
+                        return
+                    if entry is _AGAIN:
+                        continue
+                handled += self._run_key(worker, *entry)
+                if handled >= self.yield_every:
+                    handled = 0
+                    gevent.sleep(0)  # a queue that always has work never blocks
+        finally:
+            if self._ending:  # the pool ends: nobody runs what is ready, give it back
+                self._put_back(order.take_all_ready())
+
+    def _take_turn(self, worker, take):
+        """Hold the turn: something ready by now, else (room permitting) take from the
+        queue and dispatch it. A ready ``(key, item)``, or _RETIRE / _AGAIN."""
+        order = self.order
+        got = self._wait_for(worker, order.take_turn)
+        if got is _RETIRE or got is _AGAIN:
+            return got
+        try:
+            while True:
+                entry = order.take_ready()
+                if entry is not None or worker.stopping:
+                    return entry or _AGAIN
+                wait = order.wait_for_room if order.full else take
+                got = self._wait_for(worker, wait)
+                if got is _RETIRE or got is _AGAIN:
+                    return got
+                if wait is take:
+                    order.dispatch(got, self._failed)
+        finally:
+            order.end_turn()
 
     def _run_key(self, worker, key, item):
         """Run ``item`` and every item held behind ``key``, in order; return how many. A
@@ -450,34 +482,35 @@ class ProcessorPool:
             else:
                 return count
         except BaseException:
-            self._give_back(order.give_up(key))
+            self._put_back(order.give_up(key))
             self._drop(item)  # after the held ones: a spool hands it out before them
             raise
-        self._give_back(order.give_up(key))
+        self._put_back(order.give_up(key))
         return count
 
     def _loop_batches(self, worker):
-        """The worker of a ``batch`` pool: a list of up to ``batch`` items per call."""
-        carry, handled = None, 0
-        get, size = self.queue.get, self.batch
-        while not worker.stopping:
-            item, carry = (carry, None) if carry is not None else (self._wait_item(worker), None)
-            if item is _RETIRE:
-                return
-            if item is _AGAIN:
-                continue
-            batch, carry = take_batch(item, lambda: get(False), size)
-            try:
+        """The worker of a ``batch`` pool: lists of up to ``batch`` items per call, cut from
+        what the queue hands over (whole chunks of a chunk queue, else single items)."""
+        take, more = self._sources()
+        pending, handled = [], 0
+        try:
+            while not worker.stopping:
+                if not pending:
+                    got = self._wait_for(worker, take)
+                    if got is _RETIRE:
+                        return
+                    if got is _AGAIN:
+                        continue
+                    pending.extend(got)
+                batch = take_batch(pending, more, self.batch)
                 self._run_batch(worker, batch)
-            except BaseException:
-                self._give_back([carry] if carry is not None else [])
-                raise
-            handled += len(batch)
-            if handled >= self.yield_every:
-                handled = 0
-                gevent.sleep(0)
-        if carry is not None:
-            self._give_back([carry])
+                handled += len(batch)
+                if handled >= self.yield_every:
+                    handled = 0
+                    gevent.sleep(0)
+        finally:
+            if pending:  # taken, never started: back to the front, in order
+                self._put_back(pending)
 
     def _run_batch(self, worker, batch):
         """``handler(batch)`` with the retry policy; all done, or each item alone."""
@@ -515,19 +548,23 @@ class ProcessorPool:
                 self._handle(worker, item, [item])
                 settled += 1
         except _Stop:  # a stop interrupted a retry wait: the rest goes back, in order
-            self._give_back(batch[settled:])
+            self._put_back(batch[settled:])
             raise
         except BaseException:  # killed: the spool gets them back (a memory queue loses them)
             for item in reversed(batch[settled:]):
                 self._drop(item)
             raise
-        self._give_back(batch[settled:])
+        self._put_back(batch[settled:])
         return None
 
     def _batch_done(self, batch, elapsed):
-        done = self.queue.done
-        for item in batch:
-            done(item)
+        done_many = getattr(self.queue, "done_many", None)  # a chunk queue: one call
+        if done_many is not None:
+            done_many(len(batch))
+        else:
+            done = self.queue.done
+            for item in batch:
+                done(item)
         self.processed += len(batch)
         self.latency_counts[bisect.bisect_left(self.latency_bounds, elapsed)] += 1
         self.latency_sum += elapsed
@@ -564,35 +601,30 @@ class ProcessorPool:
             worker.busy_since = None
             if forward is None:
                 self.queue.done(item)
-            elif not self._forwarded(forward, item, result):
-                return None
+            else:
+                failed = self.failed
+                self._forwarded(forward, item, result)
+                if self.failed != failed:  # an output it could not write: failed instead
+                    return None
             self.processed += 1
             self.latency_counts[bisect.bisect_left(self.latency_bounds, elapsed)] += 1
             self.latency_sum += elapsed
             return None
 
-    def _idle_wait(self, worker, wait):
-        """``wait()`` as an idle worker (a stop or a retire interrupts it)."""
-        worker.idle = True
-        try:
-            if not worker.stopping:
-                wait()
-        finally:
-            worker.idle = False
-
-    def _give_back(self, items):
+    def _put_back(self, items):
         """Items taken from the queue that get no outcome here go back to its front, in
-        order: a spool's ``release`` (each is handed out first: hence reversed), a memory
-        queue's ``give_back``."""
+        order: a chunk queue's ``release_many``, a memory queue's ``give_back``, else each
+        item's ``release`` (a spool hands each out first: hence reversed)."""
         if not items:
             return
-        release = getattr(self.queue, "release", None)
-        if release is None:
-            self.queue.give_back(items)
+        queue = self.queue
+        many = getattr(queue, "release_many", None) or getattr(queue, "give_back", None)
+        if many is not None:
+            many(items)
             return
         for item in reversed(items):
             try:
-                release(item)
+                queue.release(item)
             except ValueError:  # settled meanwhile: not ours to give back
                 pass
 
@@ -686,7 +718,7 @@ class ProcessorPool:
     def _maybe_grow(self):
         workers = self._workers.values()
         busy = all(w.busy_since is not None for w in workers if not w.stopping)
-        if busy and self.queue.qsize() > self._active():
+        if busy and self.queue.qsize() + self.held > self._active():
             self._spawn_worker()
             log.debug("pool %s: grew to %d", self.name, self._active(),
                       extra={"action": "pool.grow", "instance": self.name})

@@ -174,15 +174,21 @@ def test_a_killed_spool_batch_is_delivered_again_whole_and_in_order(pools, tmp_p
 
 
 def test_take_batch_stops_at_empty_size_and_a_catch_up():
-    items = iter([note("1"), note("2"), CATCH_UP, note("3")])
+    later = [[note("3"), note("4")], [note("5")]]
 
-    def get_nowait():
-        try:
-            return next(items)
-        except StopIteration:
-            raise Empty() from None
+    def more():
+        if not later:
+            raise Empty()
+        return later.pop(0)
 
-    assert take_batch(CATCH_UP, get_nowait, 10) == ([CATCH_UP], None)
-    assert take_batch(note("0"), get_nowait, 2) == ([note("0"), note("1")], None)
-    assert take_batch(note("x"), get_nowait, 10) == ([note("x"), note("2")], CATCH_UP)
-    assert take_batch(note("y"), get_nowait, 10) == ([note("y"), note("3")], None)
+    pending = [CATCH_UP, note("0"), note("1"), note("2"), CATCH_UP]
+    assert take_batch(pending, more, 10) == [CATCH_UP]
+    assert take_batch(pending, more, 2) == [note("0"), note("1")]
+    assert take_batch(pending, more, 10) == [note("2")]  # the catch_up stays first in line
+    assert take_batch(pending, more, 10) == [CATCH_UP]
+    pending.append(note("x"))  # after what the first call took in from more()
+    assert take_batch(pending, more, 10) == [note("3"), note("4"), note("5"), note("x")]
+    assert not pending and not later
+    messages = [{"payload": "a"}, CATCH_UP, {"payload": "b"}]  # spool messages may be dicts
+    assert take_batch(messages, more, 10) == [{"payload": "a"}]
+    assert take_batch(messages, more, 10) == [CATCH_UP]

@@ -244,12 +244,16 @@ def test_key_functions_and_the_catch_up_key():
         KeyOrder(lambda item: [1]).key(note)
 
 
-def test_key_order_admits_holds_and_frees_in_order():
+def test_key_order_dispatches_in_order_holds_and_frees():
     order = KeyOrder(lambda item: item[0], hold_limit=2)
-    assert order.admit("a", "a0") is True
-    assert order.admit("a", "a1") is False and order.admit("b", "b0") is True
-    assert order.admit("a", "a2") is False and order.full
+    failed = []
+    order.dispatch(["a0", "a1", "b0", 5, "a2"], lambda item, error: failed.append(item))
+    assert failed == [5]  # 5[0]: TypeError, that item alone
+    assert order.take_ready() == ("a", "a0") and order.take_ready() == ("b", "b0")
+    assert order.take_ready() is None and order.full and order.waiting == 2
     assert order.next("a") == "a1" and not order.full
     assert order.give_up("a") == ["a2"] and order.held == 0
     assert order.running() == ["b"]
     assert order.next("b") is None and order.running() == []
+    order.dispatch(["c0", "c1", "d0"], None)
+    assert order.take_all_ready() == ["c0", "c1", "d0"] and order.running() == []
