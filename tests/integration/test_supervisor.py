@@ -154,3 +154,21 @@ def test_an_instance_dying_while_its_edit_cannot_start_comes_back_on_its_previou
     registry.update("river", handler="tests.handlers:into_fixed")
     wait_for(lambda: supervisor.instance("river").spec.handler == "tests.handlers:into_fixed"
              and supervisor.status()["river"]["pending_spec_error"] is None, 10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("queue", ["memory", "spool"])
+def test_an_edit_whose_order_key_cannot_be_imported_leaves_the_instance_running(
+        registry, supervisor, tmp_path, queue):
+    fields = {} if queue == "memory" else {"queue": {"spool": str(tmp_path / "spool")}}
+    registry.add(_spec(max_concurrency=2, **fields))
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    running = supervisor.instance("river")
+    registry.resolve = False  # as the CLI stores a path it cannot import
+    registry.update("river", order_key="no_such_module_pgvisor:key")
+    wait_for(lambda: supervisor.status()["river"]["pending_spec_error"], 10)
+    error = supervisor.status()["river"]["pending_spec_error"]
+    assert "order_key='no_such_module_pgvisor:key'" in error, error
+    assert supervisor.instance("river") is running and running.alive
+    assert running.spec.order_key is None
