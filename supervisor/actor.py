@@ -336,6 +336,15 @@ class Supervisor:
         status["notifiers"] = self.notifier_status()
         return status
 
+    def registry_status(self):
+        """The registry (docs/http.rst: ``registry``): backend, version, instances; for a
+        table also schema, channel, loaded and its follower's ``following``, ``reloads``,
+        ``changes`` and ``last_error`` (a database outage shows there)."""
+        status = getattr(self.registry, "status", dict)()
+        if self._follower is not None:
+            status.update(self._follower.status())
+        return status
+
     def notifier_status(self):
         """A list of dicts, one per shared LISTEN connection: name, dsn (redacted),
         connected, channels, subscribers, backlog, queue_usage, probes, last_error..."""

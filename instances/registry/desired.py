@@ -52,6 +52,9 @@ class DesiredState:
     the caller's greenlet after the change is stored.
     """
 
+    #: The ``[registry] backend`` this class is.
+    backend = None
+
     def __init__(self, resolve=True):
         self.resolve = resolve
         self._specs = {}
@@ -212,6 +215,13 @@ class DesiredState:
         does it itself; return the follower (``stop(timeout)``), or None when the caller
         watches the store (a file: the service's file watcher)."""
         return None
+
+    def status(self):
+        """``{"backend", "version", "instances"}`` (JSON-ready; for a table also
+        ``schema``, ``channel`` and ``loaded``). No file path: HTTP answers never name the
+        service's files."""
+        return {"backend": self.backend, "version": self._version,
+                "instances": len(self._specs)}
 
     def close(self):
         """Let go of what the backend holds open (a connection); nothing for a file."""

@@ -46,6 +46,7 @@ class Registry(DesiredState):
     the file lock still serializes).
     """
 
+    backend = "file"
     #: Seconds to wait for ``<path>.lock`` held by another process before RegistryError.
     lock_timeout = 10.0
     #: Seconds between attempts to take the lock.

@@ -68,6 +68,12 @@ class RegistryFollower:
             self._greenlet.kill(block=True, timeout=timeout)
             self._greenlet = None
 
+    def status(self):
+        """``{"following", "reloads", "changes", "last_error"}`` (JSON-ready)."""
+        return {"following": self.subscription.connected, "reloads": self.reloads,
+                "changes": self.changes,
+                "last_error": str(self.last_error) if self.last_error is not None else None}
+
     def reload_now(self):
         """A greenlet reloading now; its value: True if the reload succeeded."""
         return gevent.spawn(self._reload)

@@ -59,6 +59,7 @@ class PostgresRegistry(DesiredState):
     at the first :meth:`reload`.
     """
 
+    backend = "postgres"
     #: Seconds an edit waits for another edit's lock before RegistryError.
     lock_timeout = 10.0
     #: Seconds a read, an edit or a migration may take in all (a database that stopped
@@ -112,6 +113,10 @@ class PostgresRegistry(DesiredState):
         every NOTIFY of :attr:`channel` (through ``notifiers``) and every ``interval``."""
         from instances.registry.follower import RegistryFollower
         return RegistryFollower(self, notifiers, interval).start()
+
+    def status(self):
+        return dict(super().status(), schema=self.schema, channel=self.channel,
+                    loaded=self.loaded)
 
     def close(self):
         """Close the connection (a later use reconnects)."""

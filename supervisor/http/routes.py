@@ -295,7 +295,8 @@ class Routes:
             "instances": self._instance_views(),
             "counters": dict(self.supervisor.counters),
             "notifiers": list(getattr(self.supervisor, "notifier_status", list)()),
-            "registry_version": self.supervisor.registry.version})
+            "registry_version": self.supervisor.registry.version,
+            "registry": dict(getattr(self.supervisor, "registry_status", dict)())})
 
     def nodes(self, request):
         """The cluster as this node sees it (``supervisor.cluster.status()``); 404 when

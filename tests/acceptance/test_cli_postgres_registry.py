@@ -66,6 +66,9 @@ def test_edits_through_the_cli_and_http_of_one_node_reach_both(nodes, pg_databas
     listed = json.loads(two.cli("instances", "list", "-c", two.config, "--json").stdout)
     assert [(v["name"], v["max_concurrency"]) for v in listed] == [("river", 3)]
     assert pg_database.execute("SELECT name FROM pgvisor.registry") == [("river",)]
+    registry = one.get("/status")["registry"]
+    assert (registry["backend"], registry["channel"], registry["following"],
+            registry["last_error"]) == ("postgres", "pgvisor_registry", True, None)
     result = two.cli("instances", "disable", "river", "-c", two.config)
     assert result.returncode == 0, result.stderr
     one.wait_state("river", "disabled")

@@ -107,14 +107,18 @@ def test_a_database_outage_keeps_the_last_desired_state_in_force(pg_private_clus
     try:
         wait_for(lambda: _state(sup, "river") == "running", 15)
         pg_private_cluster.stop()
-        wait_for(lambda: sup._follower.last_error is not None, 15,
+        wait_for(lambda: sup.registry_status()["last_error"] is not None, 15,
                  message="a reload failed during the outage")
+        status = sup.registry_status()
+        assert (status["backend"], status["schema"], status["instances"]) == (
+            "postgres", "pgvisor", 1)
+        assert "unavailable" in status["last_error"]
         assert registry.names() == ["river"] and "river" in sup.status()
         reloads = sup._follower.reloads
         wait_for(lambda: sup._follower.reloads > reloads + 2, 15)  # polling goes on
         assert sup.status()["river"]["state"] in ("waiting", "running", "starting")
         pg_private_cluster.start()
-        wait_for(lambda: sup._follower.last_error is None, 20)
+        wait_for(lambda: sup.registry_status()["last_error"] is None, 20)
         wait_for(lambda: _state(sup, "river") == "running", 30)
     finally:
         sup.stop(timeout=5)

@@ -413,3 +413,9 @@ def test_concurrent_processes_editing_lose_nothing(registry, path):
                              for i in range(count)}
     assert set(registry.names()) == expected
     assert registry.version == read(path)["version"] == 1 + 3 * count + 2 * count
+
+
+def test_status_names_the_backend_and_never_the_file(registry, path):
+    registry.add(make("river"))
+    assert registry.status() == {"backend": "file", "version": 1, "instances": 1}
+    assert str(path) not in repr(registry.status())
