@@ -89,8 +89,12 @@ class Bench:
                                     cwd=ROOT, env=self.env)
             try:
                 line = proc.stdout.readline()
-                if line.strip() != "READY":
-                    raise RuntimeError("never listened (%r); see %s" % (line, log_path))
+                while line and line.strip() != "READY":  # a profiler's banner, say
+                    log.write(line)
+                    line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("never listened; see %s" % log_path)
+                log.flush()
                 producer = Producer(dsn)
                 if shape == "backlog":
                     producer.backlog(n)
@@ -111,13 +115,13 @@ class Bench:
         return figures
 
     # -- figures -------------------------------------------------------------------------
-    def contenders(self, dsn):
+    def contenders(self, dsn, contenders=CONTENDERS):
         """Every figure, contenders interleaved within each repetition."""
         chosen = [f for f in FIGURES if f[0] in self.size["figures"]]
-        results = {f[0]: {c[0]: [] for c in CONTENDERS} for f in chosen}
+        results = {f[0]: {c[0]: [] for c in contenders} for f in chosen}
         for rep in range(self.size["reps"]):
             for figure in chosen:
-                for label, command, spool in CONTENDERS:
+                for label, command, spool in contenders:
                     try:
                         results[figure[0]][label].append(
                             self.run_contender(dsn, figure, label, command, spool))

@@ -13,6 +13,7 @@ notifications were handled.
 import time
 
 _time = time.time
+_cpu = time.process_time
 
 
 class _State:
@@ -25,6 +26,7 @@ class _State:
         self.done = done
         self.records = []
         self.first_received = None
+        self.cpu = None  # process CPU seconds at the first and at the last record
 
 
 #: The sink of this process (one contender per process).
@@ -50,8 +52,10 @@ def handle(notification):
     records = state.records
     if not records:
         state.first_received = getattr(notification, "received_at", None)
+        state.cpu = [_cpu(), None]
     records.append((_time(), payload))
     if len(records) == state.expected:
+        state.cpu[1] = _cpu()
         state.done()
 
 
@@ -74,10 +78,16 @@ def summary(first_received=None):
     ``drain_rate``: notifications per second from the first received (the contender's
     ``first_received``, else the first handled) to the last handled. ``e2e_rate``: from the
     first send timestamp to the last handled. Latencies in milliseconds, send to handler.
+    ``cpu_us``: the process's CPU time (every thread) from the first record to the last,
+    per notification: what a notification costs, whatever the machine's load did to the
+    rates.
     """
     records = state.records
     if not records:
         return {"count": 0}
+    cpu = state.cpu
+    cpu_us = (None if cpu is None or cpu[1] is None or len(records) < 2
+              else (cpu[1] - cpu[0]) * 1e6 / (len(records) - 1))
     first = first_received or state.first_received or records[0][0]
     last = records[-1][0]
     sends = [sent_at(payload) for _, payload in records]
@@ -90,4 +100,5 @@ def summary(first_received=None):
         "p50_ms": percentile(latencies, 0.50),
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": latencies[-1],
+        "cpu_us": cpu_us,
     }

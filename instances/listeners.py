@@ -8,10 +8,11 @@ shared with another greenlet). One iteration of its loop::
                   with a deadline of ``ping_timeout``: a half-open TCP connection behind a
                   dead peer never becomes readable, so silence alone proves nothing)
     execute       poll() and drain the server's notifications (order kept)
-    post_execute  put each as a Notification into the queue; a full queue blocks the
-                  listener, which stops reading: back-pressure reaches the server, and
-                  nothing is ever dropped. With ``batch`` and a spool (``put_batch``),
-                  the whole read goes in as one batch file instead
+    post_execute  put the read as Notifications into the queue (a memory queue: as ONE
+                  chunk); a full queue blocks the listener, which stops reading:
+                  back-pressure reaches the server, and nothing is dropped (but by a
+                  stop: it never waits for room, see ``_put_all``). With ``batch`` and a
+                  spool (``put_batch``), the whole read goes in as one batch file instead
 
 After every successful (re)LISTEN (a channel added live included) one ``catch_up``
 notification is put before live ones:
@@ -38,6 +39,7 @@ import logging
 import time
 
 import gevent
+from gevent import GreenletExit
 from gevent.hub import Waiter
 
 from instances.components import Component, backoff_for_limit, bind_form
@@ -171,6 +173,7 @@ class PostgresNotificationListener(Component):
         self._io = None
         self._sessions = 0
         self._put_batch = None
+        self._put_many = None
 
     @classmethod
     def longest_silence(cls):
@@ -209,6 +212,7 @@ class PostgresNotificationListener(Component):
             raise
         self._listening = self.channels
         self._put_batch = getattr(self.queue, "put_batch", None) if self.batch else None
+        self._put_many = getattr(self.queue, "put_many", None)
         self._io = gevent.get_hub().loop.io(self.connector.fileno(), 1)
         if self._sessions:
             self.reconnects += 1
@@ -238,31 +242,31 @@ class PostgresNotificationListener(Component):
             raise
 
     def post_execute(self, exec_value):
+        """Put the read: into a spool as batch files (``batch``), into a chunk queue as
+        ONE chunk (``put_many``), else each notification. A full queue blocks here (the
+        back-pressure), beating, and a stop interrupts the wait (see :meth:`_put_all`)."""
         if not exec_value:
             return
         now = time.time()
         make = Notification.from_fields
+        notifications = [make((n.channel, n.payload, "notify", n.pid, now, None))
+                         for n in exec_value]
+        self.received += len(notifications)
         if self._put_batch is not None:
             size = self.batch_size
-            for start in range(0, len(exec_value), size):
-                batch = [make((n.channel, n.payload, "notify", n.pid, now, None))
-                         for n in exec_value[start:start + size]]
-                while True:  # a spool at its bound blocks the reader, as a full queue does
-                    try:
-                        self._put_batch(batch, True, self.put_beat)
-                        break
-                    except Full:
-                        self.beat()
-            self.received += len(exec_value)
-            return
-        put, beat = self.queue.put, self.put_beat
-        for n in exec_value:
-            notification = make((n.channel, n.payload, "notify", n.pid, now, None))
-            try:
-                put(notification, True, beat)
-            except Full:
+            for start in range(0, len(notifications), size):
+                batch = notifications[start:start + size]
+                try:
+                    self._put_batch(batch, False)
+                except Full:  # a spool at its bound blocks the reader, as a full queue does
+                    self._put_all([batch], self._put_one_batch)
+        elif self._put_many is not None:
+            taken = self._put_many(notifications, False)
+            if taken < len(notifications):
+                self._put_all(notifications[taken:], self._put_many)
+        else:
+            for notification in notifications:
                 self._put(notification)
-        self.received += len(exec_value)
 
     def tear_down(self):
         self.connected = False
@@ -274,13 +278,50 @@ class PostgresNotificationListener(Component):
 
     # -- helpers (listener's greenlet) -----------------------------------------------------
     def _put(self, notification):
-        """Put, beating the heartbeat while the queue stays full (back-pressure, not a hang)."""
-        while True:
-            try:
-                self.queue.put(notification, True, self.put_beat)
-                return
-            except Full:
-                self.beat()
+        """Put one notification (a catch_up, or each of a read for a queue without
+        ``put_many``): see :meth:`_put_all`."""
+        try:
+            self.queue.put(notification, False)
+        except Full:
+            self._put_all([notification], self._put_one)
+
+    def _put_all(self, items, put_some):
+        """Put what the queue did not take yet with ``put_some(items, block, timeout) ->
+        how many it took``, beating the heartbeat while it stays full (back-pressure, not a
+        hang). The wait is interruptible: a stop never waits for a full queue (that would
+        spend the whole shutdown grace and leave the handlers none). What a stop leaves
+        unqueued is logged and dropped: the next start's catch_up covers it, as for
+        anything sent while nobody listened."""
+        taken = 0
+        try:
+            with self.interruptible():
+                while taken < len(items):
+                    taken += put_some(items[taken:], True, self.put_beat)
+                    self.beat()
+        except GreenletExit:
+            left = sum(len(i) if isinstance(i, list) else 1 for i in items[taken:])
+            log.warning("%s stopped while its queue was full: up to %d notification(s) of "
+                        "the last read not queued (the next start's catch_up covers them)",
+                        self.name, left,
+                        extra={"action": "listener.dropped_at_stop", "instance": self.name,
+                               "dropped": left})
+            raise
+
+    def _put_one(self, items, block, timeout):
+        """``put_some`` of one notification with ``put``."""
+        try:
+            self.queue.put(items[0], block, timeout)
+        except Full:
+            return 0
+        return 1
+
+    def _put_one_batch(self, batches, block, timeout):
+        """``put_some`` of one batch (a list of notifications) with ``put_batch``."""
+        try:
+            self._put_batch(batches[0], block, timeout)
+        except Full:
+            return 0
+        return 1
 
     def _wait_readable(self):
         """Block until readable (None), a change is asked for (WAKE) or silence (TIMEOUT)."""

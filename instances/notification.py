@@ -1,11 +1,23 @@
 """The :class:`Notification`: one event handed from a listener to a handler."""
-import operator
+import collections
 import time
 
 _FIELDS = ("channel", "payload", "kind", "pid", "received_at", "id")
 
+#: The tuple layout underneath: a namedtuple's fields are read by its C accessors, as fast
+#: as psycopg2's own ``Notify`` members (a ``property(itemgetter)`` took twice as long, on
+#: every field a handler reads).
+_Layout = collections.namedtuple("_Layout", _FIELDS)
+for _name, _doc in (("channel", "the channel name"), ("payload", "the payload (str)"),
+                    ("kind", '"notify" or "catch_up"'),
+                    ("pid", "the notifying backend's pid (0: catch_up)"),
+                    ("received_at", "time.time() of receipt"),
+                    ("id", "stable message id (spooled), else None")):
+    getattr(_Layout, _name).__doc__ = _doc
+del _name, _doc
 
-class Notification(tuple):
+
+class Notification(_Layout):
     """One notification as a handler sees it (immutable).
 
     ``channel`` the channel name (None for a catch_up); ``payload`` the payload (``str``,
@@ -16,20 +28,14 @@ class Notification(tuple):
     notification went through a spool (None otherwise).
 
     A tuple underneath: the listener builds one per NOTIFY at C speed with
-    :meth:`from_fields`, which matters on the hot path (see bench/).
+    :meth:`from_fields`, and handlers read the fields at C speed, which matters on the
+    hot path (see bench/).
     """
 
     __slots__ = ()
 
     NOTIFY = "notify"
     CATCH_UP = "catch_up"
-
-    channel = property(operator.itemgetter(0), doc="the channel name")
-    payload = property(operator.itemgetter(1), doc="the payload (str)")
-    kind = property(operator.itemgetter(2), doc='"notify" or "catch_up"')
-    pid = property(operator.itemgetter(3), doc="the notifying backend's pid (0: catch_up)")
-    received_at = property(operator.itemgetter(4), doc="time.time() of receipt")
-    id = property(operator.itemgetter(5), doc="stable message id (spooled), else None")
 
     def __new__(cls, channel, payload="", kind="notify", pid=0, received_at=None, id=None):
         return tuple.__new__(cls, (channel, payload, kind, pid,

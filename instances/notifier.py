@@ -7,11 +7,12 @@ ONE connection, LISTENs on the union of its subscribers' channels and fans each
 notification out, in order, to the queue of every :class:`Subscription` of its channel::
 
     Postgres NOTIFY -> Notifier (one connection, LISTEN on the union)
-                    -> Subscription.offer -> the instance's queue -> processors -> handler
+                    -> Subscription.offer_many -> the instance's queue -> processors -> handler
 
-The notifier never waits for a subscriber: a memory queue is offered each notification
-without blocking. A full queue starts an **overflow** episode for that subscription only:
-its live notifications are dropped (counted in :attr:`Subscription.dropped`) until its
+The notifier never waits for a subscriber: a memory queue is offered each read (all the
+notifications one poll returned) as ONE chunk, without blocking. A full queue starts an
+**overflow** episode for that subscription only: what did not fit and its further live
+notifications are dropped (counted in :attr:`Subscription.dropped`) until its
 queue is down to ``resume_fill`` (half) and takes ONE coalesced ``catch_up``, which ends
 the episode (logged once, with the count). A spool (FileQueue) overflows the same way at
 its bound (``max_messages`` / ``max_bytes``): a batch file it refuses is dropped whole.
@@ -45,7 +46,7 @@ Lifecycle of a subscription::
                          +------------ pending <------------------+  (re-LISTEN: catch_up)
     stop() / kill() / the notifier refused for good --> ended (links are told)
 
-Concurrency: everything runs in greenlets of the hub's thread. :meth:`Subscription.offer`
+Concurrency: everything runs in greenlets of the hub's thread. :meth:`Subscription.offer_many`
 and the fan-out never yield for a memory queue; the notifier's own greenlet does all
 database I/O. ``subscribe``, ``unsubscribe``, ``set_channels`` and the status methods are
 safe from any greenlet and return at once (changes are applied by the notifier between two
@@ -53,6 +54,7 @@ reads, so notifications on channels kept are never lost).
 """
 import itertools
 import logging
+import operator
 import os
 import time
 
@@ -77,6 +79,7 @@ from instances.queues import Closed, Full
 log = logging.getLogger(__name__)
 
 _probe_ids = itertools.count(1)
+_channel_of = operator.attrgetter("channel")
 
 
 def _catch_up():
@@ -111,6 +114,9 @@ class Subscription:
         self.queue = queue
         self.on_connection_lost = on_connection_lost
         self.batch = bool(batch and hasattr(queue, "put_batch"))
+        put_many = getattr(queue, "put_many", None)
+        self._put_many = ((lambda items: put_many(items, False)) if put_many is not None
+                          else self._put_each)
         #: The notifier serving this subscription (None before start and after the end).
         self.notifier = None
         #: The channels the notifier delivers to it now; None while not (re)LISTENed.
@@ -212,21 +218,38 @@ class Subscription:
 
     # -- called by the notifier (its greenlet) ----------------------------------------------
     def offer(self, notification):
-        """Hand ``notification`` on without blocking: into the queue, into the current
-        batch, or dropped (counted) while an overflow episode lasts."""
-        self.received += 1
+        """Hand one ``notification`` on (see :meth:`offer_many`)."""
+        self.offer_many([notification])
+
+    def offer_many(self, notifications):
+        """Hand the notifications of one read (a list nobody mutates) on without
+        blocking: into the queue as ONE chunk (``put_many``; a queue without it takes each
+        one), into the current batch (a spool), or dropped (counted) while an overflow
+        episode lasts. A queue with room for part of them takes that part; the rest is
+        dropped and starts an episode."""
+        count = len(notifications)
+        self.received += count
         if self._owed is not None:
-            self.dropped += 1
-            self._episode_dropped += 1
+            self.dropped += count
+            self._episode_dropped += count
         elif self.batch:
-            self._pending.append(notification)
+            self._pending.extend(notifications)
         else:
+            try:
+                taken = self._put_many(notifications)
+            except Closed:
+                return
+            if taken < count:
+                self._overflow_begins(count - taken)
+
+    def _put_each(self, notifications):
+        """``put_many`` for a queue without it: one non-blocking put each, until full."""
+        for taken, notification in enumerate(notifications):
             try:
                 self.queue.put(notification, False)
             except Full:
-                self._overflow_begins(1)
-            except Closed:
-                pass
+                return taken
+        return len(notifications)
 
     def flush(self):
         """Put the batched notifications of the current read (a spool: one file per
@@ -443,21 +466,32 @@ class Notifier(Component):
             raise
 
     def post_execute(self, notifies):
-        """Fan out (the hot path: one Notification per NOTIFY, shared by its subscribers)."""
+        """Fan out (the hot path): each run of one channel in the read becomes ONE list of
+        Notifications (built once, shared by its subscribers), and every subscriber gets
+        the lists of its channels as one chunk per read (:meth:`Subscription.offer_many`)."""
         if not notifies:
             return
         now = time.time()
         make = Notification.from_fields
         routes = self._routes
-        for n in notifies:
-            subscribers = routes.get(n.channel)
+        offers = {}  # subscription -> [list of Notifications per run], in read order
+        for channel, run in itertools.groupby(notifies, _channel_of):
+            subscribers = routes.get(channel)
             if subscribers is None:
-                if n.channel == self.probe_channel:
-                    self._probe_back(n.payload)
+                if channel == self.probe_channel:
+                    for n in run:
+                        self._probe_back(n.payload)
                 continue
-            notification = make((n.channel, n.payload, "notify", n.pid, now, None))
+            made = [make((channel, n.payload, "notify", n.pid, now, None)) for n in run]
             for subscription in subscribers:
-                subscription.offer(notification)
+                runs = offers.get(subscription)
+                if runs is None:
+                    offers[subscription] = [made]
+                else:
+                    runs.append(made)
+        for subscription, runs in offers.items():
+            subscription.offer_many(runs[0] if len(runs) == 1
+                                    else list(itertools.chain.from_iterable(runs)))
         for subscription in self._batching:
             subscription.flush()
         self.received += len(notifies)

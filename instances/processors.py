@@ -2,16 +2,32 @@
 
 One pool consumes one queue (see :mod:`instances.queues`) with between ``min_concurrency``
 and ``max_concurrency`` worker greenlets, plus one manager greenlet that autoscales and
-enforces ``handler_timeout``::
+enforces ``handler_timeout``. A worker takes a **chunk** (a memory queue's
+``get_chunk``: what the listener read at once, shared out among ``max_concurrency``
+workers; from any other queue one ``get``, a chunk of one) and runs the handler on each
+item of it, in order (:meth:`ProcessorPool._run_chunk`)::
 
-    queue.get() --> handler(item) --+-- returns ----------> queue.done(item)     processed
-                                    +-- raises -----------> queue.failed(...)    failed
-                                    +-- overruns timeout -> killed, failed(...)  timed_out
+    queue.get_chunk() --> for each item: handler(item) --+-- returns ----------> processed
+                                                         +-- raises: retried, --> failed(...)
+                                                         |   then the error path
+                                                         +-- overruns timeout -> interrupted,
+                                                                                 failed(...)
+    end of the chunk --> counters, latency histogram, queue.done_many(processed)
 
-A queue that offers ``forward(item, result)`` (a FileQueue) gets the handler's return value
-instead of ``done(item)``: with an output queue (``queue_out_dir``) the result goes on to it
-(piper semantics: a message, a list of them, or None for nothing); without one it is
-dropped, exactly as ``done`` would. A memory queue has no ``forward``: ``done(item)``.
+A queue without chunks gets its outcome per item: ``done(item)``, or, when it offers
+``forward(item, result)`` (a FileQueue), the handler's return value: with an output queue
+(``queue_out_dir``) the result goes on to it (piper semantics: a message, a list of them,
+or None for nothing); without one it is dropped, exactly as ``done`` would.
+
+Per chunk, not per item: the counters, the latency histogram (each item of a chunk is
+counted in the bucket of the chunk's mean handler time; a chunk of one is exact) and the
+queue's outcome. Per item: one clock read (the handler's deadline and the pool's heartbeat
+count from it) and the handler call.
+
+What a worker holds without an outcome when it ends -- the rest of its chunk after a stop,
+the item in flight and the rest after a kill or an interrupted retry wait -- goes back to
+the queue (``give_back``, first in line, order kept; a FileQueue's ``release`` per
+item): the next pool on the queue runs it, nothing is lost inside the process.
 
 Autoscale (cyme's): the manager adds one worker every ``scale_interval`` while the backlog
 (``queue.qsize()``) exceeds the number of workers and all of them are busy, up to max; a
@@ -24,9 +40,9 @@ given: then items of one key never overlap and run in queue order
 (:mod:`instances.ordering`). With ``batch = N`` the handler gets lists of up to N items
 (:mod:`instances.batching`, which also says what a failing batch means).
 
-Handler timeouts cost nothing per item: the manager sleeps until the earliest deadline of
-a running handler and throws :class:`HandlerTimeout` into that worker only if it is still
-on the same item. A handler that never yields to the hub cannot be interrupted (nor could
+Handler timeouts cost one clock read per item: the manager sleeps until the earliest
+deadline of a running handler and throws :class:`HandlerTimeout` into that worker only if
+it is still on the same item. A handler that never yields to the hub cannot be interrupted (nor could
 gevent.Timeout); ``busy_since`` exposes it.
 
 The pool's end: it ends with its last worker, then tells its links::
@@ -70,8 +86,16 @@ class HandlerTimeout(BaseException):
 
 #: What a handler may raise that fails its notification alone: any exception, even
 #: SystemExit, KeyboardInterrupt or GeneratorExit (only the service's own shutdown ends the
-#: process; a kill is a GreenletExit, which still stops the worker).
-_HANDLER_FAILURES = (Exception, gevent.Timeout, SystemExit, KeyboardInterrupt, GeneratorExit)
+#: process; a kill is a GreenletExit, which still stops the worker), and the pool's own
+#: HandlerTimeout.
+_FAILURES = (HandlerTimeout, Exception, gevent.Timeout, SystemExit, KeyboardInterrupt,
+             GeneratorExit)
+
+#: The same without HandlerTimeout (it has a branch of its own where it is caught).
+_HANDLER_FAILURES = _FAILURES[1:]
+
+#: "No item": the worker holds none that lacks its outcome.
+_NOTHING = object()
 
 
 class _Stop(GreenletExit):
@@ -102,9 +126,10 @@ class ProcessorPool:
     idle_timeout = 5.0
     #: Seconds between autoscale checks while the pool may still grow.
     scale_interval = 0.25
-    #: Items a worker handles back to back before it yields to other greenlets: a queue
-    #: that always has an item never blocks ``get``, and a handler that never does I/O
-    #: would otherwise hold the hub (and every other instance) for a whole backlog.
+    #: Items a worker handles back to back before it yields to other greenlets (at the end
+    #: of a chunk): a queue that always has an item never blocks ``get``, and a handler
+    #: that never does I/O would otherwise hold the hub (and every other instance) for a
+    #: whole backlog.
     yield_every = 64
     #: Upper bounds (seconds) of the handler latency histogram (Prometheus-style buckets).
     latency_bounds = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -136,6 +161,8 @@ class ProcessorPool:
         self._wake_manager = gevent.event.Event()
         self.handler_timeout = handler_timeout
         self.processed = self.failed = self.timed_out = self.retried = 0
+        #: Seconds workers spent waiting to retry (left out of the latency histogram).
+        self.retry_waited = 0.0
         #: Handled items per latency bucket (the last one: above every bound), and the sum.
         self.latency_counts = [0] * (len(self.latency_bounds) + 1)
         self.latency_sum = 0.0
@@ -148,6 +175,7 @@ class ProcessorPool:
         #: None, or the :class:`~instances.ordering.KeyOrder` of ``order_key`` (``"channel"``,
         #: ``"payload"`` or a callable taking an item).
         self.order = None if order_key is None else KeyOrder(key_function(order_key))
+        self._settle = self._settler()
 
     # -- owner API ---------------------------------------------------------------------
     @property
@@ -167,6 +195,7 @@ class ProcessorPool:
         self._running, self._ending = True, None
         self.exit = self.exception = None
         self._workers = {}
+        self._settle = self._settler()
         for _ in range(self.min_concurrency):
             self._spawn_worker()
         self._manager = gevent.spawn(self._manage)
@@ -237,7 +266,7 @@ class ProcessorPool:
     def kill(self, block=True, timeout=None):
         """End the pool as a crash would: workers die where they are (exit "abnormal").
 
-        The items being handled are lost to a memory queue (a spool keeps them pending).
+        The items being handled and the rest of their chunks go back to the queue.
         ``block``: wait up to ``timeout`` seconds for the workers to die; pass
         ``block=False`` from the hub (a link callback), which cannot wait.
         """
@@ -339,67 +368,113 @@ class ProcessorPool:
 
     # -- the work ----------------------------------------------------------------------
     def _loop(self, worker):
-        """The hot path: block for an item, then handle what is queued back to back
-        (``get(False)``) until the queue is empty, yielding every ``yield_every`` items.
-        Per item: a handler call, two clock reads and a few counter updates."""
-        get, done, handler = self.queue.get, self.queue.done, self.handler
-        forward = getattr(self.queue, "forward", None)  # None: a memory queue
-        monotonic, workers = time.monotonic, self._workers
-        counts, bounds, bucket_of = self.latency_counts, self.latency_bounds, bisect.bisect_left
-        yield_every = self.yield_every
+        """Block for a chunk, run it, again. A get that finds work never blocks, so while
+        a backlog lasts the worker yields to the hub after every ``yield_every`` items."""
+        take, streak = self._taker(), 0
         while not worker.stopping:
             worker.idle = True
             try:
-                item = get(True, self.idle_timeout if len(workers) > self.min_concurrency
-                           else None)
+                chunk = take(self.idle_timeout if len(self._workers) > self.min_concurrency
+                             else None)
             except Empty:
                 if self._active() > self.min_concurrency:
                     return
                 continue
             finally:
                 worker.idle = False
-            streak = tries = 0
+            self._run_chunk(worker, chunk)
+            streak += len(chunk)
+            if streak >= self.yield_every:
+                streak = 0
+                if self.queue.qsize():
+                    gevent.sleep(0)
+
+    def _taker(self):
+        """``take(timeout) -> chunk``: a chunk queue's ``get_chunk``, sharing a backlog
+        out among ``max_concurrency`` workers; else one ``get`` as a chunk of one."""
+        queue = self.queue
+        get_chunk = getattr(queue, "get_chunk", None)
+        if get_chunk is not None:
+            return lambda timeout: get_chunk(True, timeout, self.max_concurrency)
+        get = queue.get
+        return lambda timeout: (get(True, timeout),)
+
+    def _run_chunk(self, worker, chunk):
+        """The per-item loop (the hot path): ``handler(item)`` for each item of ``chunk``,
+        in order. Per item: one clock read (the handler's deadline counts from it) and the
+        handler call. Counters, the latency histogram and a chunk queue's outcome
+        (``done_many``) once per chunk; a queue without chunks gets ``done``/``forward``
+        per item. A raising handler takes the slow path (:meth:`_handler_failed`) and the
+        loop goes on. A stop ends the loop after the current item; what was not finished
+        (a stop, a kill, an interrupted retry wait) goes back to the queue, first in line."""
+        handler, monotonic, settle = self.handler, time.monotonic, self._settle
+        failures, waited = self.failed + self.timed_out, self.retry_waited
+        items = iter(chunk)
+        item = settled = _NOTHING
+        started = monotonic()
+        try:
+            for item in items:
+                worker.busy_since = monotonic()
+                try:
+                    result = handler(item)
+                except _FAILURES as error:
+                    self._handler_failed(worker, item, error)
+                    settled = item
+                else:
+                    if settle is not None:
+                        settle(item, result)
+                        settled = item
+                if worker.stopping:
+                    break
+        except BaseException:  # killed or stopped where it was: no outcome for the rest
+            worker.busy_since = None
+            self._put_back(([item] if item is not settled else []) + list(items))
+            raise
+        worker.busy_since = None
+        rest = list(items)  # a stop came: these never started
+        if rest:
+            self._put_back(rest)
+        self._count(len(chunk) - len(rest), failures, started, waited)
+
+    def _count(self, ran, failures, started, waited):
+        """Once per chunk: ``ran`` items had an outcome; those that did not fail are
+        processed, each counted in the latency bucket of the chunk's mean handler time
+        (retry waits left out)."""
+        ok = ran - (self.failed + self.timed_out - failures)
+        if ok <= 0:
+            return
+        elapsed = time.monotonic() - started - (self.retry_waited - waited)
+        mean = max(elapsed, 0.0) / ran
+        self.processed += ok
+        self.latency_counts[bisect.bisect_left(self.latency_bounds, mean)] += ok
+        self.latency_sum += mean * ok
+        if self._settle is None:
+            self.queue.done_many(ok)
+
+    def _handler_failed(self, worker, item, error):
+        """The slow path of one item whose handler raised ``error``: a timeout goes to the
+        error path at once; anything else is tried again (:meth:`_retry_wait` first) until
+        it succeeds or :attr:`retries` are used, then the error path."""
+        worker.busy_since = None
+        tries = 0
+        while not isinstance(error, HandlerTimeout):
+            if tries >= self.retries:
+                self._failed(item, error)
+                return
+            tries += 1
+            self._retry_wait(worker, item, error, tries)
+            worker.busy_since = time.monotonic()
             try:
-                while True:
-                    started = worker.busy_since = monotonic()
-                    try:
-                        result = handler(item)
-                    except HandlerTimeout:
-                        worker.busy_since = None
-                        self._timed_out(item)
-                    except _HANDLER_FAILURES as error:
-                        worker.busy_since = None
-                        if tries < self.retries:
-                            tries += 1
-                            self._retry_wait(worker, item, error, tries)
-                            continue  # the same item again
-                        self._failed(item, error)
-                    else:
-                        elapsed = monotonic() - started
-                        worker.busy_since = None
-                        if forward is None:
-                            done(item)
-                        elif not self._forwarded(forward, item, result):
-                            elapsed = None
-                        if elapsed is not None:
-                            self.processed += 1
-                            counts[bucket_of(bounds, elapsed)] += 1
-                            self.latency_sum += elapsed
-                    tries = 0
-                    if worker.stopping:
-                        return
-                    streak += 1
-                    if streak >= yield_every:
-                        break  # back to the blocking get: it yields only when empty, so sleep
-                    try:
-                        item = get(False)
-                    except Empty:
-                        break
-            except BaseException:  # killed where it was (stop, restart, hung): no outcome
-                self._drop(item)
-                raise
-            if streak >= yield_every:
-                gevent.sleep(0)
+                result = self.handler(item)
+            except _FAILURES as again:
+                worker.busy_since = None
+                error = again
+                continue
+            worker.busy_since = None
+            if self._settle is not None:
+                self._settle(item, result)
+            return
+        self._timed_out(item, error)
 
     # -- batches and per-key order (instances.batching, instances.ordering) --------------
     def _wait_for(self, worker, take):
@@ -550,7 +625,7 @@ class ProcessorPool:
         except _Stop:  # a stop interrupted a retry wait: the rest goes back, in order
             self._put_back(batch[settled:])
             raise
-        except BaseException:  # killed: the spool gets them back (a memory queue loses them)
+        except BaseException:  # killed: back to the queue, in order (release per item)
             for item in reversed(batch[settled:]):
                 self._drop(item)
             raise
@@ -612,21 +687,27 @@ class ProcessorPool:
             return None
 
     def _put_back(self, items):
-        """Items taken from the queue that get no outcome here go back to its front, in
-        order: a chunk queue's ``release_many``, a memory queue's ``give_back``, else each
-        item's ``release`` (a spool hands each out first: hence reversed)."""
+        """Items taken from the queue that get no outcome here (the rest of a chunk after
+        a stop; after a kill or an interrupted retry wait the item in flight too) go back
+        to its front, in order: a memory queue's ``give_back``, else each item's
+        ``release`` (a spool hands each out first: hence reversed). Never raises: the
+        worker may be dying already (logged)."""
         if not items:
             return
         queue = self.queue
-        many = getattr(queue, "release_many", None) or getattr(queue, "give_back", None)
-        if many is not None:
-            many(items)
-            return
-        for item in reversed(items):
-            try:
-                queue.release(item)
-            except ValueError:  # settled meanwhile: not ours to give back
-                pass
+        try:
+            many = getattr(queue, "release_many", None) or getattr(queue, "give_back", None)
+            if many is not None:
+                many(list(items))
+                return
+            for item in reversed(items):
+                try:
+                    queue.release(item)
+                except ValueError:  # settled meanwhile: not ours to give back
+                    pass
+        except Exception:
+            log.exception("pool %s: could not give back %d item(s)", self.name, len(items),
+                          extra={"action": "pool.release_failed", "instance": self.name})
 
     def _retry_wait(self, worker, item, error, tries):
         """Wait before try ``tries + 1`` of ``item``: :attr:`retry_delay` doubling, with
@@ -647,12 +728,27 @@ class ProcessorPool:
                         extra={"action": "handler.retry", "instance": self.name,
                                "held_back": held})
         worker.idle = True
+        began = time.monotonic()
         try:
             if worker.stopping:
                 raise _Stop()
             gevent.sleep(delay)
         finally:
             worker.idle = False
+            self.retry_waited += time.monotonic() - began
+
+    def _settler(self):
+        """``settle(item, result)`` per item for a queue without chunks (None for a chunk
+        queue: ``done_many`` per chunk): ``forward`` (a FileQueue: the result goes on to
+        its output queue) or ``done``."""
+        queue = self.queue
+        if hasattr(queue, "get_chunk"):
+            return None
+        forward = getattr(queue, "forward", None)
+        if forward is None:
+            done = queue.done
+            return lambda item, result: done(item)
+        return lambda item, result: self._forwarded(forward, item, result)
 
     def _drop(self, item):
         """A worker dies holding ``item`` without an outcome: a queue that can take it
@@ -681,28 +777,30 @@ class ProcessorPool:
         return True
 
     def _failed(self, item, error):
-        tb_text = traceback.format_exc()
+        tb_text = "".join(traceback.format_exception(error))
         self.failed += 1
         self.last_error = repr(error)
-        self._log_failure("handler.error", "handler failed on", item)
+        self._log_failure("handler.error", "handler failed on", item, error)
         self.queue.failed(item, error, tb_text)
 
-    def _timed_out(self, item):
-        tb_text = traceback.format_exc()  # where the handler was when it was stopped
+    def _timed_out(self, item, interrupt=None):
+        # where the handler was when it was stopped (the one being handled by default)
+        tb_text = ("".join(traceback.format_exception(interrupt)) if interrupt is not None
+                   else traceback.format_exc())
         error = TimeoutError("handler ran longer than %ss" % self.handler_timeout)
         self.timed_out += 1
         self.last_error = repr(error)
-        self._log_failure("handler.timeout", "handler timed out on", item)
+        self._log_failure("handler.timeout", "handler timed out on", item, interrupt)
         self.queue.failed(item, error, tb_text)
 
-    def _log_failure(self, action, what, item):
+    def _log_failure(self, action, what, item, error):
         """One ERROR line with the traceback, the item cut to ITEM_CHARS, at most
         ``LogLimiter.burst`` a minute per pool: the counters count every failure, the log
         says how many lines it held back (a poison backlog must not flood it)."""
         allowed, held = self._failure_log.allow(action)
         if allowed:
             log.error("pool %s: %s %s%s", self.name, what, shorten(repr(item)),
-                      " (%d similar lines held back)" % held if held else "", exc_info=True,
+                      " (%d similar lines held back)" % held if held else "", exc_info=error,
                       extra={"action": action, "instance": self.name, "held_back": held})
 
     # -- manager: autoscale and handler deadlines ----------------------------------------

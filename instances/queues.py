@@ -11,17 +11,40 @@ Any queue a :class:`~instances.processors.ProcessorPool` consumes offers::
     qsize() -> int                        items waiting (not those being handled)
     close()                               no more puts; getters drain what is left
 
-A blocked ``get`` must tolerate an exception thrown into the waiting greenlet without
-losing an item (the pool's stop interrupts idle workers that way). ``Empty``, ``Full`` and
-``Closed`` here are the exceptions every implementation raises (FileQueue included).
+A queue that hands work over in **chunks** (a :class:`MemoryQueue`) offers besides::
+
+    put_many(items, block=True, timeout=None) -> int
+                                 put ``items`` in order as ONE hand-off (the listener's
+                                 whole read): as many as there is room for, waiting for room
+                                 for the rest while ``block``; returns how many it took
+                                 (fewer only when full at the timeout / without ``block``)
+    get_chunk(block=True, timeout=None, split=1) -> list
+                                 the oldest queued chunk (with ``split`` workers, at most
+                                 1/split of the queued items; the rest stays first in
+                                 line), Empty / Closed as ``get``
+    give_back(items)             give back items taken but never finished (a stop, a kill):
+                                 first in line again, in their order, whatever the bound
+    release(item)                the same for one item (as a FileQueue's ``release``)
+    done_many(count)             ``count`` items of chunks succeeded (no per-item call)
+
+The bound counts items (notifications), never chunks. Chunks are lists that nobody mutates
+once put: the notifier offers one list to every subscriber of its channel.
+
+A blocked ``get``/``get_chunk`` must tolerate an exception thrown into the waiting greenlet
+without losing an item (the pool's stop interrupts idle workers that way); so must a
+blocked ``put``/``put_many`` (an own listener's stop): what was taken stays taken, the rest
+is the caller's. ``Empty``, ``Full`` and ``Closed`` here are the exceptions every
+implementation raises (FileQueue included).
 
 The memory queue lives as long as its instance object, not as long as the processors:
-a pool restarted on the same queue picks up what was left.
+a pool restarted on the same queue picks up what was left, released items first.
 """
 import collections
 import time
 
+import gevent
 import gevent.queue
+from gevent.hub import Waiter
 
 from instances.spec import InstanceSpec, check_queue_size
 
@@ -32,12 +55,19 @@ Full = gevent.queue.Full
 #: Raised by ``put`` after close(), and by ``get`` after close() once drained.
 Closed = gevent.queue.ShutDown
 
+_TIMED_OUT = object()
+
 
 class MemoryQueue:
-    """A bounded in-process queue (gevent.queue.Queue) with counters and recent failures.
+    """A bounded in-process queue of chunks, with counters and recent failures.
 
-    Concurrency: any greenlet of the hub's thread may call any method; ``put`` and ``get``
-    block only the calling greenlet. Not for use across OS threads.
+    Holds chunks (lists of notifications) in a deque; :attr:`maxsize` bounds the number of
+    notifications in them. A blocked getter or putter waits on a :class:`~gevent.hub.Waiter`
+    of its own and is woken from the hub (a put never switches away from the putter: the
+    notifier keeps reading).
+
+    Concurrency: any greenlet of the hub's thread may call any method; ``put*`` and
+    ``get*`` block only the calling greenlet. Not for use across OS threads.
     """
 
     #: Items the queue holds before ``put`` blocks (the spec's ``queue_size`` default).
@@ -46,49 +76,167 @@ class MemoryQueue:
     errors_kept = 100
 
     def __init__(self, maxsize=None, errors_kept=None):
-        self.maxsize = maxsize = check_queue_size(self.maxsize if maxsize is None else maxsize)
-        self._queue = gevent.queue.Queue(maxsize)
+        self.maxsize = check_queue_size(self.maxsize if maxsize is None else maxsize)
+        self._chunks = collections.deque()
+        self._size = 0  # items in _chunks
+        self._getters = collections.deque()  # Waiters of blocked getters, oldest first
+        self._putters = collections.deque()  # Waiters of blocked putters, oldest first
+        self._wake_scheduled = False
+        self._closed = False
         #: The last failures: dicts with item, error (repr), traceback (text), time (epoch).
         self.errors = collections.deque(maxlen=self.errors_kept if errors_kept is None
                                         else errors_kept)
+        #: Items ever put (released ones are not counted again).
+        self.put_count = 0
         self.done_count = 0
         self.failed_count = 0
-        # Hot path: put, get and qsize are the compiled gevent methods themselves, not
-        # Python wrapper frames (they shadow the documented methods below); a wrapper on
-        # put alone cost a quarter of the pool's throughput.
-        self.put = self._queue.put
-        self.get = self._queue.get
-        self.qsize = self._queue.qsize
 
-    @property
-    def put_count(self):
-        """Items ever put. gevent's joinable queue counts every put in ``unfinished_tasks``
-        and only task_done() lowers it, which this class never calls."""
-        return self._queue.unfinished_tasks
-
-    def put(self, item, block=True, timeout=None):  # replaced per instance in __init__
+    # -- putting ---------------------------------------------------------------------------
+    def put(self, item, block=True, timeout=None):
         """Append ``item``; blocks the caller while the queue is full (never drops)."""
-        self._queue.put(item, block, timeout)
+        if not self.put_many((item,), block, timeout):
+            raise Full
 
-    def get(self, block=True, timeout=None):  # replaced per instance in __init__
-        """Remove and return the oldest item; blocks the caller while empty."""
-        return self._queue.get(block, timeout)
+    def put_many(self, items, block=True, timeout=None):
+        """Append ``items`` (in order) as one chunk, or as many of them as fit; while
+        ``block``, wait up to ``timeout`` seconds for room for the rest. Returns how many
+        were taken. Raises Closed once closed (what was taken before stays queued)."""
+        taken, count = 0, len(items)
+        deadline = None
+        while True:
+            if self._closed:
+                raise Closed
+            room = self.maxsize - self._size
+            if room > 0:
+                part = items if taken == 0 and count <= room else items[taken:taken + room]
+                self._append(part if isinstance(part, list) else list(part))
+                taken += len(part)
+                if taken == count:
+                    return taken
+            if not block:
+                return taken
+            if timeout is not None:
+                deadline = deadline or time.monotonic() + timeout
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._wait(self._putters, left):
+                    return taken
+            else:
+                self._wait(self._putters, None)
 
-    def qsize(self):  # replaced per instance in __init__
-        """Items waiting to be handled."""
-        return self._queue.qsize()
+    def release(self, item):
+        """Give back one ``item`` taken but never finished (see :meth:`give_back`)."""
+        self.give_back([item])
 
     def give_back(self, items):
-        """Put ``items`` (got earlier, not handled) back at the FRONT, in their order, even
-        past ``maxsize`` (they were counted in before): per-key order's stop
-        (:mod:`instances.ordering`). Wakes a blocked getter. Never blocks."""
-        queue = self._queue
-        queue.queue.extendleft(reversed(items))
-        gevent.get_hub().loop.run_callback(queue._unlock)  # what put() schedules
+        """Give back ``items`` (a list) taken but never finished (a stop, a kill, per-key
+        order's held items): they are first in line again, in their order, even beyond the
+        bound (they were counted in before). Wakes a blocked getter. Never blocks; allowed
+        after close (getters drain them)."""
+        if items:
+            self._chunks.appendleft(items)
+            self._size += len(items)
+            self._schedule_wake()
+
+    def _append(self, chunk):
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self.put_count += len(chunk)
+        if self._getters:
+            self._schedule_wake()
+
+    # -- getting ---------------------------------------------------------------------------
+    def get_chunk(self, block=True, timeout=None, split=1):
+        """Remove and return the oldest chunk (a list); blocks the caller while empty.
+        With ``split`` > 1 (a pool of that many workers) at most that fraction of the
+        queued items (rounded up): the rest stays first in line for the other workers."""
+        chunks = self._chunks
+        if not chunks:
+            self._await_items(block, timeout)
+        chunk = chunks[0]
+        limit = -(-self._size // split) if split > 1 else None
+        if limit is not None and len(chunk) > limit:
+            chunks[0] = chunk[limit:]
+            chunk = chunk[:limit]
+        else:
+            chunks.popleft()
+        self._size -= len(chunk)
+        if self._putters:
+            self._schedule_wake()
+        return chunk
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the oldest item; blocks the caller while empty."""
+        chunks = self._chunks
+        if not chunks:
+            self._await_items(block, timeout)
+        chunk = chunks[0]
+        if len(chunk) > 1:
+            chunks[0] = chunk[1:]
+        else:
+            chunks.popleft()
+        self._size -= 1
+        if self._putters:
+            self._schedule_wake()
+        return chunk[0]
+
+    def _await_items(self, block, timeout):
+        """Return once a chunk is queued; Empty (timeout, non-blocking) or Closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._chunks:
+            if self._closed:
+                raise Closed
+            if not block:
+                raise Empty
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or not self._wait(self._getters, left):
+                raise Empty
+
+    # -- waiting (the caller's greenlet) and waking (the hub) ------------------------------
+    def _wait(self, waiters, timeout):
+        """Block until woken (True) or ``timeout`` (False). An exception thrown in leaves
+        nothing behind: the waiter is removed, no item was taken."""
+        waiter = Waiter()
+        waiters.append(waiter)
+        timer = None
+        if timeout is not None:
+            timer = gevent.get_hub().loop.timer(timeout)
+            timer.start(waiter.switch, _TIMED_OUT)
+        try:
+            return waiter.get() is not _TIMED_OUT
+        finally:
+            if timer is not None:
+                timer.close()
+            if waiters and waiter in waiters:  # timed out or thrown into, not woken
+                waiters.remove(waiter)
+
+    def _schedule_wake(self):
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            gevent.get_hub().loop.run_callback(self._wake)
+
+    def _wake(self):
+        """Hub: wake getters while there are chunks, putters while there is room (after
+        close: all of them). A woken waiter runs at once and re-checks; every waiter in a
+        deque is still blocked (a timed-out one removed itself first)."""
+        self._wake_scheduled = False
+        getters, putters = self._getters, self._putters
+        while getters and (self._chunks or self._closed):
+            getters.popleft().switch(True)
+        while putters and (self._size < self.maxsize or self._closed):
+            putters.popleft().switch(True)
+
+    # -- outcomes and state ----------------------------------------------------------------
+    def qsize(self):
+        """Items waiting to be handled (released ones included)."""
+        return self._size
 
     def done(self, item):
         """Count ``item`` as handled. Never blocks."""
         self.done_count += 1
+
+    def done_many(self, count):
+        """Count ``count`` items as handled (once per chunk). Never blocks."""
+        self.done_count += count
 
     def failed(self, item, error, tb_text):
         """Count ``item`` as failed and keep the failure in :attr:`errors`. Never blocks.
@@ -101,21 +249,23 @@ class MemoryQueue:
 
     def close(self):
         """Refuse further puts, wake blocked putters (Closed); getters drain, then Closed."""
-        self._queue.shutdown()
+        if not self._closed:
+            self._closed = True
+            if self._getters or self._putters:
+                self._schedule_wake()
 
     @property
     def closed(self):
-        return self._queue.is_shutdown
+        return self._closed
 
     def full(self):
-        return self._queue.qsize() >= self.maxsize
+        return self._size >= self.maxsize
 
     def stats(self):
         """Counters as a dict (for status and metrics)."""
-        return {"size": self._queue.qsize(), "maxsize": self.maxsize,
-                "put": self.put_count, "done": self.done_count, "failed": self.failed_count}
+        return {"size": self._size, "maxsize": self.maxsize, "put": self.put_count,
+                "done": self.done_count, "failed": self.failed_count}
 
     def __repr__(self):
         return "<MemoryQueue %d/%d put=%d done=%d failed=%d>" % (
-            self._queue.qsize(), self.maxsize, self.put_count, self.done_count,
-            self.failed_count)
+            self._size, self.maxsize, self.put_count, self.done_count, self.failed_count)

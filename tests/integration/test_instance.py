@@ -264,14 +264,16 @@ def test_queued_notifications_survive_a_restart_inside_the_process(pg_dsn, runni
     old = running(_spec("tests.handlers:block"))  # the catch_up holds the only handler
     _notify(pg_dsn, "q1", "q2")
     wait_for(lambda: old.health()["backlog"] == 2, 5, message="q1, q2 not queued")
-    old.stop(0.2)  # the blocked handler is killed; q1 and q2 stay queued
-    assert old.queue.qsize() == 2
+    old.stop(0.2)  # the blocked handler is killed: its catch_up goes back, first in line
+    assert old.queue.qsize() == 3
     gate.set()
     new = running(_spec("tests.handlers:block"), queue=old.queue)
-    wait_for(lambda: len(handlers.seen) == 4, 5, message="queue not taken over")
+    wait_for(lambda: len(handlers.seen) == 5, 5, message="queue not taken over")
     assert [(n.kind, n.payload) for n in handlers.seen] == [
-        ("catch_up", ""), ("notify", "q1"), ("notify", "q2"), ("catch_up", "")]
-    assert new.health()["processed"] == 3
+        ("catch_up", ""), ("catch_up", ""), ("notify", "q1"), ("notify", "q2"),
+        ("catch_up", "")]
+    assert handlers.seen[0] is handlers.seen[1]  # the same one, handed out again
+    assert new.health()["processed"] == 4
 
 
 @pytest.mark.timeout(30)
@@ -299,13 +301,13 @@ def test_drain_past_its_timeout_kills_and_logs_what_it_dropped(pg_dsn, running, 
     wait_for(lambda: instance.health()["backlog"] == 2, 5, message="backlog not 2")
     caplog.set_level(logging.INFO, logger="instances.instance")
     started = time.monotonic()
-    assert instance.drain(0.3) == 2
+    assert instance.drain(0.3) == 3  # x1, x2 and the killed handler's catch_up
     assert time.monotonic() - started < 3
     assert instance.exit == "abnormal"
     [record] = [r for r in caplog.records
                 if getattr(r, "action", None) == "instance.dropped_at_shutdown"]
-    assert record.dropped == 2 and record.instance == "river"
-    assert "2 queued notification(s) not handled" in record.getMessage()
+    assert record.dropped == 3 and record.instance == "river"
+    assert "3 queued notification(s) not handled" in record.getMessage()
 
 
 @pytest.mark.timeout(30)

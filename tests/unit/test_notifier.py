@@ -172,3 +172,45 @@ def test_the_spec_validates_connection_and_catch_up_interval():
     with pytest.raises(InvalidConfigurationException, match="catch_up_interval=0"):
         spec.replace(catch_up_interval=0)
     assert "connection" in spec.restart_fields(spec.replace(connection="own"))
+
+
+class _Notify:
+    """A psycopg2 Notify as the connector hands it over: pid, channel, payload."""
+
+    def __init__(self, channel, payload, pid=7):
+        self.channel, self.payload, self.pid = channel, payload, pid
+
+
+def test_a_read_reaches_each_subscriber_as_one_chunk_of_its_channels_in_order():
+    notifier = Notifier("dbname=x")
+    queues = {name: MemoryQueue() for name in ("a", "ab", "b")}
+    subscriptions = {}
+    for name, queue in queues.items():
+        subscription = Subscription(FakeNotifiers(), "dbname=x", tuple(name), queue, name=name)
+        subscription.start()
+        subscription.activated(tuple(name))
+        notifier.subscriptions[subscription] = None
+        subscriptions[name] = subscription
+    notifier._routes = notifier._build_routes()
+    notifier.post_execute([_Notify("a", "1"), _Notify("b", "2"), _Notify("a", "3"),
+                           _Notify("nobody", "4"), _Notify("a", "5")])
+    chunks = {name: queue.get_chunk(False) for name, queue in queues.items()}
+    assert all(queue.qsize() == 0 for queue in queues.values())  # one chunk each
+    assert [n.payload for n in chunks["a"]] == ["1", "3", "5"]
+    assert [n.payload for n in chunks["ab"]] == ["1", "2", "3", "5"]
+    assert [n.payload for n in chunks["b"]] == ["2"]
+    assert chunks["a"][0] is chunks["ab"][0]  # built once, shared
+    assert (chunks["b"][0].kind, chunks["b"][0].pid, chunks["b"][0].channel) == ("notify", 7, "b")
+    assert notifier.received == 5 and subscriptions["ab"].received == 4
+
+
+def test_a_read_larger_than_the_room_left_is_taken_in_part_the_rest_dropped_counted():
+    queue = MemoryQueue(3)
+    subscription = _subscription(queue)
+    subscription.offer_many([_live(str(i)) for i in range(5)])
+    assert (queue.qsize(), subscription.dropped, subscription.overflows) == (3, 2, 1)
+    subscription.offer_many([_live("later")])  # the episode lasts: dropped too
+    assert subscription.dropped == 3
+    assert [n.payload for n in queue.get_chunk(False)] == ["0", "1", "2"]
+    wait_for(lambda: subscription.catch_ups == 1, 5)
+    assert [n.kind for n in _drain(queue)] == ["catch_up"]

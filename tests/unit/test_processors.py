@@ -10,7 +10,7 @@ from instances import InstanceSpec
 from instances.components import ComponentKilled
 from instances.exceptions import InvalidConfigurationException
 from instances.processors import ProcessorPool
-from instances.queues import Closed, Full, MemoryQueue
+from instances.queues import Closed, Empty, Full, MemoryQueue
 from supervisor.testing import HubHeartbeat, holds, wait_for
 
 
@@ -302,7 +302,7 @@ def test_a_closed_queue_is_drained_then_the_pool_ends_normally(pools):
 @pytest.mark.timeout(10)
 def test_a_failing_queue_ends_the_pool_abnormally(pools, caplog):
     class BrokenQueue(MemoryQueue):
-        def done(self, item):
+        def done_many(self, count):
             raise OSError("disk full")
 
     pool = make_pool(lambda item: None, BrokenQueue(10), min_concurrency=2, max_concurrency=2)
@@ -481,3 +481,149 @@ def test_a_long_backlog_never_holds_the_hub():
         beat.stop()
         pool.stop(5)
     assert beat.max_stall < 0.05, "the hub was held %.1f ms" % (beat.max_stall * 1000)
+
+
+# -- the chunk hand-off -------------------------------------------------------------------
+def test_the_bound_counts_items_a_chunk_that_does_not_fit_is_taken_in_part():
+    queue = MemoryQueue(5)
+    assert queue.put_many([1, 2, 3], False) == 3
+    assert queue.put_many([4, 5, 6, 7], False) == 2  # room for two: those, in order
+    assert queue.qsize() == 5 and queue.full() and queue.put_count == 5
+    assert queue.put_many([8], False) == 0
+    assert queue.get_chunk(False) == [1, 2, 3]  # one chunk per put
+    assert queue.get_chunk(False) == [4, 5]
+    with pytest.raises(Empty):
+        queue.get_chunk(False)
+
+
+def test_get_chunk_shares_a_backlog_among_the_workers_of_a_pool():
+    queue = MemoryQueue(100)
+    queue.put_many(list(range(10)))
+    assert queue.get_chunk(False, split=4) == [0, 1, 2]  # ceil(10 / 4)
+    assert queue.get_chunk(False, split=4) == [3, 4]  # ceil(7 / 4)
+    assert queue.get() == 5
+    assert queue.get_chunk(False) == [6, 7, 8, 9]
+    assert queue.qsize() == 0
+
+
+def test_released_items_are_first_in_line_in_their_order_beyond_the_bound():
+    queue = MemoryQueue(3)
+    queue.put_many(["c", "d", "e"])
+    queue.give_back(["a", "b"])  # taken earlier, never finished
+    assert queue.qsize() == 5 and queue.put_count == 3
+    assert queue.get_chunk(False) == ["a", "b"]
+    assert queue.get_chunk(False) == ["c", "d", "e"]
+
+
+@pytest.mark.timeout(10)
+def test_a_blocked_put_many_takes_what_fits_as_room_appears_and_a_throw_loses_nothing():
+    queue = MemoryQueue(2)
+    queue.put_many(["a", "b"])
+    putter = gevent.spawn(queue.put_many, ["c", "d", "e"])
+    wait_for(lambda: len(queue._putters) == 1, 5)
+    assert queue.get() == "a"
+    wait_for(lambda: queue.qsize() == 2, 5)  # "c" went in, the putter waits for more
+    assert not putter.ready()
+    putter.kill(block=True)  # as an own listener's stop would
+    assert [queue.get(), queue.get()] == ["b", "c"] and queue.qsize() == 0
+    assert not queue._putters  # the thrown-into waiter is gone
+    queue.put("f")  # and nothing is woken by mistake
+    assert queue.get() == "f"
+
+
+@pytest.mark.timeout(10)
+def test_a_getter_thrown_into_while_it_waits_takes_nothing():
+    queue = MemoryQueue(5)
+    getter = gevent.spawn(queue.get_chunk)
+    wait_for(lambda: len(queue._getters) == 1, 5)
+    getter.kill(block=True)
+    queue.put_many([1, 2])
+    assert queue.get_chunk(False) == [1, 2]
+
+
+@pytest.mark.timeout(10)
+def test_close_wakes_blocked_getters_and_putters():
+    def outcome(call, *args):
+        try:
+            call(*args)
+        except Closed:
+            return "closed"
+
+    queue = MemoryQueue(1)
+    queue.put(0)
+    putter = gevent.spawn(outcome, queue.put, 1)
+    empty = MemoryQueue(1)
+    getter = gevent.spawn(outcome, empty.get_chunk)
+    wait_for(lambda: queue._putters and empty._getters, 5)
+    queue.close()
+    empty.close()
+    assert putter.get(timeout=5) == getter.get(timeout=5) == "closed"
+    assert queue.get() == 0  # what was queued is still there for getters
+
+
+@pytest.mark.timeout(10)
+def test_a_pool_takes_a_read_as_one_chunk_and_counts_it_once(pools):
+    seen = []
+    queue = MemoryQueue(100)
+    pool = make_pool(seen.append, queue)
+    queue.put_many(list(range(50)))
+    pools.append(pool.start())
+    wait_for(lambda: pool.processed == 50, 5)
+    assert seen == list(range(50))
+    assert queue.done_count == 50 and queue.qsize() == 0
+    assert pool.latency_buckets()[-1] == ("+Inf", 50)
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_mid_chunk_ends_after_the_current_item_and_gives_back_the_rest(pools):
+    gate = Gate(block=lambda item: item == 2)
+    queue = MemoryQueue(100)
+    pool = make_pool(gate, queue)
+    queue.put_many([0, 1, 2, 3, 4])
+    pools.append(pool.start())
+    wait_for(lambda: gate.started == [0, 1, 2], 5)
+    stopper = gevent.spawn(pool.stop, 5)
+    gevent.sleep(0.01)
+    gate.release.set()  # the current item finishes
+    assert stopper.get(timeout=5) is True
+    assert gate.finished == [0, 1, 2] and pool.processed == 3
+    assert queue.get_chunk(False) == [3, 4]  # not started: back, first in line
+
+
+@pytest.mark.timeout(10)
+def test_a_kill_mid_chunk_gives_back_the_item_in_flight_and_the_rest(pools):
+    gate = Gate(block=lambda item: item == 1)
+    queue = MemoryQueue(100)
+    queue.put_many([0, 1, 2])
+    queue.put_many([3])
+    pool = make_pool(gate, queue)
+    pools.append(pool.start())
+    wait_for(lambda: gate.started == [0, 1], 5)
+    pool.kill(block=True, timeout=5)
+    assert pool.exit == "abnormal" and pool.processed == 0  # the chunk never finished
+    assert queue.get_chunk(False) == [1, 2] and queue.get_chunk(False) == [3]
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_in_a_retry_wait_gives_the_item_back_and_the_next_pool_runs_it(pools):
+    tries = []
+
+    def flaky(item):
+        tries.append(item)
+        if item == "x" and len(tries) < 3:
+            raise ConnectionError("database blip")
+
+    queue = MemoryQueue(100)
+    first = make_pool(flaky, queue)
+    first.retry_delay = 30.0  # the stop comes during the wait
+    queue.put_many(["x", "y"])
+    pools.append(first.start())
+    wait_for(lambda: first.retried == 1, 5)
+    assert first.stop(5) is True  # prompt: the wait is interrupted, no kill
+    assert first.failed == 0 and queue.failed_count == 0  # not sent to the error path
+    assert queue.get_chunk(False, split=1) == ["x", "y"]
+    queue.give_back(["x", "y"])
+    second = make_pool(flaky, queue)
+    pools.append(second.start())
+    wait_for(lambda: second.processed == 2, 5)
+    assert tries == ["x", "x", "x", "y"] and queue.failed_count == 0
