@@ -62,6 +62,7 @@ import bisect
 import logging
 import time
 import traceback
+import weakref
 
 import gevent
 import gevent.event
@@ -77,6 +78,9 @@ from instances.queues import Closed, Empty
 from instances.spec import check_batch, check_concurrency, check_handler_timeout
 
 log = logging.getLogger(__name__)
+
+#: The last pool started on each queue (weakly): see :meth:`ProcessorPool.start`.
+_last_pool = weakref.WeakKeyDictionary()
 
 
 class HandlerTimeout(BaseException):
@@ -104,6 +108,15 @@ class _Stop(GreenletExit):
 
 #: What _wait_for returns instead of work: exit (an idle worker above min), try again.
 _RETIRE, _AGAIN = object(), object()
+
+
+def _kill_all(glets, block, timeout):
+    """Kill ``glets`` (ComponentKilled); with ``block``, wait up to ``timeout`` seconds.
+    (gevent's killall raises Timeout when one outlives it -- a handler that swallows the
+    kill --; here the caller looks at who is still alive instead.)"""
+    gevent.killall(glets, ComponentKilled, block=False)
+    if block:
+        gevent.joinall(glets, timeout=timeout)
 
 
 class _Worker:
@@ -170,6 +183,8 @@ class ProcessorPool:
         self.last_error = None
         self._failure_log = LogLimiter()
         self._manager = None
+        self._stragglers = []  # workers of the previous pool on the queue, still running
+        self._after = None
         #: None: ``handler(item)``; N: ``handler(list of up to N)`` (instances.batching).
         self.batch = check_batch(batch)
         #: None, or the :class:`~instances.ordering.KeyOrder` of ``order_key`` (``"channel"``,
@@ -189,17 +204,52 @@ class ProcessorPool:
         self._wake_manager.set()
 
     def start(self):
-        """Spawn min_concurrency workers and the manager; no-op while alive. Returns self."""
+        """Spawn min_concurrency workers and the manager; no-op while alive. Returns self.
+
+        Never two pools' handlers at once on one queue: while workers of the pool started
+        before on the same queue still run (a stop gave up on handlers that ignored the
+        kill), the workers of this one start only once those are gone."""
         if self._running:
             return self
+        stragglers = self._stragglers_before()
         self._running, self._ending = True, None
         self.exit = self.exception = None
         self._workers = {}
         self._settle = self._settler()
+        self._stragglers = stragglers
+        if stragglers:
+            self._after = gevent.spawn(self._start_after, stragglers)
         for _ in range(self.min_concurrency):
             self._spawn_worker()
         self._manager = gevent.spawn(self._manage)
         return self
+
+    def _stragglers_before(self):
+        """The workers still alive of the last pool started on this queue (this pool
+        included); this pool is the last one from now on."""
+        try:
+            previous = _last_pool.get(self.queue)
+            _last_pool[self.queue] = self
+        except TypeError:  # a queue that cannot be a weak key: not tracked
+            return []
+        if previous is None:
+            return []
+        return [w for w in previous._workers.values() if not w.greenlet.dead]
+
+    def _start_after(self, stragglers):
+        """Wait (this greenlet) for ``stragglers`` to end, then spawn min_concurrency
+        workers. Meanwhile the pool is alive without workers; its heartbeat is theirs."""
+        log.warning("pool %s: %d worker(s) of the previous pool on this queue still run "
+                    "(their handlers ignored the kill): this pool starts once they are gone",
+                    self.name, len(stragglers),
+                    extra={"action": "pool.waits_for_stragglers", "instance": self.name})
+        gevent.joinall([w.greenlet for w in stragglers])
+        self._stragglers = []
+        if self._running and not self._ending:
+            for _ in range(self.min_concurrency):
+                self._spawn_worker()
+            log.info("pool %s: the previous pool's workers are gone, started", self.name,
+                     extra={"action": "pool.started_after_stragglers", "instance": self.name})
 
     def resize(self, min_concurrency, max_concurrency):
         """Change the bounds live: spawn up to the new min; retire workers above the new
@@ -258,7 +308,7 @@ class ProcessorPool:
                         extra={"action": "pool.stop_timeout", "instance": self.name})
             self._ending = "kill"
             self.exception = ComponentKilled("handlers killed at stop")
-            gevent.killall(stuck, ComponentKilled, block=True, timeout=timeout)
+            _kill_all(stuck, True, timeout)
         if self._running:  # a worker that ignored the kill: give up on it
             self._finish("abnormal" if stuck else "normal", self.exception)
         return not stuck and self.exit == "normal"
@@ -277,7 +327,7 @@ class ProcessorPool:
         glets = list(self._workers)
         for glet in glets:
             self._workers[glet].stopping = True
-        gevent.killall(glets, ComponentKilled, block=block, timeout=timeout)
+        _kill_all(glets, block, timeout)
         for glet in glets:  # one killed before it ever ran has no finally to remove it
             if glet.dead:
                 self._workers.pop(glet, None)
@@ -310,10 +360,12 @@ class ProcessorPool:
         handler may run as long as it likes). Once every handler is past its deadline --
         interrupted, and ignoring it -- the newest deadline: the supervisor's
         ``heartbeat_timeout`` after it is the margin before the pool counts as hung.
-        None when no worker runs."""
+        None when no worker runs. While the workers of the previous pool on the queue
+        still run (see :meth:`start`), theirs: a handler that ignores every interrupt
+        makes this pool hung too."""
         now, limit = time.monotonic(), self.handler_timeout
         beats = []
-        for worker in self._workers.values():
+        for worker in list(self._workers.values()) or self._stragglers:
             if worker.busy_since is None or limit is None:
                 return now
             beats.append(min(now, worker.busy_since + limit))
@@ -339,6 +391,8 @@ class ProcessorPool:
         return sum(1 for w in self._workers.values() if not w.stopping)
 
     def _spawn_worker(self):
+        if self._stragglers:  # _start_after spawns them once the previous pool is gone
+            return
         worker = _Worker()
         worker.greenlet = glet = gevent.Greenlet(self._work, worker)
         self._workers[glet] = worker
@@ -866,6 +920,9 @@ class ProcessorPool:
         self.exit, self.exception = exit, exception
         if self._manager is not None:
             self._manager.kill(block=False)
+        if self._after is not None:
+            self._after.kill(block=False)
+            self._after = None
         log.info("pool %s ended (%s)", self.name, exit,
                  extra={"action": "pool.ended", "instance": self.name})
         self._links.notify_soon(self)

@@ -12,7 +12,7 @@ import pytest
 
 from instances import InstanceSpec
 from instances.instance import Instance
-from supervisor.testing import wait_for
+from supervisor.testing import holds, wait_for
 from tests import handlers
 
 pytestmark = pytest.mark.usefixtures("hub_heartbeat")
@@ -47,6 +47,29 @@ def slow(notification):
     finally:
         state["running"] -= 1
     state["done"].append(notification.payload)
+
+
+stubborn_release = gevent.event.Event()
+
+
+def stubborn(notification):
+    """Count how many run at once; payload ``stuck``: ignore every interrupt (a kill
+    included) until ``stubborn_release`` is set, as a handler swallowing BaseException
+    would; else take 20 ms."""
+    state["running"] += 1
+    state["peak"] = max(state["peak"], state["running"])
+    try:
+        if notification.payload == "stuck":
+            while not stubborn_release.is_set():
+                try:
+                    stubborn_release.wait()
+                except BaseException as error:  # noqa: B036 -- what this handler is for
+                    state["interrupted"].append(type(error).__name__)
+        else:
+            gevent.sleep(0.02)
+    finally:
+        state["running"] -= 1
+    state["done"].append(notification.payload or notification.kind)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -274,6 +297,48 @@ def test_queued_notifications_survive_a_restart_inside_the_process(pg_dsn, runni
         ("catch_up", "")]
     assert handlers.seen[0] is handlers.seen[1]  # the same one, handed out again
     assert new.health()["processed"] == 4
+
+
+@pytest.mark.timeout(30)
+def test_a_full_queue_never_makes_an_own_listener_stop_spend_the_grace(pg_dsn, running, gate,
+                                                                       caplog):
+    instance = running(_spec("tests.handlers:block", connection="own", queue_size=1))
+    wait_for(lambda: len(handlers.seen) == 1, 5, message="the catch_up is not held")
+    _notify(pg_dsn, "a", "b", "c", "d", "e")  # one read: "a" fits, the listener waits
+    wait_for(lambda: instance.queue.qsize() == 1 and instance.listener.received == 5, 5,
+             message="the listener is not blocked on the full queue")
+    listener = instance.listener
+    stopper = gevent.spawn(instance.stop, 5)
+    wait_for(lambda: not listener.is_alive(), 2, message="the listener waited for room")
+    gate.set()  # the handler in flight finishes within the grace the pool still has
+    assert stopper.get(timeout=10) is True  # clean: nothing killed
+    assert listener.exit == "normal" and instance.exit == "normal"
+    assert [n.kind for n in handlers.seen] == ["catch_up"]
+    assert instance.queue.qsize() == 1  # "a" stays for the next instance on the queue
+    [record] = [r for r in caplog.records
+                if getattr(r, "action", None) == "listener.dropped_at_stop"]
+    assert record.dropped == 4
+
+
+@pytest.mark.timeout(30)
+def test_a_restart_never_runs_two_handlers_while_the_old_one_ignores_its_kill(pg_dsn,
+                                                                             running):
+    stubborn_release.clear()
+    spec = _spec(HERE + ":stubborn", max_concurrency=1)
+    old = running(spec)
+    _notify(pg_dsn, "stuck", "x")
+    wait_for(lambda: state["interrupted"] == [] and "catch_up" in state["done"]
+             and state["running"] == 1, 5, message="the stuck handler does not run")
+    assert old.stop(0.2) is False  # the kill is swallowed: the stop gives up on it
+    assert state["interrupted"] and state["running"] == 1
+    new = running(spec, queue=old.queue)
+    wait_for(lambda: new.queue.qsize() >= 1, 5, message="no catch_up for the new one")
+    holds(lambda: state["running"] == 1, 0.3, message="a second handler started")
+    stubborn_release.set()
+    wait_for(lambda: state["done"].count("catch_up") == 2, 10, message="nothing more ran")
+    assert state["done"] == ["catch_up", "stuck", "x", "catch_up"]
+    assert state["peak"] == 1
+    assert new.pool.alive and new.health()["processed"] == 2
 
 
 @pytest.mark.timeout(30)
