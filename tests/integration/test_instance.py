@@ -72,6 +72,14 @@ def stubborn(notification):
     state["done"].append(notification.payload or notification.kind)
 
 
+def blip(notification):
+    """Payload ``blip`` fails on its first try (a database blip); record what succeeds."""
+    if notification.payload == "blip" and "blip" not in state["interrupted"]:
+        state["interrupted"].append("blip")
+        raise ConnectionError("database blip")
+    state["done"].append(notification.payload or notification.kind)
+
+
 # -- helpers ---------------------------------------------------------------------------
 def _spec(handler="tests.handlers:record", **fields):
     values = {"name": "river", "channels": ["doc_changed"], "handler": handler}
@@ -339,6 +347,21 @@ def test_a_restart_never_runs_two_handlers_while_the_old_one_ignores_its_kill(pg
     assert state["done"] == ["catch_up", "stuck", "x", "catch_up"]
     assert state["peak"] == 1
     assert new.pool.alive and new.health()["processed"] == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_during_a_retry_wait_keeps_the_notification_for_the_next_instance(pg_dsn,
+                                                                                  running):
+    old = running(_spec(HERE + ":blip"))
+    old.pool.retry_delay = 30.0  # the stop comes during the wait
+    _notify(pg_dsn, "blip", "after")
+    wait_for(lambda: old.pool.retried == 1, 5, message="no retry wait")
+    assert old.stop(5) is True  # clean: the wait is interrupted, nothing killed
+    assert old.queue.qsize() == 2 and old.queue.failed_count == 0  # given back, in order
+    new = running(_spec(HERE + ":blip"), queue=old.queue)
+    wait_for(lambda: state["done"].count("catch_up") == 2, 5, message="not taken over")
+    assert state["done"] == ["catch_up", "blip", "after", "catch_up"]
+    assert new.health()["failed"] == 0
 
 
 @pytest.mark.timeout(30)
