@@ -291,11 +291,9 @@ class Executor:
                 return self._park(record, "cannot start: %s" % error)
             built = Built(old.spec, error=str(error), asked=built.spec,
                           fresh_queue=built.fresh_queue)
-            try:
-                instance = self._started(built, None if built.fresh_queue else old.queue)
-            except Exception as again:
-                return self._park(record, "cannot start: %s (the previous spec cannot "
-                                  "start either: %s)" % (error, again))
+            instance = self._start_previous(record, built, old)
+            if instance is None:
+                return Outcome.PARKED
         record.instance = instance
         record.exit, record.final_state, record.died_in_outage = None, None, False
         record.refused_by = record.fatal = None
@@ -313,6 +311,16 @@ class Executor:
         log.info("instance %s %s (%s)", record.name, outcome, reason,
                  extra={"action": "supervisor." + outcome, "instance": record.name})
         return outcome
+
+    def _start_previous(self, record, built, old):
+        """The spec asked for failed to start after ``old`` stopped: start ``built`` (of
+        ``old``'s spec) instead; None (and ``record`` parked) when that fails too."""
+        try:
+            return self._started(built, None if built.fresh_queue else old.queue)
+        except Exception as again:
+            self._park(record, "cannot start: %s (the previous spec cannot start either: "
+                       "%s)" % (built.error, again))
+            return None
 
     def _started(self, built, queue):
         """The instance of ``built`` (made now if it was not yet, on ``queue``), started;

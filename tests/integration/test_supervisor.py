@@ -172,3 +172,35 @@ def test_an_edit_whose_order_key_cannot_be_imported_leaves_the_instance_running(
     assert "order_key='no_such_module_pgvisor:key'" in error, error
     assert supervisor.instance("river") is running and running.alive
     assert running.spec.order_key is None
+
+
+@pytest.mark.timeout(30)
+def test_new_options_of_the_same_spool_open_after_the_old_queue_closed_or_fall_back(
+        registry, supervisor, pg_dsn, tmp_path):
+    """A spool directory the running instance holds opens only once that instance closed
+    it; when it then fails (here its queue_out_dir is a file), the previous spec starts
+    again on the same directory and the error shows."""
+    spool = str(tmp_path / "spool")
+    registry.add(_spec(queue={"spool": spool}))
+    supervisor.start()
+    _wait_state(supervisor, "river", "running")
+    first = supervisor.instance("river")
+    registry.update("river", queue={"spool": spool, "max_attempts": 7})
+    wait_for(lambda: supervisor.instance("river") is not first, 10)
+    _wait_state(supervisor, "river", "running")
+    assert supervisor.instance("river").queue.max_attempts == 7
+    _notify(pg_dsn, "doc_changed", "same-dir")
+    wait_for(lambda: "same-dir" in [n.payload for n in handlers.seen], 5)
+
+    second = supervisor.instance("river")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    registry.update("river", queue={"spool": spool, "max_attempts": 7,
+                                    "queue_out_dir": str(blocker / "out")})
+    wait_for(lambda: supervisor.status()["river"]["pending_spec_error"], 10)
+    third = supervisor.instance("river")
+    assert third is not second and third.alive  # stopped, then its previous spec again
+    assert third.spec == second.spec and third.queue.directory == spool
+    _wait_state(supervisor, "river", "running")
+    _notify(pg_dsn, "doc_changed", "fallen-back")
+    wait_for(lambda: "fallen-back" in [n.payload for n in handlers.seen], 5)
