@@ -494,7 +494,9 @@ class Chaos:
             "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn])[0][0], 30, 0.02,
             "standby replayed everything committed")
         self.primary.kill()
-        self.proxies[0].stop()  # the dead host refuses connections, as a real one does
+        # The dead primary's proxy goes on accepting TCP and closes each connection during
+        # startup (a proxy or load balancer in front of a dead server): libpq alone would
+        # not go on to the next host there; the service must.
         started = time.monotonic()
         self.standby.promote()
         self.producer.resume()
@@ -665,8 +667,10 @@ NOTES = """
 - *half-open*: the proxy in front of the primary forwards nothing (connections stay open);
   the figure is the time until the service logs the loss.
 - *first live notification*: from the moment the restarted server accepts connections to
-  the first live notification handled; it includes the rest of the notifier's reconnect
-  backoff (1 s doubling, capped at 32 s), so it grows with the length of the outage.
+  the first live notification handled. The supervisor wakes the notifier out of its
+  reconnect backoff (1 s doubling, capped at 32 s) as soon as its probe sees the database
+  back, so it is bounded by how soon the probe sees it (its interval backs off to 5 s
+  while down), not by the rest of a backoff step.
 - *restarts*: ``supervisor.restarted`` log lines of both service processes; *automatic*
   ones are the supervisor's own (a dead or hung instance), the rest were asked for over
   the HTTP API. *parks*: ``supervisor.park`` lines (an instance over its restart budget).
@@ -676,9 +680,9 @@ NOTES = """
 - *failover*: the producer pauses until the standby replayed everything committed (so no
   acknowledged row is lost by asynchronous replication), the primary is killed, the
   standby promoted; the service finds it through the multi-host DSN. The dead primary's
-  proxy stops listening (connection refused, as a dead host's port does): libpq moves to
-  the next host only when a connection fails, not when a host accepts TCP and then closes
-  it during startup (a TCP proxy or load balancer in front of a dead server).
+  proxy keeps accepting TCP and closes each connection during startup (a TCP proxy or load
+  balancer in front of a dead server), where libpq alone gives up on the whole host list:
+  the service's connector hands libpq one host at a time and goes on to the next.
 - *fd and RSS growth*: ``/proc`` of the service, from after the warm-up to just before its
   kill -9, and from its restart to the end of the run.
 """
