@@ -5,10 +5,17 @@
 installs both). When they are missing the tests *fail* with how to get them: CI runs these
 tests, it never skips them. The flags keep Chromium off the network (no background
 requests, updates, sync or QUIC) with a fresh profile of its own.
+
+The page rebuilds its tables' rows at every refresh (every 2 s): an element found before a
+refresh is stale after it. So the helpers below find what they read or click again each
+time (:meth:`Chromium.fresh`), and :meth:`Chromium.wait` polls again on a stale element;
+a test keeps no element of a row across two calls (on a loaded machine the calls are slow
+enough for a refresh to come between them).
 """
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -53,17 +60,55 @@ class Chromium:
 
     def wait(self, condition, message, timeout=PAGE_TIMEOUT):
         """Poll ``condition(driver)`` until it is truthy (its value) or fail with
-        ``message`` after ``timeout`` seconds."""
+        ``message`` after ``timeout`` seconds; a condition that meets a stale element is
+        polled again (it must find its elements itself, each call)."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(condition, message)
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(
+                                 condition, message)
+
+    def fresh(self, read, timeout=PAGE_TIMEOUT):
+        """``read()``, again while it meets an element a refresh replaced since ``read``
+        found it (``read`` finds its elements itself); its value."""
+        from selenium.common.exceptions import StaleElementReferenceException
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return read()
+            except StaleElementReferenceException:
+                if time.monotonic() > deadline:
+                    raise
+
+    def find(self, css):
+        return self.driver.find_element("css selector", css)
 
     # -- the status page ---------------------------------------------------------------------
     def cell(self, name, column):
         """The text of ``column`` (a class of the instances table's cells) for instance
         ``name``; None while there is no such row."""
-        found = self.driver.find_elements(
-            "css selector", 'tr[data-instance="%s"] td.%s' % (name, column))
-        return found[0].text if found else None
+        def read():
+            found = self.driver.find_elements(
+                "css selector", 'tr[data-instance="%s"] td.%s' % (name, column))
+            return found[0].text if found else None
+        return self.fresh(read)
+
+    def row_text(self, name):
+        """All the text of instance ``name``'s row, hidden parts included."""
+        return self.fresh(lambda: self.find('tr[data-instance="%s"]' % name).get_attribute(
+            "textContent"))
+
+    def expand(self, name, column):
+        """Open the collapsed full text of ``column`` in instance ``name``'s row."""
+        self.fresh(lambda: self.find('tr[data-instance="%s"] td.%s summary' % (
+            name, column)).click())
+
+    def expanded(self, name, column):
+        """The full text of ``column`` in ``name``'s row when it is shown, else None."""
+        def read():
+            full = self.find('tr[data-instance="%s"] td.%s pre' % (name, column))
+            return full.text if full.is_displayed() else None
+        return self.fresh(read)
 
     def wait_cell(self, name, column, text):
         return self.wait(lambda d: self.cell(name, column) == text,
@@ -80,18 +125,22 @@ class Chromium:
 
     def outcomes(self):
         """The action outcomes shown, newest first."""
-        return [item.text for item in self.driver.find_elements("css selector", "#outcomes li")]
+        return self.fresh(lambda: [
+            item.text for item in self.driver.find_elements("css selector", "#outcomes li")])
 
     def action_buttons(self):
-        return self.driver.find_elements("css selector", "#instances button.action")
+        """``(instance, action)`` of each action button shown."""
+        return self.fresh(lambda: [
+            (button.get_attribute("data-instance"), button.get_attribute("data-action"))
+            for button in self.driver.find_elements("css selector", "#instances button.action")])
 
     def enter_token(self, token):
         self.driver.find_element("id", "token").send_keys(token)
         self.driver.find_element("id", "token-use").click()
 
     def click(self, name, action):
-        self.driver.find_element("css selector", 'button[data-instance="%s"][data-action="%s"]'
-                                 % (name, action)).click()
+        self.fresh(lambda: self.find('button[data-instance="%s"][data-action="%s"]' % (
+            name, action)).click())
 
     def close(self):
         try:

@@ -98,9 +98,8 @@ def test_page_is_read_only_without_the_token_and_acts_with_it(chromium, pg_dsn, 
         chromium.wait_cell("river", "restarts", "1")
         assert svc.status()["river"]["restarts"] == 1
 
-        assert {b.get_attribute("data-action") for b in chromium.action_buttons()
-                if b.get_attribute("data-instance") == "spare"} == {
-                    "enable", "restart", "verify", "shutdown"}
+        assert {action for name, action in chromium.action_buttons() if name == "spare"} == {
+            "enable", "restart", "verify", "shutdown"}
         chromium.click("spare", "enable")
         chromium.wait(lambda d: len(chromium.outcomes()) == 3, "the outcome of the enable")
         assert "enable spare: enabled (registry version" in chromium.outcomes()[0]
@@ -146,27 +145,20 @@ def test_markup_in_errors_and_channels_is_shown_as_text_and_never_run(
         assert chromium.driver.find_elements("tag name", "img") == []
         scripts = chromium.driver.find_elements("tag name", "script")
         assert [s.get_attribute("src") for s in scripts] == [svc.url + "/static/status.js"]
-        rows = {name: chromium.driver.find_element("css selector",
-                                                   'tr[data-instance="%s"]' % name)
-                for name in ("parked", "failing")}
-        assert XSS_ERROR in rows["parked"].get_attribute("textContent")
-        failing = rows["failing"].get_attribute("textContent")
+        assert XSS_ERROR in chromium.row_text("parked")
+        failing = chromium.row_text("failing")
         assert repr(RuntimeError(XSS_ERROR)) in failing and XSS_CHANNEL in failing, failing
         assert XSS_ERROR in chromium.driver.find_element("id", "events").get_attribute(
             "textContent")
 
-        for name, column in (("parked", "state"), ("failing", "last-error")):
-            rows[name].find_element("css selector", "td.%s summary" % column).click()
-        chromium.wait(lambda d: all(
-            chromium.driver.find_element(
-                "css selector", 'tr[data-instance="%s"] td.%s pre' % (name, column)
-            ).is_displayed() for name, column in (("parked", "state"),
-                                                   ("failing", "last-error"))),
-            "the full texts once expanded")
+        cells = (("parked", "state"), ("failing", "last-error"))
+        for name, column in cells:
+            chromium.expand(name, column)
+        chromium.wait(lambda d: all(chromium.expanded(name, column) for name, column in cells),
+                      "the full texts once expanded")
         chromium.wait_refreshes(1)  # they stay expanded across a refresh
-        full = chromium.driver.find_element(
-            "css selector", 'tr[data-instance="parked"] td.state pre')
-        assert full.is_displayed() and XSS_ERROR in full.text
+        full = chromium.expanded("parked", "state")
+        assert full is not None and XSS_ERROR in full
         assert chromium.driver.execute_script("return window.__xss") is None
         assert chromium.driver.find_elements("tag name", "img") == []
     finally:
