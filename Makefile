@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: test unit docs lint demo bench bench-smoke chaos chaos-smoke postgres chromium screenshot clean
+.PHONY: test test-under-load unit docs lint demo bench bench-smoke chaos chaos-smoke postgres chromium screenshot clean
 
 $(STAMP): setup.py
 	@bash .ci/ensure-venv $(PYTHON) $(VENV)
@@ -23,6 +23,13 @@ chromium:
 
 test: $(BENCH_STAMP) postgres chromium
 	$(PY) -m gevent.monkey --module pytest tests $(PYTEST_ARGS)
+
+# The same suite while BURNERS busy loops (default: one per CPU) keep the CPUs busy: it must
+# pass on a loaded machine (docs/testing.rst). TESTS narrows it (a file, a directory).
+BURNERS ?= $(shell nproc)
+TESTS ?= tests
+test-under-load: $(BENCH_STAMP) postgres chromium
+	bash .ci/under-load -n $(BURNERS) -- $(PY) -m gevent.monkey --module pytest $(TESTS) $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m gevent.monkey --module pytest tests/unit $(PYTEST_ARGS)
