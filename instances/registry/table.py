@@ -39,6 +39,7 @@ from instances.connectors import PostgresConnector, redact_dsn
 from instances.exceptions import ConnectionLost, DatabaseError, RegistryError
 from instances.registry.codec import raise_problems, specs_of
 from instances.registry.desired import DesiredState, RegistryUnavailable
+from instances.registry.follower import RegistryFollower
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,6 @@ class PostgresRegistry(DesiredState):
     def follow(self, notifiers, interval):
         """A started :class:`~instances.registry.follower.RegistryFollower`: reload on
         every NOTIFY of :attr:`channel` (through ``notifiers``) and every ``interval``."""
-        from instances.registry.follower import RegistryFollower
         return RegistryFollower(self, notifiers, interval).start()
 
     def status(self):
