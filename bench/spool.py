@@ -146,9 +146,9 @@ def measure_drain(size, verbose, profile):
             for label, spool in CONTENDERS:
                 figures = bench.run_contender(cluster.dsn, run.FIGURES[0], label, command,
                                               spool, size["drain"])
-                results[label].append(figures["rate"])
+                results[label].append(figures["drain_rate"])
                 if verbose:
-                    print("  drain %s rep %d: %.0f/s" % (label, rep + 1, figures["rate"]),
+                    print("  drain %s rep %d: %.0f/s" % (label, rep + 1, figures["drain_rate"]),
                           file=sys.stderr, flush=True)
         if profile:
             for label, spool in CONTENDERS:

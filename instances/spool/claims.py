@@ -78,14 +78,11 @@ class Claims:
     # -- handing out -------------------------------------------------------------------
 
     def next_item(self):
-        """Hand out the oldest message (claiming the next file when none is ready), or
+        """Hand out the oldest message (claiming the next files when none is ready), or
         return None when ``incoming/`` has nothing deliverable."""
         while not self._ready:
-            claimed = self._claim_next()
-            if claimed is None:
+            if not self._claim_some():
                 return None
-            claim, items = claimed
-            self._ready.extend((item, claim, index) for index, item in enumerate(items))
         return self._hand_out()
 
     def _hand_out(self):
@@ -171,32 +168,61 @@ class Claims:
         claim.open -= 1
         claim.left.discard(index)
         if claim.open == 0:
-            try:
-                os.unlink(claim.path)
-            except FileNotFoundError:
-                pass
+            self._delete(claim.path)
         elif self.closed and claim.inflight == 0:
             self._release(claim)
 
-    def _claim_next(self):
-        """``(claim, items)`` of the oldest deliverable file, or None if there is none."""
+    def _delete(self, path):
+        """Delete the claimed file ``path`` (in the threadpool: the caller waits)."""
+        offload.call(_unlink_all, [path])
+
+    def _claim_some(self):
+        """Claim the oldest file of ``incoming/`` (its rename and read in ONE threadpool
+        call); True once messages are ready, False when nothing is deliverable. One file
+        at a time: a file claimed is a delivery, and a consumer that dies redelivers (and
+        counts an attempt for) every file it held."""
         while True:
             if not self._known:
                 self._refill()
                 if not self._known or self.closed:
-                    return None
+                    return False
             name = self._known.popleft()
-            path = os.path.join(self.pending_dir, name)
-            try:
-                os.rename(os.path.join(self.incoming, name), path)
-            except FileNotFoundError:
-                if not os.path.isdir(self.pending_dir):  # removed under us: make it again
-                    layout.make_dir(self.pending_dir, self.mode)
-                    self._known.appendleft(name)
-                continue  # else another consumer was faster
-            opened = self._open(name, path)
-            if opened is not None:
-                return opened
+            outcome, size, data = offload.call(_claim_file, self.incoming, self.pending_dir,
+                                               name, self.max_file_bytes)
+            if outcome is _CLAIMED:
+                self._take_file(name, size, data)
+            elif outcome is _VANISHED:
+                self._left(names.message_count(name), 0)
+            elif outcome is _NO_DIR:  # pending/<owner>/ was removed under us: make it again
+                layout.make_dir(self.pending_dir, self.mode)
+                self._known.appendleft(name)
+            if self._ready:
+                return True
+
+    def _take_file(self, name, size, data):
+        """A file just claimed (``data``: its content, None when over max_file_bytes):
+        its messages become ready, or it goes to ``errors/``."""
+        self._left(names.message_count(name), size)
+        path = os.path.join(self.pending_dir, name)
+        if data is None:
+            self._banish(Claim(name, path, 1), "oversized",
+                         "%d bytes: over the spool's max_file_bytes=%d"
+                         % (size, self.max_file_bytes))
+            return
+        try:
+            items = codec.decode(data, names.split(name)[0])
+        except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
+            self._banish(Claim(name, path, 1), "undecodable", error)
+            return
+        claim = Claim(name, path, len(items), items)
+        if claim.attempts > self.max_attempts:
+            self._banish(claim, "max_attempts",
+                         "delivered %d times without an outcome" % (claim.attempts - 1))
+            return
+        if not items:
+            self._delete(path)
+            return
+        self._ready.extend((item, claim, index) for index, item in enumerate(items))
 
     def _refill(self):
         """Names of ``incoming/`` into ``_known`` from a listing made in the threadpool; a
@@ -211,36 +237,6 @@ class Claims:
         finally:
             self._listing = None
             listing.set()
-
-    def _open(self, name, path):
-        count = names.message_count(name)
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self._left(count, size)
-                count = None
-                if self.max_file_bytes is not None and size > self.max_file_bytes:
-                    self._banish(Claim(name, path, 1), "oversized",
-                                 "%d bytes: over the spool's max_file_bytes=%d"
-                                 % (size, self.max_file_bytes))
-                    return None
-                items = codec.decode(f.read(), names.split(name)[0])
-        except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
-            self._banish(Claim(name, path, 1), "undecodable", error)
-            return None
-        except FileNotFoundError:  # taken from under us (requeued by an operator)
-            if count is not None:
-                self._left(count, 0)
-            return None
-        claim = Claim(name, path, len(items), items)
-        if claim.attempts > self.max_attempts:
-            self._banish(claim, "max_attempts",
-                         "delivered %d times without an outcome" % (claim.attempts - 1))
-            return None
-        if not items:
-            os.unlink(path)
-            return None
-        return claim, items
 
     def _banish(self, claim, reason, error):
         """Move the whole claimed file to ``errors/`` with a ``.meta``."""
@@ -270,8 +266,8 @@ class Claims:
         claim.open = 0
         if len(claim.left) == claim.size or not claim.items:
             try:
-                size = os.stat(claim.path).st_size
-                os.rename(claim.path, os.path.join(self.incoming, claim.name))
+                size = offload.call(_give_back, claim.path,
+                                    os.path.join(self.incoming, claim.name))
             except FileNotFoundError:
                 pass  # taken from under us (requeued by an operator): nothing to give back
             else:
@@ -283,7 +279,43 @@ class Claims:
             data = codec.encode(claim.items[index])
             self.writer.put_file(data, "incoming", name)
             self._entered(1, len(data))
+        offload.call(_unlink_all, [claim.path])  # after every part is safely in incoming/
+
+
+#: What :func:`_claim_file` did with a name.
+_CLAIMED, _LOST, _VANISHED, _NO_DIR = "claimed", "lost", "vanished", "no pending dir"
+
+
+def _claim_file(incoming, pending_dir, name, max_file_bytes):
+    """Rename ``name`` from ``incoming`` into ``pending_dir`` and read it (runs in the
+    threadpool): ``(outcome, size, data)``, ``data`` None when over ``max_file_bytes``."""
+    path = os.path.join(pending_dir, name)
+    try:
+        os.rename(os.path.join(incoming, name), path)
+    except FileNotFoundError:
+        if not os.path.isdir(pending_dir):
+            return _NO_DIR, 0, None
+        return _LOST, 0, None  # another consumer was faster
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            over = max_file_bytes is not None and size > max_file_bytes
+            return _CLAIMED, size, None if over else f.read()
+    except FileNotFoundError:  # taken from under us (requeued by an operator)
+        return _VANISHED, 0, None
+
+
+def _give_back(path, target):
+    """Rename a claimed file back to ``incoming/``; its size (runs in the threadpool)."""
+    size = os.stat(path).st_size
+    os.rename(path, target)
+    return size
+
+
+def _unlink_all(paths):
+    """Delete ``paths`` (runs in the threadpool); one already gone is fine."""
+    for path in paths:
         try:
-            os.unlink(claim.path)  # after every part is safely in incoming/
+            os.unlink(path)
         except FileNotFoundError:
             pass

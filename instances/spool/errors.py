@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from instances.spool import codec, names
+from instances.spool import codec, names, offload
 
 #: Lines of a handler's traceback kept in ``.meta`` (the last ones: where it failed).
 TRACEBACK_LINES = 30
@@ -57,8 +57,8 @@ def _write_meta(writer, base, meta):
 
 def error_names(directory):
     """Names of the message files in ``errors/`` (no ``.meta``), oldest first."""
-    return sorted(name for name in os.listdir(os.path.join(directory, "errors"))
-                  if not name.endswith(META_SUFFIX))
+    return offload.sort_names([name for name in os.listdir(os.path.join(directory, "errors"))
+                               if not name.endswith(META_SUFFIX)])
 
 
 def _meta_of(directory, name):

@@ -73,9 +73,9 @@ def stats(directory):
     """Counts of the spool ``directory`` without opening it as a queue: ``{"incoming": n,
     "pending": {owner: n}, "errors": n, "tmp": n, "oldest_age": seconds or None}``
     (``oldest_age``: of the oldest file in ``incoming/``)."""
-    incoming = sorted(os.listdir(os.path.join(directory, "incoming")))
+    incoming = os.listdir(os.path.join(directory, "incoming"))
     pending_dir = os.path.join(directory, "pending")
-    oldest = names.enqueued_at(incoming[0]) if incoming else None
+    oldest = names.enqueued_at(min(incoming)) if incoming else None
     return {
         "incoming": len(incoming),
         "pending": {o: len(os.listdir(os.path.join(pending_dir, o)))

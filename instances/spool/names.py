@@ -57,7 +57,10 @@ def new_base(count=1):
 def message_count(name):
     """Messages in the file ``name`` as its name tells (a batch base says ``n<count>``;
     a part split off a batch, or any other name, holds one)."""
-    match = _BASE.match(name.partition(".")[0])
+    base = name.partition(".")[0]
+    if "n" not in base:  # the common case, without a regex (a recount asks per file)
+        return 1
+    match = _BASE.match(base)
     return int(match.group(1)) if match is not None and match.group(1) else 1
 
 

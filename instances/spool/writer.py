@@ -5,10 +5,11 @@ written in full, optionally ``fsync``-ed, then atomically renamed into its targe
 directory (``incoming/`` or ``errors/``), whose directory entry is ``fsync``-ed too in
 durable mode. Readers therefore only ever see complete files.
 
-In durable mode the whole commit (write, ``fsync``, rename, ``fsync`` of the directory)
-runs in gevent's threadpool (:mod:`instances.spool.offload`): one round trip per file,
-and the hub goes on while the disk works. Without ``fsync`` a commit is a few short
-system calls on the caller's thread.
+Every write runs in gevent's threadpool (:mod:`instances.spool.offload`) as ONE call: the
+reservation in ``tmp/``, the count against a limit, the write, the ``fsync`` (durable
+mode), the rename and the ``fsync`` of the directory. On a busy disk even a rename or a
+file creation can wait for the file system's journal for tens of milliseconds; the hub
+goes on meanwhile.
 
 Back-pressure: :meth:`SpoolWriter.write` with a ``limit`` first *reserves* its ``tmp/``
 file, then counts ``tmp/`` + ``incoming/`` (its own reservation included). Over the limit it
@@ -31,8 +32,7 @@ class SpoolWriter:
 
     ``owner`` is the owner id put in ``tmp/`` names, ``fsync`` the durability mode,
     ``file_mode`` the permission bits of new files. Writes block the calling greenlet on
-    back-pressure (:func:`gevent.sleep`) and, with ``fsync``, while the threadpool commits;
-    never the hub. :meth:`put_file` and :meth:`commit` may also be called from a
+    back-pressure (:func:`gevent.sleep`) and while the threadpool writes; never the hub. :meth:`put_file` and :meth:`commit` may also be called from a
     threadpool thread (recovery runs there).
     """
 
@@ -71,10 +71,8 @@ class SpoolWriter:
 
     def commit(self, fd, tmp_path, data, target, name):
         """Write ``data`` (bytes) into the reserved file and rename it to ``target/name``
-        (with ``fsync``: in the threadpool, blocking the calling greenlet only)."""
-        if self.fsync:
-            return offload.call(self._commit, fd, tmp_path, data, target, name)
-        return self._commit(fd, tmp_path, data, target, name)
+        (in the threadpool, blocking the calling greenlet only)."""
+        return offload.call(self._commit, fd, tmp_path, data, target, name)
 
     def _commit(self, fd, tmp_path, data, target, name):
         try:
@@ -101,9 +99,13 @@ class SpoolWriter:
         offload.call(os.fsync, fd)
 
     def put_file(self, data, target, name):
-        """Write ``data`` as ``target/name`` through ``tmp/`` (no limit)."""
+        """Write ``data`` as ``target/name`` through ``tmp/`` (no limit), in the
+        threadpool."""
+        return offload.call(self._put_file, data, target, name)
+
+    def _put_file(self, data, target, name):
         fd, tmp_path, _ = self.reserve()
-        return self.commit(fd, tmp_path, data, target, name)
+        return self._commit(fd, tmp_path, data, target, name)
 
     def count(self):
         """Files in ``tmp/`` + ``incoming/`` (scanned in the threadpool). ``tmp/`` is
@@ -124,14 +126,23 @@ class SpoolWriter:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            fd, tmp_path, base = self.reserve(count)
-            if limit is None or self.count() <= limit:
-                return self.commit(fd, tmp_path, data, "incoming", base)
-            self.discard(fd, tmp_path)
+            base = offload.call(self._write_once, data, limit, count)
+            if base is not None:
+                return base
             remaining = None if deadline is None else deadline - time.monotonic()
             if not block or (remaining is not None and remaining <= 0):
                 raise Full()
             gevent.sleep(wait if remaining is None else min(wait, remaining))
+
+    def _write_once(self, data, limit, count):
+        """One try of :meth:`write` (in the threadpool): the base name, or None when the
+        queue is over ``limit`` (the reservation given back)."""
+        fd, tmp_path, base = self.reserve(count)
+        if limit is not None and self._count() > limit:
+            self.discard(fd, tmp_path)
+            return None
+        self._commit(fd, tmp_path, data, "incoming", base)
+        return base
 
     def close(self):
         fds, self._dir_fds = self._dir_fds, {}
