@@ -94,7 +94,8 @@ def _split_batch(writer, path, base, attempts, max_file_bytes=None):
     if len(messages) < 2:
         return False
     for index, message in enumerate(messages):
-        message.setdefault("id", names.message_id(base, index))
+        if not message.get("id"):  # a Notification's dict says "id": null
+            message["id"] = names.message_id(base, index)
         name = names.with_attempts(names.part_name(base, index, len(messages)), attempts)
         writer.put_file(codec.encode(message), "incoming", name)
     os.unlink(path)  # after every message is safely in incoming/

@@ -745,3 +745,53 @@ def test_requeue_replays_errors_through_a_filter(tmp_path):
     assert queue.requeue(reason="failed") == 1  # the KeyError; the undecodable one stays
     assert queue.error_count() == 1
     assert sorted(i["n"] for i in drain(queue)) == [0, 1, 2]
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_of_notifications_is_stored_as_rows_and_comes_back_the_same(tmp_path):
+    queue = FileQueue(tmp_path)
+    sent = [Notification("ch", "p%d" % i, "notify", 7, 1700000000.5 + i) for i in range(3)]
+    sent.append(Notification(None, "", Notification.CATCH_UP, 0, 1700000009.0))
+    ids = queue.put_batch(sent)
+    (name,) = listing(tmp_path, "incoming")
+    stored = json.loads((tmp_path / "incoming" / name).read_text())
+    assert stored["pgvisor_rows"] == ["channel", "payload", "kind", "pid", "received_at", "id"]
+    assert len(stored["rows"]) == 4
+    got = drain(queue)
+    assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]
+    assert [n.id for n in got] == ids and all(isinstance(n, Notification) for n in got)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("content", [
+    b'{"pgvisor_rows": ["channel"], "rows": []}',
+    b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], "rows": 3}',
+    b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], '
+    b'"rows": [["ch", "p", "notify", 1, 0.0]]}',
+    b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], '
+    b'"rows": [["ch", 5, "notify", 1, 0.0, null]]}',
+    b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], '
+    b'"rows": [["ch", "p", "notify", true, 0.0, null]]}',
+    b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], '
+    b'"rows": [["ch", "p", null, 1, 0.0, null]]}',
+])
+def test_a_bad_rows_file_goes_to_errors_as_undecodable(tmp_path, content):
+    queue = FileQueue(tmp_path)
+    SpoolWriter(str(tmp_path), queue.owner).put_file(content, "incoming", names.new_base(2))
+    queue.put({"n": 1})
+    assert queue.get(block=False)["n"] == 1  # the bad file is set aside, the queue goes on
+    (meta,) = [n for n in listing(tmp_path, "errors") if n.endswith(".meta")]
+    assert json.loads((tmp_path / "errors" / meta).read_text())["reason"] == "undecodable"
+
+
+@pytest.mark.timeout(10)
+def test_recovery_splits_a_rows_batch_keeping_each_message_id(tmp_path):
+    owner = fake_owner(dead_pid(), "1")
+    first = FileQueue(tmp_path)
+    ids = first.put_batch([Notification("ch", "p%d" % i, "notify", 1, 1.0) for i in range(3)])
+    first.close()
+    move_incoming_to_owner(tmp_path, owner)
+    second = FileQueue(tmp_path)  # recovery: three files, one per message
+    assert len(listing(tmp_path, "incoming")) == 3
+    got = drain(second)
+    assert [n.payload for n in got] == ["p0", "p1", "p2"] and [n.id for n in got] == ids
