@@ -28,11 +28,15 @@ thread; every method runs on the caller's greenlet. Only :meth:`Claims.next_item
 outcomes that write a file (a failure, a release after close).
 """
 import collections
+import logging
 import os
 
+from gevent import getcurrent
 from gevent.event import Event
 
 from instances.spool import codec, errors, layout, names, offload
+
+log = logging.getLogger(__name__)
 
 
 class Claim:
@@ -69,6 +73,7 @@ class Claims:
         self._known = collections.deque()  # names of incoming/ seen, oldest first
         self._ready = collections.deque()  # (item, claim, index) decoded, not handed out
         self._handed_out = {}  # id(item) -> (item, claim, index)
+        self._held = {}  # greenlet -> deque of the entries handed out to it in chunks
         self._listing = None  # an Event while a greenlet lists incoming/
 
     def __len__(self):
@@ -80,16 +85,67 @@ class Claims:
     def next_item(self):
         """Hand out the oldest message (claiming the next files when none is ready), or
         return None when ``incoming/`` has nothing deliverable."""
+        if not self.claim_next():
+            return None
+        return self._hand_out()
+
+    def claim_next(self):
+        """Claim files until a message is ready; False when ``incoming/`` has nothing
+        deliverable."""
         while not self._ready:
             if not self._claim_some():
-                return None
-        return self._hand_out()
+                return False
+        return True
 
     def _hand_out(self):
         entry = self._ready.popleft()
         entry[1].inflight += 1
         self._handed_out[id(entry[0])] = entry
         return entry[0]
+
+    def hand_out_chunk(self, limit):
+        """Hand out up to ``limit`` ready messages at once to the calling greenlet (its
+        :meth:`done_many` settles them); the list."""
+        ready, handed_out = self._ready, self._handed_out
+        taken = [ready.popleft() for _ in range(min(limit, len(ready)))]
+        for entry in taken:
+            entry[1].inflight += 1
+            handed_out[id(entry[0])] = entry
+        held = self._held.get(getcurrent())
+        if held is None:
+            if len(self._held) > 64:  # workers come and go: forget the dead ones
+                for glet in [g for g in self._held if g.dead]:
+                    del self._held[glet]
+            held = self._held[getcurrent()] = collections.deque()
+        held.extend(taken)
+        return [entry[0] for entry in taken]
+
+    def done_many(self, count):
+        """The ``count`` oldest messages handed out in chunks to the calling greenlet and
+        still without an outcome are done. More than it holds: the rest is logged and
+        left (given back at close: delivered again, never lost)."""
+        me = getcurrent()
+        self._settle_held(me, self._held.get(me), count)
+
+    def _settle_held(self, me, held, count, quiet=False):
+        """Settle as done the ``count`` oldest entries of ``held`` still handed out."""
+        handed_out, settled = self._handed_out, 0
+        while count and held:
+            entry = held.popleft()
+            if handed_out.get(id(entry[0])) is not entry:
+                continue  # failed or released already (a released one is a new entry)
+            del handed_out[id(entry[0])]
+            claim = entry[1]
+            claim.inflight -= 1
+            self._settle(claim, entry[2])
+            count -= 1
+            settled += 1
+        if held is not None and not held:
+            del self._held[me]
+        if count > 0 and not quiet:
+            log.warning("spool %s: done_many: %d more than the calling greenlet holds",
+                        self.pending_dir, count, extra={"action": "spool.done_many"})
+        return settled
 
     def attempts(self, item):
         """How many times ``item``'s file has been delivered, this delivery included."""
@@ -117,8 +173,8 @@ class Claims:
             claim = entry[1]
             if claim.inflight == 0 and claim.open:
                 self._release(claim)
-        else:
-            self._ready.appendleft(entry)
+        else:  # a new entry: a chunk that held the old one must not settle it
+            self._ready.appendleft((entry[0], entry[1], entry[2]))
 
     def failed(self, item, error, tb_text):
         """``item`` goes alone to ``errors/`` with a ``.meta`` (a batch's other messages are
@@ -142,7 +198,16 @@ class Claims:
 
     def close(self):
         """Hand out nothing more: claimed files with no message in a handler go back to
-        ``incoming/`` at once, the others when their last handed-out message settles."""
+        ``incoming/`` at once, the others when their last handed-out message settles.
+
+        Messages handed out in chunks to greenlets that are dead now and still without an
+        outcome ran: a processor runs its chunk in order and gives back (``release``)
+        what it did not finish, the message in a handler when it was killed included;
+        what it finished waited for the chunk's ``done_many``, which a kill never sends.
+        They are done, so a clean stop never delivers them again."""
+        for glet, held in list(self._held.items()):
+            if glet.dead:
+                self._settle_held(glet, held, len(held), quiet=True)
         self.closed = True
         for claim in {id(c): c for _, c, _ in self._ready}.values():
             if claim.inflight == 0 and claim.open:

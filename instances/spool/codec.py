@@ -40,9 +40,20 @@ def encode(item):
 def encode_batch(items):
     """Several messages as the content of ONE file (bytes): rows when all are
     Notifications, else a list of dicts."""
-    if all(type(i) is Notification for i in items):
+    if all_notifications(items):
         return _dumps({ROWS: _ROW_FIELDS, "rows": items}).encode()
     return json.dumps([as_dict(i) for i in items]).encode()
+
+
+def encode_rows(items, base):
+    """Notifications as ONE rows file whose message ids are ``<base>#<index>`` whatever
+    the file's own name (a group commit names its ids before it names its file)."""
+    return _dumps({ROWS: _ROW_FIELDS, "base": base, "rows": items}).encode()
+
+
+def all_notifications(items):
+    """Whether every item is a Notification (then rows can hold them)."""
+    return set(map(type, items)) == {Notification}
 
 
 def as_dict(item):
@@ -64,7 +75,12 @@ def messages(data):
     holds something other than JSON objects."""
     loaded = _load(data)
     if _is_rows(loaded):
-        return [dict(zip(_FIELDS, row, strict=True)) for row in _checked_rows(loaded)]
+        base = loaded.get("base")
+        stored = [dict(zip(_FIELDS, row, strict=True)) for row in _checked_rows(loaded)]
+        if type(base) is str:
+            for index, message in enumerate(stored):
+                message["id"] = message["id"] or names.message_id(base, index)
+        return stored
     stored = loaded if isinstance(loaded, list) else [loaded]
     if not all(isinstance(m, dict) for m in stored):
         raise ValueError("a message is not a JSON object")
@@ -87,7 +103,8 @@ def decode(data, base):
     :func:`messages` does."""
     loaded = _load(data)
     if _is_rows(loaded):
-        return _notifications(_checked_rows(loaded), base)
+        named = loaded.get("base")
+        return _notifications(_checked_rows(loaded), named if type(named) is str else base)
     items = []
     stored = loaded if isinstance(loaded, list) else [loaded]
     if not all(isinstance(m, dict) for m in stored):

@@ -56,6 +56,7 @@ plugged in with :meth:`~FileQueue.attach_watcher`; its writer side is
 processes are woken over a pipe by the service's puts (see
 :mod:`instances.isolation.parent`).
 """
+import collections
 import logging
 import os
 import time
@@ -63,6 +64,7 @@ import time
 import gevent
 from gevent.event import Event
 
+from instances.notification import Notification
 from instances.queues import Closed, Empty, Full
 from instances.spec import QUEUE_DEFAULTS, check_queue_option
 from instances.spool import backlog, codec, layout, names, offload, recovery
@@ -107,6 +109,8 @@ class FileQueue:
     max_messages = QUEUE_DEFAULTS["max_messages"]
     #: Bytes of message files ``incoming/`` may hold, the same way (1 GiB); 0: no bound.
     max_bytes = QUEUE_DEFAULTS["max_bytes"]
+    #: Most notifications in one file of the group commit (see :meth:`put_batch`).
+    group_max = 10000
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None, max_messages=None, max_bytes=None):
@@ -137,6 +141,8 @@ class FileQueue:
         if output is not None:
             layout.make_dirs(output.directory, mode)
             self._out = SpoolWriter(output.directory, self.owner, self.fsync, file_mode)
+        if output is None:  # chunks (one outcome call per chunk) when nothing goes on
+            self.get_chunk, self.done_many = self._get_chunk, self._done_many
         self._backlog = backlog.of(self.directory)
         self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode,
                               self.max_file_bytes, self._backlog)
@@ -146,6 +152,10 @@ class FileQueue:
         #: Greenlets blocked in :meth:`get` right now.
         self.waiting = 0
         self._put_listeners = []
+        self._groups = collections.deque()  # the group commit's groups, oldest first
+        self._committer = None  # the greenlet writing them
+        self._group_failed = False
+        self._row_bytes = 150.0  # bytes per notification in a rows file, as last written
         self._backlog.join(self)
         self.recover()
         self._backlog.recount()
@@ -183,23 +193,100 @@ class FileQueue:
         """Enqueue one message (dict or Notification) as one file; return its message id.
         While ``incoming/`` is at its bound (:attr:`max_messages`, :attr:`max_bytes`)
         waits for room, at most ``timeout`` seconds, then raises :class:`Full` (at once
-        when not ``block``). Yields only to wait for room and, with ``fsync``, while the
-        threadpool commits the file."""
+        when not ``block``). Blocks the calling greenlet while the threadpool writes it
+        (and to wait for room). A Notification put without ``block`` joins the group
+        commit instead (see :meth:`put_batch`)."""
         self._check_open()
+        if not block and type(item) is Notification:
+            return self._grouped([item])[0]
+        self._flush_groups()
         base = self._write(self._checked(codec.encode(item)), 1, block, timeout)
         return names.message_id(base, 0)
 
     def put_batch(self, items, block=True, timeout=None):
         """Enqueue ``items`` as ONE file (one write, one fsync, one rename); return their
         message ids. The bound applies to the whole file as in :meth:`put`: it goes in
-        whole or not at all."""
+        whole or not at all. Blocks the calling greenlet until the file is written.
+
+        **Group commit**: Notifications put without ``block`` (the shared notifier, which
+        must never wait) are taken at once into the group the spool writes next, and the
+        call returns without waiting for the write. One greenlet of the queue writes the
+        groups one after the other, each as ONE file (at most :attr:`group_max` messages):
+        while a file is written (and fsync-ed) the next reads gather in the next group, so
+        a fast producer gets big files and one fsync for thousands of notifications. A
+        crash of the process in that window (one write) loses the group, as it loses what
+        is still in the connection's socket buffer; the catch_up after the restart covers
+        both. A failed group write is logged, and the next put without ``block`` raises
+        :class:`Full`: the notifier's overflow rule then owes the instance a catch_up."""
         self._check_open()
         items = list(items)
         if not items:
             return []
+        if not block and codec.all_notifications(items):
+            return self._grouped(items)
+        self._flush_groups()
         base = self._write(self._checked(codec.encode_batch(items)), len(items), block,
                            timeout)
         return [names.message_id(base, i) for i in range(len(items))]
+
+    def _grouped(self, items):
+        """Take ``items`` into the open group (a new one when there is none or it is
+        full); their message ids. Never yields."""
+        backlog, count = self._backlog, len(items)
+        size = int(count * self._row_bytes)
+        if self._group_failed or not backlog.fits(count, size, self.max_messages,
+                                                  self.max_bytes):
+            self._group_failed = False
+            backlog.maybe_recount(urgent=True)
+            raise Full()
+        groups = self._groups
+        group = groups[-1] if groups else None
+        if group is None or len(group.rows) + count > self.group_max or (
+                group.estimate + size > self.max_file_bytes // 4):
+            group = _Group(names.new_base())
+            groups.append(group)
+            backlog.files += 1
+        first = len(group.rows)
+        group.rows.extend(items)
+        group.estimate += size
+        backlog.messages += count
+        backlog.bytes += size
+        if self._committer is None:
+            self._committer = gevent.spawn(self._commit_groups)
+        base = group.base
+        return ["%s#%d" % (base, first + i) for i in range(count)]
+
+    def _commit_groups(self):
+        """The group writer: each group in turn as ONE rows file, in the threadpool."""
+        backlog = self._backlog
+        try:
+            while self._groups:
+                group = self._groups.popleft()  # closed: new items start the next group
+                rows = group.rows
+                try:
+                    data = codec.encode_rows(rows, group.base)
+                    self.writer.write(self._checked(data), count=len(rows))
+                except Exception as error:
+                    self._group_failed = True
+                    backlog.left(1, len(rows), group.estimate)
+                    log.error("spool %s: writing %d notifications failed (%s): the next put "
+                              "is refused, so the notifier owes a catch_up", self.directory,
+                              len(rows), error, extra={"action": "spool.group_failed",
+                                                       "directory": self.directory})
+                    continue
+                backlog.bytes += len(data) - group.estimate
+                self._row_bytes = len(data) / len(rows)
+                backlog.entered(0, 0, 0)  # wake the readers and put listeners
+        finally:
+            self._committer = None
+
+    def _flush_groups(self):
+        """Wait until the groups taken so far are written (FIFO: a blocking put goes
+        after them)."""
+        committer = self._committer
+        if committer is not None and gevent.getcurrent() is not committer and \
+                gevent.getcurrent() is not self._hub:
+            committer.join()
 
     def _write(self, data, count, block, timeout):
         """Wait for room for ``count`` messages, write them, count them; the base name."""
@@ -244,18 +331,42 @@ class FileQueue:
         seconds pass (:class:`gevent.queue.Empty`) or the queue is closed
         (:class:`QueueClosed`)."""
         claims = self._claims
-        if claims._ready and not self.closed:  # the hot path: a claimed batch's next one
-            return claims._hand_out()
+        if not claims._ready or self.closed:
+            self._wait_ready(block, timeout)
+        return claims._hand_out()
+
+    def _get_chunk(self, block=True, timeout=None, split=1):
+        """The memory queue's ``get_chunk`` (a queue without an output queue offers it as
+        ``get_chunk``): the next messages of the claimed file(s), at most ``1/split`` of
+        them (at least one), handed out to the calling greenlet at once; blocks as
+        :meth:`get`. Their outcome: :meth:`failed` / :meth:`release` per message, and
+        ``done_many(count)`` for the rest."""
+        claims = self._claims
+        if not claims._ready or self.closed:
+            self._wait_ready(block, timeout)
+        ready = len(claims._ready)
+        return claims.hand_out_chunk(ready if split <= 1 else -(-ready // split))
+
+    def _done_many(self, count):
+        """The memory queue's ``done_many`` (offered with ``get_chunk``): the ``count``
+        oldest messages handed out to the CALLING greenlet in chunks that have no outcome
+        yet are done (a processor settles its own chunk: what failed or went back has its
+        outcome already). Never yields but to delete a file whose messages are all done."""
+        self._claims.done_many(count)
+
+    def _wait_ready(self, block, timeout):
+        """Until a claimed message is ready (claiming files, sweeping now and then):
+        returns, or raises Empty / QueueClosed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        claims = self._claims
         while True:
             self._check_open()
             now = time.monotonic()
             if now >= self._next_sweep:
                 self._next_sweep = now + self.sweep_interval
                 self._sweep()
-            item = self._claims.next_item()
-            if item is not None:
-                return item
+            if claims._ready or claims.claim_next():
+                return
             remaining = None if deadline is None else deadline - now
             if not block or (remaining is not None and remaining <= 0):
                 raise Empty()
@@ -453,6 +564,7 @@ class FileQueue:
         directory fds."""
         if self.closed:
             return
+        self._flush_groups()  # what the notifier handed over is written first
         self.closed = True
         self._wakeup.set()
         self._claims.close()
@@ -468,6 +580,16 @@ class FileQueue:
 
     def __repr__(self):
         return "<FileQueue %s owner=%s>" % (self.directory, self.owner)
+
+
+class _Group:
+    """Notifications taken by the group commit, to be written as ONE file; ``base`` names
+    their message ids (``<base>#<index>``) before the file is named."""
+
+    __slots__ = ("base", "estimate", "rows")
+
+    def __init__(self, base):
+        self.base, self.rows, self.estimate = base, [], 0
 
 
 def _entered(directory, messages, nbytes):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import gevent
+import gevent.event
 import gevent.monkey
 import pytest
 
@@ -206,3 +207,134 @@ def test_a_queue_dropped_without_close_lets_its_watch_go(tmp_path):
     del queue
     gc.collect()
     assert wd not in watcher._inotify.watches
+
+
+# -- chunks and the group commit ----------------------------------------------------------
+
+def _notifications(count, first=0):
+    from instances.notification import Notification
+    return [Notification("ch", "p%d" % (first + i), "notify", 1, 1.0) for i in range(count)]
+
+
+class Worker:
+    """A greenlet that takes a chunk, then settles ``done_many(count)`` when told."""
+
+    def __init__(self, queue, split=1):
+        self.chunk, self.settle = None, gevent.event.AsyncResult()
+        self.taken = gevent.event.Event()
+
+        def run():
+            self.chunk = queue.get_chunk(False, None, split)
+            self.taken.set()
+            queue.done_many(self.settle.get())
+        self.greenlet = gevent.spawn(run)
+        self.taken.wait(5)
+
+    def done_many(self, count):
+        self.settle.set(count)
+        self.greenlet.get(timeout=5)
+
+
+@pytest.mark.timeout(10)
+def test_done_many_settles_only_the_calling_greenlets_chunk(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notifications(4))
+    queue.put_batch(_notifications(4, 4))
+    mine = queue.get_chunk(False, None, 2)  # half of the first file
+    theirs = Worker(queue)
+    assert [n.payload for n in mine] == ["p0", "p1"]
+    assert [n.payload for n in theirs.chunk] == ["p2", "p3"]
+    queue.failed(mine[0], ValueError("poison"), None)
+    queue.done_many(1)  # mine[1]: the failed one had its outcome already
+    assert queue.attempts(theirs.chunk[0]) == 1  # still handed out: not settled by me
+    with pytest.raises(ValueError):
+        queue.attempts(mine[1])
+    theirs.done_many(2)  # the first file is done
+    assert len(os.listdir(tmp_path / "incoming")) == 1
+    assert os.listdir(tmp_path / "pending" / queue.owner) == []
+
+
+@pytest.mark.timeout(10)
+def test_a_released_item_of_a_chunk_is_not_settled_by_that_chunk(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notifications(3))
+    chunk = queue.get_chunk(False)
+    queue.release(chunk[2])  # a stop: it goes back first in line
+    again = Worker(queue)
+    assert again.chunk == [chunk[2]]
+    queue.done_many(3)  # only two are still mine (logged, nothing else settled)
+    assert queue.attempts(again.chunk[0]) == 1  # the other greenlet's: still handed out
+    again.done_many(1)
+    assert os.listdir(tmp_path / "pending" / queue.owner) == []
+
+
+@pytest.mark.timeout(10)
+def test_a_queue_with_an_output_queue_offers_no_chunks(tmp_path):
+    from instances.spool import OutputQueue
+    piping = FileQueue(tmp_path / "in", output=OutputQueue(tmp_path / "out"))
+    assert not hasattr(piping, "get_chunk") and not hasattr(piping, "done_many")
+    assert hasattr(FileQueue(tmp_path / "plain"), "get_chunk")
+
+
+@pytest.mark.timeout(10)
+def test_the_group_commit_writes_non_blocking_batches_as_one_file_in_order(tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = []
+    for k in range(5):  # what the notifier does: one non-blocking put per read
+        ids += queue.put_batch(_notifications(10, 10 * k), False)
+    ids.append(queue.put({"n": "after"}))  # a blocking put waits for the group
+    files = sorted(os.listdir(tmp_path / "incoming"))
+    assert len(files) == 2 and names.message_count(files[0]) == 50
+    got = []
+    while True:
+        try:
+            item = queue.get(block=False)
+        except Empty:
+            break
+        got.append(item)
+        queue.done(item)
+    assert [getattr(n, "payload", None) or n["n"] for n in got] == (
+        ["p%d" % i for i in range(50)] + ["after"])
+    assert [n.id if hasattr(n, "id") and not isinstance(n, dict) else n["id"]
+            for n in got] == ids
+
+
+@pytest.mark.timeout(10)
+def test_a_failed_group_write_refuses_the_next_put_so_a_catch_up_is_owed(
+        tmp_path, monkeypatch):
+    queue = FileQueue(tmp_path)
+    monkeypatch.setattr(queue.writer, "write", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    queue.put_batch(_notifications(3), False)
+    wait_for(lambda: queue._committer is None, timeout=5, message="the group writer ran")
+    with pytest.raises(Full):
+        queue.put_batch(_notifications(1), False)
+    assert queue.qsize() == 0  # what could not be written is not counted as waiting
+    monkeypatch.undo()
+    queue.put_batch(_notifications(1), False)  # the refusal is once
+
+
+@pytest.mark.timeout(10)
+def test_a_killed_chunk_holder_s_finished_messages_are_done_at_close(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notifications(4))
+    gate = gevent.event.Event()
+
+    def worker():  # handles p0 and p1, is killed in p2's handler (as a pool's worker)
+        chunk = queue.get_chunk(False)
+        try:
+            gate.wait()
+        except gevent.GreenletExit:
+            for item in reversed(chunk[2:]):
+                queue.release(item)
+            raise
+    glet = gevent.spawn(worker)
+    wait_for(lambda: queue.qsize() == 0, timeout=5, message="the chunk is taken")
+    glet.kill()
+    queue.close()  # p2 and p3 go back; p0 and p1 ran: never delivered again
+    reopened = FileQueue(tmp_path)
+    got = []
+    while reopened.qsize():
+        got += reopened.get_chunk(False)
+    assert [n.payload for n in got] == ["p2", "p3"]
+    assert [reopened.attempts(n) for n in got] == [1, 1]
