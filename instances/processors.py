@@ -610,9 +610,8 @@ class ProcessorPool:
                 item = order.next(key)
             else:
                 return count
-        except BaseException:
-            self._put_back(order.give_up(key))
-            self._drop(item)  # after the held ones: a spool hands it out before them
+        except BaseException:  # killed or stopped in it: the item, then what waits behind
+            self._put_back([item] + order.give_up(key))
             raise
         self._put_back(order.give_up(key))
         return count
@@ -632,7 +631,7 @@ class ProcessorPool:
                         continue
                     pending.extend(got)
                 batch = take_batch(pending, more, self.batch)
-                self._run_batch(worker, batch)
+                self._run_batch(worker, batch, pending)
                 handled += len(batch)
                 if handled >= self.yield_every:
                     handled = 0
@@ -641,19 +640,21 @@ class ProcessorPool:
             if pending:  # taken, never started: back to the front, in order
                 self._put_back(pending)
 
-    def _run_batch(self, worker, batch):
-        """``handler(batch)`` with the retry policy; all done, or each item alone."""
+    def _run_batch(self, worker, batch, pending):
+        """``handler(batch)`` with the retry policy; all done, or each item alone. What of
+        the batch gets no outcome here (a stop, a kill) goes back to the queue's front with
+        ``pending`` (taken after it; emptied) behind it: the queue's order."""
         tries, settled = 0, 0
         try:
             while True:
                 started = worker.busy_since = time.monotonic()
                 try:
                     self.handler(batch)
-                except HandlerTimeout:
+                except HandlerTimeout as interrupt:
                     worker.busy_since = None
                     if len(batch) == 1:
                         settled = 1
-                        return self._timed_out(batch[0])
+                        return self._timed_out(batch[0], interrupt)
                     self._log_batch_failure(batch, "timed out")
                     break
                 except _HANDLER_FAILURES as error:
@@ -676,14 +677,11 @@ class ProcessorPool:
                     break
                 self._handle(worker, item, [item])
                 settled += 1
-        except _Stop:  # a stop interrupted a retry wait: the rest goes back, in order
-            self._put_back(batch[settled:])
-            raise
-        except BaseException:  # killed: back to the queue, in order (release per item)
-            for item in reversed(batch[settled:]):
-                self._drop(item)
-            raise
-        self._put_back(batch[settled:])
+        finally:
+            if settled < len(batch):  # a stop or a kill: the rest, then what came after
+                rest = batch[settled:] + pending
+                del pending[:]
+                self._put_back(rest)
         return None
 
     def _batch_done(self, batch, elapsed):

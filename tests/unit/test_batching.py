@@ -192,3 +192,19 @@ def test_take_batch_stops_at_empty_size_and_a_catch_up():
     messages = [{"payload": "a"}, CATCH_UP, {"payload": "b"}]  # spool messages may be dicts
     assert take_batch(messages, more, 10) == [{"payload": "a"}]
     assert take_batch(messages, more, 10) == [CATCH_UP]
+
+
+@pytest.mark.timeout(20)
+def test_a_stop_gives_back_the_batch_and_what_was_taken_after_it_in_queue_order(pools):
+    queue = MemoryQueue(100)
+    queue.put_many([note(str(i)) for i in range(5)])  # one chunk: the worker takes it all
+    handler = Bulk(fail_first=100)
+    ProcessorPool.retry_delay, old = 5.0, ProcessorPool.retry_delay
+    try:
+        pool = start(pools, handler, queue, batch=2)
+        wait_for(lambda: handler.calls and pool.retried == 1, 10)
+        assert pool.stop(5) is True
+    finally:
+        ProcessorPool.retry_delay = old
+    assert handler.calls == [["0", "1"]]
+    assert [queue.get(False).payload for _ in range(queue.qsize())] == ["0", "1", "2", "3", "4"]
