@@ -358,8 +358,8 @@ class Cluster:
         self._revived_at = None  # monotonic time of the first good tick after a failure
         self._failing = False
         self.last_error = None
-        self.counters = dict.fromkeys(("ticks", "tick_failures", "rebalances", "moves",
-                                       "lost_leases", "fenced_kills", "terms"), 0)
+        self.counters = dict.fromkeys(("queries", "ticks", "tick_failures", "rebalances",
+                                       "moves", "lost_leases", "fenced_kills", "terms"), 0)
         self._wake = gevent.event.Event()
         self._fence_wake = gevent.event.Event()
         self._waves = gevent.pool.Group()
@@ -505,6 +505,7 @@ class Cluster:
                         extra={"action": "cluster.unreachable", "instance": None})
 
     def _query(self, sql, params=None):
+        self.counters["queries"] += 1  # every coordination round trip (bench/cluster.py)
         return self.connector.execute(sql.format(schema=self.schema), params)
 
     def _register(self):

@@ -31,11 +31,10 @@ class Nodes:
         database.execute(INTERVALS_SQL)
         self.names = ["i%02d" % i for i in range(instances)]
         registry = PostgresRegistry(database.dsn)
-        for instance in self.names:
-            registry.add(InstanceSpec(
-                name=instance, channels=["cluster_test"], run_on="any",
-                handler="tests.cluster_handlers:interval_%s" % instance,
-                handler_timeout=3600.0))
+        registry.merge(InstanceSpec(
+            name=instance, channels=["cluster_test"], run_on="any",
+            handler="tests.cluster_handlers:interval_%s" % instance,
+            handler_timeout=3600.0) for instance in self.names)
         registry.close()
         self.nodes = {}
         for index in range(count):

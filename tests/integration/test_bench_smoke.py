@@ -93,3 +93,25 @@ def test_smoke_delivery_figures_run_and_keep_the_rest_of_the_report(tmp_path):
     assert written.startswith("# earlier report")
     assert written.count("## Batch handlers and per-key order") == 1
     assert written.index("## Batch handlers") < written.index("## The shared notifier")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_smoke_cluster_figures_run_and_keep_the_other_sections(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    notifier = "<!-- notifier figures (python -m bench.notifier) -->\n## The shared notifier\n"
+    results.write_text("# earlier report\n\n" + notifier, encoding="utf-8")
+    for _ in range(2):  # a second run replaces the section, it does not add one
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.cluster", "--smoke", "--fast", "--results",
+             str(results)], cwd=ROOT, capture_output=True, text=True, timeout=55)
+        assert proc.returncode == 0, "bench.cluster --smoke failed:\n%s\n%s" % (
+            proc.stdout[-3000:], proc.stderr[-3000:])
+    for figure in ("time to a full assignment", "coordination queries per second",
+                   "time to reassign a killed node's share",
+                   "instances running on two nodes at once, worst sample"):
+        assert figure in proc.stdout, figure
+    assert "| 0 | 0: met |" in proc.stdout  # nobody ran twice, nothing ran nowhere
+    written = results.read_text(encoding="utf-8")
+    assert written.startswith("# earlier report") and written.count("## Multi-node") == 1
+    assert written.endswith(notifier)  # the notifier's section still last, untouched
