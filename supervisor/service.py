@@ -171,7 +171,7 @@ class Service:
 
         sup, registry = self.supervisor, self.registry
         self.cluster = Cluster(
-            cfg.database.connect_dsn(), node_name=cfg.cluster.node_name,
+            cfg.cluster.connect_dsn(cfg.database), node_name=cfg.cluster.node_name,
             lease_ttl=cfg.cluster.lease_ttl, node_grace=cfg.cluster.node_grace,
             wait_after_db_revived=cfg.supervisor.wait_after_db_revived,
             schema=cfg.registry.schema,

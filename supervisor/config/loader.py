@@ -235,6 +235,12 @@ class Loader:
             self.problem("cluster.enabled", "needs [registry] backend = \"postgres\" (every "
                          "node must read the same registry), not %r"
                          % values["registry.backend"])
+        if values["cluster.dsn"] is not None:
+            try:
+                parse_dsn(values["cluster.dsn"])
+            except InvalidConfigurationException as exc:  # libpq's reason, redacted
+                self.problem("cluster.dsn", "not a libpq connection string: %s"
+                             % str(exc).rpartition(" is invalid: ")[2])
         grace, ttl = values["cluster.node_grace"], values["cluster.lease_ttl"]
         if values["cluster.enabled"] and grace is not None and ttl is not None \
                 and grace <= ttl:

@@ -90,7 +90,21 @@ RegistrySettings = _section_class("registry", _Section)
 FailoverSettings = _section_class("failover", _Section)
 HttpSettings = _section_class("http", _Http)
 SecuritySettings = _section_class("security", _Section)
-ClusterSettings = _section_class("cluster", _Section)
+class _Cluster(_Section):
+    def connect_dsn(self, database):
+        """The connection string of the cluster's tables, INCLUDING a password: ``dsn``
+        with ``database``'s (a DatabaseSettings) password, connect_timeout and
+        application_name when it names none; without ``dsn``, ``database``'s own."""
+        if self.dsn is None:
+            return database.connect_dsn()
+        params = parse_dsn(self.dsn)
+        for key, value in database.connect_params().items():
+            if key in ("password", "connect_timeout", "application_name"):
+                params.setdefault(key, value)
+        return format_dsn(params)
+
+
+ClusterSettings = _section_class("cluster", _Cluster)
 LoggingSettings = _section_class("logging", _Section)
 _CLASSES = dict(zip(SECTIONS, (DatabaseSettings, SupervisorSettings, RegistrySettings,
                                FailoverSettings, HttpSettings, SecuritySettings,
@@ -121,9 +135,10 @@ class Config:
         return {section: getattr(self, section).to_dict(redact) for section in SECTIONS}
 
     def secrets(self):
-        """The secret values in force (database password, HTTP token): register them with
+        """The secret values in force (database passwords, HTTP token): register them with
         :func:`instances.logformat.register_secret` at start-up."""
-        found = (self.database.connect_params().get("password"), self.http.token)
+        found = (self.database.connect_params().get("password"), self.http.token,
+                 parse_dsn(self.cluster.dsn).get("password") if self.cluster.dsn else None)
         return tuple(value for value in found if value)
 
     def __repr__(self):

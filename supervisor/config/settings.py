@@ -232,6 +232,11 @@ SETTINGS = (
     _S("cluster", "node_name", "str", None, "",
        "this node's name, unique in the cluster; default: the host name plus a short id "
        "stable for this host and state directory", cluster_name),
+    _S("cluster", "dsn", "str", None, "",
+       "libpq connection string of the database holding the cluster's tables; it must be "
+       "writable (the primary: ``target_session_attrs=read-write`` finds it among several "
+       "hosts); the ``[database]`` password applies when it names none; default: the "
+       "``[database]`` connection. A node whose ``[database]`` is a standby needs it"),
     _S("cluster", "node_grace", "float", 30.0, "s",
        "a node silent this long loses its instances to the others (more than lease_ttl)",
        positive),

@@ -26,15 +26,16 @@ class Nodes:
     """``count`` nodes over ``database`` (a PostgresDatabase) running ``instances``."""
 
     def __init__(self, tmp_path, database, count=3, instances=30, dsn_of=None,
-                 lease_ttl=LEASE_TTL, node_grace=NODE_GRACE, revived_wait=2.0):
+                 lease_ttl=LEASE_TTL, node_grace=NODE_GRACE, revived_wait=2.0,
+                 run_on=lambda index: "any", cluster_dsn=None):
         self.database = database
         database.execute(INTERVALS_SQL)
         self.names = ["i%02d" % i for i in range(instances)]
         registry = PostgresRegistry(database.dsn)
         registry.merge(InstanceSpec(
-            name=instance, channels=["cluster_test"], run_on="any",
+            name=instance, channels=["cluster_test"], run_on=run_on(index),
             handler="tests.cluster_handlers:interval_%s" % instance,
-            handler_timeout=3600.0) for instance in self.names)
+            handler_timeout=3600.0) for index, instance in enumerate(self.names))
         registry.close()
         self.nodes = {}
         for index in range(count):
@@ -47,8 +48,9 @@ class Nodes:
                 "registry": {"backend": "postgres"},
                 "supervisor": {"probe_interval": 0.2, "shutdown_grace": 1.0,
                                "wait_after_db_revived": revived_wait},
-                "cluster": {"enabled": True, "node_name": name, "lease_ttl": lease_ttl,
-                            "node_grace": node_grace},
+                "cluster": dict({"enabled": True, "node_name": name, "lease_ttl": lease_ttl,
+                                 "node_grace": node_grace},
+                                **({"dsn": cluster_dsn} if cluster_dsn else {})),
             }, env={"PGVISOR_CLUSTER_NODE_NAME": name,
                     "PGVISOR_TEST_INTERVALS_DSN": database.dsn})
 

@@ -158,3 +158,28 @@ def test_a_postgres_outage_longer_than_node_grace_moves_nothing(pg_private_clust
     for name in nodes.nodes:
         assert "action=cluster.node_dead" not in nodes[name].log()
     assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_node_on_a_standby_is_given_nothing_primary_only(pg_pair, cluster_nodes):
+    """n0's database is the primary, n1's the standby; both keep the cluster's tables on
+    the primary ([cluster] dsn). The nodes report their roles, and run_on decides."""
+    primary, standby = pg_pair.primary, pg_pair.standby
+    primary.create_database("nodes")
+    database = PostgresDatabase(primary, "nodes")
+    wait_for(lambda: standby.execute("SELECT 1 FROM pg_database WHERE datname = 'nodes'"),
+             30, 0.1, "the database replicated")
+    nodes = cluster_nodes(
+        database=database, count=2, instances=6, cluster_dsn=database.dsn,
+        dsn_of=lambda i: database.dsn if i == 0 else standby.dsn_for("nodes"),
+        run_on=lambda i: "primary" if i < 4 else "standby").start()
+    expected = {"i%02d" % i: "n0" if i < 4 else "n1" for i in range(6)}
+    wait_for(lambda: {i: n for i, (n, _) in nodes.assignments().items()} == expected, 40,
+             0.2, "primary-only instances on n0, standby-only ones on n1")
+    roles = dict(database.execute("SELECT name, role FROM pgvisor.nodes"))
+    assert roles == {"n0": "primary", "n1": "standby"}
+    primaries = ["i%02d" % i for i in range(4)]
+    wait_for(lambda: all(nodes.running(["n0"]).get(i) == ["n0"] for i in primaries), 30,
+             0.2, "the primary-only instances run on n0")
+    assert not set(primaries) & set(nodes.running(["n1"]))
+    assert_exactly_once(nodes)

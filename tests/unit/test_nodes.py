@@ -115,3 +115,22 @@ def test_a_stopping_instance_is_not_quiet_while_a_handler_runs():
     assert not quiet(_Instance(_Part(True), _Part(True, 1)))
     # the listener stopped first, a handler still finishing: not quiet
     assert not quiet(_Instance(_Part(False), _Part(True, 1)))
+
+
+def test_the_cluster_dsn_takes_the_database_password_and_is_a_secret(tmp_path):
+    path = tmp_path / "pgvisor.toml"
+    path.write_text('[database]\ndsn = "host=standby dbname=app"\n[registry]\n'
+                    'backend = "postgres"\n[cluster]\nenabled = true\n'
+                    'dsn = "host=primary dbname=app"\n')
+    cfg = load_config(str(path), environ={"PGVISOR_DATABASE_PASSWORD": "s3cret"})
+    dsn = cfg.cluster.connect_dsn(cfg.database)
+    assert "host=primary" in dsn and "password=s3cret" in dsn
+    assert "s3cret" in cfg.secrets()
+    path.write_text('[database]\ndsn = "host=x"\n[registry]\nbackend = "postgres"\n'
+                    '[cluster]\nenabled = true\ndsn = "host=primary password=Zq9pw"\n')
+    cfg = load_config(str(path), environ={})
+    assert "password=Zq9pw" in cfg.cluster.connect_dsn(cfg.database)
+    assert "Zq9pw" in cfg.secrets() and "Zq9pw" not in repr(cfg)
+    path.write_text('[database]\ndsn = "host=x"\n[cluster]\ndsn = "nonsense"\n')
+    with pytest.raises(InvalidConfigurationException, match=r"\[cluster\] dsn = .*not a libpq"):
+        load_config(str(path), environ={})
