@@ -389,6 +389,7 @@ class Cluster:
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         self._waves.kill(block=True, timeout=timeout)
         self._greenlets = []
+        self.connector.disconnect()  # a tick killed mid-query left it mid-protocol
         if self.registered:
             try:
                 with gevent.Timeout(timeout, DatabaseError("leave timed out")):
