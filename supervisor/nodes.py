@@ -77,18 +77,27 @@ from supervisor.config.settings import BY_NAME
 log = logging.getLogger(__name__)
 
 #: Register (or take back after a restart) this node's row: only when the row is free or
-#: its lease expired ``margin`` ago (a live process of the same name keeps it).
+#: its lease expired ``margin`` ago (a live process of the same name keeps it). A new
+#: incarnation inherits the name's assignments with new epochs: the old process's late
+#: writes carry an older epoch than the new one's.
 REGISTER_SQL = """
-INSERT INTO {schema}.nodes AS n (name, incarnation, role, heartbeat_at, lease_expires_at,
-                                 info)
-VALUES (%(name)s, %(incarnation)s, %(role)s, clock_timestamp(),
-        clock_timestamp() + make_interval(secs => %(ttl)s), %(info)s)
-ON CONFLICT (name) DO UPDATE SET
-    incarnation = excluded.incarnation, role = excluded.role, started_at = clock_timestamp(),
-    heartbeat_at = excluded.heartbeat_at, lease_expires_at = excluded.lease_expires_at,
-    info = excluded.info
-WHERE n.lease_expires_at + make_interval(secs => %(margin)s) < clock_timestamp()
-RETURNING name
+WITH reg AS (
+    INSERT INTO {schema}.nodes AS n (name, incarnation, role, heartbeat_at,
+                                     lease_expires_at, info)
+    VALUES (%(name)s, %(incarnation)s, %(role)s, clock_timestamp(),
+            clock_timestamp() + make_interval(secs => %(ttl)s), %(info)s)
+    ON CONFLICT (name) DO UPDATE SET
+        incarnation = excluded.incarnation, role = excluded.role,
+        started_at = clock_timestamp(), heartbeat_at = excluded.heartbeat_at,
+        lease_expires_at = excluded.lease_expires_at, info = excluded.info
+    WHERE n.lease_expires_at + make_interval(secs => %(margin)s) < clock_timestamp()
+    RETURNING name),
+bumped AS (
+    UPDATE {schema}.assignments SET epoch = nextval('{schema}.epochs'),
+        assigned_at = clock_timestamp()
+    WHERE node = %(name)s AND EXISTS (SELECT 1 FROM reg)
+    RETURNING instance)
+SELECT (SELECT name FROM reg), (SELECT count(*) FROM bumped)
 """
 
 #: The tick: renew, lead (or try to), release, read. One statement, one round trip.
@@ -515,14 +524,15 @@ class Cluster:
         rows = self._query(REGISTER_SQL, {
             "name": self.name, "incarnation": self.incarnation, "role": self._role(),
             "ttl": self.lease_ttl, "margin": self.margin, "info": json.dumps(info)})
-        if not rows:
+        if rows[0][0] is None:
             log.warning("node name %s is held by a live node: waiting for its lease to "
                         "expire (two nodes must not share a name)", self.name,
                         extra={"action": "cluster.name_taken", "instance": None})
             return False
         self.registered = True
-        log.info("node %s joined the cluster (incarnation %s)", self.name, self.incarnation,
-                 extra={"action": "cluster.join", "instance": None})
+        log.info("node %s joined the cluster (incarnation %s%s)", self.name, self.incarnation,
+                 ", %d instance(s) of its name taken over with new epochs" % rows[0][1]
+                 if rows[0][1] else "", extra={"action": "cluster.join", "instance": None})
         return True
 
     def _ensure_schema(self):

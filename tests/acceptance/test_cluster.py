@@ -183,3 +183,23 @@ def test_a_node_on_a_standby_is_given_nothing_primary_only(pg_pair, cluster_node
              0.2, "the primary-only instances run on n0")
     assert not set(primaries) & set(nodes.running(["n1"]))
     assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_node_restarted_under_its_name_takes_its_instances_back_with_new_epochs(
+        cluster_nodes):
+    nodes = cluster_nodes(count=2, instances=8, node_grace=15.0).start()
+    placement = nodes.wait_all_running(60)
+    before = nodes.assignments()
+    mine = sorted(i for i, n in placement.items() if n == "n0")
+    nodes.kill("n0")
+    nodes["n0"].start(ready=False)  # the same name, a new process (incarnation)
+    nodes["n0"].wait_log("instance(s) of its name taken over with new epochs", timeout=30)
+    after = nodes.wait_all_running(30)
+    assert after == placement  # nothing moved: the name came back before node_grace
+    moved = nodes.assignments()
+    for instance in mine:
+        assert moved[instance][1] > before[instance][1], instance  # a new epoch
+    for instance in set(placement) - set(mine):
+        assert moved[instance] == before[instance]
+    assert_exactly_once(nodes)
