@@ -1,4 +1,6 @@
 """The multi-node policy without a database: balance(), plan_writes(), the timing rule."""
+import time
+
 import pytest
 
 from instances.exceptions import InvalidConfigurationException
@@ -134,3 +136,85 @@ def test_the_cluster_dsn_takes_the_database_password_and_is_a_secret(tmp_path):
     path.write_text('[database]\ndsn = "host=x"\n[cluster]\ndsn = "nonsense"\n')
     with pytest.raises(InvalidConfigurationException, match=r"\[cluster\] dsn = .*not a libpq"):
         load_config(str(path), environ={})
+
+
+# -- the Cluster's grants without a database (its connection is opened lazily) -------------
+
+class _Running:
+    """An instance that runs until killed (the Instance surface the fence uses)."""
+
+    def __init__(self):
+        self.listener, self.pool, self.kills = _Part(True), _Part(True, 1), 0
+
+    def kill(self):
+        self.kills += 1
+        self.listener, self.pool = _Part(False), _Part(False, 0)
+
+
+def make_cluster(instances=None, changes=None):
+    from supervisor.nodes import Cluster
+    instances = {} if instances is None else instances
+    return Cluster("host=unused", desired=dict, role=lambda: "primary",
+                   instance=instances.get, changed=lambda: changes.append(1)
+                   if changes is not None else None, node_name="unit", lease_ttl=2.0,
+                   node_grace=5.0)
+
+
+@pytest.mark.timeout(10)
+def test_granted_instances_are_admitted_in_bounded_jittered_waves():
+    import gevent
+    cluster = make_cluster()
+    cluster.start_batch, cluster.start_interval = 3, 0.05
+    names = ["i%d" % i for i in range(10)]
+    cluster._grant(time.monotonic(), [[n, 7, -1.0] for n in names])
+    seen = []
+    while len(cluster.allowed()) < 10:
+        seen.append(len(cluster.allowed()))
+        gevent.sleep(0.005)
+    assert seen[0] == 0  # not at once: the first wave waits a random part of the interval
+    assert max(b - a for a, b in zip(seen, seen[1:] + [10], strict=True)) <= 3
+    assert len(set(seen)) >= 4  # 10 in waves of at most 3
+    assert {cluster.epoch(n) for n in names} == {7}
+
+
+def test_an_assignment_not_yet_free_is_not_granted_and_ticks_sooner():
+    cluster = make_cluster()
+    delay = cluster._grant(time.monotonic(), [["a", 1, 0.2], ["b", 2, -0.1]])
+    assert set(cluster.grants) == {"b"} and cluster.epoch("a") is None
+    assert delay == pytest.approx(0.21)
+
+
+def test_a_grant_that_runs_out_is_revoked_then_killed_at_its_end():
+    running = _Running()
+    changes = []
+    cluster = make_cluster({"a": running}, changes)
+    sent = time.monotonic()
+    cluster._grant(sent, [["a", 1, -1.0]])
+    cluster._pending.discard("a")
+    cluster._admitted.add("a")
+    until = cluster.grants["a"].until
+    assert until == pytest.approx(sent + 2.0 - 0.4)
+    cluster._fence(until - 0.5)  # before until - margin: still granted
+    assert cluster.allowed() == {"a"} and not running.kills
+    cluster._fence(until - 0.3)  # within the margin: handed back to the supervisor
+    assert cluster.allowed() == frozenset() and changes and not running.kills
+    cluster._fence(until)  # at the end of the grant, still running: killed
+    assert running.kills == 1
+    cluster._fence(until + 0.1)
+    assert running.kills == 1  # once
+    cluster._grant(time.monotonic(), [])  # quiet now: reported released
+    assert cluster._released == {"a"}
+
+
+def test_a_moved_instance_is_released_only_once_its_handlers_are_gone():
+    running = _Running()
+    cluster = make_cluster({"a": running})
+    cluster._grant(time.monotonic(), [["a", 1, -1.0]])
+    cluster._grant(time.monotonic(), [])  # moved away: revoked
+    assert "a" in cluster._lost and not cluster._released
+    running.listener = _Part(False)  # stopping: its source ended, a handler still runs
+    cluster._grant(time.monotonic(), [])
+    assert not cluster._released
+    running.kill()
+    cluster._grant(time.monotonic(), [])
+    assert cluster._released == {"a"}
