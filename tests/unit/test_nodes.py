@@ -218,3 +218,22 @@ def test_a_moved_instance_is_released_only_once_its_handlers_are_gone():
     running.kill()
     cluster._grant(time.monotonic(), [])
     assert cluster._released == {"a"}
+
+
+def test_the_nodes_table_marks_the_leader_and_the_node_asked():
+    from supervisor.cli.nodes import nodes_text
+    from supervisor.cli.parser import build_parser
+    text = nodes_text({"leader": "b", "term": 4, "assignments": 3, "nodes": [
+        {"name": "a", "leader": False, "heartbeat_age": 0.42, "instances": 2, "running": 2,
+         "role": "primary", "this": True},
+        {"name": "b", "leader": True, "heartbeat_age": 1.9, "instances": 1, "running": 1,
+         "role": "standby", "this": False}]})
+    lines = text.splitlines()
+    assert lines[0] == "leader: b, term 4; 3 assignment(s)"
+    assert lines[1].split() == ["NODE", "LEADER", "HEARTBEAT", "AGE", "INSTANCES", "RUNNING",
+                                "ROLE"]
+    assert lines[2].split() == ["a", "*", "no", "0.4s", "2", "2", "primary"]
+    assert lines[3].split() == ["b", "yes", "1.9s", "1", "1", "standby"]
+    assert nodes_text({}).splitlines() == ["leader: none, term -; 0 assignment(s)", "no nodes"]
+    args = build_parser().parse_args(["nodes", "--url", "http://127.0.0.1:1", "--json"])
+    assert args.command == "nodes" and args.json
