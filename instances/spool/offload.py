@@ -24,20 +24,38 @@ _real_ident = gevent.monkey.get_original("_thread", "get_ident")
 _pool_threads = set()
 
 
-def call(function, *args):
-    """``function(*args)`` in the hub's threadpool; blocks the calling greenlet only."""
+def call(function, *args, abandoned=None):
+    """``function(*args)`` in the hub's threadpool; blocks the calling greenlet only.
+
+    A thread cannot be stopped: when the calling greenlet is killed while it waits, the
+    function still runs to its end and what it did (a file renamed into ``pending/``) is
+    done. ``abandoned(value)``, if given, then gets the function's return value, in a
+    greenlet of its own, so the caller can undo or record it (not called when the function
+    raised)."""
     if _real_ident() in _pool_threads:
         return function(*args)
     hub = gevent.get_hub()
     if gevent.getcurrent() is hub:
         return function(*args)
-    value, error = hub.threadpool.apply(_in_pool, (function, args))
+    result = hub.threadpool.spawn(_in_pool, function, args)
+    try:
+        value, error = result.get()
+    except BaseException:
+        if abandoned is not None:
+            result.rawlink(lambda done: gevent.spawn(_settle_abandoned, done, abandoned))
+        raise
     if error is not None:
         try:
             raise error
         finally:
             error = None  # no reference cycle through the traceback
     return value
+
+
+def _settle_abandoned(done, abandoned):
+    value, error = done.get()
+    if error is None:
+        abandoned(value)
 
 
 def _in_pool(function, args):

@@ -338,3 +338,39 @@ def test_a_killed_chunk_holder_s_finished_messages_are_done_at_close(tmp_path):
         got += reopened.get_chunk(False)
     assert [n.payload for n in got] == ["p2", "p3"]
     assert [reopened.attempts(n) for n in got] == [1, 1]
+
+
+@pytest.mark.timeout(20)
+def test_a_getter_killed_while_its_claim_runs_in_the_threadpool_loses_nothing(
+        tmp_path, monkeypatch):
+    """A stop kills a processor waiting in get() while the threadpool renames a file into
+    pending/: the rename still happens, so the file must go back to incoming/ (left in
+    pending/<this owner>/ nobody would deliver it before the process ends)."""
+    from instances.spool import claims
+
+    queue = FileQueue(tmp_path / "q")
+    queue.put_batch([{"n": 0}, {"n": 1}])
+    entered, release = threading_event(), threading_event()
+    real_claim = claims._claim_file
+
+    def slow_claim(*args):
+        entered.set()
+        release.wait(10)
+        return real_claim(*args)
+
+    monkeypatch.setattr(claims, "_claim_file", slow_claim)
+    getter = gevent.spawn(queue.get)
+    wait_for(entered.is_set, 5, message="the claim runs in the threadpool")
+    getter.kill()  # as a stop kills a processor
+    release.set()
+    incoming = tmp_path / "q" / "incoming"
+    wait_for(lambda: len(os.listdir(incoming)) == 1, 5, message="the file back in incoming/")
+    assert os.listdir(queue._claims.pending_dir) == []
+    monkeypatch.setattr(claims, "_claim_file", real_claim)
+    assert [queue.get(timeout=5)["n"], queue.get(timeout=5)["n"]] == [0, 1]
+    assert queue.qsize() == 0
+
+
+def threading_event():
+    """An Event for a real thread to wait on (the threadpool's), patched or not."""
+    return gevent.monkey.get_original("threading", "Event")()
