@@ -25,7 +25,7 @@ setup(
         "test": ["pytest>=7.4", "pytest-timeout>=2.2", "selenium>=4.10"],
         "lint": ["ruff>=0.4", "import-linter>=2.0"],
         "docs": ["sphinx>=7.0", "furo>=2023.9.10"],
-        "bench": ["asyncpg>=0.29", "pyinstrument>=4.6"],
+        "bench": ["asyncpg>=0.29", "pyinstrument>=4.6", "py-spy>=0.3"],
     },
     entry_points={"console_scripts": ["pgvisor = supervisor.cli:main"]},
     classifiers=[

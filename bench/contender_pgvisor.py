@@ -1,12 +1,14 @@
 """Contenders 3 and 4: pgvisor as shipped — one instance under a real Supervisor, logging
-configured at INFO (text, to stderr), the Prometheus collector registered — with a memory
-queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mode).
+configured at INFO (text, to stderr), the Prometheus collector registered, what start-up
+built frozen out of the cyclic collector (``gc.freeze()``, as ``pgvisor run`` does) — with
+a memory queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mode).
 
 Run monkey-patched, as the ``pgvisor`` command runs:
 ``python -m gevent.monkey --module bench.contender_pgvisor ARGS``. ``--profile FILE``
 writes pyinstrument's profile of the measured part to FILE: functions by own time
 (:mod:`bench.profiling`), then the call tree.
 """
+import gc
 import os
 
 import gevent.event
@@ -63,6 +65,8 @@ def main():
     sup.start()
     wait_for(lambda: sup.instance(NAME) is not None and sup.instance(NAME).connected,
              timeout=30, message="the pgvisor instance listens")
+    gc.collect()  # as supervisor.service.Service.start does once started (``pgvisor run``)
+    gc.freeze()
     profiler = make_profiler(args.profile)
     protocol.ready()
     if profiler is not None:

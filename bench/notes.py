@@ -8,13 +8,15 @@ METHOD = """\
   with the send timestamp (`time.time()` taken just before the batch is sent).
 - **Handler**: `bench.sink.handle`, the same for every contender: append
   `(time.time(), payload)` to a list, signal when all arrived. Latency = handler start minus
-  the payload's send timestamp (same host clock).
+  the payload's send timestamp (same host clock). Each result also carries the process's
+  CPU time per notification from the first handled to the last (`cpu_us`).
 - **Contenders**, each in a fresh interpreter: raw psycopg2 (select() on the socket, poll(),
   iterate `conn.notifies`, call the handler — no framework); asyncpg 0.29+ `add_listener`
   -> `asyncio.Queue` -> one consumer task (default asyncio loop, no uvloop); pgvisor as
   shipped: `python -m gevent.monkey`, one instance (min=max=1 processor, memory queue of
   10,000) under a real `Supervisor`, logging configured at INFO (text, to a file), the
-  Prometheus collector registered and scraped once at the end; pgvisor with a spool queue
+  Prometheus collector registered and scraped once at the end, what start-up built frozen
+  out of the cyclic collector (`gc.freeze()`, as `pgvisor run` does); pgvisor with a spool queue
   (`queue={{"spool": DIR, "fsync": ...}}` through the real `Instance`, spool on {spool}).
 - **Runs**: figures and contenders interleaved (A B C D E, A B C D E, ...), {reps}
   repetition(s); median, min and max over the repetitions; "vs raw" is the ratio of medians
@@ -57,28 +59,14 @@ def text(size, spool_base):
 LIMITS = """\
 ### What limits pgvisor
 
-Throughput: the drain figure is where the framework shows, and the gap to raw psycopg2 is
-per-notification Python work the raw loop does not do. Nothing waits (no lock, no sleep;
-greenlet switches happen per drained read and per 64 handled items, not per notification).
-Already done after profiling: `Notification` is a tuple subclass built at C speed
-(`Notification.from_fields`), `poll_notifies` hands psycopg2's notify list over instead of
-copying it, and a worker handles a backlog back to back with `get(False)` (the idle flag,
-`try/finally` and timeout arithmetic happen once per wake-up, not per item). What is left,
-on top of the raw loop's `poll()` + handler, for every notification:
-
-1. `instances/listeners.py` `post_execute` puts, and `instances/processors.py`
-   `ProcessorPool._loop` gets, one queue item per notification (`MemoryQueue.put/get` are
-   gevent's compiled methods, but still two calls and a wake-up check per item): the price
-   of handing work from the listener greenlet to processor greenlets, which is what lets a
-   slow handler, a hung handler or a handler timeout never stop the listener.
-2. `ProcessorPool._loop` per item: `time.monotonic()` twice (`busy_since`, which the handler
-   timeout and hang detection read, and the elapsed time for the latency histogram), the
-   histogram update (`bisect.bisect_left`, a list increment, a float add),
-   `queue.done(item)` and `self.processed += 1`.
-
-A hand-off between greenlets costs about as much as asyncpg's hand-off between asyncio
-tasks; reaching 0.8x of a raw loop whose handler does nothing would mean handling
-notifications in the listener's own greenlet, which gives up the isolation above.
+Throughput: the drain figure is where the framework shows. The hand-off from the
+notifier to the processors is one queue put and one get per read (a chunk of ~140
+notifications here), not per notification; per notification pgvisor adds the
+`Notification` it builds (a tuple subclass, made at C speed) and, in the worker, one
+`time.monotonic()` (the handler's deadline) and the handler call; counters, the latency
+histogram and the queue's outcome are per chunk. The section "The memory-queue hand-off"
+below measures the rest against the raw loop (CPU time per notification, profiles in
+`bench/profiles/`) and says what limits each figure.
 
 psycopg2 decodes each channel and payload through the Python-level UTF-8 codec wrapper
 (`encodings/utf_8.py decode` in the profile) for every contender, raw included. In the
@@ -87,9 +75,10 @@ commits, between reads) or in libev, not pgvisor's Python work; the handler
 (`bench/sink.py handle`) is the same for every contender.
 
 The end-to-end rate is bounded by the producer and the server, which share the 2 CPUs with
-the contender, so it compresses the differences the drain shows. At 10,000/s offered the
-p99 of pgvisor is higher than raw psycopg2's: a drained read is converted and queued whole
-before the processor greenlet handles its first notification.
+the contender, so it compresses the differences the drain shows. The p99 latencies were
+set by the cyclic collector's full passes over the whole heap (tens of ms each on this
+loaded machine, one per run was enough): `pgvisor run` freezes what start-up built
+(`gc.freeze()`), and the contender does as the service does.
 
 The spool contenders are bounded by the file system: every drained read becomes one spool
 file (write + rename, plus fsync with fsync=on), each message JSON-encoded and decoded, and

@@ -101,7 +101,15 @@ def machine(server_version, spool_base):
 
 
 def write_results(path, machine_info, table, notes, profile_text, command):
-    """Regenerate RESULTS.md."""
+    """Regenerate RESULTS.md; the sections other commands append (each after a ``<!-- ``
+    marker line: bench.notifier, bench.delivery, bench.spool, bench.handoff) are kept."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    cut = old.find("\n<!-- ")
+    kept = old[cut + 1:] if cut >= 0 else ""
     parts = [
         "# pgvisor benchmark results",
         "",
@@ -119,5 +127,7 @@ def write_results(path, machine_info, table, notes, profile_text, command):
                   "pyinstrument, one more drain run (the measured part only): functions by own",
                   "time as a share of the Python work, then the call tree.", "", "```",
                   profile_text.rstrip(), "```", ""]
+    if kept:
+        parts += [kept.rstrip("\n"), ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))

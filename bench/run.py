@@ -5,6 +5,11 @@ own, interleaved (A B C ... A B C ...), produces the load from this process
 (:mod:`bench.producer`), runs the supervisor-cost figures, prints one table and (not with
 ``--smoke`` unless ``--results`` is given) regenerates ``bench/RESULTS.md``.
 
+``--only memory`` runs the memory-queue hand-off alone (:mod:`bench.handoff`): raw psycopg2
+and pgvisor memory, interleaved, on the four contender figures (``--reps``, default 3),
+py-spy profiles of both drains into ``bench/profiles/``, and only its own section of
+``bench/RESULTS.md`` rewritten.
+
 Exit status 1 if any run failed (a contender that timed out, crashed or never listened).
 """
 import argparse
@@ -15,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from bench import figures, notes, protocol, report
+from bench import figures, handoff, notes, protocol, report
 from bench.producer import Producer
 from supervisor.testing import PostgresCluster
 
@@ -198,9 +203,16 @@ def main(argv=None):
     parser.add_argument("--results", help="write the report here (default: bench/RESULTS.md, "
                                           "not written with --smoke)")
     parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--only", choices=("memory",),
+                        help="memory: the memory-queue hand-off alone (bench.handoff)")
+    parser.add_argument("--reps", type=int, help="repetitions (default: the size's)")
     args = parser.parse_args(argv)
     args.profile_run = None
     bench = Bench(args)
+    if args.reps:
+        bench.size = dict(bench.size, reps=args.reps)
+    if args.only == "memory":
+        return only_memory(bench, args)
     began = time.monotonic()
     with PostgresCluster("pgvisor-bench") as cluster:
         server = cluster.execute("SELECT version()")[0][0]
@@ -219,6 +231,30 @@ def main(argv=None):
         command = "make bench-smoke" if args.smoke else "make bench"
         report.write_results(path, report.machine(server, SPOOL_BASE), table,
                              notes.text(bench.size, SPOOL_BASE), profile_text, command)
+        print("wrote %s" % path)
+    return 1 if bench.failures else 0
+
+
+def only_memory(bench, args):
+    """``--only memory``: see the module and :mod:`bench.handoff`."""
+    began = time.monotonic()
+    chosen = handoff.contenders(CONTENDERS)
+    bench.size = dict(bench.size, figures=("drain", "e2e", "lat1000", "lat10000"))
+    with PostgresCluster("pgvisor-bench") as cluster:
+        server = cluster.execute("SELECT version()")[0][0]
+        machine = report.machine(server, SPOOL_BASE)
+        results = bench.contenders(cluster.dsn, chosen)
+        profiles = [] if args.smoke else handoff.profile_drains(
+            bench, cluster.dsn, chosen, os.path.join(ROOT, "bench", "profiles"))
+    command = "python -m bench.run --only memory" + (
+        " --reps %d" % args.reps if args.reps else "") + (" --smoke" if args.smoke else "")
+    text = handoff.section(results, bench.size, machine, profiles, command)
+    print(text)
+    print("\n%d failure(s); %.0f s; logs in %s" % (len(bench.failures), time.monotonic() - began,
+                                                  bench.logdir))
+    path = args.results or (None if args.smoke else os.path.join(ROOT, "bench", "RESULTS.md"))
+    if path:
+        handoff.write(path, text)
         print("wrote %s" % path)
     return 1 if bench.failures else 0
 

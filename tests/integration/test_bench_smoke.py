@@ -115,3 +115,24 @@ def test_smoke_cluster_figures_run_and_keep_the_other_sections(tmp_path):
     written = results.read_text(encoding="utf-8")
     assert written.startswith("# earlier report") and written.count("## Multi-node") == 1
     assert written.endswith(notifier)  # the notifier's section still last, untouched
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_smoke_memory_hand_off_writes_only_its_own_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    notifier = "<!-- notifier figures (python -m bench.notifier) -->\n## The shared notifier\n"
+    results.write_text("# earlier report\n\n" + notifier, encoding="utf-8")
+    for _ in range(2):  # a second run replaces the section, it does not add one
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--only", "memory", "--smoke",
+             "--results", str(results)],
+            cwd=ROOT, capture_output=True, text=True, timeout=110)
+        assert proc.returncode == 0, "bench.run --only memory --smoke failed:\n%s\n%s" % (
+            proc.stdout[-3000:], proc.stderr[-3000:])
+    for figure in ("drain rate", "end to end", "p99 NOTIFY -> handler at 1,000/s",
+                   "p99 NOTIFY -> handler at 10,000/s"):
+        assert figure in proc.stdout, figure
+    written = results.read_text(encoding="utf-8")
+    assert written.startswith("# earlier report") and written.endswith(notifier)
+    assert written.count("## The memory-queue hand-off") == 1
