@@ -315,7 +315,9 @@ class Cluster:
     """This node's membership: heartbeat, leadership, grants; see the module docstring.
 
     ``dsn``: the database holding the cluster's tables (``schema``). ``desired()``:
-    ``{instance: run_on}`` of the registry (read by the leader). ``role()``: the role of the
+    ``{instance: run_on}`` of the registry (read by the leader), or None while the registry
+    has not been read yet (a node started with its database down): the leader then plans
+    nothing, where an empty registry would unassign every instance. ``role()``: the role of the
     node's database ("primary", "standby", None). ``instance(name)``: the running Instance
     or None (for the hard kill at a grant's deadline). ``changed()``: called (never blocks)
     when :meth:`allowed` changed: the Supervisor verifies.
@@ -707,6 +709,8 @@ class Cluster:
                 time.monotonic() - self._revived_at < self.wait_after_db_revived):
             return  # after an outage nobody is judged dead yet, and nothing moves
         desired = self._desired()
+        if desired is None:
+            return  # the desired state is not known yet (a registry not read): plan nothing
         live, dead = {}, []
         for view in self.node_views:
             if view.age > self.node_grace:

@@ -60,6 +60,14 @@ def supervisor_options(cfg):
                 failover_debounce=cfg.failover.debounce)
 
 
+def _desired(registry):
+    """The cluster's view of the registry: ``{instance: run_on}``, or None while a
+    database registry has not been read (not "no instances")."""
+    if not getattr(registry, "loaded", True):
+        return None
+    return {spec.name: spec.run_on for spec in registry}
+
+
 class Service:
     """The service of ``config`` (a :class:`~supervisor.config.Config`).
 
@@ -176,7 +184,7 @@ class Service:
             wait_after_db_revived=cfg.supervisor.wait_after_db_revived,
             schema=cfg.registry.schema,
             state_dir=cfg.supervisor.state_dir or os.path.dirname(cfg.registry.path),
-            desired=lambda: {spec.name: spec.run_on for spec in registry},
+            desired=lambda: _desired(registry),
             role=lambda: sup.role, instance=sup.instance, changed=sup.nodes_changed)
         sup.cluster = self.cluster
         sup.nodes_changed()  # stop whatever is not assigned here (nothing is, yet)

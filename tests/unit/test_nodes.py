@@ -237,3 +237,26 @@ def test_the_nodes_table_marks_the_leader_and_the_node_asked():
     assert nodes_text({}).splitlines() == ["leader: none, term -; 0 assignment(s)", "no nodes"]
     args = build_parser().parse_args(["nodes", "--url", "http://127.0.0.1:1", "--json"])
     assert args.command == "nodes" and args.json
+
+
+def test_a_leader_whose_registry_is_not_read_yet_plans_nothing():
+    """A node started while its database was down has an empty, unread registry: as leader
+    it must not take that for "no instances" and unassign everything."""
+    from supervisor.nodes import Cluster
+    from supervisor.service import _desired
+
+    class Unread:
+        loaded = False
+
+        def __iter__(self):
+            return iter(())
+
+    assert _desired(Unread()) is None
+    cluster = Cluster("host=unused", desired=lambda: None, role=lambda: "primary",
+                      instance={}.get, changed=lambda: None, node_name="unit",
+                      lease_ttl=2.0, node_grace=5.0)
+    cluster.assignments = {"river": ("other", 3)}
+    writes = []
+    cluster._write = lambda *args: writes.append(args)
+    cluster._lead()
+    assert writes == []
