@@ -21,6 +21,15 @@ FILE_NAME = "api.token"
 TOKEN_BYTES = 32
 
 
+def new_token():
+    """A random token (URL-safe base64) that never starts with ``-``: given on a command
+    line (``--token TOKEN``) one that did would read as an option."""
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
+
+
 def generated_token_path(cfg):
     """Where the service keeps the token it generates for the :class:`Config` ``cfg``."""
     state_dir = cfg.supervisor.state_dir or os.path.dirname(cfg.registry.path)
@@ -51,7 +60,7 @@ def _create(path):
                      "state_dir to a directory the service may write, or [http] token_file)"
                      % (exc.strerror or exc)) from None
     with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
+        f.write(new_token() + "\n")
         f.flush()
         os.fsync(f.fileno())
 

@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import re
-import secrets
 import socket
 import time
 import uuid
@@ -42,6 +41,7 @@ import gevent.pywsgi
 from instances.dsn import REDACTED, scrub, secret_fragments
 from instances.exceptions import InvalidConfigurationException
 from supervisor.config.settings import is_loopback
+from supervisor.config.token import new_token
 from supervisor.http import page
 from supervisor.http.routes import JSON_TYPE, HttpError, Request, Response, Routes
 from supervisor.metrics import make_registry
@@ -106,7 +106,7 @@ class HttpApi:
         self.listen = (host, port)
         self.max_body = max_body
         self.token_for_reads = token_for_reads
-        self._token = (token if token is not None else secrets.token_urlsafe(32)).encode()
+        self._token = (token if token is not None else new_token()).encode()
         self._cookie = hmac.new(self._token, b"pgvisor read cookie", hashlib.sha256).hexdigest()
         self.allowed_hosts = _host_set(host, allowed_hosts)
         self.metrics_registry = make_registry(supervisor)

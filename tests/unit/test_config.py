@@ -412,3 +412,12 @@ def test_the_generated_token_lives_in_the_state_directory(tmp_path):
     assert "open to group or others" in str(excinfo.value) and token not in str(excinfo.value)
     state = load_config(path, environ={"PGVISOR_SUPERVISOR_STATE_DIR": str(tmp_path / "s")})
     assert generated_token_path(state) == str(tmp_path / "s" / "api.token")
+
+
+def test_a_generated_token_never_starts_with_a_dash(monkeypatch):
+    """`--token TOKEN` on a command line: a token starting with '-' would read as an option
+    (1 generated token in 64 did)."""
+    from supervisor.config import token
+    drawn = iter(["-starts-with-a-dash", "fine-token"])
+    monkeypatch.setattr(token.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert token.new_token() == "fine-token"
