@@ -132,7 +132,8 @@ def test_sigkilled_worker_ends_the_instance_at_once(tmp_path, out, pg_dsn):
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: deaths, 5)
-        assert time.monotonic() - killed_at < 1.0  # the pipe's EOF, not a periodic check
+        # The pipe's EOF, not a missed beat (heartbeat_timeout: 30 s); margin for load.
+        assert time.monotonic() - killed_at < 5.0
         assert deaths == [instance] and instance.exit == "abnormal"
         assert isinstance(instance.exception, WorkerDied)
         assert "signal 9" in str(instance.exception)

@@ -101,8 +101,13 @@ def test_delay_adds_latency_and_heal_removes_it(pg_cluster, proxy):
         cur.execute("SELECT 1")
         assert time.monotonic() - started >= 0.2  # query and answer: one chunk each
         proxy.heal()
-        started = time.monotonic()
-        cur.execute("SELECT 1")
-        assert time.monotonic() - started < 0.19  # below the delayed round trip (>= 0.2)
+        # Below the delayed round trip (>= 0.2 s) at best of five: a loaded machine may
+        # deschedule one round trip for that long, not each of five.
+        healed = []
+        for _ in range(5):
+            started = time.monotonic()
+            cur.execute("SELECT 1")
+            healed.append(time.monotonic() - started)
+        assert min(healed) < 0.19, healed
     finally:
         conn.close()

@@ -64,7 +64,9 @@ def test_killed_instance_restarts_at_once_then_parks_over_budget(registry, super
     first.kill()
     wait_for(lambda: supervisor.instance("river") is not first
              and supervisor.instance("river").alive, 5)
-    assert time.monotonic() - killed_at < 0.5
+    # At once: the death itself restarts it (the periodic check runs hourly here); 5 s of
+    # margin for a loaded machine still tells the two apart.
+    assert time.monotonic() - killed_at < 5.0
     assert supervisor.status()["river"]["restarts"] == 1
     # A second death inside the 1/m window: parked with a reason, not restarted.
     second = supervisor.instance("river")
