@@ -5,7 +5,7 @@ import time
 import gevent
 import pytest
 
-from supervisor.testing import HubHeartbeat, wait_for
+from supervisor.testing import HubHeartbeat
 from supervisor.testing.heartbeat import RunQueueClock
 
 
@@ -67,31 +67,3 @@ def test_a_wait_between_the_clock_and_the_run_queue_reads_is_read_again():
 
     assert HubHeartbeat._read(RunQueue(), clock) == (10.0601, 1.060)
 
-
-def test_the_run_queue_clock_counts_every_thread_of_the_process():
-    import gevent.monkey
-
-    start, native_id, lock = (gevent.monkey.get_original("_thread", name) for name in (
-        "start_new_thread", "get_native_id", "allocate_lock"))
-    started, done, ended = lock(), lock(), lock()  # a real thread (monkey-patched tests)
-    for each in (started, done, ended):
-        each.acquire()
-    ids = []
-
-    def worker():
-        ids.append(native_id())
-        started.release()
-        done.acquire()
-        ended.release()
-
-    clock = RunQueueClock()
-    try:
-        start(worker, ())
-        assert started.acquire(timeout=5)
-        clock.seconds()
-        assert str(ids[0]) in clock._files  # the worker's figure is read too
-        done.release()
-        assert ended.acquire(timeout=5)
-        wait_for(lambda: clock.seconds() is not None and str(ids[0]) not in clock._files, 5)
-    finally:
-        clock.close()
