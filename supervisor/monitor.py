@@ -129,9 +129,15 @@ class DatabaseMonitor:
 
     def probe(self):
         """One observation on the long-lived connection (blocks this greenlet at most about
-        ``probe_timeout``). A failed probe drops the connection: the next one reconnects."""
+        ``probe_timeout``, plus a connect's own deadlines when it reconnects). A failed
+        probe drops the connection: the next one reconnects."""
         self.probes += 1
         try:
+            if not self.connector.connected:
+                # Connecting has its deadline per host (connect_timeout): one probe_timeout
+                # for the whole would never reach the second host of host=a,b when the
+                # first one swallows the connect.
+                self.connector.fileno()
             with gevent.Timeout(self.probe_timeout, DatabaseError(
                     "no answer within %.1f s" % self.probe_timeout)):
                 identity = self.connector.server_identity(shared=True)

@@ -80,3 +80,22 @@ def test_an_outage_is_down_after_two_failures_and_told_once(pg_private_cluster, 
         ("INFO", "database up"), ("WARNING", "database down"), ("INFO", "database up")]
     assert "was down for" in told[-1].getMessage()
     assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_a_first_host_that_swallows_the_connect_does_not_hide_the_second(pg_cluster,
+                                                                         monitor_of):
+    """host=a,b with ``a`` a blackhole (accepts, never answers): each host has its own
+    connect deadline, so the probe reaches ``b`` and the database is up."""
+    import psycopg2.extensions
+
+    from supervisor.testing import FaultProxy
+    with FaultProxy(pg_cluster.port) as silent:
+        silent.blackhole()
+        params = psycopg2.extensions.parse_dsn(pg_cluster.dsn_for("postgres", tcp=True))
+        params.update(host="127.0.0.1,127.0.0.1",
+                      port="%d,%d" % (silent.port, pg_cluster.port))
+        monitor = monitor_of(params, probe_interval=0.2, probe_timeout=1.0)
+        wait_for(lambda: monitor.reports, 15, message="no first report")
+        assert monitor.reports[0].up, monitor.reports[0]
+        silent.heal()
