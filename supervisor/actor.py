@@ -244,7 +244,9 @@ class Supervisor:
         if self._follower is not None:
             self._follower.stop(timeout)
         self.notifiers.stop(timeout)
-        gevent.killall(self._greenlets, block=True, timeout=timeout)
+        # killall(timeout=) raises Timeout when one outlives it: kill, then wait up to it
+        gevent.killall(self._greenlets, block=False)
+        gevent.joinall(self._greenlets, timeout=timeout)
         log.info("supervisor stopped", extra={"action": "supervisor.stop", "instance": None})
 
     # -- async operations (any greenlet) -----------------------------------------------

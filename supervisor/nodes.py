@@ -397,7 +397,9 @@ class Cluster:
     def stop(self, timeout=5.0):
         """Stop ticking and leave the cluster (the Supervisor stopped every instance
         first: the others may take them at once). Blocks up to about ``timeout``."""
-        gevent.killall(self._greenlets, block=True, timeout=timeout)
+        # killall(timeout=) raises Timeout when one outlives it: kill, then wait up to it
+        gevent.killall(self._greenlets, block=False)
+        gevent.joinall(self._greenlets, timeout=timeout)
         self._waves.kill(block=True, timeout=timeout)
         self._greenlets = []
         self.connector.disconnect()  # a tick killed mid-query left it mid-protocol

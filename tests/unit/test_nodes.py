@@ -260,3 +260,23 @@ def test_a_leader_whose_registry_is_not_read_yet_plans_nothing():
     cluster._write = lambda *args: writes.append(args)
     cluster._lead()
     assert writes == []
+
+
+@pytest.mark.timeout(10)
+def test_stop_returns_when_a_greenlet_outlives_its_timeout():
+    """gevent.killall(timeout=) raises Timeout when a greenlet swallows the kill: a stop
+    must return (having waited its timeout), never raise out of the service's stop."""
+    import gevent
+
+    def stubborn():
+        while True:
+            try:
+                gevent.sleep(10)
+            except gevent.GreenletExit:
+                pass
+
+    cluster = make_cluster()
+    cluster._greenlets = [gevent.spawn(stubborn)]
+    gevent.sleep(0)
+    cluster.stop(timeout=0.1)  # leaves on a fresh connection: must not raise either
+    assert cluster._greenlets == []
