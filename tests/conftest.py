@@ -1,7 +1,8 @@
 """Suite-wide rules: psycopg2 is cooperative, an error that reaches the gevent hub fails
-the test that was running (a greenlet dying with a traceback is never silent), and handler
-retries wait milliseconds, not seconds."""
+the test that was running (a greenlet dying with a traceback is never silent), handler
+retries wait milliseconds, not seconds, and SIGINT is not left ignored."""
 import os
+import signal
 
 import gevent
 import pytest
@@ -14,6 +15,13 @@ from instances.processors import ProcessorPool
 #: tests.handlers, which applies it): a failing handler costs 70 ms, not 7 s.
 os.environ.setdefault("PGVISOR_TEST_RETRY_DELAY", "0.01")
 ProcessorPool.retry_delay = float(os.environ["PGVISOR_TEST_RETRY_DELAY"])
+
+#: A suite started in the background of a non-interactive shell (``cmd &`` in a script, a CI
+#: step, nohup) inherits SIGINT ignored, and so would every program a test starts: the tests
+#: that end a service, a watch or a Client with SIGINT (Ctrl-C) then waited in vain. The
+#: suite runs as from a terminal wherever it was started.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _hub_errors = []
 
