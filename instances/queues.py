@@ -79,6 +79,7 @@ class MemoryQueue:
         self.maxsize = check_queue_size(self.maxsize if maxsize is None else maxsize)
         self._chunks = collections.deque()
         self._size = 0  # items in _chunks
+        self._head = 0  # items of _chunks[0] already taken one at a time (get)
         self._getters = collections.deque()  # Waiters of blocked getters, oldest first
         self._putters = collections.deque()  # Waiters of blocked putters, oldest first
         self._wake_scheduled = False
@@ -133,6 +134,7 @@ class MemoryQueue:
         bound (they were counted in before). Wakes a blocked getter. Never blocks; allowed
         after close (getters drain them)."""
         if items:
+            self._trim_head()
             self._chunks.appendleft(items)
             self._size += len(items)
             self._schedule_wake()
@@ -152,6 +154,7 @@ class MemoryQueue:
         chunks = self._chunks
         if not chunks:
             self._await_items(block, timeout)
+        self._trim_head()
         chunk = chunks[0]
         limit = -(-self._size // split) if split > 1 else None
         if limit is not None and len(chunk) > limit:
@@ -169,15 +172,22 @@ class MemoryQueue:
         chunks = self._chunks
         if not chunks:
             self._await_items(block, timeout)
-        chunk = chunks[0]
-        if len(chunk) > 1:
-            chunks[0] = chunk[1:]
+        chunk, head = chunks[0], self._head
+        if head + 1 < len(chunk):  # an index, not a copy of the rest: O(1) per item
+            self._head = head + 1
         else:
             chunks.popleft()
+            self._head = 0
         self._size -= 1
         if self._putters:
             self._schedule_wake()
-        return chunk[0]
+        return chunk[head]
+
+    def _trim_head(self):
+        """Drop what :meth:`get` took of the first chunk (a copy, once per chunk call)."""
+        if self._head:
+            self._chunks[0] = self._chunks[0][self._head:]
+            self._head = 0
 
     def _await_items(self, block, timeout):
         """Return once a chunk is queued; Empty (timeout, non-blocking) or Closed."""

@@ -499,6 +499,21 @@ def test_the_bound_counts_items_a_chunk_that_does_not_fit_is_taken_in_part():
         queue.get_chunk(False)
 
 
+@pytest.mark.timeout(30)
+def test_get_one_at_a_time_from_a_big_chunk_keeps_order_and_is_linear():
+    """A consumer of single items (get) on a read of 300,000 notifications: every item in
+    order, mixed with get_chunk; copying the rest of the chunk on each get (O(n^2)) would
+    take minutes here."""
+    queue = MemoryQueue(300_000)
+    queue.put_many(list(range(300_000)))
+    assert [queue.get(False), queue.get(False)] == [0, 1]
+    assert queue.get_chunk(False, split=2) == list(range(2, 150_001))  # ceil(299,998 / 2)
+    assert queue.qsize() == 149_999
+    assert [queue.get(False) for _ in range(149_999)] == list(range(150_001, 300_000))
+    with pytest.raises(Empty):
+        queue.get(False)
+
+
 def test_get_chunk_shares_a_backlog_among_the_workers_of_a_pool():
     queue = MemoryQueue(100)
     queue.put_many(list(range(10)))
