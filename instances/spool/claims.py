@@ -28,7 +28,6 @@ thread; every method runs on the caller's greenlet. Only :meth:`Claims.next_item
 outcomes that write a file (a failure, a release after close).
 """
 import collections
-import functools
 import logging
 import os
 
@@ -253,11 +252,16 @@ class Claims:
                 if not self._known or self.closed:
                     return False
             name = self._known.popleft()
-            outcome, size, data = offload.call(
-                _claim_file, self.incoming, self.pending_dir, name, self.max_file_bytes,
-                abandoned=functools.partial(self._abandoned_claim, name))
+            # A kill while the rename runs waits for it, so the claim is recorded (its
+            # messages ready, first in line, in order) before the kill goes on: left in
+            # pending/<owner>/ unrecorded nobody would deliver it, and given back later a
+            # restarted pool would run the key's later messages first.
+            (outcome, size, data), thrown = offload.call_through(
+                _claim_file, self.incoming, self.pending_dir, name, self.max_file_bytes)
             if outcome is _CLAIMED:
                 self._take_file(name, size, data)
+            if thrown is not None:
+                raise thrown
             elif outcome is _VANISHED:
                 self._left(names.message_count(name), 0)
             elif outcome is _NO_DIR:  # pending/<owner>/ was removed under us: make it again
@@ -265,22 +269,6 @@ class Claims:
                 self._known.appendleft(name)
             if self._ready:
                 return True
-
-    def _abandoned_claim(self, name, claimed):
-        """The getter that claimed ``name`` was killed while the rename ran (a stop): the
-        file is in ``pending/<owner>/`` but nobody holds it. It goes back to ``incoming/``
-        as it was (attempts unchanged), so the next getter, here or after a restart, has it:
-        left there it would wait for this process to end."""
-        if claimed[0] is not _CLAIMED:
-            return
-        try:
-            offload.call(_give_back, os.path.join(self.pending_dir, name),
-                         os.path.join(self.incoming, name))
-        except FileNotFoundError:
-            return  # taken from under us (requeued by an operator)
-        self._known.appendleft(name)
-        if self.backlog is not None:  # still counted in the backlog: only wake readers
-            self.backlog.entered(0, 0, 0)
 
     def _take_file(self, name, size, data):
         """A file just claimed (``data``: its content, None when over max_file_bytes):

@@ -24,38 +24,41 @@ _real_ident = gevent.monkey.get_original("_thread", "get_ident")
 _pool_threads = set()
 
 
-def call(function, *args, abandoned=None):
-    """``function(*args)`` in the hub's threadpool; blocks the calling greenlet only.
+def call(function, *args):
+    """``function(*args)`` in the hub's threadpool; blocks the calling greenlet only."""
+    return call_through(function, *args, shield=False)[0]
 
-    A thread cannot be stopped: when the calling greenlet is killed while it waits, the
+
+def call_through(function, *args, shield=True):
+    """``function(*args)`` in the hub's threadpool: ``(value, thrown)``. A thread cannot be
+    stopped: when an exception is thrown into the waiting greenlet (a kill at a stop) the
     function still runs to its end and what it did (a file renamed into ``pending/``) is
-    done. ``abandoned(value)``, if given, then gets the function's return value, in a
-    greenlet of its own, so the caller can undo or record it (not called when the function
-    raised)."""
+    done. With ``shield`` the greenlet waits for it anyway and returns the value with the
+    exception thrown in, for the caller to record what the thread did, then raise it
+    (``thrown`` is None when nothing was thrown in). Without, the exception is raised at
+    once. An exception of ``function`` is raised in the caller."""
     if _real_ident() in _pool_threads:
-        return function(*args)
+        return function(*args), None
     hub = gevent.get_hub()
     if gevent.getcurrent() is hub:
-        return function(*args)
+        return function(*args), None
     result = hub.threadpool.spawn(_in_pool, function, args)
-    try:
-        value, error = result.get()
-    except BaseException:
-        if abandoned is not None:
-            result.rawlink(lambda done: gevent.spawn(_settle_abandoned, done, abandoned))
-        raise
+    thrown = None
+    while True:
+        try:
+            value, error = result.get()
+            break
+        except BaseException as exc:
+            if not shield:
+                raise
+            if thrown is None:
+                thrown = exc
     if error is not None:
         try:
             raise error
         finally:
             error = None  # no reference cycle through the traceback
-    return value
-
-
-def _settle_abandoned(done, abandoned):
-    value, error = done.get()
-    if error is None:
-        abandoned(value)
+    return value, thrown
 
 
 def _in_pool(function, args):
