@@ -61,10 +61,12 @@ $(BENCH_STAMP): $(STAMP) setup.py
 
 bench: $(BENCH_STAMP) postgres
 	$(PY) -m bench.run --verbose
+	$(PY) -m bench.spool --verbose
 	$(PY) -m bench.delivery --verbose
 
 bench-smoke: $(BENCH_STAMP) postgres
 	$(PY) -m bench.run --smoke
+	$(PY) -m bench.spool --smoke
 	$(PY) -m bench.delivery --smoke
 
 

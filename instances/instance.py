@@ -161,6 +161,7 @@ class Instance:
                                   on_connection_lost=self._connection_lost)
             if spec.isolation == "process":
                 source.batch_size = PROCESS_BATCH_SIZE
+                self.queue.group_max = PROCESS_BATCH_SIZE  # the group commit too
             source.link(self._part_ended)
             return source
         listener = PostgresNotificationListener(

@@ -377,3 +377,14 @@ def test_a_getter_killed_while_its_claim_runs_in_the_threadpool_loses_nothing(
 def threading_event():
     """An Event for a real thread to wait on (the threadpool's), patched or not."""
     return gevent.monkey.get_original("threading", "Event")()
+
+
+@pytest.mark.timeout(10)
+def test_a_group_never_exceeds_group_max_so_worker_processes_share_a_burst(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.group_max = 4  # process isolation sets PROCESS_BATCH_SIZE
+    for k in range(3):
+        queue.put_batch(_notifications(3, 3 * k), False)
+    queue.put({"n": "after"})  # waits for the groups
+    counts = sorted(names.message_count(n) for n in os.listdir(tmp_path / "incoming"))
+    assert counts == [1, 3, 3, 3]
