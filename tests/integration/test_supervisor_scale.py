@@ -63,8 +63,9 @@ class StandIn:
 
 
 def spin_handler(notification):
-    """Hold the hub for 0.3 s without a single switch (a CPU-bound handler)."""
-    spin(0.3)
+    """Hold the hub for 1 s without a single switch (a CPU-bound handler): long enough
+    for gevent's monitor thread, which needs a CPU too, to look twice on a loaded machine."""
+    spin(1.0)
 
 
 def spin(seconds):
@@ -126,7 +127,7 @@ def test_a_greenlet_holding_the_hub_is_counted_and_logged_once(registry, make_su
     sup = make_supervisor(registry, pg_dsn)
     assert sup.hubwatch.max_blocking_time == Supervisor.max_blocking_time == 0.1
     blocks = sup.counters["hub_blocks"]
-    gevent.spawn(spin, 0.3).join()
+    gevent.spawn(spin, 1.0).join()  # the monitor thread must get a CPU twice in it
     wait_for(lambda: sup.counters["hub_blocks"] > blocks, 2)
     lines = [r for r in caplog.records if r.action == "hub.blocked"
              and r.getMessage().endswith(" spin")]
