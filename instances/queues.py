@@ -139,6 +139,17 @@ class MemoryQueue:
             self._size += len(items)
             self._schedule_wake()
 
+    def take_all(self):
+        """Remove and return every queued item, in order (an edit that replaces this queue
+        hands them to the new one: see :meth:`give_back`). Never blocks."""
+        self._trim_head()
+        items = [item for chunk in self._chunks for item in chunk]
+        self._chunks.clear()
+        self._size = 0
+        if self._putters:
+            self._schedule_wake()
+        return items
+
     def _append(self, chunk):
         self._chunks.append(chunk)
         self._size += len(chunk)

@@ -283,6 +283,7 @@ class Executor:
         if built.spec is None:
             return self._park(record, "cannot start: %s" % built.error)
         if old is not None and built.fresh_queue:
+            self._carry_over(old, built)
             self._close_queue(old)  # after the stop: its claims go back for the new one
         try:
             instance = self._started(built, None if built.fresh_queue else old.queue)
@@ -347,6 +348,21 @@ class Executor:
         record.pending_spec, record.pending_error = spec, error
         return Outcome.ERROR.detail("still running the previous spec; the new one cannot "
                                     "start: %s" % error)
+
+    def _carry_over(self, old, built):
+        """A memory queue replaced by a new one (an edit of ``queue_size``): what the old
+        one still holds goes first into the new one, in order (even beyond a smaller
+        bound: it was counted in once), not dropped with the old queue."""
+        new_queue = getattr(built.instance, "queue", None)
+        take_all = getattr(old.queue, "take_all", None)
+        if take_all is None or not hasattr(new_queue, "give_back"):
+            return
+        items = take_all()
+        if items:
+            new_queue.give_back(items)
+            log.info("instance %s: %d queued notification(s) carried over to its new queue",
+                     old.name, len(items),
+                     extra={"action": "supervisor.queue_carried", "instance": old.name})
 
     def _close_queue(self, old):
         """The old instance's queue is not reused: close it (a FileQueue hands its claims

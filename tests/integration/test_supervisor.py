@@ -206,3 +206,33 @@ def test_new_options_of_the_same_spool_open_after_the_old_queue_closed_or_fall_b
     _wait_state(supervisor, "river", "running")
     _notify(pg_dsn, "doc_changed", "fallen-back")
     wait_for(lambda: "fallen-back" in [n.payload for n in handlers.seen], 5)
+
+
+@pytest.mark.timeout(60)
+def test_an_edit_of_queue_size_carries_the_queued_notifications_over(registry, pg_dsn):
+    """A new queue_size builds a new memory queue: what the old one held (and the item
+    whose handler the stop killed) is handled by the new instance, none dropped."""
+    import gevent.event
+    sup = Supervisor(registry, pg_dsn, interval=3600, shutdown_grace=0.5)
+    handlers.blocking["event"] = gevent.event.Event()
+    registry.add(_spec(handler="tests.handlers:hold_on_hold", queue_size=100))
+    try:
+        sup.start()
+        _wait_state(sup, "river", "running")
+        wait_for(lambda: [n.kind for n in handlers.seen] == ["catch_up"], 10)
+        for payload in ("hold", "a", "b", "c"):
+            _notify(pg_dsn, "doc_changed", payload)
+        old = sup.instance("river")
+        wait_for(lambda: "hold" in [n.payload for n in handlers.seen]
+                 and old.queue.qsize() == 3, 10, message="hold running, a b c queued")
+        registry.update("river", queue_size=50)
+        wait_for(lambda: sup.instance("river") is not old and sup.instance("river").alive,
+                 10, message="the instance on its new queue")
+        handlers.blocking["event"].set()
+        wait_for(lambda: {"a", "b", "c"} <= {n.payload for n in handlers.seen}, 10,
+                 message="a b c handled after the edit")
+        payloads = [n.payload for n in handlers.seen if n.kind == "notify"]
+        assert [p for p in payloads if p != "hold"] == ["a", "b", "c"]
+        assert sup.instance("river").spec.queue_size == 50
+    finally:
+        sup.stop(timeout=5)
