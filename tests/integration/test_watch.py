@@ -177,7 +177,10 @@ def test_the_hub_keeps_running_while_files_change(tmp_path):
         beat.stop()
     assert created > 50
     assert len(recorder.calls) < created, "debounced into fewer calls than files"
-    assert beat.max_stall < 0.05, "hub blocked for %.3f s" % beat.max_stall
+    # watchdog's observer is a real thread competing for the GIL: on a loaded machine a
+    # holder the kernel preempts keeps the hub waiting a scheduler slice (53 ms seen at
+    # load 10). A hub that waited on the observer (the defect) stalls for the whole second.
+    assert beat.max_stall < 0.15, "hub blocked for %.3f s" % beat.max_stall
 
 
 def test_for_file_sees_an_atomic_replace(tmp_path):
