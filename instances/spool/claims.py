@@ -260,13 +260,13 @@ class Claims:
                 _claim_file, self.incoming, self.pending_dir, name, self.max_file_bytes)
             if outcome is _CLAIMED:
                 self._take_file(name, size, data)
-            if thrown is not None:
-                raise thrown
             elif outcome is _VANISHED:
                 self._left(names.message_count(name), 0)
             elif outcome is _NO_DIR:  # pending/<owner>/ was removed under us: make it again
                 layout.make_dir(self.pending_dir, self.mode)
                 self._known.appendleft(name)
+            if thrown is not None:  # every outcome recorded first: the counters stay true
+                raise thrown
             if self._ready:
                 return True
 
