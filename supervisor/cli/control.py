@@ -40,12 +40,16 @@ FAILED_OUTCOMES = ("disabled_by_supervisor", "error")
 WATCH_INTERVAL = 2.0
 #: ANSI: cursor home, erase to the end of the line, erase the rest of the screen.
 HOME, ERASE_LINE, ERASE_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
-#: The status table's columns (``status --watch`` adds RATE/S).
+#: The status table's columns (``status --watch`` adds RATE/S; a node of a cluster adds
+#: CLUSTER_COLUMNS after STATE).
 STATUS_COLUMNS = [
     ("NAME", "name"), ("STATE", "state"), ("ENABLED", "enabled"), ("CHANNELS", "channels"),
     ("CONC", "concurrency"), ("BACKLOG", "backlog"), ("RECEIVED", "received"),
     ("PROCESSED", "processed"), ("FAILED", "failed"), ("RESTARTS", "restarts"),
     ("BUDGET", "budget_left"), ("LAST ERROR", "last_error")]
+#: With clustering on (the instances' statuses carry ``node``): where each instance is
+#: assigned and that assignment's epoch (``-``: assigned nowhere).
+CLUSTER_COLUMNS = [("NODE", "node"), ("EPOCH", "epoch")]
 
 
 def register(subparsers):
@@ -215,10 +219,13 @@ def status_text(body, rates=None):
     head = "database: %s, role %s%s" % (db.get("state"), db.get("role") or "-",
                                         ", paused (%s)" % db.get("paused_by")
                                         if db.get("paused") else "")
+    instances = body.get("instances", [])
     columns = list(STATUS_COLUMNS)
     if rates is not None:
         columns.insert(8, ("RATE/S", lambda row: rates.get(row.get("name"))))
-    return head + "\n" + table(body.get("instances", []), columns, empty="no instances")
+    if any("node" in row for row in instances):
+        columns[2:2] = CLUSTER_COLUMNS
+    return head + "\n" + table(instances, columns, empty="no instances")
 
 
 def _watch(client, interval, as_json):

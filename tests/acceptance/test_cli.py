@@ -65,6 +65,8 @@ def test_status_prints_a_table_and_json(service):
     table = service.cli("status", "-c", service.config)
     assert table.returncode == 0, table.stderr
     assert "database: up, role primary" in table.stdout
+    header = table.stdout.splitlines()[1].split()
+    assert header[:3] == ["NAME", "STATE", "ENABLED"]  # no NODE, EPOCH: not a cluster
     row = next(line for line in table.stdout.splitlines() if line.startswith("river "))
     assert "running" in row and "river_ch" in row
     data = json.loads(service.cli("status", "-c", service.config, "--json").stdout)
