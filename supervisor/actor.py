@@ -352,13 +352,14 @@ class Supervisor:
         connected, channels, subscribers, backlog, queue_usage, probes, last_error..."""
         return self.notifiers.status()
 
-    def plan_state(self, ratelimit=True, grace_ended=False):
-        """The situation the policy plans under now."""
+    def plan_state(self, ratelimit=True, grace_ended=False, elsewhere=None):
+        """The situation the policy plans under now (``elsewhere``: see PlanState)."""
         return PlanState(db_up=self.db_up, paused=self._manual_pause, role=self.role,
                          in_grace=self.in_grace, heartbeat_timeout=self.heartbeat_timeout,
                          ratelimit=ratelimit, grace_ended=grace_ended,
                          wait_after_db_revived=self.wait_after_db_revived,
-                         restart_max_rate=self.budget.default_rate)
+                         restart_max_rate=self.budget.default_rate,
+                         elsewhere=elsewhere or {})
 
     def desired(self, names=None):
         """``{name: spec}`` of the instances that should run here (``names``: of those)."""
@@ -388,8 +389,18 @@ class Supervisor:
     def plan(self, names=None, ratelimit=True, grace_ended=False):
         """The policy's actions for ``names`` (None: all) now."""
         desired = self.desired(names)
-        return plan(desired, self.observed(names, desired),
-                    self.plan_state(ratelimit, grace_ended))
+        observed = self.observed(names, desired)
+        return plan(desired, observed, self.plan_state(
+            ratelimit, grace_ended, self._elsewhere(observed, desired)))
+
+    def _elsewhere(self, observed, desired):
+        """``{name: Release}`` of the instances known here that the registry lists but
+        the cluster took from this node (their stop is a release, not a removal)."""
+        gone = [name for name in observed if name not in desired]
+        if self.cluster is None or not gone:
+            return {}
+        listed = {spec.name for spec in self.registry}
+        return {name: self.cluster.release(name) for name in gone if name in listed}
 
     # -- requests ----------------------------------------------------------------------
     def _put(self, request):

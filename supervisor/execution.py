@@ -161,8 +161,14 @@ class Executor:
         if record is not None and record.instance is not None:
             self._close_queue(record.instance)  # removed for good: claims back, fds closed
         self.budget.forget(action.name)
-        log.info("instance %s removed", action.name,
-                 extra={"action": "supervisor.forget", "instance": action.name})
+        released = action.released
+        if released is None:
+            log.info("instance %s removed from the registry", action.name,
+                     extra={"action": "supervisor.forget", "instance": action.name})
+        else:  # multi-node: it runs (or will) elsewhere; say where and with which epoch
+            log.info("instance %s %s", action.name, released.message(),
+                     extra=dict(released.fields(), action="cluster.release",
+                                instance=action.name))
         return Outcome.STOPPED
 
     # -- the operator's commands ------------------------------------------------------------

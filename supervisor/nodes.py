@@ -300,6 +300,51 @@ class Grant:
 
 
 @dataclasses.dataclass(frozen=True)
+class Release:
+    """Why this node gave up an instance of the registry (:meth:`Cluster.release`): the
+    Supervisor logs it once, ``action=cluster.release``, when it stops or forgets the
+    instance (instead of "removed from the registry", which it is not).
+
+    ``why``: "moved" (the leader assigned it to ``to_node`` with ``epoch``), "unassigned"
+    (the leader assigned it to no node: none fits its ``run_on``), "lease_ended" (this
+    node's grant ran out: its lease was not renewed in time), "lease_lost" (this node's row
+    was gone or taken: judged dead, or its name taken over), "stopping" (this node leaves
+    the cluster). ``node``: this node;
+    ``held_epoch``: the epoch it ran with here (None: not known).
+    """
+
+    why: str
+    node: str
+    held_epoch: typing.Optional[int] = None
+    to_node: typing.Optional[str] = None
+    epoch: typing.Optional[int] = None
+
+    def message(self):
+        """The log line after the instance's name, e.g. ``moved from node n0 to node n1
+        (epoch 42; it ran on n0 with epoch 17)``."""
+        held = "; it ran on %s with epoch %s" % (self.node, self.held_epoch) \
+            if self.held_epoch is not None else ""
+        if self.why == "moved":
+            return "moved from node %s to node %s (epoch %s%s)" % (
+                self.node, self.to_node, self.epoch, held)
+        what = {"unassigned": "the leader assigned it to no node (none fits its run_on)",
+                "lease_ended": "the node's lease was not renewed in time",
+                "lease_lost": "the node lost its lease (judged dead, or its name taken "
+                              "over)",
+                "stopping": "the node is stopping"}.get(self.why, "not assigned to it any more")
+        return "stopped on node %s: %s%s" % (self.node, what, " (%s)" % held[2:] if held
+                                             else "")
+
+    def __str__(self):
+        return self.message()
+
+    def fields(self):
+        """The structured keys of its log line (JSON format)."""
+        return {"why": self.why, "node": self.node, "held_epoch": self.held_epoch,
+                "to_node": self.to_node, "epoch": self.epoch}
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeView:
     """One row of ``nodes`` as the last tick read it; ages in seconds on the database's
     clock."""
@@ -359,6 +404,7 @@ class Cluster:
         #: released once not alive.
         self._lost = {}
         self._killed = {}  # {name: the Instance killed} (killed once, not at every look)
+        self._releases = {}  # {name: Release}: why it was revoked (until granted again)
         self.registered = False
         self.term = None  # the leader term this node holds (None: not the leader)
         self.leader = None  # {"term", "holder", "expires_in"} as last read
@@ -416,7 +462,7 @@ class Cluster:
                             "node_grace): %s", self.name, error,
                             extra={"action": "cluster.leave_failed", "instance": None})
         self.registered = False
-        self._drop_all("stopping", notify=False)
+        self._drop_all("stopping", "stopping", notify=False)
         self.connector.disconnect()
 
     # -- reading (any greenlet) --------------------------------------------------------
@@ -429,6 +475,20 @@ class Cluster:
         fencing token a handler writes with."""
         grant = self.grants.get(name)
         return grant.epoch if grant is not None else None
+
+    def release(self, name):
+        """Why this node does not run instance ``name`` any more (a :class:`Release`), for
+        the Supervisor's log line when it stops or forgets it: as recorded when its grant
+        was revoked, else where the assignments last read place it."""
+        found = self._releases.get(name)
+        return found if found is not None else self._moved(name, None)
+
+    def _moved(self, name, held):
+        """The Release of ``name`` taken away by the leader (it held epoch ``held``)."""
+        node, epoch = self.assignments.get(name, (None, None))
+        if node is None:
+            return Release("unassigned", self.name, held)
+        return Release("moved", self.name, held, node, epoch)
 
     def placement(self, name):
         """``(node, epoch)`` of instance ``name`` as last read (``(None, None)``: not
@@ -599,7 +659,10 @@ class Cluster:
         new = [n for n in grants if n not in old or n in revoked]
         self.grants = grants
         self._revoke({n: old[n].until for n in revoked},
-                     "not assigned to %s any more" % self.name)
+                     "not assigned to %s any more" % self.name,
+                     {n: self._moved(n, old[n].epoch) for n in revoked})
+        for name in new:
+            self._releases.pop(name, None)
         for name in list(self._lost):
             if self._dead(name):
                 del self._lost[name]
@@ -613,10 +676,12 @@ class Cluster:
     def _dead(self, name):
         return quiet(self._instance(name))
 
-    def _revoke(self, until, why, notify=True):
+    def _revoke(self, until, why, releases, notify=True):
         """Take the instances of ``until`` (``{name: the end of its last grant}``) away
-        from the Supervisor; the fence kills what still runs at that end."""
+        from the Supervisor; the fence kills what still runs at that end. ``releases``:
+        ``{name: Release}``, what the Supervisor logs when it stops each one."""
         names = [n for n in until if n in self._admitted or n in self._pending]
+        self._releases.update(releases)
         for name, end in until.items():
             self._admitted.discard(name)
             self._pending.discard(name)
@@ -637,14 +702,16 @@ class Cluster:
         self.registered = False
         self.term = None
         self.incarnation = uuid.uuid4().hex[:12]
-        self._drop_all("lease lost")
+        self._drop_all("lease lost", "lease_lost")
 
-    def _drop_all(self, why, notify=True):
-        """Void every grant now: stop through the Supervisor, kill what still runs."""
+    def _drop_all(self, why, kind, notify=True):
+        """Void every grant now: stop through the Supervisor, kill what still runs;
+        ``kind``: the Release's ``why``."""
         now = time.monotonic()
         names = set(self.grants) | self._admitted | self._pending
+        releases = {n: Release(kind, self.name, self.epoch(n)) for n in names}
         self.grants = {}
-        self._revoke(dict.fromkeys(names, now), why, notify)
+        self._revoke(dict.fromkeys(names, now), why, releases, notify)
         self._kill([n for n, end in self._lost.items() if end <= now])
 
     # -- admission in waves (greenlets of the Cluster's group) -------------------------
@@ -683,8 +750,10 @@ class Cluster:
         expiring = {g.instance: g.until for g in self.grants.values()
                     if g.until - self.margin <= now}
         if expiring:
+            releases = {n: Release("lease_ended", self.name, self.grants[n].epoch)
+                        for n in expiring}
             self.grants = {n: g for n, g in self.grants.items() if n not in expiring}
-            self._revoke(expiring, "its lease was not renewed in time")
+            self._revoke(expiring, "its lease was not renewed in time", releases)
         self._kill([n for n, end in self._lost.items() if end <= now])
         soonest = now + self.tick
         for grant in self.grants.values():

@@ -11,6 +11,8 @@ from any greenlet or thread; it never blocks.
 Rules, first match wins for each name (docs/supervision.rst has the same table)::
 
     removed from the registry ....... alive: Stop(final "stopped", forget)  else: Forget
+    taken from this node (cluster) .. the same, carrying the cluster's reason (``released``,
+                                      from ``PlanState.elsewhere``): logged as a release
     disabled ........................ alive or not yet recorded: Stop(final "disabled")
     parked (disabled_by_supervisor) . nothing: an operator's enable or restart clears it
     died of a fatal database error .. Park (no restart would help)
@@ -138,6 +140,7 @@ class PlanState:
     grace_ended: bool = False
     wait_after_db_revived: float = 35.0
     restart_max_rate: str = "1/m"
+    elsewhere: typing.Mapping[str, typing.Any] = dataclasses.field(default_factory=dict)
 
     @property
     def role_key(self):
@@ -163,12 +166,14 @@ class Start:
 class Stop:
     """Stop an instance (if alive) and record ``final_state``: "stopped" (removed or
     done), "disabled" or "waiting" (wrong role). On an instance that is not running it only
-    records the state. ``forget``: it was removed from the registry; drop its record."""
+    records the state. ``forget``: it was removed from the registry (or, ``released`` not
+    None, taken from this node by the cluster: ``released`` says why); drop its record."""
 
     name: str
     reason: str
     final_state: str
     forget: bool = False
+    released: typing.Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +227,11 @@ class Park:
 
 @dataclasses.dataclass(frozen=True)
 class Forget:
-    """Drop the runtime record of an instance that was removed and is not running."""
+    """Drop the runtime record of an instance that was removed and is not running
+    (``released`` not None: taken from this node by the cluster, and why)."""
 
     name: str
+    released: typing.Any = None
 
 
 def plan(desired, observed, state):
@@ -246,9 +253,11 @@ def plan_one(name, spec, obs, state):
     alive = obs is not None and obs.alive
     final = obs.final_state if obs is not None else None
     if spec is None:
+        released = state.elsewhere.get(name)
         if alive:
-            return Stop(name, "removed from the registry", "stopped", forget=True)
-        return Forget(name) if obs is not None else None
+            return Stop(name, "removed from the registry" if released is None
+                        else str(released), "stopped", forget=True, released=released)
+        return Forget(name, released) if obs is not None else None
     if not spec.enabled:
         if alive or final != "disabled":
             return Stop(name, "disabled", "disabled")

@@ -37,6 +37,23 @@ def assert_surfaces(nodes, placement, holder, term):
     assert {row[0]: row[1] for row in rows} == {
         name: "yes" if name == holder else "no" for name in nodes.nodes}
     assert "n0 *" in shown.stdout  # the node asked
+    # ``pgvisor status`` names each instance's node and epoch (NODE, EPOCH after STATE)
+    table = nodes["n1"].cli("status", "-c", nodes["n1"].config)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[1].split()[:4] == ["NAME", "STATE", "NODE", "EPOCH"]
+    shown = {row.split()[0]: row.split()[1:4] for row in lines[2:]}
+    assert set(shown) == set(nodes.names)
+    for instance, (node, epoch) in assigned.items():
+        state = "running" if node == "n1" else "stopped"
+        assert shown[instance] == [state, node, str(epoch)], (instance, shown[instance])
+
+
+def releases(log, instance=None):
+    """The ``action=cluster.release`` lines of a node's text log (of ``instance``)."""
+    tag = "action=cluster.release instance=%s " % (instance or "")
+    return [line for line in log.splitlines() if tag in line or (
+        instance is None and "action=cluster.release" in line)]
 
 
 @pytest.fixture
@@ -81,6 +98,31 @@ def test_three_nodes_share_thirty_instances_and_a_killed_nodes_share_moves(clust
     moved = nodes.assignments()
     for instance in moving:
         assert moved[instance][1] > assigned[instance][1]  # a new epoch
+    assert_exactly_once(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_joining_nodes_share_is_logged_by_the_giver_as_moved_with_node_and_epoch(
+        cluster_nodes):
+    nodes = cluster_nodes(count=2, instances=6)
+    nodes["n0"].start(ready=False)
+    nodes["n0"].wait_log("action=service.ready", timeout=60)
+    nodes.wait_all_running(60, ["n0"], "n0 runs everything alone")
+    before = nodes.assignments()
+    nodes["n1"].start(ready=False)
+    placement = nodes.wait_all_running(60, ["n0", "n1"], "n1 took its share")
+    after = nodes.assignments()
+    moved = sorted(i for i, n in placement.items() if n == "n1")
+    assert len(moved) == 3
+    log = nodes["n0"].log()
+    for instance in moved:
+        lines = releases(log, instance)
+        assert len(lines) == 1, lines  # once, one line
+        assert lines[0].endswith(
+            "instance %s moved from node n0 to node n1 (epoch %d; it ran on n0 with epoch "
+            "%d)" % (instance, after[instance][1], before[instance][1])), lines[0]
+    assert len(releases(log)) == len(moved)  # the instances n0 kept were not released
+    assert "removed from the registry" not in log
     assert_exactly_once(nodes)
 
 
@@ -146,6 +188,15 @@ def test_a_postgres_outage_longer_than_node_grace_moves_nothing(pg_private_clust
     for node in nodes.nodes.values():
         node.wait_log("its lease was not renewed in time", timeout=20)
     wait_for(lambda: not nodes.running(), 10, 0.1, "nothing runs during the outage")
+    for name, node in nodes.nodes.items():  # each stop logged once, as a lease's end
+        for instance in (i for i, n in placement.items() if n == name):
+            wait_for(lambda n=node, i=instance: releases(n.log(), i), 10, 0.1,
+                     "%s's stop logged" % instance)
+            lines = releases(node.log(), instance)
+            assert len(lines) == 1 and lines[0].endswith(
+                "instance %s stopped on node %s: the node's lease was not renewed in time "
+                "(it ran on %s with epoch %d)" % (instance, name, name, before[instance][1])
+            ), lines
     # ... and nothing starts anywhere while it stays down longer than node_grace (every
     # heartbeat gets older than that) ...
     assert holds(lambda: not nodes.running(), NODE_GRACE + 1.0, 0.2,

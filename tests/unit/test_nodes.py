@@ -280,3 +280,32 @@ def test_stop_returns_when_a_greenlet_outlives_its_timeout():
     gevent.sleep(0)
     cluster.stop(timeout=0.1)  # leaves on a fresh connection: must not raise either
     assert cluster._greenlets == []
+
+
+def test_a_revoked_instance_says_why_and_where_it_went():
+    """The Release the Supervisor logs when it stops an instance the cluster took away: a
+    move names the new node and epoch; a grant that ran out and a lost lease say so."""
+    from supervisor.nodes import Release
+    cluster = make_cluster()
+    cluster._grant(time.monotonic(), [["a", 7, -1.0], ["b", 8, -1.0], ["c", 9, -1.0]])
+    cluster.assignments = {"a": ("n1", 12), "b": (None, 13), "c": ("unit", 9)}
+    cluster._grant(time.monotonic(), [["c", 9, -1.0]])  # a and b taken away, c kept
+    assert cluster.release("a") == Release("moved", "unit", 7, "n1", 12)
+    assert cluster.release("a").message() == (
+        "moved from node unit to node n1 (epoch 12; it ran on unit with epoch 7)")
+    assert cluster.release("b").message() == (
+        "stopped on node unit: the leader assigned it to no node (none fits its run_on) "
+        "(it ran on unit with epoch 8)")
+    assert cluster.release("a").fields() == {"why": "moved", "node": "unit",
+                                             "held_epoch": 7, "to_node": "n1", "epoch": 12}
+    cluster._fence(cluster.grants["c"].until)  # c's grant ran out
+    assert cluster.release("c").message() == (
+        "stopped on node unit: the node's lease was not renewed in time "
+        "(it ran on unit with epoch 9)")
+    cluster._grant(time.monotonic(), [["a", 14, -1.0]])  # granted again: no reason kept
+    assert "a" not in cluster._releases
+    cluster._lease_lost()
+    assert cluster.release("a").why == "lease_lost" and cluster.release("a").held_epoch == 14
+    # nothing recorded (never held here): where the assignments place it
+    cluster.assignments["z"] = ("n2", 3)
+    assert cluster.release("z").message() == "moved from node unit to node n2 (epoch 3)"

@@ -74,6 +74,12 @@ RULES = [
     ("removed waiting is forgotten", None, Observed("a", final_state="waiting"), UP,
      Forget("a")),
     ("removed and never seen: nothing", None, None, UP, None),
+    # multi-node: taken from this node by the cluster, its reason carried along
+    ("taken elsewhere alive is stopped with the cluster's reason", None, running(A),
+     PlanState(elsewhere={"a": "moved to node n1"}),
+     Stop("a", "moved to node n1", "stopped", forget=True, released="moved to node n1")),
+    ("taken elsewhere and stopped is forgotten with the reason", None, dead(A),
+     PlanState(paused=True, elsewhere={"a": "lease ended"}), Forget("a", "lease ended")),
     # enabled flag
     ("disabled alive is stopped", spec("a", enabled=False), running(A), UP,
      Stop("a", "disabled", "disabled")),
