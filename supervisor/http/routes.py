@@ -289,14 +289,18 @@ class Routes:
         return Response(200, generate_latest(self.metrics_registry), CONTENT_TYPE_LATEST)
 
     def status(self, request):
-        return Response(200, {
+        body = {
             "running": bool(self.supervisor.running),
             "database": dict(self.supervisor.database_status()),
             "instances": self._instance_views(),
             "counters": dict(self.supervisor.counters),
             "notifiers": list(getattr(self.supervisor, "notifier_status", list)()),
             "registry_version": self.supervisor.registry.version,
-            "registry": dict(getattr(self.supervisor, "registry_status", dict)())})
+            "registry": dict(getattr(self.supervisor, "registry_status", dict)())}
+        cluster = getattr(self.supervisor, "cluster", None)
+        if cluster is not None:  # the page's Nodes table (GET /nodes has the rest)
+            body["nodes"] = cluster.nodes()
+        return Response(200, body)
 
     def nodes(self, request):
         """The cluster as this node sees it (``supervisor.cluster.status()``); 404 when

@@ -27,6 +27,7 @@ def assert_surfaces(nodes, placement, holder, term):
         assert {n["name"] for n in body["nodes"]} == set(nodes.nodes)
         counts = nodes.count_by_node(placement)
         assert {n["name"]: n["instances"] for n in body["nodes"]} == counts
+        assert [n["name"] for n in node.get("/status")["nodes"]] == sorted(nodes.nodes)
         for instance in nodes.names:
             view = node.get("/instances/%s" % instance)
             assert (view["node"], view["epoch"]) == assigned[instance]

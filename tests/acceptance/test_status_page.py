@@ -56,6 +56,9 @@ def test_page_shows_instances_and_a_kill_raises_the_restart_count_without_a_relo
         chromium.wait(lambda d: notifiers.is_displayed() and "victim_ch" in notifiers.text,
                       "the shared LISTEN connection with its channels")
         assert "river_ch" in notifiers.text and "password" not in notifiers.text
+        # not a cluster: no Nodes table, no node under the names
+        assert not chromium.find("#nodes-section").is_displayed()
+        assert not chromium.driver.find_elements("css selector", "td.name div.node")
         chromium.driver.execute_script("window.__same_page = true")
 
         notify(pg_dsn, "victim_ch", "victim")  # its handler kills it, as a crash would
@@ -208,3 +211,37 @@ def test_with_token_for_reads_the_token_typed_once_opens_the_page_by_a_read_cook
     finally:
         chromium.driver.delete_all_cookies()
         svc.stop()
+
+
+@pytest.mark.timeout(120)
+def test_on_a_cluster_the_page_shows_the_nodes_and_where_each_instance_runs(
+        chromium, pg_database, tmp_path):
+    """Two nodes (separate ``pgvisor run`` processes): n0's page lists both nodes and,
+    under each instance's name, the node it is assigned to and that assignment's epoch."""
+    from tests.acceptance.cluster_nodes import Nodes
+
+    nodes = Nodes(tmp_path, pg_database, count=2, instances=4).start()
+    try:
+        nodes.wait_all_running(60)
+        assigned = nodes.assignments()
+        assert set(assigned.values()) and {n for n, _ in assigned.values()} == {"n0", "n1"}
+        chromium.driver.get(nodes["n0"].url + "/")
+
+        def node_line(instance):
+            found = chromium.driver.find_elements(
+                "css selector", 'tr[data-instance="%s"] td.name div.node' % instance)
+            return found[0].text if found else None
+        for instance, (node, epoch) in assigned.items():
+            expected = "on %s \u00b7 epoch %d" % (node, epoch)
+            chromium.wait(lambda d, i=instance, e=expected: chromium.fresh(
+                lambda: node_line(i)) == e, "%s shows %r" % (instance, expected))
+        section = chromium.find("#nodes-section")
+        chromium.wait(lambda d: section.is_displayed() and "n1" in chromium.find(
+            "#nodes").text, "the nodes table")
+        rows = chromium.fresh(lambda: [r.text.split() for r in chromium.driver.find_elements(
+            "css selector", "#nodes tbody tr")])
+        assert sorted(row[0] for row in rows) == ["n0", "n1"], rows
+        header = chromium.fresh(lambda: chromium.find("#nodes thead").text.split())
+        assert header[:3] == ["name", "this", "leader"], header
+    finally:
+        nodes.stop()

@@ -18,7 +18,8 @@
   const PENDING = "new spec not applied: ";  // how last_error words a pending edit
   const NOTIFIER_COLUMNS = ["name", "dsn", "connected", "channels", "subscribers", "backlog",
                             "queue_usage", "reconnects", "last_error"];
-  const NODE_COLUMNS = ["node", "name", "state", "leader", "last_seen", "instances"];
+  const NODE_COLUMNS = ["name", "this", "leader", "role", "heartbeat_age", "instances",
+                        "running"];
 
   const body = document.body;
   const refreshMs = Number(body.dataset.refreshMs) || 2000;
@@ -220,6 +221,10 @@
       name.appendChild(el("div", view.name));
       if (view.channels && view.channels.length) {
         name.appendChild(el("div", show(view.channels), "channels muted"));
+      }
+      if ("node" in view) {  // multi-node: where it is assigned, and the fencing token
+        name.appendChild(el("div", view.node === null ? "on no node"
+          : "on " + view.node + " \u00b7 epoch " + show(view.epoch), "node muted"));
       }
       row.appendChild(name);
       row.appendChild(stateCell(view));
