@@ -88,6 +88,23 @@ def message_id(base, index):
     return "%s#%d" % (base, index)
 
 
+#: ``"#0"``, ``"#1"``, ...: the id suffixes, made once up to this many.
+_SUFFIXES_KEPT = 100_000
+_suffixes = []
+
+
+def message_ids(base, first, count):
+    """The ids of messages ``first`` .. ``first + count - 1`` of the file ``base`` (a
+    list, made at C speed: a group commit names thousands at once)."""
+    end = first + count
+    if end > len(_suffixes):
+        if end > _SUFFIXES_KEPT:
+            return ["%s#%d" % (base, i) for i in range(first, end)]
+        with _lock:
+            _suffixes.extend(map("#%d".__mod__, range(len(_suffixes), end)))
+    return list(map(base.__add__, _suffixes[first:end]))
+
+
 def enqueued_at(base):
     """The enqueue time (``time.time()`` seconds) encoded in ``base``, or None."""
     head = base.split("-", 1)[0]

@@ -227,7 +227,7 @@ class FileQueue:
         self._flush_groups()
         base = self._write(self._checked(codec.encode_batch(items)), len(items), block,
                            timeout)
-        return [names.message_id(base, i) for i in range(len(items))]
+        return names.message_ids(base, 0, len(items))
 
     def _grouped(self, items):
         """Take ``items`` into the open group (a new one when there is none or it is
@@ -253,8 +253,7 @@ class FileQueue:
         backlog.bytes += size
         if self._committer is None:
             self._committer = gevent.spawn(self._commit_groups)
-        base = group.base
-        return ["%s#%d" % (base, first + i) for i in range(count)]
+        return names.message_ids(group.base, first, count)
 
     def _commit_groups(self):
         """The group writer: each group in turn as ONE rows file, in the threadpool."""
@@ -264,7 +263,7 @@ class FileQueue:
                 group = self._groups.popleft()  # closed: new items start the next group
                 rows = group.rows
                 try:
-                    data = codec.encode_rows(rows, group.base)
+                    data = codec.encode_columns(rows, group.base)
                     self.writer.write(self._checked(data), count=len(rows))
                 except Exception as error:
                     self._group_failed = True
@@ -344,7 +343,7 @@ class FileQueue:
         claims = self._claims
         if not claims._ready or self.closed:
             self._wait_ready(block, timeout)
-        ready = len(claims._ready)
+        ready = len(claims)
         return claims.hand_out_chunk(ready if split <= 1 else -(-ready // split))
 
     def _done_many(self, count):

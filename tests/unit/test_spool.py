@@ -747,19 +747,61 @@ def test_requeue_replays_errors_through_a_filter(tmp_path):
     assert sorted(i["n"] for i in drain(queue)) == [0, 1, 2]
 
 
+FIELDS = ["channel", "payload", "kind", "pid", "received_at", "id"]
+
+
 @pytest.mark.timeout(10)
-def test_a_batch_of_notifications_is_stored_as_rows_and_comes_back_the_same(tmp_path):
+def test_a_batch_of_notifications_is_stored_as_columns_and_comes_back_the_same(tmp_path):
     queue = FileQueue(tmp_path)
-    sent = [Notification("ch", "p%d" % i, "notify", 7, 1700000000.5 + i) for i in range(3)]
+    sent = [Notification("ch", "p%d" % i, "notify", 7, 1700000000.5 + i / 3) for i in range(3)]
     sent.append(Notification(None, "", Notification.CATCH_UP, 0, 1700000009.0))
     ids = queue.put_batch(sent)
     (name,) = listing(tmp_path, "incoming")
     stored = json.loads((tmp_path / "incoming" / name).read_text())
-    assert stored["pgvisor_rows"] == ["channel", "payload", "kind", "pid", "received_at", "id"]
-    assert len(stored["rows"]) == 4
+    assert stored["pgvisor_columns"] == FIELDS and stored["count"] == 4
+    assert stored["columns"][2] == ["notify"] * 3 + ["catch_up"]
+    assert set(stored["columns"][4]) == {"float64"}  # the receipt times, packed
+    got = drain(queue)
+    assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]  # times exact
+    assert [n.id for n in got] == ids and all(isinstance(n, Notification) for n in got)
+
+
+@pytest.mark.timeout(10)
+def test_a_columns_batch_keeps_every_field_type_a_notification_may_have(tmp_path):
+    queue = FileQueue(tmp_path)
+    sent = [Notification("a", "x", "notify", 1, 5, "given-id"),  # an int time, an id
+            Notification("a", None, "notify", None, 6.25),
+            Notification("b", "\u00e9\"\\", "notify", 2, float("inf"), "")]
+    ids = queue.put_batch(sent)
     got = drain(queue)
     assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]
-    assert [n.id for n in got] == ids and all(isinstance(n, Notification) for n in got)
+    assert [type(n.received_at) for n in got] == [int, float, float]
+    assert [n.id for n in got] == ["given-id", ids[1], ids[2]]  # a set id is kept
+    same = Notification("c", "p", "notify", 1, 1.0)
+    ids = queue.put_batch([same, same])  # every column {"same": ...}
+    got = drain(queue)
+    assert [tuple(n)[:5] for n in got] == [tuple(same)[:5]] * 2
+    assert [n.id for n in got] == ids and ids[0] != ids[1]
+
+
+@pytest.mark.timeout(10)
+def test_a_rows_batch_of_an_older_version_is_still_read(tmp_path):
+    queue = FileQueue(tmp_path)
+    base = names.new_base(2)
+    rows = [["ch", "p0", "notify", 1, 1.5, None], ["ch", "p1", "notify", 1, 2.5, "kept"]]
+    content = json.dumps({"pgvisor_rows": FIELDS, "base": base, "rows": rows}).encode()
+    SpoolWriter(str(tmp_path), queue.owner).put_file(content, "incoming", base)
+    got = drain(queue)
+    assert [tuple(n) for n in got] == [("ch", "p0", "notify", 1, 1.5, base + "#0"),
+                                       ("ch", "p1", "notify", 1, 2.5, "kept")]
+
+
+def _columns(*columns, count=1, fields=FIELDS):
+    return json.dumps({"pgvisor_columns": fields, "count": count,
+                       "columns": list(columns)}).encode()
+
+
+_GOOD = [{"same": "ch"}, ["p"], {"same": "notify"}, {"same": 1}, [0.5], {"same": None}]
 
 
 @pytest.mark.timeout(10)
@@ -774,8 +816,22 @@ def test_a_batch_of_notifications_is_stored_as_rows_and_comes_back_the_same(tmp_
     b'"rows": [["ch", "p", "notify", true, 0.0, null]]}',
     b'{"pgvisor_rows": ["channel", "payload", "kind", "pid", "received_at", "id"], '
     b'"rows": [["ch", "p", null, 1, 0.0, null]]}',
+    _columns(*_GOOD, fields=["channel"]),
+    _columns(*_GOOD[:5]),
+    _columns(*_GOOD, count=-1),
+    _columns(*_GOOD, count="1"),
+    _columns(*_GOOD, count=2),  # a list column of one value for two messages
+    _columns(_GOOD[0], [5], *_GOOD[2:]),  # a payload that is not a string
+    _columns(*_GOOD[:3], {"same": True}, *_GOOD[4:]),  # a bool pid
+    _columns(*_GOOD[:2], {"same": None}, *_GOOD[3:]),  # a null kind
+    _columns(*_GOOD[:4], [True], _GOOD[5]),  # a bool time
+    _columns(*_GOOD[:4], {"float64": "AAAA"}, _GOOD[5]),  # 3 bytes for 8
+    _columns(*_GOOD[:4], {"float64": "not base64!"}, _GOOD[5]),
+    _columns(_GOOD[0], {"float64": "AAAAAAAAAAA="}, *_GOOD[2:]),  # packed, not a time
+    _columns(_GOOD[0], {"other": 1}, *_GOOD[2:]),
+    _columns(_GOOD[0], "p", *_GOOD[2:]),
 ])
-def test_a_bad_rows_file_goes_to_errors_as_undecodable(tmp_path, content):
+def test_a_bad_rows_or_columns_file_goes_to_errors_as_undecodable(tmp_path, content):
     queue = FileQueue(tmp_path)
     SpoolWriter(str(tmp_path), queue.owner).put_file(content, "incoming", names.new_base(2))
     queue.put({"n": 1})
@@ -785,7 +841,7 @@ def test_a_bad_rows_file_goes_to_errors_as_undecodable(tmp_path, content):
 
 
 @pytest.mark.timeout(10)
-def test_recovery_splits_a_rows_batch_keeping_each_message_id(tmp_path):
+def test_recovery_splits_a_columns_batch_keeping_each_message_id(tmp_path):
     owner = fake_owner(dead_pid(), "1")
     first = FileQueue(tmp_path)
     ids = first.put_batch([Notification("ch", "p%d" % i, "notify", 1, 1.0) for i in range(3)])
@@ -795,3 +851,48 @@ def test_recovery_splits_a_rows_batch_keeping_each_message_id(tmp_path):
     assert len(listing(tmp_path, "incoming")) == 3
     got = drain(second)
     assert [n.payload for n in got] == ["p0", "p1", "p2"] and [n.id for n in got] == ids
+
+
+def _notes(prefix, count):
+    return [Notification("ch", "%s%d" % (prefix, i), "notify", 1, 1.0) for i in range(count)]
+
+
+@pytest.mark.timeout(10)
+def test_chunks_settle_at_once_what_did_not_fail_or_go_back(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notes("p", 6))
+    queue.put_batch(_notes("q", 2))
+    chunk = queue.get_chunk(False, split=2)  # half of the claimed file
+    assert [n.payload for n in chunk] == ["p0", "p1", "p2"]
+    queue.release(chunk[1])  # first in line again
+    queue.done_many(2)  # p0 and p2
+    chunk = queue.get_chunk(False)  # spans the released p1 and the rest of the file
+    assert [n.payload for n in chunk] == ["p1", "p3", "p4", "p5"]
+    assert queue.attempts(chunk[2]) == 1
+    queue.failed(chunk[2], "bad", None)  # p4 alone to errors/
+    queue.done_many(3)  # p1, p3, p5: every message of the file has its outcome
+    assert listing(tmp_path, "pending/" + queue.owner) == []  # the p file is deleted
+    assert [n.payload for n in queue.get_chunk(False)] == ["q0", "q1"]
+    with pytest.raises(ValueError):
+        queue.release(chunk[0])  # done already
+    queue.done_many(2)
+    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert queue.error_count() == 1 and len(listing(tmp_path, "errors")) == 2  # + .meta
+    with pytest.raises(Empty):
+        queue.get_chunk(False)
+
+
+@pytest.mark.timeout(10)
+def test_a_chunk_partly_done_at_close_gives_back_only_its_messages_without_an_outcome(
+        tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch(_notes("p", 4))
+    chunk = queue.get_chunk(False)
+    queue.done_many(1)  # p0
+    queue.failed(chunk[2], "bad", None)  # p2
+    queue.release(chunk[1])
+    queue.release(chunk[3])
+    queue.close()
+    again = FileQueue(tmp_path)
+    got = drain(again)
+    assert [(n.payload, n.id) for n in got] == [("p1", ids[1]), ("p3", ids[3])]
