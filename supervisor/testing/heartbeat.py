@@ -14,13 +14,59 @@ the thread runs again, so the clock and the figure are read together, again if t
 was descheduled between the two reads (it often is: a busy kernel preempts at the return
 from a system call, and reading the figure is one); read one after the other, a gap got a
 wait in its wall time and the next gap in its run-queue time: 40-70 ms "stalls" with 0.3 ms
-of CPU. CPU work, blocking system calls (a getaddrinfo, an fsync) and waits for the GIL
-held by another of our threads all still count.
+of CPU. In a virtual machine the host also takes the virtual CPU away now and then (steal time,
+``/proc/stat``; the guest kernel counts it neither as run time nor as a run-queue wait):
+that is left out too, as the most any one CPU lost in the gap (10 ms granularity). CPU
+work, blocking system calls (a getaddrinfo, an fsync) and waits for the GIL held by
+another of our threads all still count.
+
+What the worst gap was made of is kept in :attr:`HubHeartbeat.worst` (:class:`Gap`): the
+seconds on a CPU, waiting for one, stolen, and the rest (a blocking call or the GIL), and
+the greenlet that held the hub longest in it (a switch tracer), so a failure says where to
+look. Run nothing else that holds the GIL for long meanwhile: gevent's monitor thread
+(:class:`supervisor.hubwatch.HubWatch`), once it sees a block, walks every object of the
+heap for its report and makes the block it reports longer.
 """
+import dataclasses
 import os
 import time
+import typing
 
 import gevent
+import gevent.hub
+import greenlet
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """One gap between two ticks, in seconds: ``late`` (beyond the tick), and of the whole
+    gap ``on_cpu``, ``waited`` (for a CPU), ``stolen`` (by the host); ``stall`` is
+    ``late`` less ``waited`` and ``stolen``. ``holder`` is the greenlet (a repr) that ran
+    longest without a switch in it and ``held`` how long (None, 0.0 when the hub itself
+    was the one running)."""
+
+    stall: float
+    late: float
+    on_cpu: float
+    waited: float
+    stolen: float = 0.0
+    holder: typing.Optional[str] = None
+    held: float = 0.0
+
+    @property
+    def rest(self):
+        """Seconds of the gap off a CPU and not waiting for one: a blocking call or the GIL
+        (the gap is ``late`` plus the tick; ``late`` here, close enough for a message)."""
+        return max(0.0, self.late - self.on_cpu - self.waited - self.stolen)
+
+    def __str__(self):
+        text = "%.1f ms late: %.1f ms on a CPU, %.1f ms waiting for one, %.1f ms stolen " \
+               "by the host, the rest (a blocking call or the GIL) about %.1f ms" % (
+                   self.late * 1000, self.on_cpu * 1000, self.waited * 1000,
+                   self.stolen * 1000, self.rest * 1000)
+        if self.holder is not None:
+            text += "; %s ran %.1f ms without a switch" % (self.holder, self.held * 1000)
+        return text
 
 
 class HubHeartbeat:
@@ -32,6 +78,8 @@ class HubHeartbeat:
 
     #: Seconds between two ticks.
     tick = 0.005
+    #: What reads the kernel's figures (a seam for tests of the arithmetic).
+    clock_class = None  # RunQueueClock, set below the class
 
     def __init__(self, tick=None):
         if tick is not None:
@@ -41,8 +89,11 @@ class HubHeartbeat:
         self.max_stall = 0.0
         #: The same on wall time alone.
         self.max_wall_stall = 0.0
+        #: The :class:`Gap` of ``max_stall`` (None before the first tick).
+        self.worst = None
         self.ticks = 0
         self._greenlet = None
+        self._tracer = None
 
     def start(self):
         self._greenlet = gevent.spawn(self._run)
@@ -61,26 +112,33 @@ class HubHeartbeat:
         self.stop()
 
     def _run(self):
-        run_queue = RunQueueClock()
+        run_queue = self.clock_class()
+        tracer = self._tracer = SwitchTracer().install()
         try:
-            last, last_wait = self._read(run_queue)
+            last, last_times = self._read(run_queue)
             while True:
                 gevent.sleep(self.tick)
-                now, wait = self._read(run_queue)
-                wall = now - last - self.tick
-                stall = wall - (wait - last_wait)
-                if wall > self.max_wall_stall:
-                    self.max_wall_stall = wall
+                now, times = self._read(run_queue)
+                late = now - last - self.tick
+                on_cpu, waited = times[0] - last_times[0], times[1] - last_times[1]
+                stolen = max((b - a for a, b in zip(last_times[2], times[2], strict=False)),
+                             default=0.0)  # a CPU may come or go: compare those in both
+                stall = late - waited - stolen
+                if late > self.max_wall_stall:
+                    self.max_wall_stall = late
                 if stall > self.max_stall:
                     self.max_stall = stall
-                last, last_wait = now, wait
+                    self.worst = Gap(stall, late, on_cpu, waited, stolen, *tracer.longest)
+                tracer.reset()
+                last, last_times = now, times
                 self.ticks += 1
         finally:
+            tracer.uninstall()
             run_queue.close()
 
     @staticmethod
     def _read(run_queue, clock=time.perf_counter):
-        """``(now, seconds waited for a CPU)`` read together. The kernel adds a wait to the
+        """``(now, RunQueueClock.read())`` read together. The kernel adds a wait to the
         thread's figure when the thread runs again: descheduled between the two reads, one
         gap would get the wait in its wall time and the next one in its run-queue time (the
         stall of the first hidden, of the second made up). So read again until no wait
@@ -88,38 +146,119 @@ class HubHeartbeat:
         apart), at most 10 times."""
         for _attempt in range(10):
             before = clock()
-            waited = run_queue.seconds()
+            times = run_queue.read()
             after = clock()
             if after - before < 0.001:
                 break
-        return after, waited
+        return after, times
+
+
+class SwitchTracer:
+    """Keeps, between two :meth:`reset` calls, the greenlet that ran longest without a
+    switch (greenlet's trace hook, chained to the one installed before, e.g. gevent's
+    monitor thread's). The hub's thread only."""
+
+    def __init__(self, clock=time.perf_counter):
+        self._clock = clock
+        self._previous = None
+        self._installed = False
+        self._since = clock()
+        self._longest = (None, 0.0)
+
+    @property
+    def longest(self):
+        """``(repr of the greenlet or None, seconds)``."""
+        glet, held = self._longest
+        return (None if glet is None else repr(glet)), held
+
+    def install(self):
+        self._previous = greenlet.settrace(self)
+        self._installed = True
+        return self
+
+    def uninstall(self):
+        if not self._installed:
+            return
+        self._installed = False
+        if greenlet.gettrace() is self:
+            greenlet.settrace(self._previous)
+
+    def reset(self):
+        self._longest = (None, 0.0)
+
+    def __call__(self, event, args):
+        if self._installed and event in ("switch", "throw"):
+            now = self._clock()
+            held = now - self._since
+            origin = args[0]
+            if held > self._longest[1] and not isinstance(origin, gevent.hub.Hub):
+                self._longest = (origin, held)
+            self._since = now
+        if self._previous is not None:
+            self._previous(event, args)
 
 
 class RunQueueClock:
-    """Seconds the thread that made it has waited in the kernel's run queue: ready to run,
-    no CPU given (0.0 where the kernel does not say). One pread per :meth:`seconds`.
+    """What the kernel says of the thread that made it: seconds on a CPU and seconds
+    waiting in the run queue (ready to run, no CPU given), and each CPU's seconds stolen by
+    the host; zeros where the kernel does not say. Two preads per :meth:`read`.
 
     The thread's own figure only: another thread's waits happen beside the hub's (a thread
     waiting for the GIL wakes every 5 ms and waits for a CPU too), and subtracting them hid
     a greenlet holding the hub on a loaded machine."""
 
     PATH = "/proc/thread-self/schedstat"
+    STEAL_PATH = "/proc/stat"
 
     def __init__(self):
+        self._fd = self._open(self.PATH)
+        self._steal_fd = self._open(self.STEAL_PATH)
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    @staticmethod
+    def _open(path):
         try:
-            self._fd = os.open(self.PATH, os.O_RDONLY)
+            return os.open(path, os.O_RDONLY)
         except OSError:
-            self._fd = None
+            return None
+
+    def read(self):
+        """``(seconds on a CPU, seconds waited for one, (seconds stolen, per CPU))``."""
+        cpu = waited = 0.0
+        if self._fd is not None:
+            try:
+                fields = os.pread(self._fd, 64, 0).split()
+                cpu, waited = int(fields[0]) / 1e9, int(fields[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                pass
+        return cpu, waited, self._stolen()
+
+    def _stolen(self):
+        if self._steal_fd is None:
+            return ()
+        try:
+            text = os.pread(self._steal_fd, 4096, 0)
+        except OSError:
+            return ()
+        stolen = []
+        for line in text.split(b"\n")[1:]:
+            if not line.startswith(b"cpu"):
+                break
+            fields = line.split()
+            if len(fields) > 8 and fields[8].isdigit():
+                stolen.append(int(fields[8]) / self._hz)
+        return tuple(stolen)
 
     def seconds(self):
-        if self._fd is None:
-            return 0.0
-        try:
-            return int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        """Seconds waited for a CPU."""
+        return self.read()[1]
 
     def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for name in ("_fd", "_steal_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+
+
+HubHeartbeat.clock_class = RunQueueClock

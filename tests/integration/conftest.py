@@ -13,7 +13,6 @@ import gc
 import pytest
 
 from instances import Registry
-from supervisor.hubwatch import HubWatch
 from supervisor.testing import HubHeartbeat
 from tests import handlers
 
@@ -21,11 +20,7 @@ from tests import handlers
 TICK = 0.005
 #: Seconds a tick may come late before the test fails (the issue's 50 ms).
 MAX_STALL = 0.050
-#: Seconds after which gevent's monitor thread reports a block: only to say in a failure
-#: which greenlet held the hub where (the assertion is the heartbeat's).
-WATCH_BLOCKING_TIME = 0.04
-
-_worst = {"stall": 0.0, "test": None, "tests": 0}
+_worst = {"stall": 0.0, "test": None, "tests": 0, "gap": None}
 
 
 @pytest.fixture
@@ -36,26 +31,27 @@ def hub_heartbeat(request):
     the service freezes what its start-up built (``gc.freeze()``): a full collection's
     pause grows with the heap, and this test session's heap is not the service's. The
     garbage the code under test makes is still collected, and its pauses still count.
+
+    gevent's monitor thread does not watch meanwhile: once it sees a block it walks every
+    object of this session's large heap for its report (``gc.get_objects()``), holding the
+    GIL, so a block near the limit came out longer than it was (CI: 53.3 ms, no block
+    recorded). The heartbeat's own :class:`~supervisor.testing.heartbeat.Gap` says who held
+    the hub and how the time was spent.
     """
     gc.collect()
     gc.freeze()
-    blocks = []
-    watch = HubWatch(blocks.append, max_blocking_time=WATCH_BLOCKING_TIME).start()
     beat = HubHeartbeat(TICK).start()
     try:
         yield beat
     finally:
         stall = beat.stop()
-        watch.stop()
         gc.unfreeze()
     _worst["tests"] += 1
     if stall > _worst["stall"]:
-        _worst["stall"], _worst["test"] = stall, request.node.nodeid
+        _worst["stall"], _worst["test"], _worst["gap"] = stall, request.node.nodeid, beat.worst
     assert beat.ticks > 0, "the heartbeat greenlet never ran"
-    assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms)%s" % (
-        stall * 1000, MAX_STALL * 1000, "".join(
-            "; seen blocked %.2f s by %s at %s" % (b.seconds, b.greenlet, " <- ".join(
-                reversed(b.stack))) for b in blocks[-3:]))
+    assert stall < MAX_STALL, "the hub was blocked for %.1f ms (limit %.0f ms): %s" % (
+        stall * 1000, MAX_STALL * 1000, beat.worst)
 
 
 @pytest.fixture
@@ -68,5 +64,6 @@ def registry(tmp_path):
 def pytest_terminal_summary(terminalreporter):
     if _worst["tests"]:
         terminalreporter.write_line(
-            "hub heartbeat: worst stall %.1f ms over %d test(s) (limit %.0f ms), in %s" % (
-                _worst["stall"] * 1000, _worst["tests"], MAX_STALL * 1000, _worst["test"]))
+            "hub heartbeat: worst stall %.1f ms over %d test(s) (limit %.0f ms), in %s: %s" % (
+                _worst["stall"] * 1000, _worst["tests"], MAX_STALL * 1000, _worst["test"],
+                _worst["gap"]))
