@@ -176,7 +176,9 @@ def test_a_handler_raising_systemexit_fails_that_notification_only(service, pg_c
 @pytest.mark.timeout(120)
 def test_held_connections_do_not_starve_health_or_the_api(service):
     """300 clients connect and send nothing (or half a request): /health and the API still
-    answer within 2 s; the idle connections are dropped first."""
+    answer within 5 s; the idle connections are dropped first (starved, a request would wait
+    for a held connection's 10 s request timeout at least: the bound leaves a loaded machine
+    room and still tells the two apart)."""
     held = []
     try:
         for index in range(300):
@@ -187,13 +189,13 @@ def test_held_connections_do_not_starve_health_or_the_api(service):
         for path in ("/health", "/instances", "/status"):
             started = time.monotonic()
             status, _, body = send(service, request_head(service, "GET", path,
-                                                         content_type=None), timeout=5)
+                                                         content_type=None), timeout=9)
             assert status == 200, (path, status, body[:200])
-            assert time.monotonic() - started < 2.0, path
+            assert time.monotonic() - started < 5.0, path
         started = time.monotonic()
         status, _, _ = send(service, request_head(service, "POST",
-                                                  "/instances/steady/verify"), timeout=5)
-        assert status in (200, 202) and time.monotonic() - started < 2.0
+                                                  "/instances/steady/verify"), timeout=9)
+        assert status in (200, 202) and time.monotonic() - started < 5.0
     finally:
         for sock in held:
             sock.close()

@@ -307,7 +307,7 @@ def test_queued_notifications_survive_a_restart_inside_the_process(pg_dsn, runni
     assert new.health()["processed"] == 4
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_a_full_queue_never_makes_an_own_listener_stop_spend_the_grace(pg_dsn, running, gate,
                                                                        caplog):
     instance = running(_spec("tests.handlers:block", connection="own", queue_size=1))
@@ -316,10 +316,10 @@ def test_a_full_queue_never_makes_an_own_listener_stop_spend_the_grace(pg_dsn, r
     wait_for(lambda: instance.queue.qsize() == 1 and instance.listener.received == 5, 5,
              message="the listener is not blocked on the full queue")
     listener = instance.listener
-    stopper = gevent.spawn(instance.stop, 5)
-    wait_for(lambda: not listener.is_alive(), 2, message="the listener waited for room")
+    stopper = gevent.spawn(instance.stop, 30)  # a listener waiting for room would take 30 s
+    wait_for(lambda: not listener.is_alive(), 10, message="the listener waited for room")
     gate.set()  # the handler in flight finishes within the grace the pool still has
-    assert stopper.get(timeout=10) is True  # clean: nothing killed
+    assert stopper.get(timeout=20) is True  # clean: nothing killed
     assert listener.exit == "normal" and instance.exit == "normal"
     assert [n.kind for n in handlers.seen] == ["catch_up"]
     assert instance.queue.qsize() == 1  # "a" stays for the next instance on the queue
