@@ -159,6 +159,8 @@ def test_kill_9_of_the_service_with_messages_everywhere_loses_nothing(
         _notify(pg_dsn, "hang-1")                             # -> pending/, in the handler
         wait_for(lambda: sum(stats(str(spool))["pending"].values()) == 1, 10)
         _notify(pg_dsn, *["ok-%d" % i for i in range(1, 6)])  # -> incoming/, one batch
+        # written before the next commit: a read that takes both makes them one group file
+        wait_for(lambda: stats(str(spool))["incoming"] == 1, 10)
         _notify(pg_dsn, "ok-6")                               # -> incoming/
         wait_for(lambda: stats(str(spool))["incoming"] == 2, 10)
         before = stats(str(spool))
