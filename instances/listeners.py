@@ -247,10 +247,7 @@ class PostgresNotificationListener(Component):
         back-pressure), beating, and a stop interrupts the wait (see :meth:`_put_all`)."""
         if not exec_value:
             return
-        now = time.time()
-        make = Notification.from_fields
-        notifications = [make((n.channel, n.payload, "notify", n.pid, now, None))
-                         for n in exec_value]
+        notifications = Notification.from_notifies(exec_value, time.time())
         self.received += len(notifications)
         if self._put_batch is not None:
             size = self.batch_size

@@ -467,19 +467,28 @@ class ProcessorPool:
         item = settled = _NOTHING
         started = monotonic()
         try:
-            for item in items:
-                worker.busy_since = monotonic()
-                try:
-                    result = handler(item)
-                except _FAILURES as error:
-                    self._handler_failed(worker, item, error)
-                    settled = item
-                else:
-                    if settle is not None:
-                        settle(item, result)
+            if settle is None:  # a chunk queue: the outcome per chunk (done_many)
+                for item in items:
+                    worker.busy_since = monotonic()
+                    try:
+                        handler(item)
+                    except _FAILURES as error:
+                        self._handler_failed(worker, item, error)
                         settled = item
-                if worker.stopping:
-                    break
+                    if worker.stopping:
+                        break
+            else:
+                for item in items:
+                    worker.busy_since = monotonic()
+                    try:
+                        result = handler(item)
+                    except _FAILURES as error:
+                        self._handler_failed(worker, item, error)
+                    else:
+                        settle(item, result)
+                    settled = item
+                    if worker.stopping:
+                        break
         except BaseException:  # killed or stopped where it was: no outcome for the rest
             worker.busy_since = None
             self._put_back(([item] if item is not settled else []) + list(items))

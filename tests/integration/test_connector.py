@@ -1,14 +1,17 @@
 """PostgresConnector against a real server: connections, roles, parameters, cooperation,
 redaction, LISTEN/NOTIFY."""
+import codecs
 import logging
 import socket
 import time
 
 import gevent
+import psycopg2.extensions
 import psycopg2.extras
 import pytest
 
-from instances.connectors import PostgresConnector
+from instances.connectors import FAST_UTF8, PostgresConnector
+from instances.dsn import quote_ident
 from instances.exceptions import ConnectionLost, FatalDatabaseError
 from supervisor.testing import HubHeartbeat, wait_for
 
@@ -180,6 +183,37 @@ def test_listen_notify_round_trip_with_a_hostile_channel_name(connector, pg_dsn)
     connector.unlisten()
     assert connector.execute("SELECT count(*) FROM pg_listening_channels()")[0][0] == 0
     sender.disconnect()
+
+
+@pytest.mark.timeout(30)
+def test_notifications_decode_utf8_in_c_and_the_codec_map_is_put_back(connector, pg_dsn,
+                                                                       monkeypatch):
+    """The connector's connections decode notification text with the C UTF-8 decoder (no
+    Python codec wrapper per channel and payload), the same text as psycopg2's own codec;
+    psycopg2's encoding map is as it was once the connect is over."""
+    before = dict(psycopg2.extensions.encodings)
+    seen, real_connect = [], psycopg2.connect
+
+    def connect(**params):  # what psycopg2 reads while it sets the connection up
+        seen.append(psycopg2.extensions.encodings["UTF8"])
+        return real_connect(**params)
+
+    monkeypatch.setattr(psycopg2, "connect", connect)
+    channel, payload = "kanäl ✓", "payload ü ß 漢字 🎉 " + "é" * 500
+    connector.listen([channel])
+    assert seen == [FAST_UTF8] and psycopg2.extensions.encodings == before
+    plain = real_connect(pg_dsn)  # psycopg2's own codec, for comparison
+    plain.autocommit = True
+    plain.cursor().execute("LISTEN %s" % quote_ident(channel))
+    PostgresConnector(pg_dsn, application_name="sender").notify(channel, payload)
+    received = []
+    wait_for(lambda: received.extend(connector.poll_notifies()) or received, 10)
+    wait_for(lambda: plain.poll() or plain.notifies, 10)
+    assert [(n.channel, n.payload) for n in received] == [(channel, payload)]
+    assert [(n.channel, n.payload) for n in plain.notifies] == [(channel, payload)]
+    plain.close()
+    used = codecs.lookup(FAST_UTF8)
+    assert used.decode is codecs.utf_8_decode and used.encode is codecs.utf_8_encode
 
 
 @pytest.mark.timeout(30)

@@ -204,6 +204,38 @@ def test_a_read_reaches_each_subscriber_as_one_chunk_of_its_channels_in_order():
     assert notifier.received == 5 and subscriptions["ab"].received == 4
 
 
+def test_a_read_of_one_channel_is_built_once_for_its_subscribers_and_probes_come_back():
+    notifier = Notifier("dbname=x")
+    queues = [MemoryQueue(), MemoryQueue()]
+    for number, queue in enumerate(queues):
+        subscription = Subscription(FakeNotifiers(), "dbname=x", ("a",), queue,
+                                    name="s%d" % number)
+        subscription.start()
+        subscription.activated(("a",))
+        notifier.subscriptions[subscription] = None
+    notifier._routes = notifier._build_routes()
+    notifier.post_execute([_Notify("a", str(i), pid=i) for i in range(5)])
+    first, second = (queue.get_chunk(False) for queue in queues)
+    assert first is second  # one list, shared: nobody mutates it
+    assert all(type(n) is Notification for n in first)
+    assert [tuple(n[:4]) + (n.id,) for n in first] == [
+        ("a", str(i), "notify", i, None) for i in range(5)]
+    assert len({n.received_at for n in first}) == 1
+    notifier._probe_token, notifier._probe_sent = "7", 0.0
+    notifier.post_execute([_Notify(notifier.probe_channel, "7")])  # the probe alone
+    assert notifier._probe_token is None and notifier.received == 6
+    assert all(queue.qsize() == 0 for queue in queues)
+
+
+def test_notifications_from_notifies_keep_each_channel_unless_one_is_given():
+    notifies = [_Notify("a", "1", pid=3), _Notify("b", "", pid=4)]
+    made = Notification.from_notifies(notifies, 12.5)
+    assert made == [Notification("a", "1", "notify", 3, 12.5), Notification("b", "", "notify",
+                                                                            4, 12.5)]
+    assert [n.channel for n in Notification.from_notifies(notifies, 1.0, "c")] == ["c", "c"]
+    assert Notification.from_notifies([], 1.0) == []
+
+
 def test_a_read_larger_than_the_room_left_is_taken_in_part_the_rest_dropped_counted():
     queue = MemoryQueue(3)
     subscription = _subscription(queue)
