@@ -166,7 +166,10 @@ class Claims:
             claim.inflight += end - first
             left -= end - first
             chunks.append(_Chunk(claim, first, end))
-            items += claim.items[first:end]
+            if not items and not left and first == 0 and end == claim.size:
+                items = claim.items  # the whole file: its list (nobody mutates a chunk)
+            else:
+                items += claim.items[first:end]
         held = self._held.get(getcurrent())
         if held is None:
             if len(self._held) > 64:  # workers come and go: forget the dead ones

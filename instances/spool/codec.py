@@ -12,20 +12,26 @@ after the other::
 
     {"pgvisor_columns": ["channel", "payload", "kind", "pid", "received_at", "id"],
      "base": "<base>", "count": 2,
-     "columns": [{"same": "doc_changed"}, ["42", "43"], {"same": "notify"},
+     "columns": [{"same": "doc_changed"}, {"appended": 5}, {"same": "notify"},
                  {"same": 1234}, {"float64": "<base64>"}, {"same": null}]}
+    42\x0043
 
-A column is a JSON list of its ``count`` values, or ``{"same": value}`` when every row has
-that value (one channel, one kind, one backend, no ids: the usual read), and the receipt
-times are ``{"float64": ...}``, the base64 of ``count`` little-endian IEEE doubles (exact).
-Profiling the spool's drain showed the codec as its largest cost: the float receipt times
-written and parsed as decimal text took half the JSON's time, a Python type check per row
-and one Python call per Notification most of the rest. Here every step runs at C speed:
-the columns are cut with ``zip``, each column's types are checked with one
+The JSON document is one line. A column is a JSON list of its ``count`` values, or
+``{"same": value}`` when every row has that value (one channel, one kind, one backend, no
+ids: the usual read); the receipt times are ``{"float64": ...}``, the base64 of ``count``
+little-endian IEEE doubles (exact); the payloads, when all are strings without NUL (what
+Postgres sends), are ``{"appended": size}``: after the document's newline, ``size`` bytes
+of UTF-8, the payloads with a NUL between two. Profiling the spool's drain (instruction
+counts, callgrind) showed the codec as its largest cost: the float receipt times written
+and parsed as decimal text, a Python type check per row, one Python call per
+Notification, then json's escaping of every payload character (a quarter of what the spool
+cost over a memory queue) and its parsing back. Here every step runs at C speed or as a
+copy: the columns are cut with ``zip``, each column's types are checked with one
 ``set(map(type, column))`` (a file dropped into ``incoming/`` still cannot hand a handler
-a field of another type), the ids are made with ``map`` and the Notifications are built
-with ``map`` over ``zip``. So no third-party codec: what is left is json's own C code,
-mostly the payload strings. Older files in **rows** (``{"pgvisor_rows": [fields],
+a field of another type), the payloads are joined and split, the ids are made with
+``map`` and the Notifications are built with ``map`` over ``zip``. So no third-party
+codec: it would still escape and parse each payload, which the appended section skips.
+Older files in **rows** (``{"pgvisor_rows": [fields],
 "rows": [[channel, payload, kind, pid, received_at, id], ...]}``, written by earlier
 versions) are still read. Every reader of a spool reads every form (and files of other
 writers, in dicts); top-level objects with the key ``pgvisor_columns`` or ``pgvisor_rows``
@@ -78,17 +84,42 @@ def encode_columns(items, base=None):
         if _BIG_ENDIAN:
             packed.byteswap()
         columns[4] = {"float64": binascii.b2a_base64(packed, newline=False).decode()}
+    appended = _appended(columns[1], count)
+    if appended is not None:
+        columns[1] = {"appended": len(appended)}
     document = {COLUMNS: _ROW_FIELDS, "count": count, "columns": columns}
     if base is not None:
         document["base"] = base
-    return _dumps(document).encode()
+    if appended is None:
+        return _dumps(document).encode()
+    return b"\n".join((_dumps(document).encode(), appended))
+
+
+def _appended(payloads, count):
+    """The payloads as the file's appended section (UTF-8, NUL between two), or None
+    when they cannot be: not all strings, a NUL in one (Postgres text has none), a lone
+    surrogate (JSON escapes it)."""
+    if type(payloads) is not tuple:
+        return None
+    try:
+        text = "\0".join(payloads)
+    except TypeError:  # a payload that is not a string (None)
+        return None
+    if text.count("\0") != count - 1:
+        return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def _column(values, count):
     """One field of every row: ``{"same": value}`` when all rows have that value (and
-    type: ``1 == 1.0 == True``), else the tuple (the encoder writes it as a list)."""
+    type: ``1 == 1.0 == True``; a str or None equals only its own kind), else the tuple
+    (the encoder writes it as a list)."""
     first = values[0]
-    if values.count(first) == count and len(set(map(type, values))) == 1:
+    if values.count(first) == count and (type(first) is str or first is None or
+                                         len(set(map(type, values))) == 1):
         return {"same": first}
     return values
 
@@ -115,10 +146,11 @@ def messages(data):
     """File content -> its stored message dicts, as written (a batch: several). Raises
     ValueError when the content is not JSON, not UTF-8, nested too deeply to decode, or
     holds something other than JSON objects."""
-    loaded = _load(data)
+    loaded, appended = _load(data)
     if _is_columns(loaded) or _is_rows(loaded):
         base = loaded.get("base")
-        rows = zip(*_checked_columns(loaded), strict=True) if _is_columns(loaded) else _checked_rows(loaded)
+        rows = zip(*_checked_columns(loaded, appended), strict=True) if _is_columns(loaded) \
+            else _checked_rows(loaded)
         stored = [dict(zip(_FIELDS, row, strict=True)) for row in rows]
         if type(base) is str:
             for index, message in enumerate(stored):
@@ -130,9 +162,23 @@ def messages(data):
     return stored
 
 
+#: How a columns file starts (its JSON document is one line: an appended section may follow).
+_COLUMNS_START = b'{"' + COLUMNS.encode() + b'"'
+
+
 def _load(data):
+    """``(document, appended section or None)`` of a file's content."""
     try:
-        return json.loads(data)
+        if data[:len(_COLUMNS_START)] == _COLUMNS_START:
+            head, newline, appended = data.partition(b"\n")
+            if newline:
+                try:
+                    loaded = json.loads(head)
+                except ValueError:  # not one line: one JSON document over several
+                    loaded = None
+                if type(loaded) is dict:  # a trailing newline is no section
+                    return loaded, appended if appended.strip() else None
+        return json.loads(data), None
     except RecursionError:  # a file of "[[[[...": its decoding must not kill a consumer
         raise ValueError("JSON nested too deeply to decode") from None
 
@@ -148,10 +194,12 @@ def _is_columns(loaded):
 def decode(data, base):
     """File content -> the list of its items with ids set. Raises ValueError as
     :func:`messages` does."""
-    loaded = _load(data)
+    loaded, appended = _load(data)
     if _is_columns(loaded):
         named = loaded.get("base")
-        return _from_columns(loaded, named if type(named) is str else base)
+        return _from_columns(loaded, appended, named if type(named) is str else base)
+    if appended is not None:
+        raise ValueError("extra data after the JSON document")
     if _is_rows(loaded):
         named = loaded.get("base")
         return _notifications(_checked_rows(loaded), named if type(named) is str else base)
@@ -192,17 +240,40 @@ def _checked_rows(loaded):
     return rows
 
 
-def _checked_columns(loaded):
+def _checked_columns(loaded, appended):
     """The six columns of a columns batch as sequences of ``count`` values each, every
-    column's types checked at once (the hot path: no Python per row). Raises ValueError
+    column's types checked at once (the hot path: no Python per row); ``appended``: the
+    file's appended section (the payloads), None when it has none. Raises ValueError
     naming the field."""
     count, columns = loaded.get("count"), loaded.get("columns")
     if loaded.get(COLUMNS) != _ROW_FIELDS or type(count) is not int or count < 0 or \
             type(columns) is not list or len(columns) != len(_FIELDS):
         raise ValueError("a %s batch must have the fields %s, a count and one column each"
                          % (COLUMNS, _ROW_FIELDS))
-    return [_checked_column(field, column, count, types)
-            for field, column, types in zip(_FIELDS, columns, _FIELD_TYPES, strict=True)]
+    checked = [_checked_column(field, column, count, types) if field != "payload" else None
+               for field, column, types in zip(_FIELDS, columns, _FIELD_TYPES, strict=True)]
+    payloads = columns[1]
+    if type(payloads) is dict and "appended" in payloads:
+        checked[1] = _appended_payloads(payloads, appended, count)  # strings, no check
+    elif appended is not None:
+        raise ValueError("extra data after the JSON document")
+    else:
+        checked[1] = _checked_column("payload", payloads, count, _FIELD_TYPES[1])
+    return checked
+
+
+def _appended_payloads(column, appended, count):
+    """The payloads of the appended section, as its column announced them."""
+    size = column["appended"]
+    if len(column) != 1 or type(size) is not int or appended is None or \
+            len(appended) != size or count < 1:
+        raise ValueError("message field payload: %d bytes appended, the column says %.80r"
+                         % (0 if appended is None else len(appended), column))
+    payloads = appended.decode().split("\0")
+    if len(payloads) != count:
+        raise ValueError("message field payload: %d payloads appended for %d messages"
+                         % (len(payloads), count))
+    return payloads
 
 
 def _checked_column(field, column, count, types):
@@ -231,18 +302,19 @@ def _checked_column(field, column, count, types):
             if _BIG_ENDIAN:
                 packed.byteswap()
             return packed.tolist()
-    raise ValueError("message field %s: a column is a list, {\"same\": value} or, for "
-                     "received_at, {\"float64\": base64}, not %.80r" % (field, column))
+    raise ValueError("message field %s: a column is a list, {\"same\": value}, "
+                     "{\"float64\": base64} (received_at) or {\"appended\": size} "
+                     "(payload), not %.80r" % (field, column))
 
 
 def _type_names(types):
     return " or ".join(sorted("null" if t is type(None) else t.__name__ for t in types))
 
 
-def _from_columns(loaded, base):
+def _from_columns(loaded, appended, base):
     """The Notifications of a columns batch (checked); a message without an id gets
     ``<base>#<index>`` (the usual case: the whole column is ``{"same": null}``)."""
-    columns = _checked_columns(loaded)
+    columns = _checked_columns(loaded, appended)
     ids = loaded["columns"][5]
     if type(ids) is dict:
         if not ids["same"]:  # no message has an id (null or "")

@@ -757,10 +757,13 @@ def test_a_batch_of_notifications_is_stored_as_columns_and_comes_back_the_same(t
     sent.append(Notification(None, "", Notification.CATCH_UP, 0, 1700000009.0))
     ids = queue.put_batch(sent)
     (name,) = listing(tmp_path, "incoming")
-    stored = json.loads((tmp_path / "incoming" / name).read_text())
+    head, appended = (tmp_path / "incoming" / name).read_bytes().split(b"\n")
+    stored = json.loads(head)
     assert stored["pgvisor_columns"] == FIELDS and stored["count"] == 4
     assert stored["columns"][2] == ["notify"] * 3 + ["catch_up"]
     assert set(stored["columns"][4]) == {"float64"}  # the receipt times, packed
+    assert stored["columns"][1] == {"appended": len(appended)}
+    assert appended == b"p0\x00p1\x00p2\x00"  # the payloads, NUL between two
     got = drain(queue)
     assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]  # times exact
     assert [n.id for n in got] == ids and all(isinstance(n, Notification) for n in got)
@@ -777,6 +780,12 @@ def test_a_columns_batch_keeps_every_field_type_a_notification_may_have(tmp_path
     assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]
     assert [type(n.received_at) for n in got] == [int, float, float]
     assert [n.id for n in got] == ["given-id", ids[1], ids[2]]  # a set id is kept
+    odd = [Notification("a", "nul\x00inside", "notify", 1, 1.0),  # no appended section
+           Notification("a", "\udc80", "notify", 1, 1.0),  # a lone surrogate
+           Notification("a", "\u00e9t\u00e9 \u2603\n", "notify", 1, 1.0)]
+    for batch in ([odd[0], odd[2]], [odd[1], odd[2]], [odd[2], odd[2]], odd[2:] * 3):
+        queue.put_batch(batch)
+        assert [n.payload for n in drain(queue)] == [n.payload for n in batch]
     same = Notification("c", "p", "notify", 1, 1.0)
     ids = queue.put_batch([same, same])  # every column {"same": ...}
     got = drain(queue)
@@ -802,6 +811,18 @@ def _columns(*columns, count=1, fields=FIELDS):
 
 
 _GOOD = [{"same": "ch"}, ["p"], {"same": "notify"}, {"same": 1}, [0.5], {"same": None}]
+#: Two messages whose payloads are appended: 3 bytes, "a" NUL "b".
+_TWO = [_GOOD[0], {"appended": 3}, _GOOD[2], _GOOD[3], [0.5, 1.5], _GOOD[5]]
+
+
+@pytest.mark.timeout(10)
+def test_a_columns_file_with_its_payloads_appended_is_read(tmp_path):
+    queue = FileQueue(tmp_path)
+    base = names.new_base(2)
+    content = _columns(*_TWO, count=2) + b"\na\x00b"
+    SpoolWriter(str(tmp_path), queue.owner).put_file(content, "incoming", base)
+    assert [tuple(n) for n in drain(queue)] == [("ch", "a", "notify", 1, 0.5, base + "#0"),
+                                               ("ch", "b", "notify", 1, 1.5, base + "#1")]
 
 
 @pytest.mark.timeout(10)
@@ -830,6 +851,13 @@ _GOOD = [{"same": "ch"}, ["p"], {"same": "notify"}, {"same": 1}, [0.5], {"same":
     _columns(_GOOD[0], {"float64": "AAAAAAAAAAA="}, *_GOOD[2:]),  # packed, not a time
     _columns(_GOOD[0], {"other": 1}, *_GOOD[2:]),
     _columns(_GOOD[0], "p", *_GOOD[2:]),
+    _columns(*_TWO, count=2) + b"\na\x00bc",  # 4 bytes, the column says 3
+    _columns(*_TWO, count=2) + b"\nabc",  # one payload for two messages
+    _columns(*_TWO[:1], {"appended": 3}, *_TWO[2:], count=2) + b"\n\xff\x00b",  # UTF-8
+    _columns(*_TWO, count=2),  # the section is missing
+    _columns(*_TWO[:1], {"appended": "3"}, *_TWO[2:], count=2) + b"\na\x00b",
+    _columns(*_GOOD) + b"\n{}",  # a section nobody announced
+    b'{"pgvisor_rows": [], "rows": []}\n{}',
 ])
 def test_a_bad_rows_or_columns_file_goes_to_errors_as_undecodable(tmp_path, content):
     queue = FileQueue(tmp_path)
