@@ -8,39 +8,43 @@ the stable message id: kept when set, else ``<base>#<index>``. The ``.meta`` fil
 message in ``errors/`` is one JSON object, indented for people. Pure functions.
 
 Columns: a batch made only of Notifications (what a listener spools) is stored one field
-after the other::
+after the other: a JSON document on one line, then, after its newline, the appended
+section::
 
     {"pgvisor_columns": ["channel", "payload", "kind", "pid", "received_at", "id"],
      "base": "<base>", "count": 2,
      "columns": [{"same": "doc_changed"}, {"appended": 5}, {"same": "notify"},
-                 {"same": 1234}, {"float64": "<base64>"}, {"same": null}]}
-    42\x0043
+                 {"same": 1234}, {"float64": 16}, {"same": null}]}
+    42\x0043<16 bytes>
 
-The JSON document is one line. A column is a JSON list of its ``count`` values, or
-``{"same": value}`` when every row has that value (one channel, one kind, one backend, no
-ids: the usual read); the receipt times are ``{"float64": ...}``, the base64 of ``count``
-little-endian IEEE doubles (exact); the payloads, when all are strings without NUL (what
-Postgres sends), are ``{"appended": size}``: after the document's newline, ``size`` bytes
-of UTF-8, the payloads with a NUL between two. Profiling the spool's drain (instruction
-counts, callgrind) showed the codec as its largest cost: the float receipt times written
+A column is a JSON list of its ``count`` values, or ``{"same": value}`` when every row has
+that value (one channel, one kind, one backend, no ids: the usual read), or it is in the
+appended section, whose parts follow in column order: the payloads, when all are strings
+without NUL (what Postgres sends), as ``{"appended": size}``, ``size`` bytes of UTF-8 with
+a NUL between two payloads; the receipt times, when all are floats, as ``{"float64": size}``,
+``size = 8 * count`` bytes of little-endian IEEE doubles (exact). (``{"float64": "<base64>"}``
+in the document, the same doubles, is read too.)
+
+Why: profiling the spool's drain (instruction counts, callgrind, spool minus memory queue
+per notification) showed the codec as its largest cost: the float receipt times written
 and parsed as decimal text, a Python type check per row, one Python call per
-Notification, then json's escaping of every payload character (a quarter of what the spool
-cost over a memory queue) and its parsing back. Here every step runs at C speed or as a
-copy: the columns are cut with ``zip``, each column's types are checked with one
-``set(map(type, column))`` (a file dropped into ``incoming/`` still cannot hand a handler
-a field of another type), the payloads are joined and split, the ids are made with
-``map`` and the Notifications are built with ``map`` over ``zip``. So no third-party
-codec: it would still escape and parse each payload, which the appended section skips.
-Older files in **rows** (``{"pgvisor_rows": [fields],
-"rows": [[channel, payload, kind, pid, received_at, id], ...]}``, written by earlier
-versions) are still read. Every reader of a spool reads every form (and files of other
-writers, in dicts); top-level objects with the key ``pgvisor_columns`` or ``pgvisor_rows``
-are reserved.
+Notification, then json's escaping of every payload character (a quarter of the rest) and
+its parsing back. Here every step runs at C speed or as a copy: the columns are cut with
+``zip``, each column's types are checked with one ``set(map(type, column))`` (a file
+dropped into ``incoming/`` still cannot hand a handler a field of another type), the
+payloads are joined and split, the times packed and unpacked, the ids made with ``map``
+and the Notifications built with ``map`` over ``zip``. So no third-party codec: it would
+still escape and parse each payload and time, which the appended section skips. Older
+files in **rows** (``{"pgvisor_rows": [fields], "rows": [[channel, payload, kind, pid,
+received_at, id], ...]}``, written by earlier versions) are still read. Every reader of a
+spool reads every form (and files of other writers, in dicts); top-level objects with the
+key ``pgvisor_columns`` or ``pgvisor_rows`` are reserved.
 """
 import array
 import binascii
 import itertools
 import json
+import operator
 import sys
 
 from instances.notification import _FIELDS, Notification
@@ -67,50 +71,73 @@ def encode_batch(items):
     """Several messages as the content of ONE file (bytes): columns when all are
     Notifications, else a list of dicts."""
     if all_notifications(items):
-        return encode_columns(items)
+        return encode_columns(columns_of(items), len(items))
     return json.dumps([as_dict(i) for i in items]).encode()
 
 
-def encode_columns(items, base=None):
-    """Notifications as ONE columns file; with ``base`` their message ids are
-    ``<base>#<index>`` whatever the file's own name (a group commit names its ids before
-    it names its file)."""
-    count = len(items)
-    columns = [_column(values, count) for values in zip(*items, strict=True)] if items \
-        else [[]] * len(_FIELDS)
+def columns_of(items):
+    """The fields of Notifications ``items`` as six sequences (at C speed)."""
+    return list(zip(*items, strict=True)) if items else [()] * len(_FIELDS)
+
+
+def joined_columns(parts):
+    """The columns of several :func:`columns_of` one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    return [list(itertools.chain.from_iterable(map(operator.itemgetter(i), parts)))
+            for i in range(len(_FIELDS))]
+
+
+def encode_columns(columns, count, base=None):
+    """The ``count`` Notifications of ``columns`` (:func:`columns_of`) as ONE columns
+    file; with ``base`` their message ids are ``<base>#<index>`` whatever the file's own
+    name (a group commit names its ids before it names its file)."""
+    columns = [_column(values, count) for values in columns] if count else [[]] * 6
+    appended = []
+    payloads = _payload_section(columns[1])
+    if payloads is not None:
+        columns[1] = {"appended": len(payloads)}
+        appended.append(payloads)
     times = columns[4]
-    if type(times) is tuple and set(map(type, times)) == {float}:
-        packed = array.array("d", times)
-        if _BIG_ENDIAN:
-            packed.byteswap()
-        columns[4] = {"float64": binascii.b2a_base64(packed, newline=False).decode()}
-    appended = _appended(columns[1], count)
-    if appended is not None:
-        columns[1] = {"appended": len(appended)}
+    if type(times) is not dict and set(map(type, times)) == {float}:
+        columns[4] = {"float64": 8 * count}
+        appended.append(_packed("d", times))
     document = {COLUMNS: _ROW_FIELDS, "count": count, "columns": columns}
     if base is not None:
         document["base"] = base
-    if appended is None:
-        return _dumps(document).encode()
-    return b"\n".join((_dumps(document).encode(), appended))
+    head = _dumps(document).encode()
+    return b"".join([head, b"\n"] + appended) if appended else head
 
 
-def _appended(payloads, count):
-    """The payloads as the file's appended section (UTF-8, NUL between two), or None
-    when they cannot be: not all strings, a NUL in one (Postgres text has none), a lone
-    surrogate (JSON escapes it)."""
-    if type(payloads) is not tuple:
+def _payload_section(payloads):
+    """The payloads' appended section (UTF-8, a NUL between two), or None when they
+    cannot have one (a payload that is not a string, one with a NUL: Postgres text has
+    none, a lone surrogate: JSON writes them)."""
+    if type(payloads) is dict:
         return None
     try:
-        text = "\0".join(payloads)
-    except TypeError:  # a payload that is not a string (None)
+        if "\0" in "".join(payloads):  # memchr speed; a count of the NULs is not
+            return None
+        return "\0".join(payloads).encode()
+    except (TypeError, UnicodeEncodeError):
         return None
-    if text.count("\0") != count - 1:
-        return None
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return None
+
+
+def _packed(code, values):
+    """``values`` as little-endian machine values of the array type ``code`` (bytes)."""
+    packed = array.array(code, values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed
+
+
+def _unpacked(code, view):
+    """The values of array type ``code`` packed little-endian in ``view``: a list."""
+    packed = array.array(code)
+    packed.frombytes(view)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tolist()
 
 
 def _column(values, count):
@@ -167,17 +194,19 @@ _COLUMNS_START = b'{"' + COLUMNS.encode() + b'"'
 
 
 def _load(data):
-    """``(document, appended section or None)`` of a file's content."""
+    """``(document, appended section or None)`` of a file's content (the section: a
+    memoryview of ``data``, not a copy)."""
     try:
         if data[:len(_COLUMNS_START)] == _COLUMNS_START:
-            head, newline, appended = data.partition(b"\n")
-            if newline:
+            newline = data.find(b"\n")
+            if newline >= 0:
                 try:
-                    loaded = json.loads(head)
+                    loaded = json.loads(data[:newline])
                 except ValueError:  # not one line: one JSON document over several
                     loaded = None
-                if type(loaded) is dict:  # a trailing newline is no section
-                    return loaded, appended if appended.strip() else None
+                if type(loaded) is dict:  # trailing white space is no section
+                    blank = newline + 1 >= len(data.rstrip())
+                    return loaded, None if blank else memoryview(data)[newline + 1:]
         return json.loads(data), None
     except RecursionError:  # a file of "[[[[...": its decoding must not kill a consumer
         raise ValueError("JSON nested too deeply to decode") from None
@@ -250,26 +279,44 @@ def _checked_columns(loaded, appended):
             type(columns) is not list or len(columns) != len(_FIELDS):
         raise ValueError("a %s batch must have the fields %s, a count and one column each"
                          % (COLUMNS, _ROW_FIELDS))
-    checked = [_checked_column(field, column, count, types) if field != "payload" else None
-               for field, column, types in zip(_FIELDS, columns, _FIELD_TYPES, strict=True)]
-    payloads = columns[1]
-    if type(payloads) is dict and "appended" in payloads:
-        checked[1] = _appended_payloads(payloads, appended, count)  # strings, no check
-    elif appended is not None:
-        raise ValueError("extra data after the JSON document")
-    else:
-        checked[1] = _checked_column("payload", payloads, count, _FIELD_TYPES[1])
+    checked, at = [], 0
+    for field, column, types in zip(_FIELDS, columns, _FIELD_TYPES, strict=True):
+        section = _section_size(field, column, count)
+        if section is None:
+            checked.append(_checked_column(field, column, count, types))
+            continue
+        if appended is None or at + section > len(appended):
+            raise ValueError("message field %s: %d bytes appended, the columns say more"
+                             % (field, 0 if appended is None else len(appended)))
+        view, at = appended[at:at + section], at + section
+        checked.append(_appended_payloads(view, count) if field == "payload"
+                       else _unpacked("d", view))
+    if at != (0 if appended is None else len(appended)):
+        raise ValueError("%d bytes appended, the columns use %d" % (len(appended), at))
     return checked
 
 
-def _appended_payloads(column, appended, count):
-    """The payloads of the appended section, as its column announced them."""
-    size = column["appended"]
-    if len(column) != 1 or type(size) is not int or appended is None or \
-            len(appended) != size or count < 1:
-        raise ValueError("message field payload: %d bytes appended, the column says %.80r"
-                         % (0 if appended is None else len(appended), column))
-    payloads = appended.decode().split("\0")
+def _section_size(field, column, count):
+    """The bytes of the appended section that ``column`` announces, None for a column
+    written in the JSON document."""
+    if type(column) is not dict or len(column) != 1:
+        return None
+    if field == "payload" and "appended" in column:
+        size = column["appended"]
+        if type(size) is not int or size < 0:
+            raise ValueError("message field payload: {\"appended\": %.80r}" % (size,))
+        return size
+    if field == "received_at" and type(column.get("float64")) is int:
+        if column["float64"] != 8 * count:
+            raise ValueError("message field received_at: %d bytes for %d messages"
+                             % (column["float64"], count))
+        return 8 * count
+    return None
+
+
+def _appended_payloads(view, count):
+    """The ``count`` payloads of their appended section (UTF-8, a NUL between two)."""
+    payloads = str(view, "utf-8").split("\0") if count else []
     if len(payloads) != count:
         raise ValueError("message field payload: %d payloads appended for %d messages"
                          % (len(payloads), count))
@@ -303,7 +350,7 @@ def _checked_column(field, column, count, types):
                 packed.byteswap()
             return packed.tolist()
     raise ValueError("message field %s: a column is a list, {\"same\": value}, "
-                     "{\"float64\": base64} (received_at) or {\"appended\": size} "
+                     "{\"float64\": size or base64} (received_at) or {\"appended\": size} "
                      "(payload), not %.80r" % (field, column))
 
 

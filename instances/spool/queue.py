@@ -241,13 +241,14 @@ class FileQueue:
             raise Full()
         groups = self._groups
         group = groups[-1] if groups else None
-        if group is None or len(group.rows) + count > self.group_max or (
+        if group is None or group.count + count > self.group_max or (
                 group.estimate + size > self.max_file_bytes // 4):
             group = _Group(names.new_base())
             groups.append(group)
             backlog.files += 1
-        first = len(group.rows)
-        group.rows.extend(items)
+        first = group.count
+        group.parts.append(codec.columns_of(items))  # the Notifications may go now
+        group.count += count
         group.estimate += size
         backlog.messages += count
         backlog.bytes += size
@@ -261,20 +262,21 @@ class FileQueue:
         try:
             while self._groups:
                 group = self._groups.popleft()  # closed: new items start the next group
-                rows = group.rows
+                count = group.count
                 try:
-                    data = codec.encode_columns(rows, group.base)
-                    self.writer.write(self._checked(data), count=len(rows))
+                    data = codec.encode_columns(codec.joined_columns(group.parts), count,
+                                                group.base)
+                    self.writer.write(self._checked(data), count=count)
                 except Exception as error:
                     self._group_failed = True
-                    backlog.left(1, len(rows), group.estimate)
+                    backlog.left(1, count, group.estimate)
                     log.error("spool %s: writing %d notifications failed (%s): the next put "
                               "is refused, so the notifier owes a catch_up", self.directory,
-                              len(rows), error, extra={"action": "spool.group_failed",
+                              count, error, extra={"action": "spool.group_failed",
                                                        "directory": self.directory})
                     continue
                 backlog.bytes += len(data) - group.estimate
-                self._row_bytes = len(data) / len(rows)
+                self._row_bytes = len(data) / count
                 backlog.entered(0, 0, 0)  # wake the readers and put listeners
         finally:
             self._committer = None
@@ -585,10 +587,10 @@ class _Group:
     """Notifications taken by the group commit, to be written as ONE file; ``base`` names
     their message ids (``<base>#<index>``) before the file is named."""
 
-    __slots__ = ("base", "estimate", "rows")
+    __slots__ = ("base", "count", "estimate", "parts")
 
     def __init__(self, base):
-        self.base, self.rows, self.estimate = base, [], 0
+        self.base, self.parts, self.count, self.estimate = base, [], 0, 0
 
 
 def _entered(directory, messages, nbytes):

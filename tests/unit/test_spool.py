@@ -2,6 +2,7 @@
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -757,13 +758,13 @@ def test_a_batch_of_notifications_is_stored_as_columns_and_comes_back_the_same(t
     sent.append(Notification(None, "", Notification.CATCH_UP, 0, 1700000009.0))
     ids = queue.put_batch(sent)
     (name,) = listing(tmp_path, "incoming")
-    head, appended = (tmp_path / "incoming" / name).read_bytes().split(b"\n")
+    head, _, appended = (tmp_path / "incoming" / name).read_bytes().partition(b"\n")
     stored = json.loads(head)
     assert stored["pgvisor_columns"] == FIELDS and stored["count"] == 4
     assert stored["columns"][2] == ["notify"] * 3 + ["catch_up"]
-    assert set(stored["columns"][4]) == {"float64"}  # the receipt times, packed
-    assert stored["columns"][1] == {"appended": len(appended)}
-    assert appended == b"p0\x00p1\x00p2\x00"  # the payloads, NUL between two
+    assert stored["columns"][1] == {"appended": 9}  # the payloads, NUL between two
+    assert stored["columns"][4] == {"float64": 32}  # then the receipt times, packed
+    assert appended[:9] == b"p0\x00p1\x00p2\x00" and len(appended) == 9 + 32
     got = drain(queue)
     assert [tuple(n)[:5] for n in got] == [tuple(n)[:5] for n in sent]  # times exact
     assert [n.id for n in got] == ids and all(isinstance(n, Notification) for n in got)
@@ -815,11 +816,21 @@ _GOOD = [{"same": "ch"}, ["p"], {"same": "notify"}, {"same": 1}, [0.5], {"same":
 _TWO = [_GOOD[0], {"appended": 3}, _GOOD[2], _GOOD[3], [0.5, 1.5], _GOOD[5]]
 
 
+#: The same, with the times appended after the payloads.
+_TIMES = _TWO[:4] + [{"float64": 16}, _TWO[5]]
+_DOUBLES = struct.pack("<dd", 0.5, 1.5)
+
+
 @pytest.mark.timeout(10)
-def test_a_columns_file_with_its_payloads_appended_is_read(tmp_path):
+@pytest.mark.parametrize("content", [
+    _columns(*_TWO, count=2) + b"\na\x00b",
+    _columns(*_TIMES, count=2) + b"\na\x00b" + _DOUBLES,
+    _columns(_TWO[0], ["a", "b"], *_TWO[2:4], {"float64": "AAAAAAAA4D8AAAAAAAD4Pw=="},
+             _TWO[5], count=2) + b"\n",  # the times in base64, no section, a newline
+], ids=["payloads", "payloads and times", "base64 times"])
+def test_a_columns_file_with_an_appended_section_is_read(tmp_path, content):
     queue = FileQueue(tmp_path)
     base = names.new_base(2)
-    content = _columns(*_TWO, count=2) + b"\na\x00b"
     SpoolWriter(str(tmp_path), queue.owner).put_file(content, "incoming", base)
     assert [tuple(n) for n in drain(queue)] == [("ch", "a", "notify", 1, 0.5, base + "#0"),
                                                ("ch", "b", "notify", 1, 1.5, base + "#1")]
@@ -856,6 +867,9 @@ def test_a_columns_file_with_its_payloads_appended_is_read(tmp_path):
     _columns(*_TWO[:1], {"appended": 3}, *_TWO[2:], count=2) + b"\n\xff\x00b",  # UTF-8
     _columns(*_TWO, count=2),  # the section is missing
     _columns(*_TWO[:1], {"appended": "3"}, *_TWO[2:], count=2) + b"\na\x00b",
+    _columns(*_TIMES, count=2) + b"\na\x00b" + _DOUBLES[:8],  # one time for two
+    _columns(*_TIMES[:4], {"float64": 8}, _TIMES[5], count=2) + b"\na\x00b" + _DOUBLES,
+    _columns(*_TIMES, count=2) + b"\na\x00b" + _DOUBLES + b"x",  # a byte too many
     _columns(*_GOOD) + b"\n{}",  # a section nobody announced
     b'{"pgvisor_rows": [], "rows": []}\n{}',
 ])
