@@ -131,7 +131,8 @@ class Supervisor:
     #: ``paused`` is True while an operator's pause or a database outage holds
     #: supervision (cyme: "connection errors pause the supervisor").
     paused = False
-    #: Report hub blocking (gevent's monitor thread) as log lines and ``hub_blocks``.
+    #: Report hub blocking (a :class:`~supervisor.hubwatch.HubWatch`) as log lines and
+    #: ``hub_blocks``.
     hub_monitor = True
     #: Seconds one greenlet may hold the hub before it counts as a block.
     max_blocking_time = HubWatch.max_blocking_time

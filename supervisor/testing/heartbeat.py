@@ -24,8 +24,9 @@ What the worst gap was made of is kept in :attr:`HubHeartbeat.worst` (:class:`Ga
 seconds on a CPU, waiting for one, stolen, and the rest (a blocking call or the GIL), and
 the greenlet that held the hub longest in it (a switch tracer), so a failure says where to
 look. Run nothing else that holds the GIL for long meanwhile: gevent's monitor thread
-(:class:`supervisor.hubwatch.HubWatch`), once it sees a block, walks every object of the
-heap for its report and makes the block it reports longer.
+(``gevent.config.monitor_thread``; :class:`supervisor.hubwatch.HubWatch` does not use it),
+once it sees a block, walks every object of the heap for its report and makes the block it
+reports longer.
 """
 import dataclasses
 import os
