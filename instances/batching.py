@@ -28,11 +28,13 @@ not used (a spec with ``batch`` and ``queue_out_dir`` is refused).
 Concurrency: pure functions, for any greenlet.
 """
 import operator
+from operator import countOf
 
 from instances.notification import Notification
 from instances.queues import Empty
 
 _CATCH_UP = Notification.CATCH_UP
+_NOTIFY = Notification.NOTIFY
 _kind = operator.itemgetter(2)
 
 
@@ -62,8 +64,12 @@ def take_batch(pending, more, size):
 
 
 def catch_up_at(items):
-    """The index of the first catch_up in ``items``, or None."""
+    """The index of the first catch_up in ``items``, or None. Live notifications share
+    one ``kind`` string (:attr:`Notification.NOTIFY`, interned), so a batch of only those
+    is recognised by identity at C speed; anything else is looked for by value."""
     try:
+        if countOf(map(_kind, items), _NOTIFY) == len(items):
+            return None
         return list(map(_kind, items)).index(_CATCH_UP)
     except ValueError:
         return None
