@@ -349,15 +349,20 @@ def _n(value):
 
 
 def write(path, text):
-    """Put ``text`` after MARKER in ``path`` (replacing an older section)."""
+    """Put ``text`` after MARKER in ``path``, replacing an older section up to the next
+    marker line; the sections other commands wrote after it (the spool's, the memory-queue
+    hand-off's) are kept, as everything before it."""
     try:
         with open(path, encoding="utf-8") as f:
             content = f.read()
     except FileNotFoundError:
         content = ""
-    content = content.split(MARKER)[0].rstrip("\n")
+    before, _, after = content.partition(MARKER)
+    cut = after.find("\n<!-- ")
+    rest = after[cut + 1:] if cut >= 0 else ""
     with open(path, "w", encoding="utf-8") as f:
-        f.write(content + "\n\n" + MARKER + "\n" + text + "\n")
+        f.write(before.rstrip("\n") + "\n\n" + MARKER + "\n" + text.rstrip("\n") + "\n"
+                + ("\n" + rest if rest else ""))
 
 
 def main(argv=None):
