@@ -75,9 +75,9 @@ def main():
     if profiler is not None:
         profiler.stop()
         write_profile(profiler, args.profile)
-    figures = sink.summary()
     scraped = len(generate_latest(metrics))
     sup.stop(timeout=5)
+    figures = sink.summary()  # after the stop: its CPU would hold the hub of a running one
     protocol.result(figures, timed_out=timed_out, metrics_bytes=scraped)
 
 
