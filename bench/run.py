@@ -64,6 +64,16 @@ class Bench:
         self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get(
             "PYTHONPATH", ""))
 
+    def finish(self, began):
+        """Say how it went; the contenders' logs are kept only when something failed (a
+        directory left in /tmp per run otherwise)."""
+        if self.failures:
+            print("\n%d failure(s); %.0f s; logs in %s" % (
+                len(self.failures), time.monotonic() - began, self.logdir))
+        else:
+            print("\n0 failure(s); %.0f s" % (time.monotonic() - began))
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
     # -- one contender run --------------------------------------------------------------
     def count_for(self, key, label, spool):
         if key.startswith("lat"):
@@ -224,8 +234,7 @@ def main(argv=None):
     print(table.markdown())
     print()
     print(table.verdicts_markdown())
-    print("\n%d failure(s); %.0f s; logs in %s" % (len(bench.failures), time.monotonic() - began,
-                                                  bench.logdir))
+    bench.finish(began)
     path = args.results or (None if args.smoke else os.path.join(ROOT, "bench", "RESULTS.md"))
     if path:
         command = "make bench-smoke" if args.smoke else "make bench"
@@ -250,8 +259,7 @@ def only_memory(bench, args):
         " --reps %d" % args.reps if args.reps else "") + (" --smoke" if args.smoke else "")
     text = handoff.section(results, bench.size, machine, profiles, command)
     print(text)
-    print("\n%d failure(s); %.0f s; logs in %s" % (len(bench.failures), time.monotonic() - began,
-                                                  bench.logdir))
+    bench.finish(began)
     path = args.results or (None if args.smoke else os.path.join(ROOT, "bench", "RESULTS.md"))
     if path:
         handoff.write(path, text)
