@@ -63,6 +63,7 @@ import logging
 import time
 import traceback
 import weakref
+from operator import length_hint
 
 import gevent
 import gevent.event
@@ -120,10 +121,11 @@ def _kill_all(glets, block, timeout):
 
 
 class _Worker:
-    __slots__ = ("greenlet", "idle", "busy_since", "stopping", "timeout_sent")
+    __slots__ = ("greenlet", "idle", "busy_since", "stopping", "timeout_sent", "items")
 
     def __init__(self):
         self.greenlet = None
+        self.items = None  # the iterator over the chunk in hand (what is left: not started)
         self.idle = False
         self.busy_since = None  # time.monotonic() the current item started, None if idle
         self.stopping = False
@@ -278,6 +280,13 @@ class ProcessorPool:
         """Items taken from the queue that wait for a worker (``order_key``: ready, or
         held behind a running key)."""
         return self.order.waiting if self.order is not None else 0
+
+    @property
+    def in_hand(self):
+        """Items of the chunks the workers took that have not started yet (they left the
+        queue with their chunk, and still wait: an instance's backlog counts them)."""
+        return sum(length_hint(w.items) for w in list(self._workers.values())
+                   if w.items is not None)
 
     @property
     def size(self):
@@ -463,7 +472,7 @@ class ProcessorPool:
         (a stop, a kill, an interrupted retry wait) goes back to the queue, first in line."""
         handler, monotonic, settle = self.handler, time.monotonic, self._settle
         failures, waited = self.failed + self.timed_out, self.retry_waited
-        items = iter(chunk)
+        items = worker.items = iter(chunk)
         item = settled = _NOTHING
         started = monotonic()
         try:
@@ -490,10 +499,10 @@ class ProcessorPool:
                     if worker.stopping:
                         break
         except BaseException:  # killed or stopped where it was: no outcome for the rest
-            worker.busy_since = None
+            worker.busy_since = worker.items = None
             self._put_back(([item] if item is not settled else []) + list(items))
             raise
-        worker.busy_since = None
+        worker.busy_since = worker.items = None
         rest = list(items)  # a stop came: these never started
         if rest:
             self._put_back(rest)

@@ -184,6 +184,22 @@ def test_health_backlog_counts_what_waits_behind_a_busy_handler(pg_dsn, running,
     assert instance.health()["backlog"] == 0
 
 
+@pytest.mark.timeout(30)
+def test_the_backlog_counts_what_a_worker_took_but_has_not_started(pg_dsn, running, gate):
+    """A worker takes a whole read as one chunk: the items behind the one in its handler
+    left the queue but still wait, and the backlog an operator sees counts them (it showed
+    0 with two waiting)."""
+    instance = running(_spec("tests.handlers:hold_on_hold"))
+    wait_for(lambda: [n.kind for n in handlers.seen] == ["catch_up"], 5, message="no catch_up")
+    _notify(pg_dsn, "hold-1", "b", "c")  # one read: one chunk, taken whole by the worker
+    wait_for(lambda: len(handlers.seen) == 2, 5, message="hold-1 never started")
+    assert instance.health()["backlog"] == 2  # b and c, in the worker's hand or queued
+    gate.set()
+    wait_for(lambda: len(handlers.seen) == 4, 5, message="b, c never ran")
+    wait_for(lambda: instance.health()["backlog"] == 0, 5)
+    assert [n.payload for n in handlers.seen[1:]] == ["hold-1", "b", "c"]
+
+
 # -- handler failures --------------------------------------------------------------------
 @pytest.mark.timeout(30)
 def test_a_handler_that_raises_is_counted_sent_to_the_error_path_and_the_instance_goes_on(
