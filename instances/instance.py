@@ -300,7 +300,7 @@ class Instance:
         return {
             "alive": self.alive, "connected": self.connected, "exit": self.exit,
             "heartbeat_age": self.heartbeat_age(),
-            "backlog": self.queue.qsize() + (pool.in_hand if pool is not None else 0),
+            "backlog": self.queue.qsize() + getattr(pool, "in_hand", 0),  # none: worker processes
             "spool_errors": self.queue.error_count() if self.spec.queue is not None else None,
             "received": listener.received if listener else 0,
             "catch_ups": listener.catch_ups if listener else 0,
