@@ -137,6 +137,12 @@ class Backlog:
         self.maybe_recount(urgent=True)
         room.wait(timeout)
 
+    @property
+    def room(self):
+        """An Event set when files next leave ``incoming/`` (a claim, a recount that
+        found fewer): what a writer waiting for room, or a group held, waits on."""
+        return self._room
+
     def _made_room(self):
         room, self._room = self._room, Event()
         room.set()

@@ -119,6 +119,10 @@ class Claims:
         """Messages claimed and decoded but not handed out yet."""
         return self._ready_count
 
+    def busy(self):
+        """Whether messages are claimed here and not settled yet (ready or handed out)."""
+        return bool(self._ready_count or self._held or self._handed_out)
+
     # -- handing out -------------------------------------------------------------------
 
     def next_item(self):

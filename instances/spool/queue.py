@@ -111,6 +111,10 @@ class FileQueue:
     max_bytes = QUEUE_DEFAULTS["max_bytes"]
     #: Most notifications in one file of the group commit (see :meth:`put_batch`).
     group_max = 10000
+    #: Seconds the group writer may keep the open group gathering while this queue's
+    #: reader is busy and other files wait for it (the reader gains nothing from a file
+    #: written sooner; fewer, bigger files cost less per notification); 0: write at once.
+    group_hold = 0.05
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None, max_messages=None, max_bytes=None):
@@ -155,6 +159,8 @@ class FileQueue:
         self._groups = collections.deque()  # the group commit's groups, oldest first
         self._committer = None  # the greenlet writing them
         self._group_failed = False
+        self._flushing = 0  # greenlets waiting for the groups to be written
+        self._unhold = Event()  # set while they wait: no group is held then
         self._row_bytes = 150.0  # bytes per notification in a rows file, as last written
         self._backlog.join(self)
         self.recover()
@@ -213,10 +219,11 @@ class FileQueue:
         call returns without waiting for the write. One greenlet of the queue writes the
         groups one after the other, each as ONE file (at most :attr:`group_max` messages):
         while a file is written (and fsync-ed) the next reads gather in the next group, so
-        a fast producer gets big files and one fsync for thousands of notifications. A
-        crash of the process in that window (one write) loses the group, as it loses what
-        is still in the connection's socket buffer; the catch_up after the restart covers
-        both. A failed group write is logged, and the next put without ``block`` raises
+        a fast producer gets big files and one fsync for thousands of notifications; while
+        this queue's reader is behind, the open group gathers for up to :attr:`group_hold`
+        too. A crash of the process in that window (one write, or that hold) loses the
+        group, as it loses what is still in the connection's socket buffer; the catch_up
+        after the restart covers both. A failed group write is logged, and the next put without ``block`` raises
         :class:`Full`: the notifier's overflow rule then owes the instance a catch_up."""
         self._check_open()
         items = list(items)
@@ -261,6 +268,7 @@ class FileQueue:
         backlog = self._backlog
         try:
             while self._groups:
+                self._hold()
                 group = self._groups.popleft()  # closed: new items start the next group
                 count = group.count
                 try:
@@ -281,13 +289,35 @@ class FileQueue:
         finally:
             self._committer = None
 
+    def _hold(self):
+        """Let the open group (the only one) gather more reads while this queue's reader
+        is busy with claimed messages and other files wait for it, at most
+        :attr:`group_hold` seconds; a claim (room in ``incoming/``) or a flush ends the
+        wait early. A crash in that time loses the group, as during its write: the
+        catch_up after the restart covers it."""
+        deadline = time.monotonic() + self.group_hold
+        backlog, claims = self._backlog, self._claims
+        while (len(self._groups) == 1 and not self._flushing and not self.closed
+               and backlog.files > 1 and claims.busy()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            gevent.wait([backlog.room, self._unhold], timeout=remaining, count=1)
+
     def _flush_groups(self):
         """Wait until the groups taken so far are written (FIFO: a blocking put goes
         after them)."""
         committer = self._committer
         if committer is not None and gevent.getcurrent() is not committer and \
                 gevent.getcurrent() is not self._hub:
-            committer.join()
+            self._flushing += 1
+            self._unhold.set()
+            try:
+                committer.join()
+            finally:
+                self._flushing -= 1
+                if not self._flushing:
+                    self._unhold.clear()
 
     def _write(self, data, count, block, timeout):
         """Wait for room for ``count`` messages, write them, count them; the base name."""

@@ -938,3 +938,55 @@ def test_a_chunk_partly_done_at_close_gives_back_only_its_messages_without_an_ou
     again = FileQueue(tmp_path)
     got = drain(again)
     assert [(n.payload, n.id) for n in got] == [("p1", ids[1]), ("p3", ids[3])]
+
+
+def _held_group(tmp_path):
+    """A queue whose reader is busy with one file while another waits for it, and a read
+    put without blocking since: the group commit holds it (the group not written)."""
+    queue = FileQueue(tmp_path)
+    queue.group_hold = 60.0
+    queue.put_batch(_notes("a", 2), False)
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
+    assert [n.payload for n in queue.get_chunk(False)] == ["a0", "a1"]  # the reader is busy
+    queue.put_batch(_notes("b", 2), False)  # nothing waits for the reader: written at once
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
+    queue.put_batch(_notes("c", 2), False)
+    for _ in range(3):
+        gevent.sleep(0)  # the group writer runs: it holds the group
+    assert len(queue._groups) == 1 and queue._committer is not None
+    queue.put_batch(_notes("d", 2), False)  # joins the held group
+    return queue
+
+
+@pytest.mark.timeout(10)
+def test_the_group_commit_holds_the_open_group_while_the_reader_is_behind(tmp_path):
+    queue = _held_group(tmp_path)
+    assert len(listing(tmp_path, "incoming")) == 1  # only the b file
+    queue.done_many(2)  # the a file is done: the reader claims b, the held group goes
+    assert [n.payload for n in queue.get_chunk(False)] == ["b0", "b1"]
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
+    (name,) = listing(tmp_path, "incoming")
+    assert names.message_count(name) == 4  # c and d in ONE file
+    queue.done_many(2)
+    assert [n.payload for n in queue.get_chunk(False)] == ["c0", "c1", "d0", "d1"]
+
+
+@pytest.mark.timeout(10)
+def test_a_blocking_put_ends_a_hold_and_goes_after_the_held_group(tmp_path):
+    queue = _held_group(tmp_path)
+    queue.put({"n": 1})  # waits for the held group first (FIFO), not for group_hold
+    written = listing(tmp_path, "incoming")
+    assert [names.message_count(n) for n in written] == [2, 4, 1]  # b, c+d, the dict
+
+
+@pytest.mark.timeout(10)
+def test_without_group_hold_the_open_group_is_written_at_once(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.group_hold = 0
+    queue.put_batch(_notes("a", 2), False)
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
+    queue.get_chunk(False)
+    queue.put_batch(_notes("b", 2), False)
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
+    queue.put_batch(_notes("c", 2), False)
+    wait_for(lambda: len(listing(tmp_path, "incoming")) == 2, 10)  # not held
