@@ -14,10 +14,11 @@ The callgrind files stay in the printed directory (``callgrind_annotate`` them).
 """
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
-from bench.run import CONTENDERS, GEVENT, Bench
+from bench.run import CONTENDERS, GEVENT, SPOOL_BASE, Bench
 from supervisor.testing import PostgresCluster
 
 #: label -> the contender's command (bench.run's and bench.delivery's batch pair).
@@ -26,7 +27,11 @@ COMMANDS = {
     "memory": CONTENDERS[2][1],
     "raw-batch": [sys.executable, "-m", "bench.delivery", "--contender", "raw-batch"],
     "pgvisor-batch": GEVENT + ["bench.delivery", "--contender", "pgvisor-batch"],
+    "spool": CONTENDERS[3][1],  # pgvisor with a spool, fsync off (bench.spool's drain)
+    "spool-fsync": CONTENDERS[4][1],
 }
+#: The labels that drain through a spool directory: their fsync flag.
+SPOOLS = {"spool": False, "spool-fsync": True}
 
 
 def instructions(bench, dsn, label, n, directory):
@@ -34,8 +39,16 @@ def instructions(bench, dsn, label, n, directory):
     out = os.path.join(directory, "%s-%d.callgrind" % (label, n))
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + COMMANDS[label] + [
         "--dsn", dsn, "--expected", str(n), "--timeout", "900"]
-    bench._drive(argv, os.path.join(directory, "%s-%d.log" % (label, n)), dsn, "backlog",
-                 None, n)
+    spool = None
+    if label in SPOOLS:
+        spool = tempfile.mkdtemp(prefix="pgvisor-bench-spool-", dir=SPOOL_BASE)
+        argv += ["--spool", spool] + (["--fsync"] if SPOOLS[label] else [])
+    try:
+        bench._drive(argv, os.path.join(directory, "%s-%d.log" % (label, n)), dsn,
+                     "backlog", None, n)
+    finally:
+        if spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
     with open(out, encoding="utf-8") as f:
         for line in f:
             if line.startswith(("summary:", "totals:")):
@@ -47,8 +60,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n1", type=int, default=20_000)
     parser.add_argument("--n2", type=int, default=60_000)
-    parser.add_argument("--which", default=",".join(COMMANDS),
-                        help="comma-separated labels of %s" % ", ".join(COMMANDS))
+    parser.add_argument("--which", default=",".join(c for c in COMMANDS if c not in SPOOLS),
+                        help="comma-separated labels of %s (default: all but the spools)"
+                        % ", ".join(COMMANDS))
     args = parser.parse_args(argv)
     bench = Bench(argparse.Namespace(smoke=False, verbose=False, profile_run=None))
     directory = tempfile.mkdtemp(prefix="pgvisor-bench-callgrind-")
