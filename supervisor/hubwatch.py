@@ -3,8 +3,8 @@
 Two parts, and nothing on the hub's path between them::
 
     hub:          a timer every max_blocking_time / 4 --> _tick: keep (now, CPU wait so far)
-    watch thread: every max_blocking_time / 4 --> _look: is the tick late by
-                  max_blocking_time or more? take the hub thread's frames
+    watch thread: when the tick could first be late by max_blocking_time (about once per
+                  max_blocking_time) --> _look: is it? take the hub thread's frames
                   (sys._current_frames()), attribute them, keep them,
                   hub.loop.run_callback_threadsafe(_flush)
     hub:          _flush (once the hub runs again) --> one WARNING line "hub.blocked",
@@ -42,6 +42,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import typing
 
 import gevent
@@ -93,11 +94,13 @@ def owner_codes():
         todo.extend(cls.__subclasses__())
         for value in vars(cls).values():
             func = getattr(value, "__func__", value)  # classmethod, staticmethod
-            while func is not None:
+            for _wrapper in range(8):  # a decorated method: the codes it wraps
                 code = getattr(func, "__code__", None)
                 if code is not None:
                     codes.add(code)
                 func = getattr(func, "__wrapped__", None)
+                if func is None:
+                    break
     return codes
 
 
@@ -177,7 +180,7 @@ class HubWatch:
 
     @property
     def period(self):
-        """Seconds between two ticks, and between two looks of the watch thread."""
+        """Seconds between two ticks of the hub's timer."""
         return self.max_blocking_time / 4
 
     def start(self):
@@ -244,9 +247,14 @@ class HubWatch:
                               extra={"action": "hub.callback_error", "instance": seen.instance})
 
 
+    def _log_error(self, text):
+        log.error("hub watch failed (it goes on looking): %s", text,
+                  extra={"action": "hub.watch_error", "instance": None})
+
+
 class _WatchThread:
-    """The OS thread of one HubWatch start: every ``watch.period`` it compares the hub's
-    last tick with the clock. Touches no gevent object but ``loop.run_callback_threadsafe``
+    """The OS thread of one HubWatch start: it compares the hub's last tick with the clock
+    when the tick could first be late enough to be a block. Touches no gevent object but ``loop.run_callback_threadsafe``
     (and, once, to say it ended, ``ended.set`` through it). Closes ``run_queue`` at its
     end (after it no tick or flush of this start reads it)."""
 
@@ -257,6 +265,7 @@ class _WatchThread:
         self._stop.acquire()  # held until stop(): the thread sleeps on it
         self._seen = None  # the _Sighting not yet flushed
         self._block_since = None  # the tick the last block came after (one report each)
+        self._error = None  # the first error of a look (logged once, by the hub)
 
     def start(self):
         _start_new_thread(self._run, ())
@@ -269,13 +278,15 @@ class _WatchThread:
         return seen
 
     def _run(self):
-        watch, period = self.watch, self.watch.period
+        watch = self.watch
         try:
-            while not self._stop.acquire(True, period):
+            wait = watch.max_blocking_time
+            while not self._stop.acquire(True, wait):
                 try:
-                    self._look(watch)
+                    wait = self._look(watch)
                 except Exception:  # noqa: BLE001 -- a report is not worth the watch
-                    pass
+                    self._failed(watch)
+                    wait = watch.max_blocking_time
         finally:
             self.run_queue.close()
             try:
@@ -284,17 +295,32 @@ class _WatchThread:
                 pass
 
     def _look(self, watch):
-        since = watch._tick_state
-        if since[0] == self._block_since:  # the same block, seen before
-            return
-        if watch.stall(since, (time.monotonic(), self.run_queue.read())) < \
-                watch.max_blocking_time:
-            return
+        """Look once; return the seconds to the next look: the earliest the hub's stall can
+        reach ``max_blocking_time`` (a stall grows no faster than the clock), so a healthy
+        hub is looked at about once per ``max_blocking_time`` (each look takes the GIL,
+        and a busy hub then waits for this thread to get a CPU)."""
+        limit, since = watch.max_blocking_time, watch._tick_state
+        if since[0] == self._block_since:  # this block was seen: wait for the next tick
+            return limit
+        stall = watch.stall(since, (time.monotonic(), self.run_queue.read()))
+        if stall < limit:
+            return max(limit - stall, limit / 8)
         self._block_since = since[0]
         frame = sys._current_frames().get(self.hub_ident)
         try:
             greenlet, instance, stack = describe(frame, watch.stack_depth)
+        except Exception:  # noqa: BLE001 -- the block is still worth its report
+            greenlet, instance, stack = "<unknown>", None, ()
+            self._failed(watch)
         finally:
             del frame  # no frame of the hub's thread outlives the look
         self._seen = _Sighting(since, greenlet, instance, stack)
         self.loop.run_callback_threadsafe(watch._flush, self)
+        return limit
+
+    def _failed(self, watch):
+        """Hand the first error of this thread to the hub to log (logging's locks are
+        gevent's when monkey-patched: not for this thread)."""
+        if not self._error:
+            self._error = traceback.format_exc()
+            self.loop.run_callback_threadsafe(watch._log_error, self._error)

@@ -86,6 +86,26 @@ def test_nothing_is_reported_when_the_hub_is_idle_or_busy_with_short_tasks(watch
 
 
 @pytest.mark.timeout(30)
+def test_a_failed_look_is_logged_once_by_the_hub_and_the_block_still_reported(
+        monkeypatch, caplog):
+    def broken(frame, depth):
+        raise ValueError("no frames today")
+
+    monkeypatch.setattr("supervisor.hubwatch.describe", broken)
+    blocks = []
+    watch = HubWatch(blocks.append).start()
+    try:
+        for count in (1, 2):
+            gevent.spawn(spin, 0.3).join()
+            wait_for(lambda: len(blocks) == count, 5)  # noqa: B023 -- waited on at once
+    finally:
+        watch.stop()
+    assert [b.greenlet for b in blocks] == ["<unknown>"] * 2
+    errors = [r for r in caplog.records if r.action == "hub.watch_error"]
+    assert len(errors) == 1 and "no frames today" in errors[0].getMessage()
+
+
+@pytest.mark.timeout(30)
 def test_nothing_runs_on_a_greenlet_switch(watch):
     assert greenlet.gettrace() is None  # gevent's monitor thread installs a tracer here
 
