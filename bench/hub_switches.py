@@ -8,10 +8,11 @@ Run monkey-patched, as the service runs (``nice -n 10`` on a shared machine)::
 
 Two shapes: ``sleep0``, 10 greenlets yielding with ``gevent.sleep(0)`` (each a switch to
 the hub and one back, as a worker that yields between items), and ``raw``, two raw
-greenlets switching to each other (yielding to the hub every 2,000 switches). Each mode runs ``--reps`` times interleaved with the
-others (the machine's load moves, the best of each is compared); prints one line per mode
-and shape: the best rates per wall second and per CPU second of the process (the watch
-thread's CPU included), each with its ratio to "off".
+greenlets switching to each other (yielding to the hub every 2,000 switches). Each mode
+runs ``--reps`` times interleaved with the others (the machine's load moves, the best of
+each is compared); prints one line per mode and shape: the best rates per wall second and
+per CPU second of the process (the watch thread's CPU included), each with its ratio to
+"off".
 """
 import argparse
 import time

@@ -63,9 +63,10 @@ _OWNERS = (Component, ProcessorPool)
 @dataclasses.dataclass(frozen=True)
 class Block:
     """One hub block: ``greenlet`` (what ran: its entry point, from its outermost frame),
-    ``instance`` (name or None), ``seconds`` (at least: how late the hub's loop came back,
-    measured to ``max_blocking_time / 4``) and ``stack`` (innermost frames, innermost last,
-    each "file:line function")."""
+    ``instance`` (name or None), ``seconds`` (how late the hub's loop came back, less the
+    time its thread waited for a CPU; at least ``max_blocking_time``, within
+    ``max_blocking_time / 4``) and ``stack`` (innermost frames, innermost last, each
+    "file:line function")."""
 
     greenlet: str
     instance: typing.Optional[str]
@@ -216,7 +217,7 @@ class HubWatch:
         waited = self._thread.run_queue.read()  # first: a wait between goes to the next gap
         self._tick_state = (time.monotonic(), waited)
 
-    def stall(self, since, until):
+    def _stall(self, since, until):
         """Seconds the hub's loop did not turn between tick state ``since`` and ``until``
         (``(time, waited)``), beyond the period and the time it waited for a CPU."""
         return until[0] - since[0] - self.period - (until[1] - since[1])
@@ -230,7 +231,7 @@ class HubWatch:
         now = (time.monotonic(), thread.run_queue.read())  # clock first: conservative
         end = now if self._tick_state[0] == seen.since[0] else self._tick_state
         self._tick_state = now  # the hub runs: a block from now on is another
-        seconds = self.stall(seen.since, end)
+        seconds = self._stall(seen.since, end)
         if seconds < self.max_blocking_time:
             return
         block = Block(seen.greenlet, seen.instance, seconds, seen.stack)
@@ -246,7 +247,6 @@ class HubWatch:
                 log.exception("hub block callback failed",
                               extra={"action": "hub.callback_error", "instance": seen.instance})
 
-
     def _log_error(self, text):
         log.error("hub watch failed (it goes on looking): %s", text,
                   extra={"action": "hub.watch_error", "instance": None})
@@ -254,9 +254,10 @@ class HubWatch:
 
 class _WatchThread:
     """The OS thread of one HubWatch start: it compares the hub's last tick with the clock
-    when the tick could first be late enough to be a block. Touches no gevent object but ``loop.run_callback_threadsafe``
-    (and, once, to say it ended, ``ended.set`` through it). Closes ``run_queue`` at its
-    end (after it no tick or flush of this start reads it)."""
+    when the tick could first be late enough to be a block. Touches no gevent object but
+    ``loop.run_callback_threadsafe`` (and, once, to say it ended, ``ended.set`` through
+    it). Closes ``run_queue`` at its end (after it no tick or flush of this start reads
+    it)."""
 
     def __init__(self, watch, loop, hub_ident, run_queue, ended):
         self.watch, self.loop, self.hub_ident = watch, loop, hub_ident
@@ -302,7 +303,7 @@ class _WatchThread:
         limit, since = watch.max_blocking_time, watch._tick_state
         if since[0] == self._block_since:  # this block was seen: wait for the next tick
             return limit
-        stall = watch.stall(since, (time.monotonic(), self.run_queue.read()))
+        stall = watch._stall(since, (time.monotonic(), self.run_queue.read()))
         if stall < limit:
             return max(limit - stall, limit / 8)
         self._block_since = since[0]
