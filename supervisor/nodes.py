@@ -471,10 +471,19 @@ class Cluster:
         return frozenset(self._admitted)
 
     def epoch(self, name):
-        """The epoch this node holds for instance ``name`` (None: not granted here): the
-        fencing token a handler writes with."""
+        """The epoch this node holds for instance ``name``: the fencing token a handler
+        writes with. Taken away (moved, lease ended), the instance still runs here until
+        the Supervisor has stopped it, at the latest until its last grant ends (the fence
+        kills it then): meanwhile its handlers keep the epoch they ran with (a new owner
+        starts after that end, with a higher epoch). None: it does not run here."""
         grant = self.grants.get(name)
-        return grant.epoch if grant is not None else None
+        if grant is not None:
+            return grant.epoch
+        end = self._lost.get(name)
+        if end is None or time.monotonic() >= end or self._dead(name):
+            return None
+        release = self._releases.get(name)
+        return release.held_epoch if release is not None else None
 
     def release(self, name):
         """Why this node does not run instance ``name`` any more (a :class:`Release`), for

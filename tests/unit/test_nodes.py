@@ -212,12 +212,15 @@ def test_a_moved_instance_is_released_only_once_its_handlers_are_gone():
     cluster._grant(time.monotonic(), [["a", 1, -1.0]])
     cluster._grant(time.monotonic(), [])  # moved away: revoked
     assert "a" in cluster._lost and not cluster._released
+    # still running here within its last grant: its handlers keep the epoch they ran with
+    assert cluster.epoch("a") == 1
     running.listener = _Part(False)  # stopping: its source ended, a handler still runs
     cluster._grant(time.monotonic(), [])
-    assert not cluster._released
+    assert not cluster._released and cluster.epoch("a") == 1
     running.kill()
+    assert cluster.epoch("a") is None  # gone from here
     cluster._grant(time.monotonic(), [])
-    assert cluster._released == {"a"}
+    assert cluster._released == {"a"} and cluster.epoch("a") is None
 
 
 def test_the_nodes_table_marks_the_leader_and_the_node_asked():
