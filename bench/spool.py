@@ -254,10 +254,14 @@ listener is starved writes hundreds of small files. With fsync on, each group fi
 two fsyncs, spread over thousands of notifications by the group commit. No third-party
 codec was added: what is left of the codec is memcpy and split, which one would not
 remove.
-The hub-stall row swings from run to run on this machine with either code (five runs of the
-same exercise: 7.9, 13.6, 79 ms with main at 625283c; 18.5, 24.5, 41, 44, 68 ms with this
-tree), its "the rest (a blocking call or the GIL)" part being a threadpool thread's GIL
-hold (the listing of 100,000 names) rather than work on the hub."""
+The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
+while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
+which waits a whole switch interval (5 ms) for the GIL again after each of its own system
+calls. It swung from 27 to 90 ms on a quiet machine; with that work paused 0.5 ms every
+2 ms (`instances.spool.offload.paced`) it measured 5.6, 6.3, 6.7 and 13.2 ms quiet and
+12.4, 20.1 and 33.0 ms with two busy loops on the two CPUs (`.ci/under-load -n 2 --
+python -m gevent.monkey --module bench.spool hub --files 100000 --seconds 5`), the rest
+under load being a pool thread descheduled while it holds the GIL."""
 
 
 def _n(value):

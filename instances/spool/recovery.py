@@ -20,7 +20,7 @@ did for the caller to log on the hub.
 import os
 import time
 
-from instances.spool import codec, errors, names
+from instances.spool import codec, errors, names, offload
 
 
 def recover_pending(writer, max_attempts, own_owner, max_file_bytes=None):
@@ -54,7 +54,7 @@ def recover_owner(writer, owner, max_attempts, max_file_bytes=None):
 
 def _recover_owner(writer, owner_dir, owner, max_attempts, max_file_bytes=None):
     requeued = banished = 0
-    for name in sorted(_listdir(owner_dir)):
+    for name in offload.sort_names(_listdir(owner_dir)):
         base, attempts = names.split(name)
         attempts += 1  # the dead owner's delivery counts
         path = os.path.join(owner_dir, name)

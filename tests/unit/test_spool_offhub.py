@@ -388,3 +388,36 @@ def test_a_group_never_exceeds_group_max_so_worker_processes_share_a_burst(tmp_p
     queue.put({"n": "after"})  # waits for the groups
     counts = sorted(names.message_count(n) for n in os.listdir(tmp_path / "incoming"))
     assert counts == [1, 3, 3, 3]
+
+
+class CountingClock:
+    """A clock for :func:`offload.paced` that moves ``step`` seconds per read."""
+
+    def __init__(self, step):
+        self.step, self.now = step, 0.0
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+
+def test_a_big_listing_is_sorted_in_paced_steps_that_leave_the_gil_to_the_hub(
+        monkeypatch):
+    from instances.spool import offload
+    rests = []
+    monkeypatch.setattr(offload, "_real_sleep", rests.append)
+    monkeypatch.setattr(offload, "_clock", CountingClock(0.001))
+    spool_names = [names.new_base() for _ in range(20_000)]
+    spool_names.reverse()
+    # in the threadpool, as the spool sorts
+    assert offload.call(offload.sort_names, spool_names) == sorted(spool_names)
+    # a check after each run sorted and every 256 names merged; the clock moves 1 ms a
+    # read, so every other check finds PACE_WORK (2 ms) used up and pauses
+    checks = 20_000 // offload.SORT_CHUNK + 20_000 // 256
+    assert len(rests) >= checks // 3
+    assert set(rests) == {offload.PACE_REST}
+    rests.clear()
+    assert offload.call(offload.sort_names, spool_names[:100]) == sorted(spool_names[:100])
+    assert rests == []  # a small listing is one sorted(), no pause
+    assert offload.sort_names(spool_names) == sorted(spool_names)
+    assert rests == []  # nor on the hub's thread (a CLI's): there it would only be slower
