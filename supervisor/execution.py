@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import sys
 import typing
 
 import gevent
@@ -254,9 +255,10 @@ class Executor:
         ``fallback``, the record's previous spec is built instead; when neither can be,
         the Built has no spec. Never raises."""
         old = record.instance
-        if record.pending_spec is not None:
-            importlib.invalidate_caches()  # a retry: see the modules deployed since
         try:
+            if record.pending_spec is not None:
+                importlib.invalidate_caches()  # a retry: see the modules deployed since
+            _reload_if_lacking(spec.handler)
             return self._build(old, spec)
         except Exception as exc:
             error = str(exc)
@@ -400,6 +402,48 @@ class Executor:
     def _alive(self, name):
         record = self.records.get(name)
         return record is not None and record.instance is not None and record.instance.alive
+
+
+def _reload_if_lacking(handler):
+    """Re-read the module of ``handler`` (``"module:attr.path"``) when it was imported
+    before but lacks the attribute: the file deployed since (with the new handler an edit
+    names) is not in ``sys.modules``, and importing again would only return the old
+    module, at every retry of the pending edit until the service restarts. Its code
+    runs again only when its file changed since the last time it was re-read here (once
+    at the first retry), not at every verify. Raises when the module as deployed cannot
+    be executed."""
+    module_name, _, attribute = handler.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None:
+        return  # never imported (or it failed): import_module reads the file anyway
+    target = module
+    for part in attribute.split("."):
+        target = getattr(target, part, _LACKING)
+        if target is _LACKING:
+            break
+    else:
+        return
+    try:
+        changed = os.stat(module.__file__).st_mtime_ns
+    except (OSError, TypeError):  # no file (a namespace or built-in module): nothing to read
+        return
+    seen, error = _reread.get(module_name, (None, None))
+    if seen != changed:
+        try:
+            importlib.reload(module)
+            error = None
+        except Exception as exc:  # any error of the module's code
+            error = "handler=%r: cannot re-import module %r: %s: %s" % (
+                handler, module_name, type(exc).__name__, exc)
+        _reread[module_name] = changed, error
+    if error is not None:  # the same file still: the same error, its code not run again
+        raise RuntimeError(error)
+
+
+_LACKING = object()
+#: Module name -> (its file's mtime in ns, the error or None) when
+#: :func:`_reload_if_lacking` last re-read it.
+_reread = {}
 
 
 def _same_spool(old, spec):

@@ -112,3 +112,37 @@ def test_a_put_whose_spool_cannot_open_keeps_the_instance_until_the_directory_is
     _notify(pg_database, "spooled")
     svc.wait_handled("notify edit_ch spooled")
     assert (blocker / "spool" / "incoming").is_dir()
+
+
+@pytest.mark.timeout(90)
+def test_an_edit_to_a_handler_added_to_a_module_the_service_imported_before(
+        service, pg_database):
+    """Version 2 of a module the service runs a handler of adds a new handler, and a spec
+    is edited to it: the CLI (a new process) finds it, the service's ``sys.modules`` holds
+    version 1, which lacks it. The edit must read the module as deployed, not park as
+    pending until the service restarts."""
+    svc = service
+    module = LATE_MODULE + "_v"
+    (svc.code / (module + ".py")).write_text(LATE_HANDLER.replace("def handle", "def first")
+                                              .replace('"late %s', '"v1 %s'))
+    svc.wait_state("edit", "running")
+    edited = svc.cli("instances", "update", "edit", "-c", svc.config,
+                     "--handler", module + ":first")
+    assert edited.returncode == 0, edited.stderr
+    wait_for(lambda: svc.get("/instances/edit")["handler"] == module + ":first", 20, 0.05,
+             "the edit to version 1's handler applies")
+    svc.wait_state("edit", "running")
+    _notify(pg_database, "one")
+    svc.wait_handled("v1 one")  # version 1 is imported in the service now
+
+    (svc.code / (module + ".py")).write_text("# version 2: a new handler\n" + LATE_HANDLER)
+    edited = svc.cli("instances", "update", "edit", "-c", svc.config,
+                     "--handler", module + ":handle")
+    assert edited.returncode == 0, edited.stderr  # the CLI's own import finds it
+    wait_for(lambda: _pending(svc) or "late " in svc.handled(), 20, 0.05,
+             "the new instance's catch_up reaches version 2's handler")
+    assert _pending(svc) is None
+    _notify(pg_database, "two")
+    svc.wait_handled("late two")
+    assert _pending(svc) is None
+    assert "has no attribute" not in svc.log()
