@@ -59,7 +59,9 @@ Concurrency: every method is for greenlets of the hub's thread; ``stop`` and ``k
 block the caller (not the hub). Link callbacks run in the hub and MUST NOT block or raise.
 """
 import bisect
+import linecache
 import logging
+import sys
 import time
 import traceback
 import weakref
@@ -847,6 +849,7 @@ class ProcessorPool:
         return True
 
     def _failed(self, item, error):
+        read_sources(error)
         tb_text = "".join(traceback.format_exception(error))
         self.failed += 1
         self.last_error = repr(error)
@@ -855,8 +858,10 @@ class ProcessorPool:
 
     def _timed_out(self, item, interrupt=None):
         # where the handler was when it was stopped (the one being handled by default)
-        tb_text = ("".join(traceback.format_exception(interrupt)) if interrupt is not None
-                   else traceback.format_exc())
+        if interrupt is None:
+            interrupt = sys.exc_info()[1]
+        read_sources(interrupt)
+        tb_text = "".join(traceback.format_exception(interrupt))
         error = TimeoutError("handler ran longer than %ss" % self.handler_timeout)
         self.timed_out += 1
         self.last_error = repr(error)
@@ -947,3 +952,38 @@ class ProcessorPool:
         return "<ProcessorPool %s size=%d processed=%d failed=%d %s>" % (
             self.name, self.size, self.processed, self.failed,
             "alive" if self._running else (self.exit or "new"))
+
+
+#: Source files a traceback named that linecache could not read (relative names of
+#: compiled modules, "<string>"): not looked for again.
+_no_source = set()
+
+
+def read_sources(error):
+    """Read the source files of ``error``'s traceback (its causes and contexts too) into
+    :mod:`linecache` in the threadpool, blocking the calling greenlet only.
+
+    Formatting a traceback reads the source line of every frame, from disk the first time
+    a file is named: the handler's modules, gevent's ``hub.py`` for a handler stopped in a
+    sleep, and a stat of every ``sys.path`` entry for each relative name of a compiled
+    module. Done on the hub, that stalled every greenlet (118 ms at a handler timeout, the
+    disk busy with other processes' fsyncs). Once read, formatting finds the lines in
+    memory: the hub then only formats. Nothing to read (the usual case: the same handler
+    failing again), no threadpool call."""
+    names, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if name not in linecache.cache and name not in _no_source:
+                names.append(name)
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    if names and getcurrent() is not gevent.get_hub():
+        _no_source.update(gevent.get_hub().threadpool.apply(_read, (names,)))
+
+
+def _read(names):
+    """In the threadpool: ``names`` into linecache; the ones it could not read."""
+    return [name for name in set(names) if not linecache.getlines(name)]

@@ -645,3 +645,46 @@ def test_a_stop_in_a_retry_wait_gives_the_item_back_and_the_next_pool_runs_it(po
     pools.append(second.start())
     wait_for(lambda: second.processed == 2, 5)
     assert tries == ["x", "x", "x", "y"] and queue.failed_count == 0
+
+
+def test_a_failure_s_source_files_are_read_off_the_hub_before_its_traceback_is_formatted(
+        tmp_path, monkeypatch):
+    import importlib
+    import linecache
+    import sys
+
+    import gevent.monkey
+
+    from instances import processors
+    real_ident = gevent.monkey.get_original("_thread", "get_ident")
+    hub_thread = real_ident()
+    name = "pgvisor_failing_%d" % id(tmp_path)
+    (tmp_path / (name + ".py")).write_text("def handle(n):\n    raise ValueError(n)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    try:
+        module.handle(1)
+    except ValueError as exc:
+        error = exc
+    path = module.__file__
+    linecache.cache.pop(path, None)
+    reads = []
+    monkeypatch.setattr(linecache, "getlines", _recording(linecache.getlines, reads, real_ident))
+    failures = []
+    queue = MemoryQueue()
+    queue.failed = lambda item, err, tb_text: failures.append(tb_text)
+    pool = ProcessorPool(queue, lambda n: None, name="p")
+    gevent.spawn(pool._failed, "item", error).join()
+    assert (path, True) in [(n, ident != hub_thread) for n, ident in reads]  # in a thread
+    assert "raise ValueError(n)" in failures[0]  # the traceback has its source lines
+    reads.clear()
+    gevent.spawn(processors.read_sources, error).join()
+    assert reads == []  # read once: formatting again reads nothing
+    sys.modules.pop(name, None)
+
+
+def _recording(getlines, reads, ident):
+    def recorded(filename, module_globals=None):
+        reads.append((filename, ident()))
+        return getlines(filename, module_globals)
+    return recorded
