@@ -27,9 +27,17 @@ look. Run nothing else that holds the GIL for long meanwhile: gevent's monitor t
 (``gevent.config.monitor_thread``; :class:`supervisor.hubwatch.HubWatch` does not use it),
 once it sees a block, walks every object of the heap for its report and makes the block it
 reports longer.
+
+What the hub's thread was doing in a gap is sampled too (:class:`GapSampler`, on Linux): a
+real OS thread looks every 2 ms, and when the hub is more than 10 ms late it reads, for each
+thread of the process, its state, kernel wait channel and system call from
+``/proc/self/task`` and the top of its Python stack (``sys._current_frames()``). The worst
+gap keeps the first samples taken in it (:attr:`Gap.samples`), so a stall in a blocking
+call names the call, and a wait for the GIL names the thread that held it.
 """
 import dataclasses
 import os
+import sys
 import time
 import typing
 
@@ -53,6 +61,9 @@ class Gap:
     stolen: float = 0.0
     holder: typing.Optional[str] = None
     held: float = 0.0
+    #: What :class:`GapSampler` saw during the gap (texts, oldest first; filled in by
+    #: :meth:`HubHeartbeat.stop`).
+    samples: typing.Tuple[str, ...] = ()
 
     @property
     def rest(self):
@@ -67,6 +78,8 @@ class Gap:
                    self.stolen * 1000, self.rest * 1000)
         if self.holder is not None:
             text += "; %s ran %.1f ms without a switch" % (self.holder, self.held * 1000)
+        for sample in self.samples:
+            text += "\n  sampled " + sample
         return text
 
 
@@ -81,10 +94,15 @@ class HubHeartbeat:
     tick = 0.005
     #: What reads the kernel's figures (a seam for tests of the arithmetic).
     clock_class = None  # RunQueueClock, set below the class
+    #: What samples the process's threads during a gap (None: no sampling).
+    sampler_class = None  # GapSampler, set below the class
 
-    def __init__(self, tick=None):
+    def __init__(self, tick=None, sample=True):
         if tick is not None:
             self.tick = tick
+        self._sample = sample
+        self._sampler = None
+        self._worst_start = None
         #: Seconds a tick came later than asked, at worst, less the time the thread waited
         #: for a CPU meanwhile (see the module docstring).
         self.max_stall = 0.0
@@ -97,6 +115,8 @@ class HubHeartbeat:
         self._tracer = None
 
     def start(self):
+        if self._sample and self.sampler_class is not None:
+            self._sampler = self.sampler_class(self.tick)
         self._greenlet = gevent.spawn(self._run)
         return self
 
@@ -104,6 +124,11 @@ class HubHeartbeat:
         """Kill the loop (blocks the caller until it is dead); return the worst stall."""
         if self._greenlet is not None:
             self._greenlet.kill()
+        if self._sampler is not None:
+            self._sampler.stop()  # the samples of the worst gap may come after its end
+            if self.worst is not None:
+                self.worst = dataclasses.replace(
+                    self.worst, samples=self._sampler.samples(self._worst_start))
         return self.max_stall
 
     def __enter__(self):
@@ -115,8 +140,11 @@ class HubHeartbeat:
     def _run(self):
         run_queue = self.clock_class()
         tracer = self._tracer = SwitchTracer().install()
+        sampler = self._sampler
         try:
             last, last_times = self._read(run_queue)
+            if sampler is not None:
+                sampler.start(last)
             while True:
                 gevent.sleep(self.tick)
                 now, times = self._read(run_queue)
@@ -130,8 +158,11 @@ class HubHeartbeat:
                 if stall > self.max_stall:
                     self.max_stall = stall
                     self.worst = Gap(stall, late, on_cpu, waited, stolen, *tracer.longest)
+                    self._worst_start = last
                 tracer.reset()
                 last, last_times = now, times
+                if sampler is not None:
+                    sampler.beat(now, self._worst_start)
                 self.ticks += 1
         finally:
             tracer.uninstall()
@@ -152,6 +183,136 @@ class HubHeartbeat:
             if after - before < 0.001:
                 break
         return after, times
+
+
+class GapSampler:
+    """A real OS thread that, while the hub is late, samples what each thread of the process
+    is doing (see the module docstring). The heartbeat's greenlet calls :meth:`beat` after
+    each tick, with the start of the worst gap so far; :meth:`stop` ends the thread (waiting
+    for a sample under way) and :meth:`samples` gives what was seen in a gap.
+
+    The Python stacks are taken first, with no system call between: each system call hands
+    the GIL back, and a thread computing meanwhile keeps it for a switch interval (5 ms)
+    each time, so the kernel's figures, read next, may come some milliseconds later. While
+    the hub is on time the thread runs Python code only for microseconds every
+    :attr:`period` (a clock read and a comparison).
+    """
+
+    #: Seconds between two looks.
+    period = 0.002
+    #: Seconds late beyond the tick before the threads are sampled.
+    late = 0.010
+    #: Samples kept per gap.
+    per_gap = 3
+    TASKS = "/proc/self/task"
+
+    def __init__(self, tick, clock=time.perf_counter):
+        from gevent import monkey
+        self._tick = tick
+        self._clock = clock
+        self._sleep = monkey.get_original("time", "sleep")
+        self._start_thread = monkey.get_original("_thread", "start_new_thread")
+        self._get_ident = monkey.get_original("_thread", "get_ident")
+        self._running = monkey.get_original("_thread", "allocate_lock")()
+        self._hub_ident = self._get_ident()
+        self._hub_tid = self._native_id()
+        self._own_tid = None
+        self._last = self._keep = None
+        self._by_gap = {}  # start of a gap -> [sample texts]; written by the thread only
+        self._stopped = False
+
+    @staticmethod
+    def _native_id():
+        try:
+            return int(os.readlink("/proc/thread-self").rsplit("/", 1)[1])
+        except (OSError, ValueError):
+            return None
+
+    def start(self, now):
+        self._last = now
+        if self._hub_tid is not None:
+            self._running.acquire()
+            self._start_thread(self._loop, ())
+
+    def stop(self):
+        self._stopped = True
+        if self._running.acquire(timeout=1.0):
+            self._running.release()
+
+    def beat(self, now, keep):
+        """A tick came at ``now``; the gap that started at ``keep`` is the worst so far."""
+        self._last, self._keep = now, keep
+
+    def samples(self, start):
+        """The samples taken in the gap that started at ``start`` (a tuple of texts)."""
+        return tuple(self._by_gap.get(start, ()))
+
+    def _loop(self):
+        try:
+            self._own_tid = self._native_id()
+            while not self._stopped:
+                self._sleep(self.period)
+                last = self._last
+                now = self._clock()
+                if now - last < self._tick + self.late:
+                    continue
+                taken = self._by_gap.get(last)
+                if taken is None:
+                    for start in [s for s in self._by_gap if s != self._keep]:
+                        del self._by_gap[start]
+                    taken = self._by_gap[last] = []
+                if len(taken) < self.per_gap:
+                    try:
+                        taken.append("%.1f ms into the gap: %s" % (
+                            (now - last) * 1000, self._describe()))
+                    except Exception as error:  # a sample never ends the thread
+                        taken.append("sample failed: %r" % (error,))
+        finally:
+            self._running.release()
+
+    def _describe(self):
+        stacks = self._stacks()  # first: no system call before it (see the class docstring)
+        parts = []
+        for name in sorted(os.listdir(self.TASKS), key=int):
+            tid = int(name)
+            if tid == self._own_tid:
+                continue
+            state, comm = self._stat(tid)
+            if tid != self._hub_tid and state not in ("R", "D"):
+                continue  # a sleeping thread (an idle pool thread) holds nothing
+            parts.append("%s %d %s (%s) wchan=%s syscall=%s" % (
+                "hub" if tid == self._hub_tid else "thread", tid, state, comm,
+                self._read(tid, "wchan"), self._read(tid, "syscall").split(" ")[0]))
+        return "; ".join(parts) + " | python: " + "; ".join(stacks)
+
+    def _stacks(self):
+        own = self._get_ident()
+        stacks = []
+        for ident, frame in sys._current_frames().items():
+            if ident == own:
+                continue
+            where = []
+            while frame is not None and len(where) < 4:
+                where.append("%s:%d %s" % (os.path.basename(frame.f_code.co_filename),
+                                            frame.f_lineno, frame.f_code.co_name))
+                frame = frame.f_back
+            stacks.append("%s [%s]" % ("hub" if ident == self._hub_ident else ident,
+                                       " < ".join(where)))
+        return stacks
+
+    def _read(self, tid, what):
+        try:
+            with open("%s/%d/%s" % (self.TASKS, tid, what)) as f:
+                return f.read().strip() or "-"
+        except OSError:
+            return "?"
+
+    def _stat(self, tid):
+        text = self._read(tid, "stat")
+        comm_end = text.rfind(")")
+        if comm_end < 0:
+            return "?", "?"
+        return text[comm_end + 2:comm_end + 3], text[text.find("(") + 1:comm_end]
 
 
 class SwitchTracer:
@@ -263,3 +424,4 @@ class RunQueueClock:
 
 
 HubHeartbeat.clock_class = RunQueueClock
+HubHeartbeat.sampler_class = GapSampler

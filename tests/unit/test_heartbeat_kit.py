@@ -42,6 +42,41 @@ def test_a_blocking_system_call_counts_too():
     assert beat.max_stall >= 0.07
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux /proc only")
+@pytest.mark.timeout(10)
+def test_a_gap_names_the_blocking_call_and_the_hubs_python_stack():
+    beat = HubHeartbeat(0.005).start()
+    gevent.sleep(0.02)
+    _unpatched_sleep(0.08)
+    gevent.sleep(0.02)
+    beat.stop()
+    samples = beat.worst.samples
+    assert samples, "no sample taken in an 80 ms gap: %s" % (beat.worst,)
+    # the hub's thread was asleep in the kernel (state S, a system call number), and its
+    # Python stack names this test's line
+    assert " S (" in samples[0] and "syscall=" in samples[0]
+    assert "test_a_gap_names_the_blocking_call" in samples[0]
+    assert "sampled" in str(beat.worst)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux /proc only")
+@pytest.mark.timeout(10)
+def test_a_gap_names_what_another_thread_runs():
+    def spin():
+        until = time.thread_time() + 0.15
+        while time.thread_time() < until:
+            pass
+
+    beat = HubHeartbeat(0.005).start()
+    gevent.sleep(0.02)
+    spinning = gevent.get_hub().threadpool.spawn(spin)
+    _unpatched_sleep(0.1)  # the sampler contends for the GIL with the spinning thread alone
+    spinning.get()
+    gevent.sleep(0.02)
+    beat.stop()
+    assert any(" spin " in sample for sample in beat.worst.samples), beat.worst
+
+
 def _unpatched_sleep(seconds):
     import gevent.monkey
 
