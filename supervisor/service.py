@@ -31,6 +31,7 @@ greenlets of their own and only set events or spawn the reload; nothing here rai
 SystemExit (the CLI turns the returned code into the exit status).
 """
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -47,6 +48,18 @@ from supervisor.config.reload import apply_changes, config_changes
 from supervisor.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger(__name__)
+
+#: Modules an instance's start or a change of configuration may need later, imported by the
+#: service's start before any instance runs: imported at their first use they would hold the
+#: hub while other instances work (measured cold: the spool 25 ms, the file watcher of
+#: failover files 23 ms, worker processes 6 ms; more when the disk is busy).
+PRELOAD = ("instances.spool", "instances.isolation.parent", "supervisor.watch")
+
+
+def preload():
+    """Import :data:`PRELOAD` (after monkey-patching: the service's start calls it)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
 
 
 def supervisor_options(cfg):
@@ -132,6 +145,7 @@ class Service:
         tell systemd READY=1. Raises RegistryError, InvalidConfigurationException or
         OSError (address in use); what started stays started (see :meth:`_stop_parts`)."""
         cfg = self.config
+        preload()
         self.registry = self._open_registry(cfg)
         self.supervisor = Supervisor(self.registry, cfg.database.connect_dsn(),
                                      **supervisor_options(cfg))

@@ -7,14 +7,22 @@ Opt in per test (``def test_x(hub_heartbeat)``) or per module
 came; at teardown the test fails if the worst stall reached :data:`MAX_STALL` (issue 3: a
 heartbeat greenlet never stalls more than 50 ms). The worst stall of the run is shown in
 the terminal summary.
+
+The modules the service imports at its start (:func:`supervisor.service.preload`) are
+imported here as well, before any test: instances started directly, as these tests do,
+would otherwise import the spool at the first spool instance, on the hub, inside a test's
+heartbeat.
 """
 import gc
 
 import pytest
 
 from instances import Registry
+from supervisor.service import preload
 from supervisor.testing import HubHeartbeat
 from tests import handlers
+
+preload()
 
 #: Seconds between two ticks of the heartbeat greenlet.
 TICK = 0.005

@@ -1,6 +1,9 @@
 """Host resolution for libpq: names become ``hostaddr`` entries, resolved by the caller's
 resolver (the connector's runs off the hub); ``host`` is kept for TLS and ~/.pgpass."""
+import os
 import socket
+import subprocess
+import sys
 from types import MappingProxyType
 
 import pytest
@@ -120,3 +123,29 @@ def test_pghost_and_pgport_give_the_hosts_and_load_balance_hosts_shuffles_them()
                              shuffle=lambda entries: entries.reverse())
     assert [(a["host"], a["port"]) for a in attempts] == [("10.0.0.2", "5433"),
                                                           ("/run/pg", "5433")]
+
+
+_FIRST_LOOKUP = r"""
+import os, sys, gevent.monkey
+gevent.monkey.patch_all()
+from instances.connectors import resolve_host
+threads, modules = len(os.listdir("/proc/self/task")), set(sys.modules)
+addresses = resolve_host("localhost", 5432)
+print(len(os.listdir("/proc/self/task")) - threads, sorted(set(sys.modules) - modules),
+      addresses)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc only")
+@pytest.mark.timeout(60)
+def test_the_first_lookup_runs_in_one_thread_and_imports_nothing():
+    """The connector's resolver thread calls the C library's getaddrinfo: gevent's patched
+    one made the thread a hub of its own with a second thread, and the ``idna`` codec its
+    first call needs was imported there, holding the GIL the hub waited for (a 218 ms stall
+    of the hub under load)."""
+    out = subprocess.run([sys.executable, "-c", _FIRST_LOOKUP], capture_output=True,
+                         text=True, timeout=50, check=True).stdout.split(" ", 1)
+    new_threads, rest = int(out[0]), out[1]
+    assert new_threads == 1, out
+    assert rest.startswith("[] "), "modules imported by the first lookup: %s" % (rest,)
+    assert "127.0.0.1" in rest or "::1" in rest
