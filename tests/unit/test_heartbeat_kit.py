@@ -54,15 +54,18 @@ def test_a_gap_names_the_blocking_call_and_the_hubs_python_stack():
     assert samples, "no sample taken in an 80 ms gap: %s" % (beat.worst,)
     # the hub's thread was asleep in the kernel (state S, a system call number), and its
     # Python stack names this test's line
-    assert " S (" in samples[0] and "syscall=" in samples[0]
-    assert "test_a_gap_names_the_blocking_call" in samples[0]
+    assert any(" S (" in sample and "syscall=" in sample for sample in samples), samples
+    assert any("test_a_gap_names_the_blocking_call" in sample for sample in samples), samples
     assert "sampled" in str(beat.worst)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux /proc only")
 @pytest.mark.timeout(10)
 def test_a_gap_names_what_another_thread_runs():
+    started = []
+
     def spin():
+        started.append(True)
         until = time.thread_time() + 0.15
         while time.thread_time() < until:
             pass
@@ -70,6 +73,8 @@ def test_a_gap_names_what_another_thread_runs():
     beat = HubHeartbeat(0.005).start()
     gevent.sleep(0.02)
     spinning = gevent.get_hub().threadpool.spawn(spin)
+    while not started:  # a loaded machine may start the pool's thread late
+        gevent.sleep(0.001)
     _unpatched_sleep(0.1)  # the sampler contends for the GIL with the spinning thread alone
     spinning.get()
     gevent.sleep(0.02)
