@@ -6,7 +6,7 @@ import time
 import gevent
 import pytest
 
-from supervisor.testing import HubHeartbeat
+from supervisor.testing import HubHeartbeat, wait_for
 from supervisor.testing.heartbeat import RunQueueClock
 
 
@@ -46,9 +46,9 @@ def test_a_blocking_system_call_counts_too():
 @pytest.mark.timeout(10)
 def test_a_gap_names_the_blocking_call_and_the_hubs_python_stack():
     beat = HubHeartbeat(0.005).start()
-    gevent.sleep(0.02)
+    _ticked(beat)
     _unpatched_sleep(0.08)
-    gevent.sleep(0.02)
+    _ticked(beat)
     beat.stop()
     samples = beat.worst.samples
     assert samples, "no sample taken in an 80 ms gap: %s" % (beat.worst,)
@@ -71,15 +71,20 @@ def test_a_gap_names_what_another_thread_runs():
             pass
 
     beat = HubHeartbeat(0.005).start()
-    gevent.sleep(0.02)
+    _ticked(beat)
     spinning = gevent.get_hub().threadpool.spawn(spin)
-    while not started:  # a loaded machine may start the pool's thread late
-        gevent.sleep(0.001)
+    wait_for(lambda: started, 5, message="the pool's thread never started")
     _unpatched_sleep(0.1)  # the sampler contends for the GIL with the spinning thread alone
     spinning.get()
-    gevent.sleep(0.02)
+    _ticked(beat)
     beat.stop()
     assert any(" spin " in sample for sample in beat.worst.samples), beat.worst
+
+
+def _ticked(beat):
+    """Wait until the heartbeat ticked twice more (a gap is measured at the next tick)."""
+    ticks = beat.ticks
+    wait_for(lambda: beat.ticks > ticks + 1, 5, message="the heartbeat never ticked")
 
 
 def _unpatched_sleep(seconds):
