@@ -263,7 +263,7 @@ def _getaddrinfo(host, port):
     thread of that hub's pool (importing gevent's resolver meanwhile). Its first call encodes
     the name with the ``idna`` codec: ``encodings.idna`` is imported with this module, not
     in the thread, where the import held the GIL the hub was waiting for (12 ms on a quiet
-    machine, a 218 ms stall of the hub under load)."""
+    machine; the likely cause of a 218 ms stall of the hub under load)."""
     try:
         return [info[4][0] for info in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)]
     except OSError as exc:
