@@ -39,7 +39,10 @@ def test_a_blocking_system_call_counts_too():
     _unpatched_sleep(0.08)  # sleeping in the kernel, not waiting for a CPU
     gevent.sleep(0.02)
     beat.stop()
-    assert beat.max_stall >= 0.07
+    # counted as a hold, over the 50 ms limit the fixture enforces: not left out as a wait
+    # for a CPU. Not to the millisecond: the gap starts up to one tick (5 ms) before the
+    # sleep, and the host's steal time, left out too, comes in 10 ms steps (CI: 69.8 ms)
+    assert beat.max_stall > 0.05, beat.worst
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux /proc only")
