@@ -208,6 +208,9 @@ class GapSampler:
 
     def __init__(self, tick, clock=time.perf_counter):
         from gevent import monkey
+
+        from supervisor.hubwatch import describe
+        self._describe_frames = describe
         self._tick = tick
         self._clock = clock
         self._sleep = monkey.get_original("time", "sleep")
@@ -286,18 +289,18 @@ class GapSampler:
         return "; ".join(parts) + " | python: " + "; ".join(stacks)
 
     def _stacks(self):
+        """The innermost frames of every other thread, as the service's HubWatch describes
+        them (:func:`supervisor.hubwatch.describe`: the instance whose code runs, if any)."""
         own = self._get_ident()
         stacks = []
         for ident, frame in sys._current_frames().items():
             if ident == own:
                 continue
-            where = []
-            while frame is not None and len(where) < 4:
-                where.append("%s:%d %s" % (os.path.basename(frame.f_code.co_filename),
-                                            frame.f_lineno, frame.f_code.co_name))
-                frame = frame.f_back
-            stacks.append("%s [%s]" % ("hub" if ident == self._hub_ident else ident,
-                                       " < ".join(where)))
+            _entry, instance, stack = self._describe_frames(frame, 4)
+            label = "hub" if ident == self._hub_ident else str(ident)
+            if instance is not None:
+                label += " (instance %s)" % instance
+            stacks.append("%s [%s]" % (label, " < ".join(reversed(stack))))
         return stacks
 
     def _read(self, tid, what):
