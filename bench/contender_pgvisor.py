@@ -35,7 +35,7 @@ def make_supervisor(args, workdir):
     registry = Registry(os.path.join(workdir, "registry.json"))
     registry.add(InstanceSpec(name=NAME, channels=(args.channel,), handler="bench.sink:handle",
                               queue=queue))
-    return Supervisor(registry, args.dsn)
+    return Supervisor(registry, args.dsn, hub_monitor=not protocol.counting())
 
 
 def write_profile(profiler, path):
@@ -72,6 +72,7 @@ def main():
     if profiler is not None:
         profiler.start()
     timed_out = not finished.wait(args.timeout)
+    protocol.drained()
     if profiler is not None:
         profiler.stop()
         write_profile(profiler, args.profile)

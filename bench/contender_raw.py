@@ -28,6 +28,7 @@ def main():
         for notify in notifies:
             handle(notify)
         del notifies[:]
+    protocol.drained()
     protocol.result(sink.summary(first_received), timed_out=not finished)
 
 

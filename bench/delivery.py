@@ -20,6 +20,7 @@ is one; everything else is left as it is), or to ``--results``; ``--smoke`` runs
 sizes and writes nothing unless ``--results`` is given.
 """
 import argparse
+import gc
 import os
 import select
 import statistics
@@ -99,6 +100,7 @@ def raw_batch(args):
                 first_received = time.time()
             handle_batch(notifies)
             del notifies[:]
+    protocol.drained()
     protocol.result(sink.summary(first_received), timed_out=not finished)
 
 
@@ -121,15 +123,18 @@ def pgvisor(args):
         fields.update(min_concurrency=WORKERS, max_concurrency=WORKERS)
     registry = Registry(os.path.join(protocol.workdir("pgvisor-bench-delivery-"), "r.json"))
     registry.add(InstanceSpec(name="bench", channels=(args.channel,), **fields))
-    sup = Supervisor(registry, args.dsn)
+    sup = Supervisor(registry, args.dsn, hub_monitor=not protocol.counting())
     metrics = make_registry(sup)
     finished = gevent.event.Event()
     sink.state.reset(args.expected, finished.set)
     sup.start()
     wait_for(lambda: sup.instance("bench") is not None and sup.instance("bench").connected,
              timeout=30, message="the pgvisor instance listens")
+    gc.collect()  # as supervisor.service.Service.start does once started (``pgvisor run``)
+    gc.freeze()
     protocol.ready()
     timed_out = not finished.wait(args.timeout)
+    protocol.drained()
     scraped = len(generate_latest(metrics))
     sup.stop(timeout=5)
     figures = sink.summary()  # after the stop: its CPU would hold the hub of a running one

@@ -3,22 +3,26 @@
 Wall-clock rates and even CPU times swing on a shared, loaded machine; the number of
 instructions a drain executes does not. Each contender (the labels of :data:`CONTENDERS`)
 drains a backlog of ``--n1`` and of ``--n2`` notifications under ``valgrind
---tool=callgrind`` (the producer and the orchestration as in :mod:`bench.run`); the
-difference of the two totals divided by ``n2 - n1`` is what one more notification costs,
-start-up and shutdown cancelled out. The figure covers the whole process: the handler's
-record and the summary's payload parsing (:mod:`bench.sink`, the same for every contender,
-about 8,500 instructions per notification with this sink) included, and pgvisor's periodic
-work too, which valgrind's 50x slowdown inflates (a hub "blocked" report of gevent's
-monitor thread walks the heap: compare several runs). Needs valgrind; slow (minutes).
-The callgrind files stay in the printed directory (``callgrind_annotate`` them).
+--tool=callgrind`` (the producer as in :mod:`bench.run`), instrumented only from the
+contender's READY to its DRAINED (the :data:`bench.protocol.HANDSHAKE`): the drain, not the
+start-up, the shutdown or the summary. The difference of the two totals divided by ``n2 -
+n1`` is what one more notification costs, what the window holds besides the drain
+cancelled out. The handler's record (:mod:`bench.sink`, the same for every contender) is in
+it, and so is pgvisor's periodic work, which valgrind's 50x slowdown inflates (a hub
+"blocked" report of gevent's monitor thread walks the heap: compare several runs). Needs
+valgrind; slow (minutes). The callgrind files stay in the printed directory
+(``callgrind_annotate`` them).
 """
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
-from bench.run import CONTENDERS, GEVENT, SPOOL_BASE, Bench
+from bench import protocol
+from bench.producer import Producer
+from bench.run import CONTENDERS, GEVENT, ROOT, SPOOL_BASE, Bench
 from supervisor.testing import PostgresCluster
 
 #: label -> the contender's command (bench.run's and bench.delivery's batch pair).
@@ -35,25 +39,63 @@ SPOOLS = {"spool": False, "spool-fsync": True}
 
 
 def instructions(bench, dsn, label, n, directory):
-    """Total instructions of one callgrind drain of ``n`` notifications by ``label``."""
+    """Instructions of one callgrind drain of ``n`` notifications by ``label``: counted from
+    the contender's READY to its DRAINED (:func:`bench.protocol.drained`), so start-up,
+    shutdown and the summary are left out."""
     out = os.path.join(directory, "%s-%d.callgrind" % (label, n))
-    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + COMMANDS[label] + [
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            "--callgrind-out-file=" + out] + COMMANDS[label] + [
         "--dsn", dsn, "--expected", str(n), "--timeout", "900"]
     spool = None
     if label in SPOOLS:
         spool = tempfile.mkdtemp(prefix="pgvisor-bench-spool-", dir=SPOOL_BASE)
         argv += ["--spool", spool] + (["--fsync"] if SPOOLS[label] else [])
     try:
-        bench._drive(argv, os.path.join(directory, "%s-%d.log" % (label, n)), dsn,
-                     "backlog", None, n)
+        with open(os.path.join(directory, "%s-%d.log" % (label, n)), "w") as log:
+            _drive(argv, log, dsn, n, dict(bench.env, **{protocol.HANDSHAKE: "1"}))
     finally:
         if spool is not None:
             shutil.rmtree(spool, ignore_errors=True)
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError("no totals in %s" % out)
+    with open(out, encoding="utf-8") as f:  # "summary:" is 0 with --instr-atstart=no
+        totals = [int(line.split()[1]) for line in f if line.startswith("totals:")]
+    if not totals:
+        raise RuntimeError("no totals in %s" % out)
+    return totals[-1]
+
+
+def _drive(argv, log, dsn, n, env):
+    """Run the contender: instrumentation on at READY, the backlog, off at DRAINED."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                            text=True, cwd=ROOT, env=env)
+    try:
+        _expect(proc, "READY", log)
+        _instrument(proc.pid, "on")
+        producer = Producer(dsn)
+        producer.backlog(n)
+        producer.close()
+        _expect(proc, "DRAINED", log)
+        _instrument(proc.pid, "off")
+        out, _ = proc.communicate("\n", timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0 or '"timeout": false' not in out:
+        raise RuntimeError("exit %s, output %r; see %s" % (proc.returncode, out, log.name))
+
+
+def _expect(proc, word, log):
+    line = proc.stdout.readline()
+    while line and line.strip() != word:
+        log.write(line)
+        line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("no %s from the contender; see %s" % (word, log.name))
+
+
+def _instrument(pid, state):
+    subprocess.run(["callgrind_control", "--instr=" + state, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
 def main(argv=None):

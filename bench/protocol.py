@@ -7,11 +7,17 @@ A contender is started as ``python [-m gevent.monkey --module] bench.contender_X
     contender: handles `--expected` notifications, then prints   RESULT {json}
                and exits 0 (on `--timeout` it prints what it has with "timeout": true)
 
+With :data:`HANDSHAKE` set in its environment (:mod:`bench.instructions`), a contender also
+prints ``DRAINED`` once it handled what it expected, and waits for a line on stdin before
+it shuts down: the orchestrator switches callgrind's instrumentation off meanwhile, so
+what it counts is the drain, not the start-up, the shutdown or the summary.
+
 Everything else a contender writes goes to stderr (the orchestrator keeps it in a log file).
 """
 import argparse
 import atexit
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -35,6 +41,26 @@ def ready():
     """Tell the orchestrator the contender listens (it starts producing then)."""
     sys.stdout.write("READY\n")
     sys.stdout.flush()
+
+
+#: The environment variable that asks a contender for the ``DRAINED`` handshake.
+HANDSHAKE = "PGVISOR_BENCH_HANDSHAKE"
+
+
+def counting():
+    """True under :mod:`bench.instructions`: valgrind runs the contender some 50 times
+    slower, so pgvisor's own hub monitor would see every read as a blocked hub and log its
+    stacks (which a real run never does); the contenders turn it off then."""
+    return bool(os.environ.get(HANDSHAKE))
+
+
+def drained():
+    """With :data:`HANDSHAKE` set: say ``DRAINED`` and wait for the orchestrator's line
+    (blocking the whole process, on purpose: nothing else should run meanwhile)."""
+    if os.environ.get(HANDSHAKE):
+        sys.stdout.write("DRAINED\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
 
 
 def result(figures, timed_out=False, **more):
