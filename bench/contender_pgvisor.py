@@ -1,6 +1,6 @@
 """Contenders 3 and 4: pgvisor as shipped — one instance under a real Supervisor, logging
-configured at INFO (text, to stderr), the Prometheus collector registered, what start-up
-built frozen out of the cyclic collector (``gc.freeze()``, as ``pgvisor run`` does) — with
+configured at INFO (text, to stderr), the Prometheus collector registered, the cyclic
+collector settled as ``pgvisor run`` does (``supervisor.service.settle_collector``) — with
 a memory queue, or with ``--spool DIR`` a FileQueue spool (``--fsync`` for the durable mode).
 
 Run monkey-patched, as the ``pgvisor`` command runs:
@@ -8,7 +8,6 @@ Run monkey-patched, as the ``pgvisor`` command runs:
 writes pyinstrument's profile of the measured part to FILE: functions by own time
 (:mod:`bench.profiling`), then the call tree.
 """
-import gc
 import os
 
 import gevent.event
@@ -19,6 +18,7 @@ from instances import InstanceSpec, Registry
 from supervisor import Supervisor
 from supervisor.logs import configure_logging
 from supervisor.metrics import make_registry
+from supervisor.service import settle_collector
 from supervisor.testing import wait_for
 
 NAME = "bench"
@@ -65,8 +65,7 @@ def main():
     sup.start()
     wait_for(lambda: sup.instance(NAME) is not None and sup.instance(NAME).connected,
              timeout=30, message="the pgvisor instance listens")
-    gc.collect()  # as supervisor.service.Service.start does once started (``pgvisor run``)
-    gc.freeze()
+    settle_collector()  # as supervisor.service.Service.start does once started
     profiler = make_profiler(args.profile)
     protocol.ready()
     if profiler is not None:

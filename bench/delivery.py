@@ -20,7 +20,6 @@ is one; everything else is left as it is), or to ``--results``; ``--smoke`` runs
 sizes and writes nothing unless ``--results`` is given.
 """
 import argparse
-import gc
 import os
 import select
 import statistics
@@ -112,6 +111,7 @@ def pgvisor(args):
     from supervisor import Supervisor
     from supervisor.logs import configure_logging
     from supervisor.metrics import make_registry
+    from supervisor.service import settle_collector
     from supervisor.testing import wait_for
 
     configure_logging("info", "text")
@@ -130,8 +130,7 @@ def pgvisor(args):
     sup.start()
     wait_for(lambda: sup.instance("bench") is not None and sup.instance("bench").connected,
              timeout=30, message="the pgvisor instance listens")
-    gc.collect()  # as supervisor.service.Service.start does once started (``pgvisor run``)
-    gc.freeze()
+    settle_collector()  # as supervisor.service.Service.start does once started
     protocol.ready()
     timed_out = not finished.wait(args.timeout)
     protocol.drained()

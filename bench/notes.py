@@ -15,8 +15,9 @@ METHOD = """\
   -> `asyncio.Queue` -> one consumer task (default asyncio loop, no uvloop); pgvisor as
   shipped: `python -m gevent.monkey`, one instance (min=max=1 processor, memory queue of
   10,000) under a real `Supervisor`, logging configured at INFO (text, to a file), the
-  Prometheus collector registered and scraped once at the end, what start-up built frozen
-  out of the cyclic collector (`gc.freeze()`, as `pgvisor run` does); pgvisor with a spool queue
+  Prometheus collector registered and scraped once at the end, the cyclic collector settled
+  as `pgvisor run` does (`supervisor.service.settle_collector`: what start-up built frozen,
+  `gc.freeze()`, and the young generation's threshold at 2,000); pgvisor with a spool queue
   (`queue={{"spool": DIR, "fsync": ...}}` through the real `Instance`, spool on {spool}).
 - **Runs**: figures and contenders interleaved (A B C D E, A B C D E, ...), {reps}
   repetition(s); median, min and max over the repetitions; "vs raw" is the ratio of medians
@@ -79,7 +80,8 @@ The end-to-end rate is bounded by the producer and the server, which share the 2
 the contender, so it compresses the differences the drain shows. The p99 latencies were
 set by the cyclic collector's full passes over the whole heap (tens of ms each on this
 loaded machine, one per run was enough): `pgvisor run` freezes what start-up built
-(`gc.freeze()`), and the contender does as the service does.
+(`gc.freeze()`, `supervisor.service.settle_collector`), and the contender does as the
+service does.
 
 The spool contenders are bounded by the file system: every drained read becomes one spool
 file (write + rename, plus fsync with fsync=on), each message JSON-encoded and decoded, and

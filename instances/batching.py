@@ -30,7 +30,7 @@ Concurrency: pure functions, for any greenlet.
 import operator
 from operator import countOf
 
-from instances.notification import Notification
+from instances.notification import LiveRead, Notification
 from instances.queues import Empty
 
 _CATCH_UP = Notification.CATCH_UP
@@ -48,19 +48,30 @@ def take_batch(pending, more, size):
     items taken from the queue, oldest first; consumed in place), refilled from ``more()``
     (what the queue has at once, a sequence; raises Empty) while short. A catch_up ends
     the batch: alone when it comes first, else it stays first in ``pending`` for the next
-    one. Never blocks (``more`` must not); ``pending`` must not be empty. The cut and the
-    catch_up scan run at C speed over a chunk of Notifications (the hot path)."""
+    one. Never blocks (``more`` must not); ``pending`` must not be empty."""
+    return cut_batch(pending, more, size, False)[0]
+
+
+def cut_batch(pending, more, size, live):
+    """:func:`take_batch` for a worker that knows more: ``live`` says every item of
+    ``pending`` came in a :class:`~instances.notification.LiveRead` (a read of NOTIFYs,
+    no catch_up), and so do the chunks ``more()`` hands over while theirs are; then the
+    batch needs no look for a catch_up. Returns ``(batch, live)``: ``live`` for what is
+    left in ``pending``. The hot path: the cut and any catch_up scan run at C speed."""
     while len(pending) < size:
         try:
-            pending.extend(more())
+            chunk = more()
         except Empty:
             break
+        live = live and type(chunk) is LiveRead
+        pending.extend(chunk)
     batch = pending[:size]
-    stop = catch_up_at(batch)
-    if stop is not None:
-        batch = batch[:max(stop, 1)]
+    if not live:
+        stop = catch_up_at(batch)
+        if stop is not None:
+            batch = batch[:max(stop, 1)]
     del pending[:len(batch)]
-    return batch
+    return batch, live
 
 
 def catch_up_at(items):

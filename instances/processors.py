@@ -72,10 +72,11 @@ import gevent.event
 from gevent import GreenletExit, getcurrent
 
 from instances.backoff import Backoff
-from instances.batching import take_batch
+from instances.batching import cut_batch
 from instances.components import ComponentKilled, interrupt_if
 from instances.episodes import LogLimiter, shorten
 from instances.links import Links
+from instances.notification import LiveRead
 from instances.ordering import KeyOrder, key_function
 from instances.queues import Closed, Empty
 from instances.spec import check_batch, check_concurrency, check_handler_timeout
@@ -640,7 +641,7 @@ class ProcessorPool:
         """The worker of a ``batch`` pool: lists of up to ``batch`` items per call, cut from
         what the queue hands over (whole chunks of a chunk queue, else single items)."""
         take, more = self._sources()
-        pending, handled = [], 0
+        pending, live, handled = [], True, 0
         try:
             while not worker.stopping:
                 if not pending:
@@ -649,8 +650,9 @@ class ProcessorPool:
                         return
                     if got is _AGAIN:
                         continue
+                    live = type(got) is LiveRead  # a read of NOTIFYs: no catch_up to look for
                     pending.extend(got)
-                batch = take_batch(pending, more, self.batch)
+                batch, live = cut_batch(pending, more, self.batch, live)
                 self._run_batch(worker, batch, pending)
                 handled += len(batch)
                 if handled >= self.yield_every:

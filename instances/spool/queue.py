@@ -203,7 +203,7 @@ class FileQueue:
         (and to wait for room). A Notification put without ``block`` joins the group
         commit instead (see :meth:`put_batch`)."""
         self._check_open()
-        if not block and type(item) is Notification:
+        if not block and isinstance(item, Notification):
             return self._grouped([item])[0]
         self._flush_groups()
         base = self._write(self._checked(codec.encode(item)), 1, block, timeout)

@@ -5,8 +5,8 @@ import gevent
 import gevent.event
 import pytest
 
-from instances.batching import take_batch
-from instances.notification import Notification
+from instances.batching import cut_batch, take_batch
+from instances.notification import LiveRead, Notification
 from instances.processors import ProcessorPool
 from instances.queues import Empty, MemoryQueue
 from instances.spool import FileQueue
@@ -192,6 +192,37 @@ def test_take_batch_stops_at_empty_size_and_a_catch_up():
     messages = [{"payload": "a"}, CATCH_UP, {"payload": "b"}]  # spool messages may be dicts
     assert take_batch(messages, more, 10) == [{"payload": "a"}]
     assert take_batch(messages, more, 10) == [CATCH_UP]
+
+
+def test_cut_batch_looks_for_a_catch_up_only_in_what_did_not_come_as_reads_of_notifies():
+    later = [LiveRead([note("2")]), [CATCH_UP, note("3")], LiveRead([note("4")])]
+
+    def more():
+        if not later:
+            raise Empty()
+        return later.pop(0)
+
+    pending = [note("0"), note("1")]  # a LiveRead's items, extended into the worker's list
+    assert cut_batch(pending, more, 3, True) == ([note("0"), note("1"), note("2")], True)
+    pending.append(note("x"))
+    batch, live = cut_batch(pending, more, 10, True)  # takes in a plain chunk: looks again
+    assert (batch, live) == ([note("x")], False)
+    assert cut_batch(pending, more, 10, live) == ([CATCH_UP], False)
+    assert cut_batch(pending, more, 10, False) == ([note("3"), note("4")], False)
+    assert not pending and not later
+
+
+@pytest.mark.timeout(20)
+def test_a_catch_up_between_reads_of_notifies_still_comes_alone(pools):
+    queue = MemoryQueue(100)
+    queue.put_many(LiveRead(note(str(i)) for i in range(3)))
+    queue.put(CATCH_UP)
+    queue.put_many(LiveRead(note(str(i)) for i in range(3, 5)))
+    queue.give_back([note("-1")])  # first in line again, a plain list
+    handler = Bulk()
+    start(pools, handler, queue, batch=10)
+    wait_for(lambda: queue.done_count == 7, 10)
+    assert handler.calls == [["-1", "0", "1", "2"], [""], ["3", "4"]]
 
 
 @pytest.mark.timeout(20)

@@ -1,12 +1,15 @@
 """Subscription and Notifier logic without a database: offering never blocks, an overflow
 drops for that subscription only and ends with ONE catch_up, catch_ups coalesce, spools
 take a read as batches, the queue usage warning fires once per crossing, DSNs share."""
+import copy
 import logging
+import pickle
 
 import pytest
 
 from instances import InstanceSpec, Notification
 from instances.exceptions import InvalidConfigurationException
+from instances.notification import LiveRead
 from instances.notifier import Notifier, Subscription, _key
 from instances.queues import MemoryQueue
 from supervisor.testing import holds, wait_for
@@ -217,7 +220,8 @@ def test_a_read_of_one_channel_is_built_once_for_its_subscribers_and_probes_come
     notifier.post_execute([_Notify("a", str(i), pid=i) for i in range(5)])
     first, second = (queue.get_chunk(False) for queue in queues)
     assert first is second  # one list, shared: nobody mutates it
-    assert all(type(n) is Notification for n in first)
+    assert type(first) is LiveRead  # a batch worker needs no look for a catch_up
+    assert all(isinstance(n, Notification) for n in first)
     assert [tuple(n[:4]) + (n.id,) for n in first] == [
         ("a", str(i), "notify", i, None) for i in range(5)]
     assert len({n.received_at for n in first}) == 1
@@ -234,6 +238,20 @@ def test_notifications_from_notifies_keep_each_channel_unless_one_is_given():
                                                                             4, 12.5)]
     assert [n.channel for n in Notification.from_notifies(notifies, 1.0, "c")] == ["c", "c"]
     assert Notification.from_notifies([], 1.0) == []
+
+
+def test_notifications_built_on_the_hot_path_are_notifications_to_whoever_gets_them():
+    made = Notification.from_notifies([_Notify("a", "1", pid=3)], 12.5)[0]
+    rows = Notification.from_fields(("a", "1", "notify", 3, 12.5, "m-1"))
+    assert isinstance(made, Notification) and isinstance(rows, Notification)
+    assert (made.channel, made.payload, made.kind, made.pid, made.received_at, made.id) == (
+        "a", "1", "notify", 3, 12.5, None)
+    assert rows.id == "m-1" and rows.to_dict()["id"] == "m-1"
+    assert repr(made) == "<Notification notify channel='a' payload='1' pid=3>"
+    for copied in (pickle.loads(pickle.dumps(made)), copy.copy(made), copy.deepcopy(made)):
+        assert type(copied) is Notification and copied == made
+    with pytest.raises(AttributeError):
+        made.payload = "changed"  # immutable, as a Notification
 
 
 def test_a_read_larger_than_the_room_left_is_taken_in_part_the_rest_dropped_counted():

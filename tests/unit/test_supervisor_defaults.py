@@ -1,5 +1,9 @@
 """The Supervisor's defaults: class attributes (cyme's names among them) whose values come
 from the settings table; an argument left None takes the class attribute. No database."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from instances.registry import Registry
@@ -90,3 +94,23 @@ def test_paused_is_true_while_the_database_state_is_unknown(registry):
     sup = make(registry)
     assert sup.paused  # no probe yet: nothing is started
     assert sup.database_status()["paused_by"] == "outage"
+
+
+def test_the_service_settles_the_collector_once_started_and_keeps_a_higher_threshold():
+    """``settle_collector`` (Service.start): start-up's objects frozen, the young threshold
+    raised to GC_YOUNG_THRESHOLD, never lowered, a disabled collector left so. In a fresh
+    interpreter: the test process's own collector is not touched."""
+    script = (
+        "import gc, json\n"
+        "from supervisor.service import GC_YOUNG_THRESHOLD, settle_collector\n"
+        "seen = []\n"
+        "for young in (700, 50000, 0):\n"
+        "    gc.set_threshold(young, 10, 10)\n"
+        "    settle_collector()\n"
+        "    seen.append(gc.get_threshold())\n"
+        "print(json.dumps([GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 0, seen]))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    threshold, frozen, seen = json.loads(out)
+    assert threshold > 700 and frozen
+    assert seen == [[threshold, 10, 10], [50000, 10, 10], [0, 10, 10]]
