@@ -173,6 +173,17 @@ the same sink and summary (about 8,550): without them about 6,740 against 10,900
 9,350 after, 0.62x -> 0.72x of raw's instructions. The raw contender keeps psycopg2's
 Python codec, as a plain loop has it (with the C decoder it would take about 1,090 fewer).
 
+The third round (2026-12-02). `bench.instructions` now counts the drain alone, from the
+contender's READY to its DRAINED, with pgvisor's hub monitor off under valgrind: its 50x
+slowdown made every read look like a blocked hub, and the stacks it logged made the counts
+swing. A read's Notifications are built through tuple's own C constructor (a Notification
+subclass: `tuple.__new__(Notification, ...)`, a slot wrapper, copied its arguments twice),
+and the service raises the collector's young threshold to 2,000 once started
+(`supervisor.service.settle_collector`: at 700 the young collections walked the queued
+notifications again and again). Raw psycopg2 9,805 instructions per notification, pgvisor
+12,527 before and 12,027 after: 0.78x -> 0.82x of raw's instructions (the same sink in
+both).
+
 Read the rates with care: this machine has 2 CPUs shared by several developers, so the rate
 of one run depends on how much CPU the contender got; the CPU time per notification moves
 much less and is the figure to compare. Two runs of this command on 2026-12-01 (after the
@@ -197,15 +208,20 @@ end 0.72-1.00x, CPU 1.13 / 1.86 us.
   once per read (a few instructions per notification). Nothing else in the hand-off is per
   notification; 0.9x of raw's CPU would need the Notification to cost almost nothing,
   which a Python object per NOTIFY on top of psycopg2's cannot.
-- **p99 at 1,000/s and 10,000/s** (met in the table; 1.67x at 10,000/s in the 17:07 run):
-  set by scheduling on the loaded machine and the cyclic garbage collector, not by the
-  hand-off (a read of 50 notifications is handled in well under 0.1 ms): the medians of
-  3-5 runs of 3 s swing by more than the target's margin from run to run (raw's own
-  10,000/s p99 median was 9.6 ms, 5.5 ms and 8.5 ms in three runs). Full collector passes
-  over the whole heap took 35-60 ms each on this machine, so `pgvisor run` freezes what
-  start-up built (`gc.freeze()`) and the contender does the same. The CPU per notification
-  at 1,000/s (about 35-45 us against raw's 13-17) is not per notification: it is the
-  supervisor's fixed background work (the database monitor's probe every second, the
-  notifier's ping and self-NOTIFY probe, the actor's ticks, gevent's monitor thread), about
-  20-30 ms of CPU per second spread over 1,000 notifications.
+- **p99 at 1,000/s and 10,000/s**: set by scheduling on the shared machine, not by the
+  hand-off. A trace of the greenlet switches and of the hot path's calls in one pgvisor
+  contender at 10,000/s (2026-12-02, a throwaway script) shows both parts. From a read's
+  receipt to its first handler call the hub takes about 120 us (median; 0.4 ms at p99):
+  code that runs once per read, its caches cold after 5 ms of other processes (the
+  wake-up, the one-channel test, the build, the put, the switch to the worker), where raw
+  calls the handler right after its poll. The batches of the 1 % tail (2.8-4.6 ms) were
+  late before pgvisor's hub woke at all: no greenlet ran and no collection ran
+  (`gc.callbacks`) while they waited for the server's delivery or for a CPU. At that rate
+  pgvisor uses about twice raw's CPU (8.5-9 against 4.3-5.5 us per notification, its fixed
+  background work included: 6 ms of CPU per second idle), which makes it the likelier of
+  the two to wait for one (a reading of the trace, not measured apart). The medians of 3-5
+  runs of 3 s swing by more than the target's margin from run to run (raw's own 10,000/s
+  p99 median was 9.6 ms, 5.5 ms and 8.5 ms in three runs on 2026-12-01). Full collector
+  passes over the whole heap took 35-60 ms each on this machine, so `pgvisor run` freezes
+  what start-up built (`gc.freeze()`) and the contender does the same.
 """
