@@ -111,6 +111,10 @@ class _Made(_TupleNew, Notification):
 
 Notification.from_fields = staticmethod(_Made)
 
+#: The exact types of the Notifications pgvisor makes and handles: ``Notification(...)``
+#: and what its hot paths build. A spool stores a batch of these as columns.
+NOTIFICATION_TYPES = frozenset((Notification, _Made))
+
 
 class LiveRead(list):
     """The Notifications of one read, every one a NOTIFY (none a catch_up): what

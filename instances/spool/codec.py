@@ -47,7 +47,7 @@ import json
 import operator
 import sys
 
-from instances.notification import _FIELDS, Notification
+from instances.notification import _FIELDS, NOTIFICATION_TYPES, Notification
 from instances.spool import names
 
 #: The key (and the field list) of a batch stored as columns.
@@ -152,8 +152,10 @@ def _column(values, count):
 
 
 def all_notifications(items):
-    """Whether every item is a Notification (then rows can hold them)."""
-    return set(map(type, items)) == {Notification}
+    """Whether every item is a Notification (then rows can hold them): one of
+    :data:`~instances.notification.NOTIFICATION_TYPES`, no other subclass."""
+    types = set(map(type, items))
+    return bool(types) and types <= NOTIFICATION_TYPES
 
 
 def as_dict(item):

@@ -64,7 +64,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from instances.notification import Notification
+from instances.notification import NOTIFICATION_TYPES
 from instances.queues import Closed, Empty, Full
 from instances.spec import QUEUE_DEFAULTS, check_queue_option
 from instances.spool import backlog, codec, layout, names, offload, recovery
@@ -203,7 +203,7 @@ class FileQueue:
         (and to wait for room). A Notification put without ``block`` joins the group
         commit instead (see :meth:`put_batch`)."""
         self._check_open()
-        if not block and isinstance(item, Notification):
+        if not block and type(item) in NOTIFICATION_TYPES:
             return self._grouped([item])[0]
         self._flush_groups()
         base = self._write(self._checked(codec.encode(item)), 1, block, timeout)

@@ -12,6 +12,7 @@ from instances.exceptions import InvalidConfigurationException
 from instances.notification import LiveRead
 from instances.notifier import Notifier, Subscription, _key
 from instances.queues import MemoryQueue
+from instances.spool import codec
 from supervisor.testing import holds, wait_for
 
 pytestmark = pytest.mark.timeout(10)
@@ -252,6 +253,20 @@ def test_notifications_built_on_the_hot_path_are_notifications_to_whoever_gets_t
         assert type(copied) is Notification and copied == made
     with pytest.raises(AttributeError):
         made.payload = "changed"  # immutable, as a Notification
+
+
+def test_a_spool_stores_a_read_as_columns_whoever_built_its_notifications():
+    class Other(Notification):
+        __slots__ = ()
+
+    read = Notification.from_notifies([_Notify("a", str(i), pid=i) for i in range(3)], 1.0)
+    mixed = read + [Notification("a", "made by hand", pid=9)]
+    assert codec.all_notifications(read) and codec.all_notifications(mixed)
+    assert codec.encode_batch(mixed).startswith(b"{")  # columns, not a list of dicts
+    back = codec.decode(codec.encode_batch(mixed), "0000000001-host-1-1")
+    assert [n[:5] for n in back] == [n[:5] for n in mixed]
+    assert not codec.all_notifications(read + [Other(("a", "p", "notify", 1, 1.0, None))])
+    assert not codec.all_notifications([])
 
 
 def test_a_read_larger_than_the_room_left_is_taken_in_part_the_rest_dropped_counted():
