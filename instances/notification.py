@@ -111,9 +111,9 @@ class _Made(_TupleNew, Notification):
 
 Notification.from_fields = staticmethod(_Made)
 
-#: The exact types of the Notifications pgvisor makes and handles: ``Notification(...)``
-#: and what its hot paths build. A spool stores a batch of these as columns.
-NOTIFICATION_TYPES = frozenset((Notification, _Made))
+#: The exact types of the Notifications pgvisor makes and handles: what its hot paths
+#: build, and ``Notification(...)``. A spool stores a batch of these as columns.
+NOTIFICATION_TYPES = (_Made, Notification)
 
 
 class LiveRead(list):

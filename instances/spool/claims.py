@@ -36,6 +36,7 @@ thread; every method runs on the caller's greenlet. Only :meth:`Claims.next_item
 outcomes that write a file (a failure, a release after close).
 """
 import collections
+import itertools
 import logging
 import os
 
@@ -59,7 +60,7 @@ class Claim:
         self.attempts += 1  # this delivery
         self.open = size  # messages not yet done or failed
         self.inflight = 0  # messages handed out, not yet done or failed
-        self.items = items if type(items) is list else list(items)
+        self.items = items  # a list, or a codec.Columns (it builds what is sliced)
         self.outcome = bytearray(size)  # 1 at the index of each message with an outcome
 
     def settle(self, first, end):
@@ -71,24 +72,25 @@ class Claim:
 
 class _Chunk:
     """Messages ``first`` .. ``end - 1`` of ``claim`` handed out at once to one greenlet
-    (``first`` moves on as ``done_many`` settles them); ``gone``: indexes that left it
-    on their own (failed, released, done one by one)."""
+    as ``items`` (the objects handed out: the claim's from index ``start``; ``first``
+    moves on as ``done_many`` settles them); ``gone``: indexes that left it on their own
+    (failed, released, done one by one)."""
 
-    __slots__ = ("claim", "end", "first", "gone", "_index")
+    __slots__ = ("claim", "end", "first", "gone", "items", "start", "_index")
 
-    def __init__(self, claim, first, end):
-        self.claim, self.first, self.end = claim, first, end
+    def __init__(self, claim, first, end, items):
+        self.claim, self.first, self.end, self.items = claim, first, end, items
+        self.start = first
         self.gone = set()
         self._index = None
 
     def find(self, item):
         """The index of ``item`` (by identity) if it is in this chunk and still here."""
         if self._index is None:
-            items = self.claim.items
-            self._index = {id(items[i]): i for i in range(self.first, self.end)}
+            self._index = {id(one): self.start + i for i, one in enumerate(self.items)}
         index = self._index.get(id(item))
         if index is None or not self.first <= index < self.end or index in self.gone or \
-                self.claim.items[index] is not item:
+                self.items[index - self.start] is not item:
             return None
         return index
 
@@ -155,10 +157,11 @@ class Claims:
 
     def hand_out_chunk(self, limit):
         """Hand out up to ``limit`` ready messages at once to the calling greenlet (its
-        :meth:`done_many` settles them); the list."""
+        :meth:`done_many` settles them); the list (a claimed batch in columns builds its
+        Notifications now, see :class:`~instances.spool.codec.Columns`)."""
         ready, left = self._ready, min(limit, self._ready_count)
         self._ready_count -= left
-        chunks, items = [], []
+        chunks = []
         while left:
             run = ready[0]
             claim, first, end = run
@@ -169,11 +172,7 @@ class Claims:
                 run[1] = end
             claim.inflight += end - first
             left -= end - first
-            chunks.append(_Chunk(claim, first, end))
-            if not items and not left and first == 0 and end == claim.size:
-                items = claim.items  # the whole file: its list (nobody mutates a chunk)
-            else:
-                items += claim.items[first:end]
+            chunks.append(_Chunk(claim, first, end, claim.items[first:end]))
         held = self._held.get(getcurrent())
         if held is None:
             if len(self._held) > 64:  # workers come and go: forget the dead ones
@@ -181,7 +180,9 @@ class Claims:
                     del self._held[glet]
             held = self._held[getcurrent()] = collections.deque()
         held.extend(chunks)
-        return items
+        if len(chunks) == 1:
+            return chunks[0].items  # its own list (nobody mutates a chunk)
+        return list(itertools.chain.from_iterable(chunk.items for chunk in chunks))
 
     def done_many(self, count):
         """The ``count`` oldest messages handed out in chunks to the calling greenlet and

@@ -5,7 +5,8 @@ notifications in **columns** (below). Messages are dicts; a
 :class:`~instances.notification.Notification` is stored as its ``to_dict()`` and comes
 back as a Notification (any stored dict with a ``channel`` does). The key ``"id"`` holds
 the stable message id: kept when set, else ``<base>#<index>``. The ``.meta`` file beside a
-message in ``errors/`` is one JSON object, indented for people. Pure functions.
+message in ``errors/`` is one JSON object, indented for people. Pure functions, and
+:class:`Columns`, what a columns batch decodes to.
 
 Columns: a batch made only of Notifications (what a listener spools) is stored one field
 after the other: a JSON document on one line, then, after its newline, the appended
@@ -33,7 +34,8 @@ its parsing back. Here every step runs at C speed or as a copy: the columns are 
 ``zip``, each column's types are checked with one ``set(map(type, column))`` (a file
 dropped into ``incoming/`` still cannot hand a handler a field of another type), the
 payloads are joined and split, the times packed and unpacked, the ids made with ``map``
-and the Notifications built with ``map`` over ``zip``. So no third-party codec: it would
+and the Notifications built with ``map`` over ``zip``, a chunk at a time when the handler
+takes them (:class:`Columns`). So no third-party codec: it would
 still escape and parse each payload and time, which the appended section skips. Older
 files in **rows** (``{"pgvisor_rows": [fields], "rows": [[channel, payload, kind, pid,
 received_at, id], ...]}``, written by earlier versions) are still read. Every reader of a
@@ -42,9 +44,11 @@ key ``pgvisor_columns`` or ``pgvisor_rows`` are reserved.
 """
 import array
 import binascii
+import collections.abc
 import itertools
 import json
 import operator
+import struct
 import sys
 
 from instances.notification import _FIELDS, NOTIFICATION_TYPES, Notification
@@ -99,9 +103,9 @@ def encode_columns(columns, count, base=None):
         columns[1] = {"appended": len(payloads)}
         appended.append(payloads)
     times = columns[4]
-    if type(times) is not dict and set(map(type, times)) == {float}:
+    if type(times) is not dict and list(map(type, times)).count(float) == count:
         columns[4] = {"float64": 8 * count}
-        appended.append(_packed("d", times))
+        appended.append(struct.pack("<%dd" % count, *times))  # little-endian doubles
     document = {COLUMNS: _ROW_FIELDS, "count": count, "columns": columns}
     if base is not None:
         document["base"] = base
@@ -123,14 +127,6 @@ def _payload_section(payloads):
         return None
 
 
-def _packed(code, values):
-    """``values`` as little-endian machine values of the array type ``code`` (bytes)."""
-    packed = array.array(code, values)
-    if _BIG_ENDIAN:
-        packed.byteswap()
-    return packed
-
-
 def _unpacked(code, view):
     """The values of array type ``code`` packed little-endian in ``view``: a list."""
     packed = array.array(code)
@@ -146,16 +142,18 @@ def _column(values, count):
     (the encoder writes it as a list)."""
     first = values[0]
     if values.count(first) == count and (type(first) is str or first is None or
-                                         len(set(map(type, values))) == 1):
+                                         list(map(type, values)).count(type(first)) == count):
         return {"same": first}
     return values
 
 
 def all_notifications(items):
-    """Whether every item is a Notification (then rows can hold them): one of
-    :data:`~instances.notification.NOTIFICATION_TYPES`, no other subclass."""
-    types = set(map(type, items))
-    return bool(types) and types <= NOTIFICATION_TYPES
+    """Whether every item of the list ``items`` is a Notification (then columns can hold
+    them): one of :data:`~instances.notification.NOTIFICATION_TYPES`, no other subclass;
+    False for none. (A count of the types: ``set(map(type, ...))`` costs twice as much
+    per item.)"""
+    types = list(map(type, items))
+    return bool(types) and sum(map(types.count, NOTIFICATION_TYPES)) == len(types)
 
 
 def as_dict(item):
@@ -341,7 +339,7 @@ def _checked_column(field, column, count, types):
             if type(value) not in types:
                 raise ValueError("message field %s=%.80r: must be %s"
                                  % (field, value, _type_names(types)))
-            return itertools.repeat(value, count)
+            return _Same(value, count)
         if "float64" in column and field == "received_at" and type(column["float64"]) is str:
             raw = binascii.a2b_base64(column["float64"].encode("ascii"), strict_mode=True)
             if len(raw) != 8 * count:
@@ -361,16 +359,94 @@ def _type_names(types):
 
 
 def _from_columns(loaded, appended, base):
-    """The Notifications of a columns batch (checked); a message without an id gets
-    ``<base>#<index>`` (the usual case: the whole column is ``{"same": null}``)."""
+    """The Notifications of a columns batch (checked) as a :class:`Columns`; a message
+    without an id gets ``<base>#<index>`` (the usual case: the whole column is
+    ``{"same": null}``, and the ids are made a slice at a time)."""
     columns = _checked_columns(loaded, appended)
     ids = loaded["columns"][5]
     if type(ids) is dict:
         if not ids["same"]:  # no message has an id (null or "")
-            columns[5] = names.message_ids(base, 0, loaded["count"])
+            columns[5] = _Ids(base)
     elif None in ids or "" in ids:
         columns[5] = [v or names.message_id(base, i) for i, v in enumerate(ids)]
-    return list(map(Notification.from_fields, zip(*columns, strict=True)))
+    return Columns(columns, loaded["count"])
+
+
+class Columns(collections.abc.Sequence):
+    """The Notifications of one columns batch, kept as its six checked columns and built
+    when asked for: ``batch[first:end]`` is a list of new Notifications (at C speed: a
+    slice of each column, ``zip`` and ``map``), ``batch[index]`` one.
+
+    Why: a claimed file's messages wait for the handler as columns (strings and floats in
+    a few lists, which the cyclic GC does not walk one by one) and become Notifications a
+    chunk at a time (:meth:`instances.spool.FileQueue.get_chunk`), so only a chunk's worth
+    of tracked tuples is alive at once. Decoded whole, a file of 10,000 waited as 10,000
+    tracked tuples: the cyclic GC walking them again and again was the spool's largest
+    cost per notification (callgrind, bench/profiles/spool-instructions.txt). Each
+    slice builds new objects: equal, not identical, to an earlier slice's."""
+
+    __slots__ = ("_columns", "_count")
+
+    def __init__(self, columns, count):
+        self._columns, self._count = columns, count
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, key):
+        if type(key) is slice:
+            first, end, step = key.indices(self._count)
+            if step != 1:
+                return [self[i] for i in range(first, end, step)]
+            return list(map(_tuple_new, itertools.repeat(Notification),
+                            zip(*[column[first:end] for column in self._columns],
+                                strict=True)))
+        index = operator.index(key)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("batch index out of range")
+        return self[index:index + 1][0]
+
+    def __iter__(self):
+        return iter(self[:])
+
+    def __repr__(self):
+        return "<Columns of %d notifications>" % self._count
+
+
+_tuple_new = tuple.__new__
+
+
+class _Same:
+    """A column whose ``count`` values are all ``value`` (``{"same": value}``): iterable,
+    and sliced as a repeat."""
+
+    __slots__ = ("count", "value")
+
+    def __init__(self, value, count):
+        self.value, self.count = value, count
+
+    def __iter__(self):
+        return itertools.repeat(self.value, self.count)
+
+    def __getitem__(self, key):
+        first, end, _ = key.indices(self.count)
+        return itertools.repeat(self.value, max(0, end - first))
+
+
+class _Ids:
+    """The id column of a batch whose messages have none: ``<base>#<index>``, made a
+    slice at a time."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base):
+        self.base = base
+
+    def __getitem__(self, key):
+        first, end, _ = key.indices(sys.maxsize)
+        return names.message_ids(self.base, first, max(0, end - first))
 
 
 def _notifications(rows, base):

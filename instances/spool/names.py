@@ -22,6 +22,9 @@ writers can be recognised and removed.
 
 Pure functions; safe from any greenlet or thread.
 """
+import collections.abc
+import itertools
+import operator
 import os
 import re
 import socket
@@ -95,14 +98,58 @@ _suffixes = []
 
 def message_ids(base, first, count):
     """The ids of messages ``first`` .. ``first + count - 1`` of the file ``base`` (a
-    list, made at C speed: a group commit names thousands at once)."""
+    list, made at C speed: a group commit names thousands at once; ``operator.add`` over
+    a repeat costs a quarter less than ``base.__add__``, a method wrapper)."""
     end = first + count
     if end > len(_suffixes):
         if end > _SUFFIXES_KEPT:
             return ["%s#%d" % (base, i) for i in range(first, end)]
         with _lock:
             _suffixes.extend(map("#%d".__mod__, range(len(_suffixes), end)))
-    return list(map(base.__add__, _suffixes[first:end]))
+    return list(map(operator.add, itertools.repeat(base), _suffixes[first:end]))
+
+
+class MessageIds(collections.abc.Sequence):
+    """The ids of messages ``first`` .. ``first + count - 1`` of the file ``base`` as a
+    sequence made when it is first read (:func:`message_ids`): what the group commit
+    answers a put, which the shared notifier drops unread (making them took a third of
+    the spool's write side per notification). Compares equal to the list of the same
+    ids; ``+`` with a list or tuple gives a list."""
+
+    __slots__ = ("_args", "_ids")
+
+    def __init__(self, base, first, count):
+        self._args, self._ids = (base, first, count), None
+
+    def _list(self):
+        if self._ids is None:
+            self._ids = message_ids(*self._args)
+        return self._ids
+
+    def __len__(self):
+        return self._args[2]
+
+    def __getitem__(self, key):
+        return self._list()[key]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __eq__(self, other):
+        if isinstance(other, (MessageIds, list, tuple)):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __add__(self, other):
+        return self._list() + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self._list()
+
+    def __repr__(self):
+        return repr(self._list())
 
 
 def enqueued_at(base):

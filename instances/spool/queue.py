@@ -115,6 +115,11 @@ class FileQueue:
     #: reader is busy and other files wait for it (the reader gains nothing from a file
     #: written sooner; fewer, bigger files cost less per notification); 0: write at once.
     group_hold = 0.05
+    #: Most messages one ``get_chunk`` hands out. A claimed file's messages wait as
+    #: columns and become Notifications a chunk at a time, so about this many tracked
+    #: objects are alive at once for the cyclic GC to walk (chunks the size of a whole
+    #: file of 10,000 were the spool's largest cost per notification).
+    chunk_max = 500
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None, max_messages=None, max_bytes=None):
@@ -221,7 +226,8 @@ class FileQueue:
         while a file is written (and fsync-ed) the next reads gather in the next group, so
         a fast producer gets big files and one fsync for thousands of notifications; while
         this queue's reader is behind, the open group gathers for up to :attr:`group_hold`
-        too. A crash of the process in that window (one write, or that hold) loses the
+        too. Their ids are then a sequence made when first read
+        (:class:`~instances.spool.names.MessageIds`). A crash of the process in that window (one write, or that hold) loses the
         group, as it loses what is still in the connection's socket buffer; the catch_up
         after the restart covers both. A failed group write is logged, and the next put without ``block`` raises
         :class:`Full`: the notifier's overflow rule then owes the instance a catch_up."""
@@ -261,7 +267,7 @@ class FileQueue:
         backlog.bytes += size
         if self._committer is None:
             self._committer = gevent.spawn(self._commit_groups)
-        return names.message_ids(group.base, first, count)
+        return names.MessageIds(group.base, first, count)  # made if read
 
     def _commit_groups(self):
         """The group writer: each group in turn as ONE rows file, in the threadpool."""
@@ -369,14 +375,15 @@ class FileQueue:
     def _get_chunk(self, block=True, timeout=None, split=1):
         """The memory queue's ``get_chunk`` (a queue without an output queue offers it as
         ``get_chunk``): the next messages of the claimed file(s), at most ``1/split`` of
-        them (at least one), handed out to the calling greenlet at once; blocks as
+        them (at least one) and at most :attr:`chunk_max`, handed out to the calling greenlet at once; blocks as
         :meth:`get`. Their outcome: :meth:`failed` / :meth:`release` per message, and
         ``done_many(count)`` for the rest."""
         claims = self._claims
         if not claims._ready or self.closed:
             self._wait_ready(block, timeout)
         ready = len(claims)
-        return claims.hand_out_chunk(ready if split <= 1 else -(-ready // split))
+        return claims.hand_out_chunk(min(self.chunk_max, ready if split <= 1
+                                         else -(-ready // split)))
 
     def _done_many(self, count):
         """The memory queue's ``done_many`` (offered with ``get_chunk``): the ``count``

@@ -925,6 +925,43 @@ def test_chunks_settle_at_once_what_did_not_fail_or_go_back(tmp_path):
 
 
 @pytest.mark.timeout(10)
+def test_a_claimed_batch_is_handed_out_in_chunks_of_at_most_chunk_max(tmp_path):
+    queue = FileQueue(tmp_path)
+    queue.chunk_max = 3
+    ids = queue.put_batch(_notes("p", 8))
+    first = queue.get_chunk(False)
+    assert [(n.payload, n.id) for n in first] == [("p%d" % i, ids[i]) for i in range(3)]
+    second = queue.get_chunk(False)
+    assert [n.payload for n in second] == ["p3", "p4", "p5"]
+    assert all(type(n) is Notification for n in first + second)
+    queue.release(second[1])  # first in line again: built anew, equal to the one given
+    queue.done_many(5)  # p0-p2, p3, p5
+    again = queue.get_chunk(False)
+    assert again == [second[1]] + _notes_with_ids("p", range(6, 8), ids)
+    with pytest.raises(ValueError):
+        queue.release(second[1])  # settled when it went back: the new one is held now
+    queue.done_many(3)
+    assert listing(tmp_path, "pending/" + queue.owner) == []  # every message settled
+
+
+def _notes_with_ids(prefix, indexes, ids):
+    return [Notification("ch", "%s%d" % (prefix, i), "notify", 1, 1.0, ids[i])
+            for i in indexes]
+
+
+@pytest.mark.timeout(10)
+def test_the_group_commit_answers_ids_made_only_when_read(tmp_path):
+    queue = FileQueue(tmp_path)
+    ids = queue.put_batch(_notes("p", 3), False)
+    assert type(ids) is not list and len(ids) == 3  # made when read
+    one = queue.put(_notes("q", 1)[0], False)  # the same group: one file
+    got = queue.get_chunk(True, 10)
+    assert [n.id for n in got] == ids + [one] == [] + ids + [one]
+    assert ids == list(ids) == [n.id for n in got[:3]] and ids[1:] == list(ids)[1:]
+    queue.done_many(4)
+
+
+@pytest.mark.timeout(10)
 def test_a_chunk_partly_done_at_close_gives_back_only_its_messages_without_an_outcome(
         tmp_path):
     queue = FileQueue(tmp_path)
