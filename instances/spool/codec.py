@@ -92,10 +92,13 @@ def joined_columns(parts):
             for i in range(len(_FIELDS))]
 
 
-def encode_columns(columns, count, base=None):
+def encode_columns(columns, count, base=None, joined=True):
     """The ``count`` Notifications of ``columns`` (:func:`columns_of`) as ONE columns
     file; with ``base`` their message ids are ``<base>#<index>`` whatever the file's own
-    name (a group commit names its ids before it names its file)."""
+    name (a group commit names its ids before it names its file). Not ``joined``: the
+    file's content as a list of bytes-like parts, one after the other (what
+    :meth:`~instances.spool.writer.SpoolWriter.write` takes too: no copy of a whole file
+    to join them)."""
     columns = [_column(values, count) for values in columns] if count else [[]] * 6
     appended = []
     payloads = _payload_section(columns[1])
@@ -110,6 +113,8 @@ def encode_columns(columns, count, base=None):
     if base is not None:
         document["base"] = base
     head = _dumps(document).encode()
+    if not joined:
+        return [head + b"\n"] + appended if appended else [head]
     return b"".join([head, b"\n"] + appended) if appended else head
 
 

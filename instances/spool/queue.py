@@ -279,8 +279,9 @@ class FileQueue:
                 count = group.count
                 try:
                     data = codec.encode_columns(codec.joined_columns(group.parts), count,
-                                                group.base)
-                    self.writer.write(self._checked(data), count=count)
+                                                group.base, joined=False)
+                    size = sum(map(len, data))
+                    self.writer.write(self._checked(data, size), count=count)
                 except Exception as error:
                     self._group_failed = True
                     backlog.left(1, count, group.estimate)
@@ -289,8 +290,8 @@ class FileQueue:
                               count, error, extra={"action": "spool.group_failed",
                                                        "directory": self.directory})
                     continue
-                backlog.bytes += len(data) - group.estimate
-                self._row_bytes = len(data) / count
+                backlog.bytes += size - group.estimate
+                self._row_bytes = size / count
                 backlog.entered(0, 0, 0)  # wake the readers and put listeners
         finally:
             self._committer = None
@@ -348,10 +349,12 @@ class FileQueue:
         backlog.entered(0, 0, 0)  # wake the readers and put listeners
         return base
 
-    def _checked(self, data):
-        if len(data) > self.max_file_bytes:
+    def _checked(self, data, size=None):
+        """``data`` (of ``size`` bytes, default its length) unless over max_file_bytes."""
+        size = len(data) if size is None else size
+        if size > self.max_file_bytes:
             raise ValueError("message file of %d bytes: over the spool's max_file_bytes=%d"
-                             % (len(data), self.max_file_bytes))
+                             % (size, self.max_file_bytes))
         return data
 
     @property

@@ -76,6 +76,9 @@ class SpoolWriter:
 
     def _commit(self, fd, tmp_path, data, target, name):
         try:
+            if type(data) is list:  # parts: one writev (no copy to join them)
+                written = os.writev(fd, data)
+                data = b"" if written == sum(map(len, data)) else b"".join(data)[written:]
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -117,8 +120,8 @@ class SpoolWriter:
         return _count(self.tmp_dir) + _count(os.path.join(self.directory, "incoming"))
 
     def write(self, data, limit=None, wait=10.0, block=True, timeout=None, count=1):
-        """Enqueue ``data`` (bytes, ``count`` messages) into ``incoming/``; return the new
-        file's base name.
+        """Enqueue ``data`` (bytes, or a list of bytes-like parts written one after the
+        other; ``count`` messages) into ``incoming/``; return the new file's base name.
 
         With ``limit``, wait while the queue holds more than ``limit`` files, re-checking
         every ``wait`` seconds (blocks the calling greenlet). Raises
