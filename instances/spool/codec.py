@@ -75,7 +75,7 @@ def encode_batch(items):
     """Several messages as the content of ONE file (bytes): columns when all are
     Notifications, else a list of dicts."""
     if all_notifications(items):
-        return encode_columns(columns_of(items), len(items))
+        return encode_columns([columns_of(items)], len(items))
     return json.dumps([as_dict(i) for i in items]).encode()
 
 
@@ -84,22 +84,17 @@ def columns_of(items):
     return list(zip(*items, strict=True)) if items else [()] * len(_FIELDS)
 
 
-def joined_columns(parts):
-    """The columns of several :func:`columns_of` one after the other."""
-    if len(parts) == 1:
-        return parts[0]
-    return [list(itertools.chain.from_iterable(map(operator.itemgetter(i), parts)))
-            for i in range(len(_FIELDS))]
-
-
-def encode_columns(columns, count, base=None, joined=True):
-    """The ``count`` Notifications of ``columns`` (:func:`columns_of`) as ONE columns
-    file; with ``base`` their message ids are ``<base>#<index>`` whatever the file's own
-    name (a group commit names its ids before it names its file). Not ``joined``: the
-    file's content as a list of bytes-like parts, one after the other (what
+def encode_columns(parts, count, base=None, joined=True):
+    """The ``count`` Notifications of ``parts`` (several :func:`columns_of`, one after
+    the other: the reads of a group commit) as ONE columns file; with ``base`` their
+    message ids are ``<base>#<index>`` whatever the file's own name (a group commit names
+    its ids before it names its file). Not ``joined``: the file's content as a list of
+    bytes-like parts, one after the other (what
     :meth:`~instances.spool.writer.SpoolWriter.write` takes too: no copy of a whole file
-    to join them)."""
-    columns = [_column(values, count) for values in columns] if count else [[]] * 6
+    to join them). A field is joined across the parts only when its values differ (the
+    payloads, the times): a ``{"same": ...}`` field is found part by part."""
+    columns = [_column([part[i] for part in parts]) for i in range(len(_FIELDS))] \
+        if count else [[]] * len(_FIELDS)
     appended = []
     payloads = _payload_section(columns[1])
     if payloads is not None:
@@ -141,15 +136,17 @@ def _unpacked(code, view):
     return packed.tolist()
 
 
-def _column(values, count):
-    """One field of every row: ``{"same": value}`` when all rows have that value (and
-    type: ``1 == 1.0 == True``; a str or None equals only its own kind), else the tuple
-    (the encoder writes it as a list)."""
-    first = values[0]
-    if values.count(first) == count and (type(first) is str or first is None or
-                                         list(map(type, values)).count(type(first)) == count):
+def _column(pieces):
+    """One field of every row, from its ``pieces`` (one sequence per part):
+    ``{"same": value}`` when all rows have that value (and type: ``1 == 1.0 ==
+    True``; a str or None equals only its own kind), else the values one after the other
+    (a list or a tuple: the encoder writes it as a list)."""
+    first = pieces[0][0]
+    if all(piece.count(first) == len(piece) for piece in pieces) and (
+            type(first) is str or first is None or
+            all(list(map(type, piece)).count(type(first)) == len(piece) for piece in pieces)):
         return {"same": first}
-    return values
+    return pieces[0] if len(pieces) == 1 else list(itertools.chain.from_iterable(pieces))
 
 
 def all_notifications(items):

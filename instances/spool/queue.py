@@ -278,8 +278,8 @@ class FileQueue:
                 group = self._groups.popleft()  # closed: new items start the next group
                 count = group.count
                 try:
-                    data = codec.encode_columns(codec.joined_columns(group.parts), count,
-                                                group.base, joined=False)
+                    data = codec.encode_columns(group.parts, count, group.base,
+                                                joined=False)
                     size = sum(map(len, data))
                     self.writer.write(self._checked(data, size), count=count)
                 except Exception as error:
