@@ -228,32 +228,35 @@ def report(hub_figures, drain, profiles, size, began, command, load=(0.0,)):
 LIMITS = """What the spool costs, load-independent (`bench/profiles/spool-instructions.txt`:
 `python -m bench.spool_pipeline` at 20,000 and 60,000 notifications under `valgrind
 --tool=callgrind`, no Postgres, the spool minus the memory queue per notification): 45,645
-instructions with the rows codec and per-message claims (main at 625283c), 8,657 now. What
-changed, each from that profile: a batch of notifications is stored in columns (one
-`{"same": ...}` for a field every row shares, the payloads after the JSON line as UTF-8
-with a NUL between two, the receipt times as raw doubles; no JSON escaping or parsing of a
-payload character, no decimal floats, no Python per row); a chunk is settled per run of a
-claimed file, not per message; the group commit keeps each read as columns (the
-listener's Notifications are freed at once: less for the cyclic GC to walk) and, while the
-queue's own reader is behind, lets the open group gather for up to `group_hold` (50 ms),
-so a drain writes ~15 files per 100,000 notifications instead of 25-70.
+instructions with the rows codec and per-message claims (main at 625283c), 8,667 with the
+columns codec, per-run settling and the group hold (f3257e3), 5,714 now; the whole drain
+against Postgres (`python -m bench.instructions --which memory,spool,spool-fsync`): memory
+queue 18,605, spool 28,456 -> 26,376 (fsync off). What changed last, each from that
+profile: a claimed file's messages wait as columns and become Notifications a chunk at a
+time (`chunk_max`, 500): decoded whole, a file of 10,000 kept as many tracked tuples alive,
+and the cyclic GC walking them was the largest part (1,438 instructions per notification,
+now 357; the memory queue's: 30); the group commit's answer to a put (ids the notifier
+drops unread) is made only if read (the ids were made twice: 629); type checks count types
+instead of building sets (671); a group file is written with one `writev` of its parts
+(no join of the whole file); `{"same": ...}` fields are found read by read, only the
+payloads and the times are joined (506).
 
-What is left is spread thin: copying the payloads (the join, the file's read, the split:
-about 1,500 instructions), building and freeing the second Notification per message (the
-one the handler gets, with its id: about 1,500), the cyclic GC walking a claimed file's
-messages while they wait for the handler (about 1,000), the ids and the column checks
-(about 600 together). The file system's work per file (create, write, two renames, read,
-unlink, an inotify event, four threadpool calls) is small per notification while files
-are big; it is what limits a spool whose reader keeps up with a starved listener: every
-read (~70-140 notifications) then becomes a file of its own, and that work, mostly in the
-kernel (`python -m bench.spool_pipeline 60000 spool 0.001`: 7 us CPU per notification, of
-which 4 system time), dominates; the hold does not apply there (nobody waits for a file),
-and waiting for more would add latency. That is also why the drain rates swing more than
-the memory queue's on this loaded machine (the min and max above): a run where the
-listener is starved writes hundreds of small files. With fsync on, each group file adds
-two fsyncs, spread over thousands of notifications by the group commit. No third-party
-codec was added: what is left of the codec is memcpy and split, which one would not
-remove.
+What is left is the work on each notification that a durable copy needs: the payloads'
+join, write, read, decode and split (about 1,200 instructions), the Notification the
+handler gets, built again from the columns with its id (about 1,100 with the id), the
+transposition of each read into columns on write, and the GC that this second set of
+tracked objects sets off (357). The JSON codec is not in it (under 10 instructions per
+notification), so no third-party codec. The file system's work per file (create, write,
+two renames, read, unlink, an inotify event, three threadpool calls) is small per
+notification while files are big; it is what limits a spool whose reader keeps up with a
+starved listener: every read (~70-140 notifications) then becomes a file of its own, and
+that work, mostly in the kernel (`python -m bench.spool_pipeline 60000 spool 0.001`), dominates;
+the hold does not apply there (nobody waits for a file), and waiting for more would add
+latency. That is also why the drain rates swing more than the memory queue's on this
+loaded machine (the min and max above). With fsync on, each group file adds two fsyncs,
+spread over thousands of notifications by the group commit. The drain is CPU-bound in
+every mode (CPU time / wall time about the same for the memory queue and the spools), so
+the ratio follows the CPU per notification.
 The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
 while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
 which waits a whole switch interval (5 ms) for the GIL again after each of its own system
