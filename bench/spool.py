@@ -253,10 +253,12 @@ starved listener: every read (~70-140 notifications) then becomes a file of its 
 that work, mostly in the kernel (`python -m bench.spool_pipeline 60000 spool 0.001`), dominates;
 the hold does not apply there (nobody waits for a file), and waiting for more would add
 latency. That is also why the drain rates swing more than the memory queue's on this
-loaded machine (the min and max above). With fsync on, each group file adds two fsyncs,
-spread over thousands of notifications by the group commit. The drain is CPU-bound in
-every mode (CPU time / wall time about the same for the memory queue and the spools), so
-the ratio follows the CPU per notification.
+loaded machine (the min and max above). The drain with fsync off is CPU-bound as the
+memory queue's is (CPU time over wall time about the same), so its ratio follows the CPU
+per notification. With fsync on, each group file adds two fsyncs, spread over thousands
+of notifications by the group commit, but a reader that catches up with the writer waits
+for them: a run with both a low rate and a low CPU per notification is one that waited
+for the disk, which is what keeps fsync=on's margin over 0.5x thin.
 The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
 while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
 which waits a whole switch interval (5 ms) for the GIL again after each of its own system

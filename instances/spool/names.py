@@ -20,7 +20,8 @@ spool is mistaken for the original process. Ids of the older form
 ``<host>-<pid>-<start>`` are still judged as before. A temporary file in ``tmp/`` is named ``<base>@<owner>`` so that the files of dead
 writers can be recognised and removed.
 
-Pure functions; safe from any greenlet or thread.
+Pure functions, and :class:`MessageIds` (a list of ids made when first read); safe
+from any greenlet or thread.
 """
 import collections.abc
 import itertools
