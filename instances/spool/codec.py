@@ -400,7 +400,7 @@ class Columns(collections.abc.Sequence):
             first, end, step = key.indices(self._count)
             if step != 1:
                 return [self[i] for i in range(first, end, step)]
-            return list(map(_tuple_new, itertools.repeat(Notification),
+            return list(map(Notification.from_fields,  # the hot path's C constructor
                             zip(*[column[first:end] for column in self._columns],
                                 strict=True)))
         index = operator.index(key)
@@ -416,8 +416,6 @@ class Columns(collections.abc.Sequence):
     def __repr__(self):
         return "<Columns of %d notifications>" % self._count
 
-
-_tuple_new = tuple.__new__
 
 
 class _Same:

@@ -933,7 +933,7 @@ def test_a_claimed_batch_is_handed_out_in_chunks_of_at_most_chunk_max(tmp_path):
     assert [(n.payload, n.id) for n in first] == [("p%d" % i, ids[i]) for i in range(3)]
     second = queue.get_chunk(False)
     assert [n.payload for n in second] == ["p3", "p4", "p5"]
-    assert all(type(n) is Notification for n in first + second)
+    assert all(isinstance(n, Notification) for n in first + second)
     queue.release(second[1])  # first in line again: built anew, equal to the one given
     queue.done_many(5)  # p0-p2, p3, p5
     again = queue.get_chunk(False)
