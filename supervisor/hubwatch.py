@@ -114,7 +114,8 @@ def describe(frame, depth):
     while frame is not None:
         code = frame.f_code
         if len(stack) < depth:
-            stack.append("%s:%d %s" % (code.co_filename, frame.f_lineno, code.co_name))
+            stack.append("%s:%s %s" % (code.co_filename,  # f_lineno may be None (3.11+)
+                                        frame.f_lineno or "?", code.co_name))
         if instance is None and code.co_argcount and code.co_varnames[0] == "self":
             codes = owner_codes() if codes is None else codes
             owner = frame.f_locals.get("self") if code in codes else None

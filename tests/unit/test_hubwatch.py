@@ -4,15 +4,18 @@ thread walked the whole heap holding the GIL for its report)."""
 import gc
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
+import types
 
 import gevent
 import greenlet
 import pytest
 
 from instances.components import Component
+from supervisor import hubwatch
 from supervisor.hubwatch import HubWatch
 from supervisor.testing import HubHeartbeat, holds, wait_for
 
@@ -175,3 +178,17 @@ def test_a_large_heap_does_not_make_the_reported_block_longer():
     # max_stall leaves out the CPU waits of a loaded machine: the CPU work and the GIL stay
     assert beat.max_stall < 0.15 + 0.05, beat.worst
     assert len(blocks) == 1 and blocks[0].stack[-1].endswith(" spin"), blocks
+
+
+def test_a_frame_without_a_line_number_is_still_described():
+    """Python 3.11+ may give a frame ``f_lineno`` None (between two lines): the report
+    says ``?`` there instead of failing (the heartbeat kit's samples failed so)."""
+    def outer():
+        return sys._getframe()
+
+    real = outer()
+    frame = types.SimpleNamespace(f_code=real.f_code, f_lineno=None, f_back=real,
+                                  f_locals={})
+    _entry, instance, stack = hubwatch.describe(frame, 2)
+    assert stack[-1].endswith(":? outer") and instance is None
+    assert re.search(r":\d+ outer$", stack[0])  # the real frame keeps its line
