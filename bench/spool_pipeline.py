@@ -66,7 +66,8 @@ def main(argv):
             gevent.sleep(pause)  # the notifier lets the others run after a read
 
     gc.collect()
-    gc.freeze()  # as ``pgvisor run`` does once started
+    gc.freeze()  # as ``pgvisor run`` does once started; its young threshold (2,000,
+    # supervisor.service.settle_collector) stays at 700 here, as profiles/spool-*.txt had it
     began = time.process_time()
     workers = [gevent.spawn(consume), gevent.spawn(produce)]
     finished.wait()
