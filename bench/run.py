@@ -30,7 +30,7 @@ GEVENT = [sys.executable, "-m", "gevent.monkey", "--module"]
 SPOOL_BASE = os.environ.get("PGVISOR_BENCH_SPOOL_DIR", "/var/tmp")
 
 SIZES = {
-    "full": dict(reps=3, drain=100_000, stream=100_000, fsync_n=10_000, latency_s=3.0,
+    "full": dict(reps=5, drain=100_000, stream=100_000, fsync_n=10_000, latency_s=3.0,
                  restart_reps=15, scale=(100, 1_000, 10_000), scale_reps=7, outage_reps=3,
                  isolation_n=2_000, figures=("drain", "e2e", "lat1000", "lat10000")),
     "smoke": dict(reps=1, drain=2_000, stream=2_000, fsync_n=300, latency_s=0.3,
