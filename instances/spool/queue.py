@@ -227,10 +227,11 @@ class FileQueue:
         a fast producer gets big files and one fsync for thousands of notifications; while
         this queue's reader is behind, the open group gathers for up to :attr:`group_hold`
         too. Their ids are then a sequence made when first read
-        (:class:`~instances.spool.names.MessageIds`). A crash of the process in that window (one write, or that hold) loses the
-        group, as it loses what is still in the connection's socket buffer; the catch_up
-        after the restart covers both. A failed group write is logged, and the next put without ``block`` raises
-        :class:`Full`: the notifier's overflow rule then owes the instance a catch_up."""
+        (:class:`~instances.spool.names.MessageIds`). A crash of the process in that window
+        (one write, or that hold) loses the group, as it loses what is still in the
+        connection's socket buffer; the catch_up after the restart covers both. A failed
+        group write is logged, and the next put without ``block`` raises :class:`Full`: the
+        notifier's overflow rule then owes the instance a catch_up."""
         self._check_open()
         items = list(items)
         if not items:
@@ -378,8 +379,8 @@ class FileQueue:
     def _get_chunk(self, block=True, timeout=None, split=1):
         """The memory queue's ``get_chunk`` (a queue without an output queue offers it as
         ``get_chunk``): the next messages of the claimed file(s), at most ``1/split`` of
-        them (at least one) and at most :attr:`chunk_max`, handed out to the calling greenlet at once; blocks as
-        :meth:`get`. Their outcome: :meth:`failed` / :meth:`release` per message, and
+        them (at least one) and at most :attr:`chunk_max`, handed out to the calling
+        greenlet at once; blocks as :meth:`get`. Their outcome: :meth:`failed` / :meth:`release` per message, and
         ``done_many(count)`` for the rest."""
         claims = self._claims
         if not claims._ready or self.closed:
