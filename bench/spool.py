@@ -263,16 +263,16 @@ for the disk, which is what keeps fsync=on's margin over 0.5x thin.
 The baseline moved under these figures: the same round made the memory queue cheaper too
 (the Notifications built through tuple's own constructor, the collector's young threshold
 at 2,000; see "Batch handlers" and "The memory-queue hand-off"). Its CPU per notification
-in this bench fell from 2.04 us (2026-12-01) to 1.40-1.56 us in the runs of 2026-12-02,
-while the spool's fell from 3.91 to 2.55-3.60 us. So the ratios to the memory queue fell
-although the spool got faster: three runs against the memory queue as it was before that
-change gave fsync=off 0.61-0.67x and fsync=on 0.51-0.64x; against today's, the CPU ratio
-is 0.43-0.61x (the table's CPU column). For 0.6x of today's memory queue the spool would
-need about 2.4 us per notification: about all that is left above (the payloads' copies
-and split, the second Notification) would have to go, and a durable copy read back from a
-file needs it. On this machine the drains are bimodal besides (see each row's min and
-max): a run is either about 400,000/s or about 700,000/s for the memory queue, which
-moves a median of 5 by more than the targets' margins.
+in this bench was 2.04 us on 2026-12-01, and 1.40, 1.56 and 2.08 us in three runs on
+2026-12-02 (02:09, 02:24, 02:31 UTC); the spool's was 3.91 us before and 2.55-3.60 us in
+those runs. Three runs of the helper's against the memory queue as it was before that
+change gave fsync=off 0.61-0.67x and fsync=on 0.51-0.64x; the three of 2026-12-02 gave
+0.44x and 0.41x (02:09), 0.44x and 0.52x (02:24), 0.65x and 0.64x (02:31): the drain
+rates, and even the CPU per notification, swing between runs minutes apart on this
+machine (see each row's min and max: a memory-queue run is either about 400,000/s or
+about 700,000/s), by more than the targets' margins. Where the spool misses, what is left
+above (the payloads' copies and split, the second Notification) is what a durable copy
+read back from a file needs.
 The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
 while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
 which waits a whole switch interval (5 ms) for the GIL again after each of its own system
