@@ -264,10 +264,10 @@ The baseline moved under these figures: the same round made the memory queue che
 (the Notifications built through tuple's own constructor, the collector's young threshold
 at 2,000; see "Batch handlers" and "The memory-queue hand-off"). Its CPU per notification
 in this bench was 2.04 us on 2026-12-01, and 1.40, 1.56 and 2.08 us in three runs on
-2026-12-02 (02:09, 02:24, 02:31 UTC); the spool's was 3.91 us before and 2.55-3.60 us in
+2026-12-02 (in `make bench` started at 02:06 and 02:24 UTC, alone at 02:31); the spool's was 3.91 us before and 2.55-3.60 us in
 those runs. Three runs of the helper's against the memory queue as it was before that
 change gave fsync=off 0.61-0.67x and fsync=on 0.51-0.64x; the three of 2026-12-02 gave
-0.44x and 0.41x (02:09), 0.44x and 0.52x (02:24), 0.65x and 0.64x (02:31): the drain
+0.44x and 0.41x (02:06), 0.44x and 0.52x (02:24), 0.65x and 0.64x (02:31): the drain
 rates, and even the CPU per notification, swing between runs minutes apart on this
 machine (see each row's min and max: a memory-queue run is either about 400,000/s or
 about 700,000/s), by more than the targets' margins. Where the spool misses, what is left
