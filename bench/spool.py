@@ -264,15 +264,15 @@ The baseline moved under these figures: the same round made the memory queue che
 (the Notifications built through tuple's own constructor, the collector's young threshold
 at 2,000; see "Batch handlers" and "The memory-queue hand-off"). Its CPU per notification
 in this bench was 2.04 us on 2026-12-01, and 1.40, 1.56 and 2.08 us in three runs on
-2026-12-02 (in `make bench` started at 02:06 and 02:24 UTC, alone at 02:31); the spool's was 3.91 us before and 2.55-3.60 us in
-those runs. Three runs of the helper's against the memory queue as it was before that
-change gave fsync=off 0.61-0.67x and fsync=on 0.51-0.64x; the three of 2026-12-02 gave
-0.44x and 0.41x (02:06), 0.44x and 0.52x (02:24), 0.65x and 0.64x (02:31): the drain
-rates, and even the CPU per notification, swing between runs minutes apart on this
-machine (see each row's min and max: a memory-queue run is either about 400,000/s or
-about 700,000/s), by more than the targets' margins. Where the spool misses, what is left
-above (the payloads' copies and split, the second Notification) is what a durable copy
-read back from a file needs.
+2026-12-02 (in `make bench` started at 02:06 and 02:24 UTC, alone at 02:31); the spool's
+was 3.91 us before and 2.55-3.60 us in those runs. Three runs of the helper's against the
+memory queue as it was before that change gave fsync=off 0.61-0.67x and fsync=on
+0.51-0.64x; the three of 2026-12-02 gave 0.44x and 0.41x (02:06), 0.44x and 0.52x (02:24),
+0.65x and 0.64x (02:31): the drain rates, and even the CPU per notification, swing between
+runs minutes apart on this machine (see each row's min and max: a memory-queue run is
+either about 400,000/s or about 700,000/s), by more than the targets' margins. Where the
+spool misses, what is left above (the payloads' copies and split, the second
+Notification) is what a durable copy read back from a file needs.
 The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
 while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
 which waits a whole switch interval (5 ms) for the GIL again after each of its own system

@@ -417,7 +417,6 @@ class Columns(collections.abc.Sequence):
         return "<Columns of %d notifications>" % self._count
 
 
-
 class _Same:
     """A column whose ``count`` values are all ``value`` (``{"same": value}``): iterable,
     and sliced as a repeat."""

@@ -380,8 +380,8 @@ class FileQueue:
         """The memory queue's ``get_chunk`` (a queue without an output queue offers it as
         ``get_chunk``): the next messages of the claimed file(s), at most ``1/split`` of
         them (at least one) and at most :attr:`chunk_max`, handed out to the calling
-        greenlet at once; blocks as :meth:`get`. Their outcome: :meth:`failed` / :meth:`release` per message, and
-        ``done_many(count)`` for the rest."""
+        greenlet at once; blocks as :meth:`get`. Their outcome: :meth:`failed` /
+        :meth:`release` per message, and ``done_many(count)`` for the rest."""
         claims = self._claims
         if not claims._ready or self.closed:
             self._wait_ready(block, timeout)
