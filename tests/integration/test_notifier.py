@@ -349,3 +349,24 @@ def test_a_proxy_swallowing_notifications_is_found_by_the_self_notify_probe(
                  message="no reconnect with a catch_up after the probe failed")
         _notify(pg_database.dsn, ("ch_a", "after"))
         wait_for(lambda: _payloads("a") == ["after"], 5)
+
+
+@pytest.mark.timeout(60)
+def test_probes_amid_a_stream_on_one_channel_never_reach_the_handler(
+        pg_dsn, node, fast_probe, hub_heartbeat):
+    """A one-channel notifier reads no channel of a read while no probe is out: the probes
+    sent in the middle of a stream still come back to the notifier, and only the stream's
+    notifications, every one in order, reach the handler."""
+    node(_spec("a"), pg_dsn)
+    notifier = node.notifiers.notifiers()[0]
+    probes = notifier.probes
+    sent = 0
+    while notifier.probes < probes + 4:  # each 0.3 s: about a second and a half of stream
+        _notify(pg_dsn, *[("ch_a", str(sent + i)) for i in range(50)])
+        sent += 50
+        gevent.sleep(0.01)
+    wait_for(lambda: len(_payloads("a")) >= sent, 20, message="the stream was not delivered")
+    assert _payloads("a") == [str(i) for i in range(sent)]
+    assert notifier.probe_failures == 0 and notifier.probe_rtt is not None
+    wait_for(lambda: notifier._probes_out == 0, 5, message="a probe never came back")
+    assert _catch_ups("a") == 1 and notifier.reconnects == 0

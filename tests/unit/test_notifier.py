@@ -2,12 +2,14 @@
 drops for that subscription only and ends with ONE catch_up, catch_ups coalesce, spools
 take a read as batches, the queue usage warning fires once per crossing, DSNs share."""
 import copy
+import itertools
 import logging
 import pickle
 
 import pytest
 
 from instances import InstanceSpec, Notification
+from instances import notifier as notifier_module
 from instances.exceptions import InvalidConfigurationException
 from instances.notification import LiveRead
 from instances.notifier import Notifier, Subscription, _key
@@ -230,6 +232,79 @@ def test_a_read_of_one_channel_is_built_once_for_its_subscribers_and_probes_come
     notifier.post_execute([_Notify(notifier.probe_channel, "7")])  # the probe alone
     assert notifier._probe_token is None and notifier.received == 6
     assert all(queue.qsize() == 0 for queue in queues)
+
+
+def _one_channel_notifier(channel="a"):
+    """A notifier LISTENing on ``channel`` alone, with one subscriber: its queue."""
+    notifier, queue = Notifier("dbname=x"), MemoryQueue()
+    subscription = Subscription(FakeNotifiers(), "dbname=x", (channel,), queue, name="s")
+    subscription.start()
+    subscription.activated((channel,))
+    notifier.subscriptions[subscription] = None
+    notifier._routes = notifier._build_routes()
+    notifier._listening = frozenset((channel,))
+    return notifier, queue
+
+
+class _NoChannel:
+    """A notify whose channel must not be read."""
+
+    def __init__(self, payload):
+        self.payload, self.pid = payload, 1
+
+    @property
+    def channel(self):
+        raise AssertionError("the channel was looked at")
+
+
+def test_a_one_channel_notifier_reads_no_channel_while_no_probe_is_out():
+    notifier, queue = _one_channel_notifier()
+    notifier.post_execute([_NoChannel(str(i)) for i in range(3)])
+    assert [(n.channel, n.payload) for n in queue.get_chunk(False)] == [
+        ("a", "0"), ("a", "1"), ("a", "2")]
+
+
+def test_a_probe_out_makes_a_one_channel_notifier_look_at_every_channel():
+    notifier, queue = _one_channel_notifier()
+    notifier._probes_out, notifier._probe_token, notifier._probe_sent = 1, "9", 0.0
+    notifier.post_execute([_Notify("a", "1"), _Notify(notifier.probe_channel, "9"),
+                           _Notify("a", "2")])
+    assert [n.payload for n in queue.get_chunk(False)] == ["1", "2"]  # not the probe
+    assert notifier._probes_out == 0 and notifier._probe_token is None
+    assert notifier.probe_rtt is not None
+    notifier.post_execute([_NoChannel("3")])  # nothing out: no look again
+    assert [n.payload for n in queue.get_chunk(False)] == ["3"]
+
+
+def test_a_stale_probe_answer_is_still_taken_off_the_probes_out():
+    notifier, queue = _one_channel_notifier()
+    notifier._probes_out, notifier._probe_token = 2, "2"
+    notifier.post_execute([_Notify(notifier.probe_channel, "1")])  # an earlier one's
+    assert notifier._probes_out == 1 and notifier._probe_token == "2"
+    assert queue.qsize() == 0
+
+
+def test_the_read_after_an_unlisten_is_looked_at_once():
+    """The UNLISTEN's round trip may have read notifies of the channel left: they go
+    nowhere, not to the channel kept."""
+    notifier, queue = _one_channel_notifier()
+    notifier._unlistened = True
+    notifier.post_execute([_Notify("b", "left"), _Notify("b", "behind")])
+    assert queue.qsize() == 0 and not notifier._unlistened
+    notifier.post_execute([_NoChannel("kept")])
+    assert [n.payload for n in queue.get_chunk(False)] == ["kept"]
+
+
+def test_the_probe_channel_differs_between_processes_with_one_pid(monkeypatch):
+    """Containers on one database all run pgvisor as pid 1: a probe channel of pid and
+    counter alone would be every node's, and their probes everyone's notifications."""
+    channels = set()
+    for _ in range(3):  # three processes of pid 1, each its first notifier
+        monkeypatch.setattr(notifier_module.os, "getpid", lambda: 1)
+        monkeypatch.setattr(notifier_module, "_probe_ids", itertools.count(1))
+        channels.add(Notifier("dbname=x").probe_channel)
+    assert len(channels) == 3 and all(c.startswith("pgvisor.probe.1.1.") for c in channels)
+    assert all(len(c.encode()) < 64 for c in channels)  # a channel is a name: 63 bytes
 
 
 def test_notifications_from_notifies_keep_each_channel_unless_one_is_given():
