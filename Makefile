@@ -8,8 +8,9 @@ PYTEST_ARGS ?=
 
 .PHONY: test test-under-load unit docs lint demo bench bench-smoke chaos chaos-smoke postgres chromium screenshot clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py instances/_hotpath.c
 	@bash .ci/ensure-venv $(PYTHON) $(VENV)
+	@bash .ci/ensure-compiler $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint,docs]'
 	@touch $(STAMP)
@@ -51,7 +52,7 @@ screenshot: $(STAMP) postgres chromium
 	$(PY) -m gevent.monkey --module tests.acceptance.status_screenshot docs/_static/status.png
 
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache
+	rm -rf $(VENV) docs/_build .pytest_cache build instances/*.so
 
 # Benchmarks (bench/README.md): a throwaway cluster from the testing kit, one table.
 

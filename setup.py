@@ -1,5 +1,5 @@
 """Distribution ``pgvisor``: a gevent service that keeps Postgres-driven event processors alive."""
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="pgvisor",
@@ -12,6 +12,9 @@ setup(
     packages=find_packages(include=["supervisor", "supervisor.*", "instances", "instances.*"]),
     # The status page's script and style sheet (supervisor/http/page.py): offline, no CDN.
     package_data={"supervisor.http": ["static/*.js", "static/*.css"]},
+    # The listener's hot path in C (instances/notification.py): optional, so an install
+    # without a C compiler or Python's headers still works, on the same code in Python.
+    ext_modules=[Extension("instances._hotpath", ["instances/_hotpath.c"], optional=True)],
     install_requires=[
         "gevent>=23.9",
         "psycogreen>=1.0.2",

@@ -1,0 +1,112 @@
+/* instances._hotpath: the listener's hot path in C (optional; see instances/notification.py).
+ *
+ * fill(out, notifies, received_at, channel, cls, kind) appends to the list ``out`` one
+ * ``cls`` (a tuple subtype of six fields: channel, payload, kind, pid, received_at, id)
+ * per item of the list ``notifies`` (objects with ``payload``, ``pid`` and, unless
+ * ``channel`` is given, ``channel`` attributes), as Notification.from_notifies's Python
+ * code does, without its map/zip/constructor calls per notification. A Notification
+ * holds only strings, numbers and None: it cannot be part of a reference cycle, so it is
+ * left out of the cyclic collector's lists (as CPython does with such plain tuples at
+ * their first collection), and the young collections a backlog sets off do not walk the
+ * queued notifications.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *str_channel, *str_payload, *str_pid;
+
+static int
+fill_one(PyObject *out, PyObject *notify, PyObject *received_at, PyObject *channel,
+         PyTypeObject *cls, PyObject *kind)
+{
+    PyObject *payload = NULL, *pid = NULL, *chan = NULL, *made = NULL;
+    int rv = -1;
+
+    if (channel == Py_None) {
+        if (!(chan = PyObject_GetAttr(notify, str_channel))) goto exit;
+    }
+    else {
+        Py_INCREF(channel);
+        chan = channel;
+    }
+    if (!(payload = PyObject_GetAttr(notify, str_payload))) goto exit;
+    if (!(pid = PyObject_GetAttr(notify, str_pid))) goto exit;
+    if (!(made = cls->tp_alloc(cls, 6))) goto exit;
+    Py_INCREF(kind);
+    Py_INCREF(received_at);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(made, 0, chan);
+    PyTuple_SET_ITEM(made, 1, payload);
+    PyTuple_SET_ITEM(made, 2, kind);
+    PyTuple_SET_ITEM(made, 3, pid);
+    PyTuple_SET_ITEM(made, 4, received_at);
+    PyTuple_SET_ITEM(made, 5, Py_None);
+    chan = payload = pid = NULL;  /* owned by made now */
+    if (!PyObject_IS_GC(PyTuple_GET_ITEM(made, 0)) && !PyObject_IS_GC(PyTuple_GET_ITEM(made, 1))
+            && !PyObject_IS_GC(PyTuple_GET_ITEM(made, 3)) && !PyObject_IS_GC(kind)
+            && !PyObject_IS_GC(received_at)) {
+        PyObject_GC_UnTrack(made);
+    }
+    rv = PyList_Append(out, made);
+
+exit:
+    Py_XDECREF(made);
+    Py_XDECREF(chan);
+    Py_XDECREF(payload);
+    Py_XDECREF(pid);
+    return rv;
+}
+
+static PyObject *
+hotpath_fill(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *out, *notifies, *received_at, *channel, *cls, *kind;
+    Py_ssize_t i, n;
+
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "fill() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    out = args[0]; notifies = args[1]; received_at = args[2]; channel = args[3];
+    cls = args[4]; kind = args[5];
+    if (!PyList_Check(out) || !PyList_Check(notifies)) {
+        PyErr_SetString(PyExc_TypeError, "fill(): out and notifies must be lists");
+        return NULL;
+    }
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)
+            || (PyTypeObject *)cls == &PyTuple_Type) {
+        PyErr_SetString(PyExc_TypeError, "fill(): cls must be a subtype of tuple");
+        return NULL;
+    }
+    n = PyList_GET_SIZE(notifies);
+    for (i = 0; i < n && i < PyList_GET_SIZE(notifies); i++) {
+        PyObject *notify = PyList_GET_ITEM(notifies, i);
+        int failed;
+        Py_INCREF(notify);  /* an attribute's code could change the list */
+        failed = fill_one(out, notify, received_at, channel, (PyTypeObject *)cls, kind);
+        Py_DECREF(notify);
+        if (failed) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef hotpath_methods[] = {
+    {"fill", (PyCFunction)(void (*)(void))hotpath_fill, METH_FASTCALL,
+     "fill(out, notifies, received_at, channel, cls, kind): append one cls per notify."},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef hotpath_module = {
+    PyModuleDef_HEAD_INIT, "instances._hotpath",
+    "The listener's hot path in C (optional: instances.notification falls back to Python).",
+    -1, hotpath_methods
+};
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    if (!str_channel && !(str_channel = PyUnicode_InternFromString("channel"))) return NULL;
+    if (!str_payload && !(str_payload = PyUnicode_InternFromString("payload"))) return NULL;
+    if (!str_pid && !(str_pid = PyUnicode_InternFromString("pid"))) return NULL;
+    return PyModule_Create(&hotpath_module);
+}

@@ -1,0 +1,105 @@
+"""The C part of the hot path (instances/_hotpath.c): the same Notifications as the Python
+code, out of the cyclic collector's lists, no reference leaked, clear errors; and built
+wherever a C compiler and Python's headers are at hand."""
+import gc
+import os
+import shutil
+import sys
+import sysconfig
+
+import psycopg2.extensions
+import pytest
+
+from instances import notification
+from instances.notification import LiveRead, Notification
+
+pytestmark = pytest.mark.timeout(30)
+
+accelerated = pytest.mark.skipif(not notification.ACCELERATED, reason="C part not built")
+
+
+def _notifies():
+    return [psycopg2.extensions.Notify(100 + i, "ch", payload)
+            for i, payload in enumerate(["1", "", "é ü 𝄞", "x" * 8000])]
+
+
+def _python_path(monkeypatch):
+    monkeypatch.setattr(notification, "_fill", None)
+
+
+def test_the_c_part_is_built_wherever_a_compiler_and_the_headers_are():
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if shutil.which("cc") is None or not os.path.exists(headers):
+        pytest.skip("no C compiler or no Python.h here: the Python code runs")
+    assert notification.ACCELERATED, "setup.py did not build instances._hotpath"
+
+
+@accelerated
+@pytest.mark.parametrize("channel", [None, "ch"])
+def test_both_paths_build_the_same_notifications(monkeypatch, channel):
+    fast = Notification.from_notifies(_notifies(), 12.5, channel)
+    _python_path(monkeypatch)
+    slow = Notification.from_notifies(_notifies(), 12.5, channel)
+    assert type(fast) is type(slow) is LiveRead and fast == slow
+    assert [type(n) for n in fast] == [type(n) for n in slow]
+    assert [(n.channel, n.kind, n.pid, n.received_at, n.id) for n in fast] == [
+        ("ch", "notify", 100 + i, 12.5, None) for i in range(4)]
+    assert fast[2].payload == "é ü 𝄞" and fast[0].kind is Notification.NOTIFY
+    assert Notification.from_notifies([], 1.0) == [] and type(
+        Notification.from_notifies([], 1.0)) is LiveRead
+
+
+@accelerated
+def test_c_built_notifications_stay_out_of_the_cyclic_collectors_lists():
+    made = Notification.from_notifies(_notifies(), 1.0, "ch")
+    assert not any(gc.is_tracked(n) for n in made)
+    assert gc.is_tracked(Notification("ch", "x"))  # as CPython leaves a tuple subtype
+
+
+@accelerated
+def test_building_and_dropping_leaks_no_reference():
+    payload = "a payload of its own %d" % os.getpid()
+    notifies = [psycopg2.extensions.Notify(1, "ch", payload) for _ in range(10)]
+    before = sys.getrefcount(payload)
+    for _ in range(1000):
+        Notification.from_notifies(notifies, 1.0)
+        Notification.from_notifies(notifies, 1.0, "ch")
+    assert sys.getrefcount(payload) == before
+
+
+class _Broken:
+    channel, payload = "ch", "p"
+
+    @property
+    def pid(self):
+        raise AttributeError("pid")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_notify_without_a_field_fails_the_read_clearly(monkeypatch, fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        _python_path(monkeypatch)
+    payload = "kept %d" % os.getpid()
+    ok = psycopg2.extensions.Notify(1, "ch", payload)
+    before = sys.getrefcount(payload)
+    with pytest.raises(AttributeError, match="pid"):
+        Notification.from_notifies([ok, _Broken()], 1.0)
+    assert sys.getrefcount(payload) == before
+
+
+@accelerated
+def test_fill_refuses_what_it_cannot_build():
+    from instances._hotpath import fill
+    with pytest.raises(TypeError, match="6 arguments"):
+        fill([], [])
+    with pytest.raises(TypeError, match="lists"):
+        fill([], (), 1.0, None, notification._Made, "notify")
+    with pytest.raises(TypeError, match="subtype of tuple"):
+        fill([], [], 1.0, None, tuple, "notify")
+
+
+def test_a_read_that_is_no_list_takes_the_python_code():
+    made = Notification.from_notifies(tuple(_notifies()), 2.0, "ch")
+    assert type(made) is LiveRead and [n.pid for n in made] == [100, 101, 102, 103]
