@@ -8,10 +8,11 @@ contender's READY to its DRAINED (the :data:`bench.protocol.HANDSHAKE`): the dra
 start-up, the shutdown or the summary. The difference of the two totals divided by ``n2 -
 n1`` is what one more notification costs, what the window holds besides the drain
 cancelled out. The handler's record (:mod:`bench.sink`, the same for every contender) is in
-it, and so is pgvisor's periodic work, which valgrind's 50x slowdown inflates (a hub
-"blocked" report of gevent's monitor thread walks the heap: compare several runs). Needs
-valgrind; slow (minutes). The callgrind files stay in the printed directory
-(``callgrind_annotate`` them).
+it, and so is pgvisor's periodic work (its hub monitor is off under valgrind, whose 50x
+slowdown made every read look like a blocked hub: :func:`bench.protocol.counting`). Two
+runs of the same code agree within a few instructions per notification. Needs valgrind;
+slow (minutes). The callgrind files stay in the printed directory (``callgrind_annotate``
+them).
 """
 import argparse
 import os

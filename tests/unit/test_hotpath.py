@@ -103,3 +103,39 @@ def test_fill_refuses_what_it_cannot_build():
 def test_a_read_that_is_no_list_takes_the_python_code():
     made = Notification.from_notifies(tuple(_notifies()), 2.0, "ch")
     assert type(made) is LiveRead and [n.pid for n in made] == [100, 101, 102, 103]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_rows_become_the_notifications_from_fields_makes(monkeypatch, fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        monkeypatch.setattr(notification, "_rows", None)
+    rows = [("ch", "p%d" % i, "notify", i, 1.5, "m#%d" % i) for i in range(3)]
+    columns = list(zip(*rows, strict=True))
+    made = notification.notifications_of(zip(*columns, strict=True))  # as a spool's chunk
+    assert type(made) is list and made == [Notification.from_fields(r) for r in rows]
+    assert {type(n) for n in made} == {type(Notification.from_fields(rows[0]))}
+    assert made[2].id == "m#2" and notification.notifications_of([]) == []
+    assert all(gc.is_tracked(n) is not fast for n in made)
+
+
+@accelerated
+def test_rows_refuses_a_row_of_another_size_and_leaks_nothing():
+    from instances._hotpath import rows
+    payload = "a row's payload %d" % os.getpid()
+    before = sys.getrefcount(payload)
+    out = []
+    with pytest.raises(ValueError, match="5 fields, not 6"):
+        rows(out, [("ch", payload, "notify", 1, 1.0, None), ("ch", payload, "x", 1, 1.0)],
+             notification._Made)
+    assert len(out) == 1
+    del out
+    assert sys.getrefcount(payload) == before
+    with pytest.raises(TypeError, match="subtype of tuple"):
+        rows([], [], tuple)
+    with pytest.raises(TypeError):
+        rows([], 5, notification._Made)  # not iterable
+    made = []
+    rows(made, [("ch", [], "notify", 1, 1.0, None)], notification._Made)  # a list: tracked
+    assert gc.is_tracked(made[0])
