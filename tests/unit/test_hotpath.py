@@ -139,3 +139,31 @@ def test_rows_refuses_a_row_of_another_size_and_leaks_nothing():
     made = []
     rows(made, [("ch", [], "notify", 1, 1.0, None)], notification._Made)  # a list: tracked
     assert gc.is_tracked(made[0])
+
+
+class _Plain:
+    """A notify of instance attributes (no descriptors), as tests' fakes are."""
+
+    def __init__(self, channel, payload, pid):
+        self.channel, self.payload, self.pid = channel, payload, pid
+
+
+class _Shadowed(_Plain):
+    """Class attributes that are no data descriptors: the instance's values win."""
+
+    channel, payload, pid = "class", "class", -1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_read_of_notifies_of_several_types_reads_each_the_way_getattr_does(monkeypatch,
+                                                                            fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        _python_path(monkeypatch)
+    notifies = [psycopg2.extensions.Notify(1, "a", "1"), _Plain("b", "2", 2),
+                _Shadowed("c", "3", 3), psycopg2.extensions.Notify(4, "d", "4"),
+                _Plain("e", "5", 5)]
+    made = Notification.from_notifies(notifies, 1.0)
+    assert [(n.channel, n.payload, n.pid) for n in made] == [
+        ("a", "1", 1), ("b", "2", 2), ("c", "3", 3), ("d", "4", 4), ("e", "5", 5)]
