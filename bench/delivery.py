@@ -201,24 +201,18 @@ def table(results, size):
 
 #: What limits a figure that misses (from a pyinstrument profile of the pgvisor side).
 LIMITS = {
-    "batch": "  What limits it: the CPU per notification (%.2f us raw, %.2f us pgvisor). "
-             "Callgrind counts of the drain alone (`python -m bench.instructions`: from the "
-             "contender's READY to its DRAINED, the same on a loaded machine): raw 8,684 "
-             "instructions per notification; pgvisor 11,220 before the third round of issue "
-             "13 and 10,445 after it (0.83x of raw's; the round: Notifications built through "
-             "tuple's own C constructor, no catch_up scan of a read of NOTIFYs, the "
-             "collector's young threshold at 2,000). The raw loop pays psycopg2's Python "
-             "UTF-8 codec (about 900 per notification), which pgvisor's connections avoid. "
-             "What pgvisor adds is, by C function, mostly the Notification itself, the object "
-             "a handler gets (kind, received_at, id) on top of psycopg2's Notify, which both "
-             "pay: three attribute reads of the Notify (its channel for the fan-out, its "
-             "payload and pid: about 450), the map, zip and constructor calls with the "
-             "allocation (about 800), its deallocation (about 350), the test that a read is "
-             "of one channel (about 100). None of that goes while a batch "
-             "handler gets Notifications (the public surface) and psycopg2 builds its own "
-             "Notify per NOTIFY; this handler does little per item, so the object is a large "
-             "share here, and a bulk sink doing real work per item narrows the ratio. The "
-             "rates swing with the machine's load (see min and max); the CPU column less.",
+    "batch": "  What limits it: the CPU per notification (%.2f us raw, %.2f us pgvisor), "
+             "which on this machine swings by half between runs minutes apart, for either "
+             "contender. Callgrind counts of the drain alone (`python -m bench.instructions`: "
+             "from the contender's READY to its DRAINED, the same on a loaded machine; "
+             "bench/profiles/batch-instructions.txt): raw 8,681 instructions per "
+             "notification, pgvisor 8,770 (0.99x of raw's; 11,220 before issue 13's third "
+             "round). What pgvisor adds is the Notification itself, the object a handler "
+             "gets (kind, received_at, id) on top of psycopg2's Notify, which both pay: its "
+             "allocation and deallocation and the C loop that builds a read's at once "
+             "(instances/_hotpath.c); the raw loop pays psycopg2's Python UTF-8 codec, which "
+             "pgvisor's connections avoid. Without the optional C part the same code runs "
+             "in Python: 9,887 instructions, 0.88x.",
     "order": "  What limits it: the CPU per notification (%.2f us without, %.2f us with "
              "order_key: the key function, the dispatch and the turn's hand-over) on a "
              "loaded machine; with 4 processors of a 1 ms handler the keys stay parallel.",

@@ -184,30 +184,37 @@ notifications again and again). Raw psycopg2 9,805 instructions per notification
 12,527 before and 12,027 after: 0.78x -> 0.82x of raw's instructions (the same sink in
 both).
 
+The fourth round (2026-12-02, later). A notifier with one channel no longer reads the
+channel of every notification of a read to check that the read is of one channel (an
+attribute read and a string comparison each): while none of its probes is out and nothing
+was UNLISTENed since the last read, every notify is on its channel, since only its own
+probes come back on the probe's channel, now random (12,025 -> 11,486). A read's
+Notifications are built by one call of the optional C part, `instances/_hotpath.c`,
+instead of map/zip and a type call per notification, with each Notify's fields read
+through its type's data descriptors, and they are left out of the cyclic collector's
+lists: strings and numbers, never in a cycle (11,486 -> 10,364). Raw psycopg2 9,805:
+0.95x of raw's instructions. What is left over raw, about 560 per notification: the
+Notification object the public `handler(notification)` gets (with `kind`, `received_at`,
+`id`) on top of psycopg2's `Notify`, its allocation and deallocation, and the worker's per
+item `time.monotonic()` (each handler's timeout counts from its own start) and stop test.
+Without a C compiler the same code runs in Python, at the third round's cost less the
+one-channel change (11,486).
+
 Read the rates with care: this machine has 2 CPUs shared by several developers, so the rate
 of one run depends on how much CPU the contender got; the CPU time per notification moves
-much less and is the figure to compare. Two runs of this command on 2026-12-01 (after the
-second round): 17:07 UTC, 3 repetitions, load average 5.9: drain 0.93x, end to end 1.16x,
-p99 1.02x / 1.67x, CPU 1.08 / 1.48 us; 17:30 UTC, 5 repetitions, load average 10.6 (the
-table above): drain 0.73x, end to end 0.87x, p99 1.35x / 1.10x, CPU 1.15 / 1.58 us. Before
-the second round (the same command, 14:39-14:48 UTC, load 7-11): drain 0.69-0.98x, end to
-end 0.72-1.00x, CPU 1.13 / 1.86 us.
+less, and the instruction count not at all. Earlier runs of this command, for the record:
+on 2026-12-01, after the second round, drain 0.93x and 0.73x (CPU 1.08 / 1.48 and 1.15 /
+1.58 us); on 2026-12-02, after the third, 0.94x (CPU 1.96 / 2.21 us) and, in six
+interleaved pairs at 02:58 UTC, 0.77x (CPU 0.76x).
 
-- **Drain** and **end to end** (met at load 6, missed at load 11): the CPU ratio is about
-  0.73x in every run (0.61x before). Raw psycopg2 is not CPU-bound here: at its rate it uses
-  well under half a CPU and waits for the server, which shares the 2 CPUs, so pgvisor's
-  extra CPU hides in that wait while the machine has CPU to spare, and shows when it has
-  none (the rate ratio then falls to the CPU ratio). What pgvisor still adds, about 2,600
-  instructions per notification (callgrind): about 2,000 are the `Notification` itself,
-  the object the public `handler(notification)` gets (with `kind`, `received_at`, `id`) on
-  top of psycopg2's `Notify`, which both pay -- two attribute reads, `tuple.__new__`'s call
-  path (argument tuple, slice, type check), the allocation, the deallocation of a
-  GC-tracked tuple subclass and the young collections' traversal of it while it is queued
-  --; the rest is the worker's per item `time.monotonic()` (each handler's timeout counts
-  from its own start) and stop test, and the hub's switches notifier -> worker -> notifier
-  once per read (a few instructions per notification). Nothing else in the hand-off is per
-  notification; 0.9x of raw's CPU would need the Notification to cost almost nothing,
-  which a Python object per NOTIFY on top of psycopg2's cannot.
+- **Drain** and **end to end**: by instructions (callgrind, the stable measure) pgvisor's
+  drain costs 1/0.95 of raw's. The rates follow each run's CPU time per notification, and
+  on this machine that swings by half between runs minutes apart (a drain comes out at
+  about 400,000/s or about 700,000/s, for either contender), more than the target's margin:
+  the medians of 5 interleaved runs are the figure, the CPU column says how each contender
+  fared. Raw psycopg2 is not always CPU-bound here: it waits for the server, which shares
+  the 2 CPUs, so pgvisor's extra CPU hides in that wait while the machine has CPU to
+  spare, and shows when it has none.
 - **p99 at 1,000/s and 10,000/s**: set by scheduling on the shared machine, not by the
   hand-off. A trace of the greenlet switches and of the hot path's calls in one pgvisor
   contender at 10,000/s (2026-12-02, a throwaway script) shows both parts. From a read's
