@@ -43,7 +43,6 @@ Concurrency contract: every method is called from greenlets of the one hub threa
 from another OS thread). ``start``, ``stop``, ``join`` and ``kill`` are for the owner, not
 for the component's own greenlet (``stop`` from inside only asks and returns at once).
 """
-import contextlib
 import inspect
 import logging
 import math
@@ -72,6 +71,25 @@ log = logging.getLogger(__name__)
 #: The keywords only hermes' form of the Component constructor has.
 HERMES_KEYWORDS = frozenset(("notification_pipe", "error_queue", "backoff_limit"))
 
+
+
+class _Interruptible:
+    """:meth:`Component.interruptible`'s context manager."""
+
+    __slots__ = ("component",)
+
+    def __init__(self, component):
+        self.component = component
+
+    def __enter__(self):
+        component = self.component
+        if not component._should_run:
+            raise _StopRequested()
+        component._interruptible = True
+
+    def __exit__(self, *exc_info):
+        self.component._interruptible = False
+        return False
 
 class ComponentKilled(GreenletExit):
     """Thrown into a component's greenlet by :meth:`Component.kill` or a stop that timed out.
@@ -361,20 +379,14 @@ class Component:
         """False once a stop was asked for; long execute() bodies may check it."""
         return self._should_run
 
-    @contextlib.contextmanager
     def interruptible(self):
         """Mark a blocking wait that stop() may interrupt (raises a private GreenletExit).
 
         Put only waits inside whose interruption loses nothing. If a stop was already
-        requested the block does not start at all.
+        requested the block does not start at all. (A plain context manager, not a
+        generator's: a listener enters it once per read.)
         """
-        if not self._should_run:
-            raise _StopRequested()
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
+        return _Interruptible(self)
 
     # -- the loop (component's greenlet) ----------------------------------------------
     def _run(self):
