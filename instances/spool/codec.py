@@ -41,6 +41,10 @@ files in **rows** (``{"pgvisor_rows": [fields], "rows": [[channel, payload, kind
 received_at, id], ...]}``, written by earlier versions) are still read. Every reader of a
 spool reads every form (and files of other writers, in dicts); top-level objects with the
 key ``pgvisor_columns`` or ``pgvisor_rows`` are reserved.
+
+What a group commit keeps of a file it writes (:func:`written_batch`, made of the columns
+it joined to write them, for the read-through cache) is what :func:`decode` gives of that
+file, or nothing when a value would not come back as it is.
 """
 import array
 import binascii
@@ -61,9 +65,12 @@ ROWS = "pgvisor_rows"
 _ROW_FIELDS = list(_FIELDS)
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _BIG_ENDIAN = sys.byteorder == "big"
-#: The types each Notification field may have in a stored batch.
-_FIELD_TYPES = ({str, type(None)}, {str, type(None)}, {str}, {int, type(None)}, {float, int},
-                {str, type(None)})
+#: The types each Notification field may have in a stored batch, the usual one first:
+#: exactly what a file gives back (JSON and the appended section make a str, an int, a
+#: float or None of a value).
+_FIELD_KINDS = ((str, type(None)), (str, type(None)), (str,), (int, type(None)), (float, int),
+                (str, type(None)))
+_FIELD_TYPES = tuple(map(set, _FIELD_KINDS))
 
 
 def encode(item):
@@ -93,8 +100,21 @@ def encode_columns(parts, count, base=None, joined=True):
     :meth:`~instances.spool.writer.SpoolWriter.write` takes too: no copy of a whole file
     to join them). A field is joined across the parts only when its values differ (the
     payloads, the times): a ``{"same": ...}`` field is found part by part."""
-    columns = [_column([part[i] for part in parts]) for i in range(len(_FIELDS))] \
+    return encode_joined(joined_columns(parts, count), count, base, joined)
+
+
+def joined_columns(parts, count):
+    """The six columns of the ``count`` Notifications of ``parts`` (as
+    :func:`encode_columns` takes them), each ``{"same": value}`` or every value: what
+    :func:`encode_joined` writes and :func:`written_batch` keeps."""
+    return [_column([part[i] for part in parts]) for i in range(len(_FIELDS))] \
         if count else [[]] * len(_FIELDS)
+
+
+def encode_joined(columns, count, base=None, joined=True):
+    """The columns file of :func:`joined_columns` ``columns`` (not changed), as
+    :func:`encode_columns` makes it."""
+    columns = list(columns)
     appended = []
     payloads = _payload_section(columns[1])
     if payloads is not None:
@@ -111,6 +131,31 @@ def encode_columns(parts, count, base=None, joined=True):
     if not joined:
         return [head + b"\n"] + appended if appended else [head]
     return b"".join([head, b"\n"] + appended) if appended else head
+
+
+def written_batch(columns, count, base):
+    """What :func:`decode` makes of the file that :func:`encode_joined` writes of
+    ``columns`` and ``base`` (a :class:`Columns`: the same Notifications, fields of the
+    same types, the same ids), made of ``columns`` themselves: what the read-through
+    cache keeps (:mod:`instances.spool.readthrough`). None when a value's type would not
+    come back from the file as it is (a str subclass comes back a str, a bool pid makes
+    the file undecodable): that file must be read from disk."""
+    kept = []
+    for column, types in zip(columns, _FIELD_KINDS, strict=True):
+        if type(column) is dict:
+            if type(column["same"]) not in types:
+                return None
+            kept.append(_Same(column["same"], count))
+            continue
+        kinds, left = list(map(type, column)), count
+        for kind in types:  # a count by identity; the usual type first, alone in the end
+            left -= kinds.count(kind)
+            if not left:
+                break
+        if left:
+            return None
+        kept.append(column)
+    return _batch(kept, columns[5], count, base)
 
 
 def _payload_section(payloads):
@@ -364,14 +409,19 @@ def _from_columns(loaded, appended, base):
     """The Notifications of a columns batch (checked) as a :class:`Columns`; a message
     without an id gets ``<base>#<index>`` (the usual case: the whole column is
     ``{"same": null}``, and the ids are made a slice at a time)."""
-    columns = _checked_columns(loaded, appended)
-    ids = loaded["columns"][5]
+    return _batch(_checked_columns(loaded, appended), loaded["columns"][5], loaded["count"],
+                  base)
+
+
+def _batch(columns, ids, count, base):
+    """The :class:`Columns` of six checked ``columns``; ``ids``: the id column as stored
+    (``{"same": value}`` or the values), whose missing ids become ``<base>#<index>``."""
     if type(ids) is dict:
         if not ids["same"]:  # no message has an id (null or "")
             columns[5] = _Ids(base)
     elif None in ids or "" in ids:
         columns[5] = [v or names.message_id(base, i) for i, v in enumerate(ids)]
-    return Columns(columns, loaded["count"])
+    return Columns(columns, count)
 
 
 class Columns(collections.abc.Sequence):
