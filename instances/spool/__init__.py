@@ -5,7 +5,8 @@ output spool with its limit), :data:`QueueClosed`, and :func:`stats` (the counts
 directory without opening it). The modules beside it are private parts: ``layout`` (the
 directories and their counts), ``names`` (file names and owner ids), ``codec`` (every JSON
 read and write of a spool), ``writer`` (tmp/ then rename), ``claims`` (a consumer's claimed
-files, from ``incoming/`` through ``pending/<owner>/`` to their outcome), ``recovery`` (dead
+files, from ``incoming/`` through ``pending/<owner>/`` to their outcome), ``readthrough``
+(the messages of files a queue wrote, kept for its own claims of them), ``recovery`` (dead
 owners' claims and stale tmp files) and ``errors`` (the ``errors/`` directory and its
 ``.meta`` files).
 """

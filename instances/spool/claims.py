@@ -20,7 +20,9 @@ or given back is counted in the directory's :class:`~instances.spool.backlog.Bac
 Undecodable files (not
 UTF-8, not JSON, nested too deeply, not objects), files over ``max_file_bytes`` and files
 already delivered ``max_attempts`` times go to ``errors/`` with the reason instead of
-being handed out.
+being handed out. A file the queue's :class:`~instances.spool.readthrough.ReadThrough`
+kept is renamed all the same, then handed out from the kept messages when it has the size
+written (its first delivery: only such names are kept), else read.
 
 Bookkeeping in runs: the messages ready to hand out are kept as runs of one claimed file
 (``[claim, first, end]``), a chunk handed out is one :class:`_Chunk` per file it spans, and
@@ -100,9 +102,11 @@ class Claims:
     their messages: ready (decoded, not handed out) and handed out (until an outcome)."""
 
     def __init__(self, writer, pending_dir, owner, max_attempts, mode, max_file_bytes=None,
-                 backlog=None):
+                 backlog=None, readthrough=None):
         self.writer = writer
         self.backlog = backlog
+        #: The queue's :class:`~instances.spool.readthrough.ReadThrough`, or None.
+        self.readthrough = readthrough
         self.max_file_bytes = max_file_bytes
         self.mode = mode
         self.incoming = os.path.join(writer.directory, "incoming")
@@ -345,10 +349,14 @@ class Claims:
             # messages ready, first in line, in order) before the kill goes on: left in
             # pending/<owner>/ unrecorded nobody would deliver it, and given back later a
             # restarted pool would run the key's later messages first.
+            kept = None if self.readthrough is None else self.readthrough.take(name)
             (outcome, size, data), thrown = offload.call_through(
-                _claim_file, self.incoming, self.pending_dir, name, self.max_file_bytes)
+                _claim_file, self.incoming, self.pending_dir, name, self.max_file_bytes,
+                None if kept is None else kept[0])
             if outcome is _CLAIMED:
-                self._take_file(name, size, data)
+                if kept is not None:
+                    self._count_kept(data is _UNREAD)
+                self._take_file(name, size, data, kept)
             elif outcome is _VANISHED:
                 self._left(names.message_count(name), 0)
             elif outcome is _NO_DIR:  # pending/<owner>/ was removed under us: make it again
@@ -359,9 +367,10 @@ class Claims:
             if self._ready:
                 return True
 
-    def _take_file(self, name, size, data):
-        """A file just claimed (``data``: its content, None when over max_file_bytes):
-        its messages become ready, or it goes to ``errors/``."""
+    def _take_file(self, name, size, data, kept=None):
+        """A file just claimed (``data``: its content, None when over max_file_bytes,
+        :data:`_UNREAD` when ``kept``, the read-through cache's ``(size, batch)`` of it,
+        stands for it): its messages become ready, or it goes to ``errors/``."""
         self._left(names.message_count(name), size)
         path = os.path.join(self.pending_dir, name)
         if data is None:
@@ -369,11 +378,14 @@ class Claims:
                          "%d bytes: over the spool's max_file_bytes=%d"
                          % (size, self.max_file_bytes))
             return
-        try:
-            items = codec.decode(data, names.split(name)[0])
-        except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
-            self._banish(Claim(name, path, 1), "undecodable", error)
-            return
+        if data is _UNREAD:
+            items = kept[1]
+        else:
+            try:
+                items = codec.decode(data, names.split(name)[0])
+            except ValueError as error:  # includes UnicodeDecodeError and JSONDecodeError
+                self._banish(Claim(name, path, 1), "undecodable", error)
+                return
         claim = Claim(name, path, len(items), items)
         if claim.attempts > self.max_attempts:
             self._banish(claim, "max_attempts",
@@ -406,6 +418,14 @@ class Claims:
         errors.banish_file(self.writer, claim.path, claim.base, meta)
         claim.open = 0
         self._banished(1)
+
+    def _count_kept(self, used):
+        """A claim of a file the read-through cache kept: it ``used`` the kept batch, or
+        read the file (its size was not the size written)."""
+        if used:
+            self.readthrough.hits += 1
+        else:
+            self.readthrough.misses += 1
 
     def _left(self, messages, nbytes):
         if self.backlog is not None:
@@ -445,11 +465,15 @@ class Claims:
 
 #: What :func:`_claim_file` did with a name.
 _CLAIMED, _LOST, _VANISHED, _NO_DIR = "claimed", "lost", "vanished", "no pending dir"
+#: The ``data`` of a claimed file left unread: it has the size the read-through cache expects.
+_UNREAD = "unread"
 
 
-def _claim_file(incoming, pending_dir, name, max_file_bytes):
+def _claim_file(incoming, pending_dir, name, max_file_bytes, kept_size=None):
     """Rename ``name`` from ``incoming`` into ``pending_dir`` and read it (runs in the
-    threadpool): ``(outcome, size, data)``, ``data`` None when over ``max_file_bytes``."""
+    threadpool): ``(outcome, size, data)``, ``data`` None when over ``max_file_bytes``,
+    :data:`_UNREAD` when the file has ``kept_size`` bytes (the read-through cache holds
+    its messages: the rename, the claim's lock, is all it takes)."""
     path = os.path.join(pending_dir, name)
     try:
         os.rename(os.path.join(incoming, name), path)
@@ -458,6 +482,10 @@ def _claim_file(incoming, pending_dir, name, max_file_bytes):
             return _NO_DIR, 0, None
         return _LOST, 0, None  # another consumer was faster
     try:
+        if kept_size is not None:
+            size = os.stat(path).st_size
+            if size == kept_size and (max_file_bytes is None or size <= max_file_bytes):
+                return _CLAIMED, size, _UNREAD
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             over = max_file_bytes is not None and size > max_file_bytes

@@ -44,6 +44,12 @@ Bound: ``incoming/`` holds at most :attr:`~FileQueue.max_messages` messages and
 overflow (live notifications dropped and counted, then ONE catch_up once there is room,
 :mod:`instances.notifier`), as for a full memory queue.
 
+Read-through: the messages of the group-commit files this queue wrote wait in memory too
+(a few: :attr:`~FileQueue.read_cache_files`, :attr:`~FileQueue.read_cache_bytes`) until
+its own reader claims them: a claim of such a file for its first delivery still renames it
+(the lock, and the durable copy stay the file's) but neither reads nor decodes it
+(:mod:`instances.spool.readthrough`).
+
 Wake-ups: a getter blocked on an empty spool is woken at once by a put (or a requeue, a
 recovery, a release after close, a forward into it as an output queue) made in the same
 process, on any FileQueue of that directory. Files another process renames into
@@ -71,6 +77,7 @@ from instances.spool import backlog, codec, layout, names, offload, recovery
 from instances.spool.claims import Claims
 from instances.spool.errors import requeue_errors
 from instances.spool.output import OutputQueue
+from instances.spool.readthrough import ReadThrough
 from instances.spool.writer import SpoolWriter
 
 log = logging.getLogger(__name__)
@@ -120,6 +127,14 @@ class FileQueue:
     #: objects are alive at once for the cyclic GC to walk (chunks the size of a whole
     #: file of 10,000 were the spool's largest cost per notification).
     chunk_max = 500
+    #: Group-commit files this queue wrote and has not claimed yet whose messages it
+    #: keeps, so that its own reader, claiming one for its first delivery, neither reads
+    #: nor decodes it (the read-through cache, :mod:`instances.spool.readthrough`); a file
+    #: that does not fit waits on disk only; 0: none.
+    read_cache_files = 2
+    #: Bytes of memory those kept files may take, estimated as their size on disk plus
+    #: 100 per message (a file bigger alone is never kept): 16 MiB.
+    read_cache_bytes = 16 * 1024 * 1024
 
     def __init__(self, directory, owner=None, fsync=None, mode=None, max_attempts=None,
                  output=None, poll_interval=None, max_messages=None, max_bytes=None):
@@ -153,8 +168,10 @@ class FileQueue:
         if output is None:  # chunks (one outcome call per chunk) when nothing goes on
             self.get_chunk, self.done_many = self._get_chunk, self._done_many
         self._backlog = backlog.of(self.directory)
+        #: The read-through cache of the group commit's files (:attr:`read_cache_files`).
+        self.readthrough = ReadThrough(self.read_cache_files, self.read_cache_bytes)
         self._claims = Claims(self.writer, pending, self.owner, self.max_attempts, mode,
-                              self.max_file_bytes, self._backlog)
+                              self.max_file_bytes, self._backlog, self.readthrough)
         self._wakeup = Event()
         self._hub = gevent.get_hub()
         self.closed = False
@@ -271,7 +288,8 @@ class FileQueue:
         return names.MessageIds(group.base, first, count)  # made if read
 
     def _commit_groups(self):
-        """The group writer: each group in turn as ONE rows file, in the threadpool."""
+        """The group writer: each group in turn as ONE columns file, in the threadpool;
+        its messages kept in the read-through cache for this queue's reader."""
         backlog = self._backlog
         try:
             while self._groups:
@@ -279,10 +297,12 @@ class FileQueue:
                 group = self._groups.popleft()  # closed: new items start the next group
                 count = group.count
                 try:
-                    data = codec.encode_columns(group.parts, count, group.base,
-                                                joined=False)
+                    columns = codec.joined_columns(group.parts, count)
+                    data = codec.encode_joined(columns, count, group.base, joined=False)
                     size = sum(map(len, data))
-                    self.writer.write(self._checked(data, size), count=count)
+                    batch = codec.written_batch(columns, count, group.base) \
+                        if self.readthrough.fits(size, count) else None
+                    name = self.writer.write(self._checked(data, size), count=count)
                 except Exception as error:
                     self._group_failed = True
                     backlog.left(1, count, group.estimate)
@@ -291,6 +311,8 @@ class FileQueue:
                               count, error, extra={"action": "spool.group_failed",
                                                        "directory": self.directory})
                     continue
+                if batch is not None and not self.closed:
+                    self.readthrough.keep(name, size, batch)  # before a reader wakes
                 backlog.bytes += size - group.estimate
                 self._row_bytes = size / count
                 backlog.entered(0, 0, 0)  # wake the readers and put listeners
@@ -610,6 +632,7 @@ class FileQueue:
         self.closed = True
         self._wakeup.set()
         self._claims.close()
+        self.readthrough.clear()
         try:
             os.rmdir(self._claims.pending_dir)  # empty: nothing of ours left to judge
         except OSError:
