@@ -45,10 +45,10 @@ overflow (live notifications dropped and counted, then ONE catch_up once there i
 :mod:`instances.notifier`), as for a full memory queue.
 
 Read-through: the messages of the group-commit files this queue wrote wait in memory too
-(a few: :attr:`~FileQueue.read_cache_files`, :attr:`~FileQueue.read_cache_bytes`) until
-its own reader claims them: a claim of such a file for its first delivery still renames it
-(the lock, and the durable copy stay the file's) but neither reads nor decodes it
-(:mod:`instances.spool.readthrough`).
+(a few: :attr:`~FileQueue.read_cache_files`, :attr:`~FileQueue.read_cache_bytes`; none
+before its reader first asks for messages) until its own reader claims them: a claim of
+such a file for its first delivery still renames it (the lock, and the durable copy stay
+the file's) but neither reads nor decodes it (:mod:`instances.spool.readthrough`).
 
 Wake-ups: a getter blocked on an empty spool is woken at once by a put (or a requeue, a
 recovery, a release after close, a forward into it as an output queue) made in the same
@@ -177,6 +177,9 @@ class FileQueue:
         self.closed = False
         #: Greenlets blocked in :meth:`get` right now.
         self.waiting = 0
+        #: Whether this queue's reader ever asked for messages: a queue only written to (the
+        #: service's under process isolation, whose workers read in their own) keeps none.
+        self.reading = False
         self._put_listeners = []
         self._groups = collections.deque()  # the group commit's groups, oldest first
         self._committer = None  # the greenlet writing them
@@ -301,7 +304,7 @@ class FileQueue:
                     data = codec.encode_joined(columns, count, group.base, joined=False)
                     size = sum(map(len, data))
                     batch = codec.written_batch(columns, count, group.base) \
-                        if self.readthrough.fits(size, count) else None
+                        if self.reading and self.readthrough.fits(size, count) else None
                     name = self.writer.write(self._checked(data, size), count=count)
                 except Exception as error:
                     self._group_failed = True
@@ -423,6 +426,7 @@ class FileQueue:
         returns, or raises Empty / QueueClosed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         claims = self._claims
+        self.reading = True
         while True:
             self._check_open()
             now = time.monotonic()

@@ -24,7 +24,9 @@ noticed (our copy is handed out: it is what we wrote).
 Bound: at most :attr:`~instances.spool.FileQueue.read_cache_files` files (2) and
 :attr:`~instances.spool.FileQueue.read_cache_bytes` (16 MiB) of their estimated memory
 (the file's size plus 100 bytes per message: a payload's ``str`` and its slot, a time's
-``float``); a file that does not fit is not kept (nor its batch made). The files kept
+``float``); a file that does not fit is not kept (nor its batch made), and neither is any
+before the queue's reader first asks for messages (a queue only written to, as the
+service's under process isolation, keeps nothing). The files kept
 already stay: the reader claims in FIFO order, so the oldest are claimed first, and in a
 burst, where the writer is several files ahead, the newest would be pushed out before the
 reader comes to them (measured: no file of a burst was used so). An entry leaves when its
