@@ -55,7 +55,7 @@ import operator
 import struct
 import sys
 
-from instances.notification import _FIELDS, NOTIFICATION_TYPES, Notification
+from instances.notification import _FIELDS, NOTIFICATION_TYPES, Notification, notifications_of
 from instances.spool import names
 
 #: The key (and the field list) of a batch stored as columns.
@@ -427,7 +427,9 @@ def _batch(columns, ids, count, base):
 class Columns(collections.abc.Sequence):
     """The Notifications of one columns batch, kept as its six checked columns and built
     when asked for: ``batch[first:end]`` is a list of new Notifications (at C speed: a
-    slice of each column, ``zip`` and ``map``), ``batch[index]`` one.
+    slice of each column, ``zip``, :func:`~instances.notification.notifications_of`),
+    ``batch[index]`` one. Built by the C part (``instances/_hotpath.c``) they are not
+    tracked by the cyclic collector at all.
 
     Why: a claimed file's messages wait for the handler as columns (strings and floats in
     a few lists, which the cyclic GC does not walk one by one) and become Notifications a
@@ -450,9 +452,8 @@ class Columns(collections.abc.Sequence):
             first, end, step = key.indices(self._count)
             if step != 1:
                 return [self[i] for i in range(first, end, step)]
-            return list(map(Notification.from_fields,  # the hot path's C constructor
-                            zip(*[column[first:end] for column in self._columns],
-                                strict=True)))
+            return notifications_of(  # the hot path's constructor, in C where built
+                zip(*[column[first:end] for column in self._columns], strict=True))
         index = operator.index(key)
         if index < 0:
             index += self._count

@@ -167,3 +167,13 @@ def test_a_read_of_notifies_of_several_types_reads_each_the_way_getattr_does(mon
     made = Notification.from_notifies(notifies, 1.0)
     assert [(n.channel, n.payload, n.pid) for n in made] == [
         ("a", "1", 1), ("b", "2", 2), ("c", "3", 3), ("d", "4", 4), ("e", "5", 5)]
+
+
+def test_a_spools_chunk_is_built_by_the_same_constructor():
+    from instances.spool.codec import Columns
+    columns = [["ch"] * 3, ["1", "2", "3"], ["notify"] * 3, [5, 6, 7], [1.0, 2.0, 3.0],
+               ["m#0", "m#1", "m#2"]]
+    chunk = Columns(columns, 3)[1:3]
+    assert chunk == [Notification.from_fields(("ch", p, "notify", pid, t, i))
+                     for p, pid, t, i in (("2", 6, 2.0, "m#1"), ("3", 7, 3.0, "m#2"))]
+    assert all(gc.is_tracked(n) is not notification.ACCELERATED for n in chunk)
