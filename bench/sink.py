@@ -80,7 +80,8 @@ def summary(first_received=None):
     first send timestamp to the last handled. Latencies in milliseconds, send to handler.
     ``cpu_us``: the process's CPU time (every thread) from the first record to the last,
     per notification: what a notification costs, whatever the machine's load did to the
-    rates.
+    rates. ``first_handled_ms``: from the first received to the first handled (a spool's
+    first file, written and claimed, is in it).
     """
     records = state.records
     if not records:
@@ -101,4 +102,5 @@ def summary(first_received=None):
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": latencies[-1],
         "cpu_us": cpu_us,
+        "first_handled_ms": (records[0][0] - first) * 1000.0,
     }

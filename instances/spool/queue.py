@@ -433,12 +433,14 @@ class FileQueue:
             if now >= self._next_sweep:
                 self._next_sweep = now + self.sweep_interval
                 self._sweep()
+            # Cleared before the look, not after: the look yields (the listing of incoming/
+            # runs in the threadpool), and a put meanwhile must still wake the wait below.
+            self._wakeup.clear()
             if claims._ready or claims.claim_next():
                 return
             remaining = None if deadline is None else deadline - now
             if not block or (remaining is not None and remaining <= 0):
                 raise Empty()
-            self._wakeup.clear()
             interval = (self.watched_poll_interval if self._backlog.watched
                         else self.poll_interval)
             self.waiting += 1

@@ -406,6 +406,28 @@ def test_put_wakes_a_blocked_get_without_waiting_for_a_poll(tmp_path):
 
 
 @pytest.mark.timeout(10)
+def test_a_put_while_the_getter_looks_at_incoming_still_wakes_it(tmp_path, monkeypatch):
+    """The look yields (the listing runs in the threadpool): a put made then must not be
+    lost to the wait that follows the empty look (it was: the getter slept a whole poll)."""
+    queue = FileQueue(tmp_path)
+    queue.poll_interval = queue.watched_poll_interval = 3600.0
+    look = queue._claims.claim_next
+    looks = []
+
+    def look_while_a_put_comes():
+        found = look()
+        if not looks:  # the first, empty look: the put lands before it returns
+            looks.append(found)
+            queue.put({"n": 1})
+            return False
+        return found
+
+    monkeypatch.setattr(queue._claims, "claim_next", look_while_a_put_comes)
+    assert gevent.spawn(queue.get).get(timeout=5)["n"] == 1
+    assert looks == [False]
+
+
+@pytest.mark.timeout(10)
 def test_put_on_another_queue_object_of_the_same_directory_wakes_its_getter(tmp_path):
     consumer, producer = FileQueue(tmp_path), FileQueue(tmp_path)
     consumer.poll_interval = 3600.0
