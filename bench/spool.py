@@ -253,26 +253,31 @@ starved listener: every read (~70-140 notifications) then becomes a file of its 
 that work, mostly in the kernel (`python -m bench.spool_pipeline 60000 spool 0.001`), dominates;
 the hold does not apply there (nobody waits for a file), and waiting for more would add
 latency. That is also why the drain rates swing more than the memory queue's on this
-loaded machine (the min and max above). The drain with fsync off is CPU-bound as the
-memory queue's is (CPU time over wall time about the same), so its ratio follows the CPU
-per notification. With fsync on, each group file adds two fsyncs, spread over thousands
-of notifications by the group commit, but a reader that catches up with the writer waits
-for them: a run with both a low rate and a low CPU per notification is one that waited
-for the disk, which is what keeps fsync=on's margin over 0.5x thin.
+loaded machine (the min and max above). With fsync on, each group file adds two fsyncs,
+spread over thousands of notifications by the group commit, but a reader that catches up
+with the writer waits for them.
 
-The baseline moved under these figures: the same round made the memory queue cheaper too
-(the Notifications built through tuple's own constructor, the collector's young threshold
-at 2,000; see "Batch handlers" and "The memory-queue hand-off"). Its CPU per notification
-in this bench was 2.04 us on 2026-12-01, and 1.40, 1.56 and 2.08 us in three runs on
-2026-12-02 (in `make bench` started at 02:06 and 02:24 UTC, alone at 02:31); the spool's
-was 3.91 us before and 2.55-3.60 us in those runs. Three runs of the helper's against the
-memory queue as it was before that change gave fsync=off 0.61-0.67x and fsync=on
-0.51-0.64x; the three of 2026-12-02 gave 0.44x and 0.41x (02:06), 0.44x and 0.52x (02:24),
-0.65x and 0.64x (02:31): the drain rates, and even the CPU per notification, swing between
-runs minutes apart on this machine (see each row's min and max: a memory-queue run is
-either about 400,000/s or about 700,000/s), by more than the targets' margins. Where the
-spool misses, what is left above (the payloads' copies and split, the second
-Notification) is what a durable copy read back from a file needs.
+The fourth round (2026-12-02, later). A FileQueue keeps the columns of up to 2 group files
+it wrote and has not claimed yet (`instances/spool/readthrough.py`, at most 16 MiB), and its
+own first claim of one hands them out without reading and decoding the file (the rename
+stays the lock); a chunk's Notifications are built from the columns by the hot path's C
+constructor, untracked by the cyclic collector (`notifications_of`); a put while a getter
+looked at `incoming/` no longer goes unnoticed until the next put. Spool minus memory in
+the pipeline: 5,714 -> about 4,900 instructions in a burst, 7,070 -> 5,078 in a trickle;
+the whole drain: memory 10,359, spool 15,433, spool-fsync 15,236 instructions per
+notification (0.67x and 0.68x of the memory queue's), but the memory queue got faster in
+the same round (12,009 before), so the bar moved again. The drain with fsync off is no
+longer CPU-bound: its CPU per notification is 0.58-0.71x the memory queue's, its rate
+0.56-0.61x. A drain of 100,000 lasts about 180 ms, and the first notification reaches the
+handler 8 to 64 ms after the first was received (bench.sink's `first_handled_ms`; the
+memory queue's: 0.1 ms): the group file's write and the claim's rename and read are
+threadpool calls, and a trace of one drain shows each taking 7 to 60 ms while the hub is
+busy reading, where the call itself takes well under a millisecond. That wait, not the
+work per notification, is what keeps fsync=off under 0.6x in most runs: five runs on
+2026-12-02 after this round gave 0.61x, 0.57x, 0.58x, 0.56x and 0.56x (fsync=on 0.54x,
+0.54x, 0.55x, 0.52x, 0.54x). Two things tried and measured that did not help: a switch
+interval of 0.5 and 0.2 ms, and letting every eighth read of the notifier wait on its
+socket through the hub's loop instead of `gevent.sleep(0)`.
 The hub-stall row was a threadpool thread's doing, not the hub's: a thread computing
 while holding the GIL (sorting and merging the 100,000 names of a listing) convoys the hub,
 which waits a whole switch interval (5 ms) for the GIL again after each of its own system
