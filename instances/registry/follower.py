@@ -10,7 +10,11 @@ database use, no connection of its own) and reloads the registry:
 - on every ``catch_up`` the notifier gives it: after its subscribe and after every
   reconnect, so an edit made while this node was cut off is read as soon as it is back;
 - every ``interval`` seconds whatever happens (the fallback when notifications cannot
-  arrive, e.g. through a pooler that loses LISTEN).
+  arrive, e.g. through a pooler that loses LISTEN, or a standby, which refuses LISTEN);
+- while the registry is not read yet or its last reload failed, again after
+  ``retry_first`` (1 s), doubling up to ``interval``: a node started while its registry
+  was unavailable (a standby its table has not reached yet) reads it as soon as it can, and
+  a leader never plans for long without one.
 
 A reload that changes the specs calls the registry's ``on_change`` listeners (the
 supervisor's: a registry-changed request to its actor). A reload that fails is logged (a
@@ -40,6 +44,9 @@ class RegistryFollower:
 
     #: Notifications kept waiting (more start an overflow: one catch_up, one reload).
     queue_size = 64
+    #: Seconds before the first new try of a registry not read yet or failing (doubling
+    #: up to the interval).
+    retry_first = 1.0
 
     def __init__(self, registry, notifiers, interval):
         self.registry = registry
@@ -79,15 +86,22 @@ class RegistryFollower:
         return gevent.spawn(self._reload)
 
     def _run(self):
+        retry = self.retry_first
         while True:
+            # Unread or failing (a service started while its registry was unavailable, a
+            # standby without the table yet): again within retry_first seconds, doubling
+            # up to the interval, not only after a whole interval (a leader with an unread
+            # registry assigns nothing). Read: every interval, and on every NOTIFY.
+            failing = not self.registry.loaded or self.last_error is not None
             try:
-                self.queue.get(timeout=self.interval)
+                self.queue.get(timeout=min(retry, self.interval) if failing
+                               else self.interval)
             except gevent.queue.Empty:
                 if not self.subscription.is_alive():  # refused by the server: try again
                     self.subscription.start()
             while self.queue.qsize():
                 self.queue.get(block=False)
-            self._reload()
+            retry = self.retry_first if self._reload() else min(retry * 2, self.interval)
 
     def _reload(self):
         unread = not self.registry.loaded  # the service started while it was unavailable

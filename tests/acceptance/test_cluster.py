@@ -226,8 +226,16 @@ def test_a_node_on_a_standby_is_given_nothing_primary_only(pg_pair, cluster_node
         dsn_of=lambda i: database.dsn if i == 0 else standby.dsn_for("nodes"),
         run_on=lambda i: "primary" if i < 4 else "standby").start()
     expected = {"i%02d" % i: "n0" if i < 4 else "n1" for i in range(6)}
-    wait_for(lambda: {i: n for i, (n, _) in nodes.assignments().items()} == expected, 40,
-             0.2, "primary-only instances on n0, standby-only ones on n1")
+    try:
+        wait_for(lambda: {i: n for i, (n, _) in nodes.assignments().items()} == expected, 40,
+                 0.2, "primary-only instances on n0, standby-only ones on n1")
+    except AssertionError as error:  # say what the cluster saw (a rare failure in CI)
+        raise AssertionError("%s; assignments %r; nodes %r; logs %s" % (
+            error, nodes.assignments(),
+            database.execute("SELECT name, role, running FROM pgvisor.nodes"),
+            {name: [line for line in log.splitlines() if "action=cluster." in line
+                    or "role" in line or "ERROR" in line][-15:]
+             for name, log in nodes.logs().items()})) from None
     roles = dict(database.execute("SELECT name, role FROM pgvisor.nodes"))
     assert roles == {"n0": "primary", "n1": "standby"}
     primaries = ["i%02d" % i for i in range(4)]
