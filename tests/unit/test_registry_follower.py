@@ -6,6 +6,7 @@ import pytest
 
 from instances.registry.desired import RegistryUnavailable
 from instances.registry.follower import RegistryFollower
+from supervisor.testing import holds, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -54,12 +55,9 @@ def test_an_unread_registry_is_read_again_within_seconds_then_every_interval(fai
     follower.last_error = follower._told = None
     glet = gevent.spawn(follower._run)
     try:
-        deadline = gevent.Timeout(5)
-        with deadline:
-            while not registry.loaded:
-                gevent.sleep(0.01)
+        wait_for(lambda: registry.loaded, 5, message="the registry was not read again")
         assert registry.reloads == failures + 1 and follower.last_error is None
-        gevent.sleep(0.3)  # read: the next look is an interval away
-        assert registry.reloads == failures + 1
+        assert holds(lambda: registry.reloads == failures + 1, 0.3, 0.01,
+                     "read: the next look is an interval away")
     finally:
         glet.kill()
