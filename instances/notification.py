@@ -128,6 +128,7 @@ except ImportError:  # the same in Python: correct, and about a tenth slower on 
 #: and numbers: never in a reference cycle) out of the cyclic collector's walks.
 ACCELERATED = _fill is not None
 
+
 def notifications_of(rows):
     """A list of Notifications, one per row of ``rows`` (an iterable of tuples of the six
     fields in order: channel, payload, kind, pid, received_at, id): ``list(map(
