@@ -14,7 +14,10 @@ database use, no connection of its own) and reloads the registry:
 - while the registry is not read yet or its last reload failed, again after
   ``retry_first`` (1 s), doubling up to ``interval``: a node started while its registry
   was unavailable (a standby its table has not reached yet) reads it as soon as it can, and
-  a leader never plans for long without one.
+  a leader never plans for long without one;
+- every ``unfollowed_poll`` (5 s) while its subscription is not connected (a standby
+  refuses LISTEN: without it a standby's node saw the rows replicated after its first
+  read only an interval later).
 
 A reload that changes the specs calls the registry's ``on_change`` listeners (the
 supervisor's: a registry-changed request to its actor). A reload that fails is logged (a
@@ -47,6 +50,9 @@ class RegistryFollower:
     #: Seconds before the first new try of a registry not read yet or failing (doubling
     #: up to the interval).
     retry_first = 1.0
+    #: Seconds between two reloads while the subscription is not connected (no NOTIFY can
+    #: tell of an edit: a standby, a refused LISTEN).
+    unfollowed_poll = 5.0
 
     def __init__(self, registry, notifiers, interval):
         self.registry = registry
@@ -92,10 +98,13 @@ class RegistryFollower:
             # standby without the table yet): again within retry_first seconds, doubling
             # up to the interval, not only after a whole interval (a leader with an unread
             # registry assigns nothing). Read: every interval, and on every NOTIFY.
+            # Not following (no LISTEN: a standby refuses it): no NOTIFY tells of an edit,
+            # so look every unfollowed_poll seconds (one row read when nothing changed).
             failing = not self.registry.loaded or self.last_error is not None
+            timeout = (retry if failing else self.interval if self.subscription.connected
+                       else self.unfollowed_poll)
             try:
-                self.queue.get(timeout=min(retry, self.interval) if failing
-                               else self.interval)
+                self.queue.get(timeout=min(timeout, self.interval))
             except gevent.queue.Empty:
                 if not self.subscription.is_alive():  # refused by the server: try again
                     self.subscription.start()

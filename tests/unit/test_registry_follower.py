@@ -31,7 +31,7 @@ class _Registry:
 
 
 class _Subscription:
-    connected = False
+    connected = True
 
     def is_alive(self):
         return True
@@ -59,5 +59,23 @@ def test_an_unread_registry_is_read_again_within_seconds_then_every_interval(fai
         assert registry.reloads == failures + 1 and follower.last_error is None
         assert holds(lambda: registry.reloads == failures + 1, 0.3, 0.01,
                      "read: the next look is an interval away")
+    finally:
+        glet.kill()
+
+
+def test_a_registry_without_notifications_is_read_every_unfollowed_poll():
+    """A standby refuses LISTEN: rows replicated after the first read must not wait an
+    interval (a leader on a standby planned nothing for a whole interval)."""
+    registry = _Registry(0)
+    follower = RegistryFollower.__new__(RegistryFollower)
+    follower.registry, follower.interval = registry, 3600.0
+    follower.retry_first, follower.unfollowed_poll = 0.05, 0.05
+    follower.queue, follower.subscription = gevent.queue.Queue(), _Subscription()
+    follower.subscription.connected = False
+    follower.reloads = follower.changes = 0
+    follower.last_error = follower._told = None
+    glet = gevent.spawn(follower._run)
+    try:
+        wait_for(lambda: registry.reloads >= 3, 5, message="not read again while unfollowed")
     finally:
         glet.kill()
