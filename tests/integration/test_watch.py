@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import gevent
 import gevent.event
@@ -156,19 +155,32 @@ def test_stop_drops_names_still_being_debounced(tmp_path):
     assert recorder.no_call(1.0)
 
 
+WRITER = textwrap.dedent("""
+    import sys, time
+    created, deadline = 0, time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        with open("%s/f%04d" % (sys.argv[1], created), "w") as f:
+            f.write("x")
+        created += 1
+    print(created)
+""")
+
+
 def test_the_hub_keeps_running_while_files_change(tmp_path):
     """The property is the worst stall of the hub (HubHeartbeat: less the time the kernel
     ran other processes), with the gap ending after the last delivery measured; a count of
-    heartbeat ticks is a timing figure that two busy cores broke at random (issue 16)."""
+    heartbeat ticks is a timing figure that two busy cores broke at random (issue 16).
+
+    The files change in another process, as a failover's do (pg_ctl, an operator): written
+    by the test on the hub, a create that waited for the file system's journal (another
+    test's fsync) counted as the watcher's stall."""
     recorder = Recorder()
     with FileWatcher(tmp_path, None, recorder, debounce=0.05):
         beat = HubHeartbeat(0.005).start()
-        created = 0
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            write(tmp_path / ("f%04d" % created))
-            created += 1
-            gevent.idle()  # let the heartbeat and deliveries run between files
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "1.0"],
+                                capture_output=True, text=True, timeout=DEADLINE * 2)
+        assert writer.returncode == 0, writer.stderr
+        created = int(writer.stdout)
         expected = {"f%04d" % i for i in range(created)}
         wait_for(lambda: set().union(*recorder.calls) == expected, timeout=DEADLINE,
                  message="every created file reported")
@@ -180,7 +192,7 @@ def test_the_hub_keeps_running_while_files_change(tmp_path):
     # watchdog's observer is a real thread competing for the GIL: on a loaded machine a
     # holder the kernel preempts keeps the hub waiting a scheduler slice (53 ms seen at
     # load 10). A hub that waited on the observer (the defect) stalls for the whole second.
-    assert beat.max_stall < 0.15, "hub blocked for %.3f s" % beat.max_stall
+    assert beat.max_stall < 0.15, "hub blocked for %.3f s: %s" % (beat.max_stall, beat.worst)
 
 
 def test_for_file_sees_an_atomic_replace(tmp_path):
