@@ -21,7 +21,7 @@ only renamed, and a batch given back in parts gets new names), so a file of that
 size is what this queue wrote; one corrupted on disk without changing its size is not
 noticed (our copy is handed out: it is what we wrote).
 
-Bound: at most :attr:`~instances.spool.FileQueue.read_cache_files` files (2) and
+Bound: at most :attr:`~instances.spool.FileQueue.read_cache_files` files (16) and
 :attr:`~instances.spool.FileQueue.read_cache_bytes` (16 MiB) of their estimated memory
 (the file's size plus 100 bytes per message: a payload's ``str`` and its slot, a time's
 ``float``); a file that does not fit is not kept (nor its batch made), and neither is any
