@@ -117,10 +117,11 @@ class _Made(_TupleNew, Notification):
 Notification.from_fields = staticmethod(_Made)
 
 try:  # the C part of the hot path (setup.py builds it where a C compiler is at hand)
+    from instances._hotpath import columns as _columns
     from instances._hotpath import fill as _fill
     from instances._hotpath import rows as _rows
 except ImportError:  # the same in Python: correct, and about a tenth slower on the drain
-    _fill = _rows = None
+    _fill = _rows = _columns = None
 
 #: True where :meth:`Notification.from_notifies` runs in C (``instances/_hotpath.c``); the
 #: Notifications are the same either way (tested), only the cost differs: the C part
@@ -139,6 +140,18 @@ def notifications_of(rows):
     made = []
     _rows(made, rows, _Made)
     return made
+
+
+def fields_of(notifications):
+    """The six fields of the list ``notifications`` (tuples of six) as six sequences, in
+    order: ``list(zip(*notifications, strict=True))``, lists in one C call where the C
+    part is built (a spool's group commit writes a read's fields column by column); a
+    ValueError for an item that is not a tuple of six."""
+    if not notifications:
+        return [()] * len(_FIELDS)
+    if _columns is None or type(notifications) is not list:
+        return list(zip(*notifications, strict=True))
+    return _columns(notifications)
 
 
 #: The exact types of the Notifications pgvisor makes and handles: what its hot paths

@@ -55,7 +55,13 @@ import operator
 import struct
 import sys
 
-from instances.notification import _FIELDS, NOTIFICATION_TYPES, Notification, notifications_of
+from instances.notification import (
+    _FIELDS,
+    NOTIFICATION_TYPES,
+    Notification,
+    fields_of,
+    notifications_of,
+)
 from instances.spool import names
 
 #: The key (and the field list) of a batch stored as columns.
@@ -87,8 +93,9 @@ def encode_batch(items):
 
 
 def columns_of(items):
-    """The fields of Notifications ``items`` as six sequences (at C speed)."""
-    return list(zip(*items, strict=True)) if items else [()] * len(_FIELDS)
+    """The fields of Notifications ``items`` as six sequences (at C speed:
+    :func:`~instances.notification.fields_of`)."""
+    return fields_of(items)
 
 
 def encode_columns(parts, count, base=None, joined=True):

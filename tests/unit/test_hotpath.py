@@ -120,6 +120,43 @@ def test_rows_become_the_notifications_from_fields_makes(monkeypatch, fast):
     assert all(gc.is_tracked(n) is not fast for n in made)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_fields_of_gives_the_columns_zip_gives(monkeypatch, fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        monkeypatch.setattr(notification, "_columns", None)
+    made = list(Notification.from_notifies(_notifies(), 1.5))
+    columns = notification.fields_of(made)
+    assert len(columns) == 6
+    assert [list(c) for c in columns] == [list(c) for c in zip(*made, strict=True)]
+    assert all(type(c) is (list if fast else tuple) for c in columns)
+    assert columns[1][3] is made[3].payload  # the same objects, not copies
+    assert notification.fields_of([]) == [()] * 6
+    with pytest.raises(ValueError):
+        notification.fields_of([made[0], ("ch", "short")])
+
+
+@accelerated
+def test_columns_leaks_nothing_and_refuses_what_is_not_a_list_of_six_tuples():
+    from instances._hotpath import columns
+    payload = "a column's payload %d" % os.getpid()
+    items = [("ch", payload, "notify", 1, 1.0, None)] * 3
+    before = sys.getrefcount(payload)
+    got = columns(items)
+    assert sys.getrefcount(payload) == before + 3
+    assert got[1] == [payload] * 3 and got[5] == [None] * 3
+    del got, items
+    before = sys.getrefcount(payload)
+    with pytest.raises(ValueError, match="item 1 is not a tuple of 6 fields"):
+        columns([("ch", payload, "notify", 1, 1.0, None), ["ch", payload, "x", 1, 1.0, None]])
+    assert sys.getrefcount(payload) == before
+    with pytest.raises(TypeError, match="must be a list"):
+        columns(iter([]))
+    assert notification.fields_of(tuple(Notification.from_notifies(_notifies(), 1.5)))[3] \
+        == (100, 101, 102, 103)  # a sequence that is no list takes the Python code
+
+
 @accelerated
 def test_rows_refuses_a_row_of_another_size_and_leaks_nothing():
     from instances._hotpath import rows
