@@ -250,6 +250,43 @@ hotpath_columns(PyObject *module, PyObject *items)
     return result;
 }
 
+/* of_types(values, types): whether the exact type of every value of the list or tuple
+ * ``values`` is one of the tuple ``types`` (no subclass; True for none): what a spool's
+ * columns are checked with, a type comparison per value instead of a list of types. */
+static PyObject *
+hotpath_of_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *values, *types, **items, **kinds;
+    Py_ssize_t n, nkinds, j, k;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "of_types() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    values = args[0];
+    types = args[1];
+    if (!PyList_Check(values) && !PyTuple_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "of_types(): values must be a list or a tuple");
+        return NULL;
+    }
+    if (!PyTuple_Check(types)) {
+        PyErr_SetString(PyExc_TypeError, "of_types(): types must be a tuple");
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(values);
+    items = PySequence_Fast_ITEMS(values);
+    nkinds = PyTuple_GET_SIZE(types);
+    kinds = &PyTuple_GET_ITEM(types, 0);
+    for (j = 0; j < n; j++) {
+        PyObject *kind = (PyObject *)Py_TYPE(items[j]);
+        for (k = 0; k < nkinds; k++) {
+            if (kinds[k] == kind) break;
+        }
+        if (k == nkinds) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef hotpath_methods[] = {
     {"fill", (PyCFunction)(void (*)(void))hotpath_fill, METH_FASTCALL,
      "fill(out, notifies, received_at, channel, cls, kind): append one cls per notify."},
@@ -257,6 +294,8 @@ static PyMethodDef hotpath_methods[] = {
      "rows(out, rows, cls): append one cls per row of six fields."},
     {"columns", (PyCFunction)hotpath_columns, METH_O,
      "columns(items): the six fields of the tuples in the list items, as six lists."},
+    {"of_types", (PyCFunction)(void (*)(void))hotpath_of_types, METH_FASTCALL,
+     "of_types(values, types): whether every value's exact type is in the tuple types."},
     {NULL, NULL, 0, NULL}
 };
 

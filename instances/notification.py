@@ -119,9 +119,10 @@ Notification.from_fields = staticmethod(_Made)
 try:  # the C part of the hot path (setup.py builds it where a C compiler is at hand)
     from instances._hotpath import columns as _columns
     from instances._hotpath import fill as _fill
+    from instances._hotpath import of_types as _of_types
     from instances._hotpath import rows as _rows
 except ImportError:  # the same in Python: correct, and about a tenth slower on the drain
-    _fill = _rows = _columns = None
+    _fill = _rows = _columns = _of_types = None
 
 #: True where :meth:`Notification.from_notifies` runs in C (``instances/_hotpath.c``); the
 #: Notifications are the same either way (tested), only the cost differs: the C part
@@ -152,6 +153,20 @@ def fields_of(notifications):
     if _columns is None or type(notifications) is not list:
         return list(zip(*notifications, strict=True))
     return _columns(notifications)
+
+
+def of_types(values, types):
+    """Whether the exact type of every value of the list or tuple ``values`` is one of the
+    tuple ``types`` (a subclass is not; True for none): one C call where the C part is
+    built, else a count of the types (``set(map(type, ...))`` costs twice as much)."""
+    if _of_types is not None:
+        return _of_types(values, types)
+    kinds, left = list(map(type, values)), len(values)
+    for kind in types:  # the usual type first: alone, it ends the loop
+        left -= kinds.count(kind)
+        if not left:
+            break
+    return not left
 
 
 #: The exact types of the Notifications pgvisor makes and handles: what its hot paths

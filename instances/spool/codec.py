@@ -61,6 +61,7 @@ from instances.notification import (
     Notification,
     fields_of,
     notifications_of,
+    of_types,
 )
 from instances.spool import names
 
@@ -71,6 +72,7 @@ ROWS = "pgvisor_rows"
 _ROW_FIELDS = list(_FIELDS)
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _BIG_ENDIAN = sys.byteorder == "big"
+_FLOAT = (float,)
 #: The types each Notification field may have in a stored batch, the usual one first:
 #: exactly what a file gives back (JSON and the appended section make a str, an int, a
 #: float or None of a value).
@@ -128,7 +130,7 @@ def encode_joined(columns, count, base=None, joined=True):
         columns[1] = {"appended": len(payloads)}
         appended.append(payloads)
     times = columns[4]
-    if type(times) is not dict and list(map(type, times)).count(float) == count:
+    if type(times) is not dict and of_types(times, _FLOAT):
         columns[4] = {"float64": 8 * count}
         appended.append(struct.pack("<%dd" % count, *times))  # little-endian doubles
     document = {COLUMNS: _ROW_FIELDS, "count": count, "columns": columns}
@@ -154,12 +156,7 @@ def written_batch(columns, count, base):
                 return None
             kept.append(_Same(column["same"], count))
             continue
-        kinds, left = list(map(type, column)), count
-        for kind in types:  # a count by identity; the usual type first, alone in the end
-            left -= kinds.count(kind)
-            if not left:
-                break
-        if left:
+        if not of_types(column, types):
             return None
         kept.append(column)
     return _batch(kept, columns[5], count, base)
@@ -196,7 +193,7 @@ def _column(pieces):
     first = pieces[0][0]
     if all(piece.count(first) == len(piece) for piece in pieces) and (
             type(first) is str or first is None or
-            all(list(map(type, piece)).count(type(first)) == len(piece) for piece in pieces)):
+            all(of_types(piece, (type(first),)) for piece in pieces)):
         return {"same": first}
     return pieces[0] if len(pieces) == 1 else list(itertools.chain.from_iterable(pieces))
 
@@ -204,10 +201,8 @@ def _column(pieces):
 def all_notifications(items):
     """Whether every item of the list ``items`` is a Notification (then columns can hold
     them): one of :data:`~instances.notification.NOTIFICATION_TYPES`, no other subclass;
-    False for none. (A count of the types: ``set(map(type, ...))`` costs twice as much
-    per item.)"""
-    types = list(map(type, items))
-    return bool(types) and sum(map(types.count, NOTIFICATION_TYPES)) == len(types)
+    False for none."""
+    return bool(items) and of_types(items, NOTIFICATION_TYPES)
 
 
 def as_dict(item):

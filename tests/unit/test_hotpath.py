@@ -157,6 +157,40 @@ def test_columns_leaks_nothing_and_refuses_what_is_not_a_list_of_six_tuples():
         == (100, 101, 102, 103)  # a sequence that is no list takes the Python code
 
 
+class _Text(str):
+    """A str subclass: not of type str for of_types."""
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_of_types_compares_exact_types(monkeypatch, fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        monkeypatch.setattr(notification, "_of_types", None)
+    of_types = notification.of_types
+    assert of_types(["a", "b"], (str,)) and of_types(("a", None), (str, type(None)))
+    assert not of_types(["a", _Text("b")], (str,))  # a subclass is not its base
+    assert not of_types([1.0, 2], (float,)) and of_types([1.0, 2], (float, int))
+    assert not of_types([True], (int,))  # bool is an int subclass: a bool pid is refused
+    assert of_types([], (str,)) and of_types((), ())
+    assert not of_types([1], ())
+    made = Notification.from_notifies(_notifies(), 1.5)
+    assert of_types(made, notification.NOTIFICATION_TYPES)
+    assert not of_types(made + [("ch", "p", "notify", 1, 1.0, None)],
+                        notification.NOTIFICATION_TYPES)
+
+
+@accelerated
+def test_of_types_refuses_what_it_cannot_check():
+    from instances._hotpath import of_types
+    with pytest.raises(TypeError, match="a list or a tuple"):
+        of_types(iter([]), (str,))
+    with pytest.raises(TypeError, match="types must be a tuple"):
+        of_types([], [str])
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        of_types([])
+
+
 @accelerated
 def test_rows_refuses_a_row_of_another_size_and_leaks_nothing():
     from instances._hotpath import rows
