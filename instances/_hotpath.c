@@ -287,6 +287,85 @@ hotpath_of_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* take(out, sources, offsets, count, cls): append to the list ``out`` ``count`` cls of six
+ * fields, untracked as above: field i of row j is sources[i][offsets[i] + j] (a list or a
+ * tuple), or sources[i] itself where offsets[i] is negative (a column of one value). A
+ * spool's chunk, built from its columns without slicing or zipping them. */
+static PyObject *
+hotpath_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *out, *sources, *offsets, *src[6];
+    PyTypeObject *cls;
+    Py_ssize_t count, off[6], i, j;
+
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "take() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    out = args[0];
+    sources = args[1];
+    offsets = args[2];
+    cls = (PyTypeObject *)args[4];
+    if (!PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "take(): out must be a list");
+        return NULL;
+    }
+    if (!PyTuple_Check(sources) || PyTuple_GET_SIZE(sources) != 6
+            || !PyTuple_Check(offsets) || PyTuple_GET_SIZE(offsets) != 6) {
+        PyErr_SetString(PyExc_TypeError, "take(): sources and offsets must be tuples of 6");
+        return NULL;
+    }
+    if (!PyType_Check(args[4]) || !PyType_IsSubtype(cls, &PyTuple_Type)
+            || cls == &PyTuple_Type) {
+        PyErr_SetString(PyExc_TypeError, "take(): cls must be a subtype of tuple");
+        return NULL;
+    }
+    count = PyLong_AsSsize_t(args[3]);
+    if (count == -1 && PyErr_Occurred()) return NULL;
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "take(): count must not be negative");
+        return NULL;
+    }
+    for (i = 0; i < 6; i++) {
+        src[i] = PyTuple_GET_ITEM(sources, i);
+        off[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
+        if (off[i] == -1 && PyErr_Occurred()) return NULL;
+        if (off[i] >= 0 && !PyList_Check(src[i]) && !PyTuple_Check(src[i])) {
+            PyErr_Format(PyExc_TypeError, "take(): column %zd is not a list or a tuple", i);
+            return NULL;
+        }
+    }
+    for (j = 0; j < count; j++) {
+        int atomic = 1;
+        PyObject *made = cls->tp_alloc(cls, 6);
+        if (!made) return NULL;
+        for (i = 0; i < 6; i++) {
+            PyObject *field = src[i];
+            if (off[i] >= 0) {
+                /* checked per row: an allocation may collect, and a finalizer change a list */
+                if (off[i] + j >= PySequence_Fast_GET_SIZE(src[i])) {
+                    PyErr_Format(PyExc_ValueError, "take(): column %zd has %zd values, "
+                                 "row %zd wanted", i, PySequence_Fast_GET_SIZE(src[i]),
+                                 off[i] + j);
+                    Py_DECREF(made);
+                    return NULL;
+                }
+                field = PySequence_Fast_ITEMS(src[i])[off[i] + j];
+            }
+            Py_INCREF(field);
+            PyTuple_SET_ITEM(made, i, field);
+            if (PyObject_IS_GC(field)) atomic = 0;
+        }
+        if (atomic) PyObject_GC_UnTrack(made);
+        if (PyList_Append(out, made) < 0) {
+            Py_DECREF(made);
+            return NULL;
+        }
+        Py_DECREF(made);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef hotpath_methods[] = {
     {"fill", (PyCFunction)(void (*)(void))hotpath_fill, METH_FASTCALL,
      "fill(out, notifies, received_at, channel, cls, kind): append one cls per notify."},
@@ -294,6 +373,8 @@ static PyMethodDef hotpath_methods[] = {
      "rows(out, rows, cls): append one cls per row of six fields."},
     {"columns", (PyCFunction)hotpath_columns, METH_O,
      "columns(items): the six fields of the tuples in the list items, as six lists."},
+    {"take", (PyCFunction)(void (*)(void))hotpath_take, METH_FASTCALL,
+     "take(out, sources, offsets, count, cls): append count cls built from columns."},
     {"of_types", (PyCFunction)(void (*)(void))hotpath_of_types, METH_FASTCALL,
      "of_types(values, types): whether every value's exact type is in the tuple types."},
     {NULL, NULL, 0, NULL}

@@ -121,8 +121,9 @@ try:  # the C part of the hot path (setup.py builds it where a C compiler is at 
     from instances._hotpath import fill as _fill
     from instances._hotpath import of_types as _of_types
     from instances._hotpath import rows as _rows
+    from instances._hotpath import take as _take
 except ImportError:  # the same in Python: correct, and about a tenth slower on the drain
-    _fill = _rows = _columns = _of_types = None
+    _fill = _rows = _columns = _of_types = _take = None
 
 #: True where :meth:`Notification.from_notifies` runs in C (``instances/_hotpath.c``); the
 #: Notifications are the same either way (tested), only the cost differs: the C part
@@ -141,6 +142,20 @@ def notifications_of(rows):
     made = []
     _rows(made, rows, _Made)
     return made
+
+
+def notifications_from(sources, offsets, count):
+    """``count`` Notifications from six columns: field ``i`` of the ``j``-th is
+    ``sources[i][offsets[i] + j]`` (a list or a tuple), or ``sources[i]`` itself where
+    ``offsets[i]`` is negative (every Notification has that value). One C call where the
+    C part is built, without slicing or zipping the columns (a spool's chunk)."""
+    if _take is not None:
+        made = []
+        _take(made, tuple(sources), tuple(offsets), count, _Made)
+        return made
+    return notifications_of(zip(*[
+        repeat(source, count) if offset < 0 else source[offset:offset + count]
+        for source, offset in zip(sources, offsets, strict=True)], strict=True))
 
 
 def fields_of(notifications):

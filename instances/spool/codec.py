@@ -60,7 +60,7 @@ from instances.notification import (
     NOTIFICATION_TYPES,
     Notification,
     fields_of,
-    notifications_of,
+    notifications_from,
     of_types,
 )
 from instances.spool import names
@@ -428,8 +428,8 @@ def _batch(columns, ids, count, base):
 
 class Columns(collections.abc.Sequence):
     """The Notifications of one columns batch, kept as its six checked columns and built
-    when asked for: ``batch[first:end]`` is a list of new Notifications (at C speed: a
-    slice of each column, ``zip``, :func:`~instances.notification.notifications_of`),
+    when asked for: ``batch[first:end]`` is a list of new Notifications (at C speed: one
+    call of :func:`~instances.notification.notifications_from` reads the columns in place),
     ``batch[index]`` one. Built by the C part (``instances/_hotpath.c``) they are not
     tracked by the cyclic collector at all.
 
@@ -454,8 +454,7 @@ class Columns(collections.abc.Sequence):
             first, end, step = key.indices(self._count)
             if step != 1:
                 return [self[i] for i in range(first, end, step)]
-            return notifications_of(  # the hot path's constructor, in C where built
-                zip(*[column[first:end] for column in self._columns], strict=True))
+            return self._take(first, max(0, end - first))
         index = operator.index(key)
         if index < 0:
             index += self._count
@@ -465,6 +464,23 @@ class Columns(collections.abc.Sequence):
 
     def __iter__(self):
         return iter(self[:])
+
+    def _take(self, first, count):
+        """Notifications ``first`` .. ``first + count - 1`` (the hot path's constructor:
+        :func:`~instances.notification.notifications_from`, in C where built)."""
+        sources, offsets = [], []
+        for column in self._columns:
+            kind = type(column)
+            if kind is _Same:
+                sources.append(column.value)
+                offsets.append(-1)
+            elif kind is list or kind is tuple:
+                sources.append(column)
+                offsets.append(first)
+            else:  # the ids of _Ids, made for the slice; any other sequence, sliced
+                sources.append(list(column[first:first + count]))
+                offsets.append(0)
+        return notifications_from(sources, offsets, count)
 
     def __repr__(self):
         return "<Columns of %d notifications>" % self._count

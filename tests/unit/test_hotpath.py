@@ -248,3 +248,56 @@ def test_a_spools_chunk_is_built_by_the_same_constructor():
     assert chunk == [Notification.from_fields(("ch", p, "notify", pid, t, i))
                      for p, pid, t, i in (("2", 6, 2.0, "m#1"), ("3", 7, 3.0, "m#2"))]
     assert all(gc.is_tracked(n) is not notification.ACCELERATED for n in chunk)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_notifications_from_reads_columns_in_place_and_repeats_one_value(monkeypatch, fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:  # the Python code all the way
+        monkeypatch.setattr(notification, "_take", None)
+        monkeypatch.setattr(notification, "_rows", None)
+    payloads, times = ["p0", "p1", "p2", "p3"], (1.0, 2.0, 3.0, 4.0)
+    made = notification.notifications_from(
+        ["ch", payloads, "notify", 7, times, ["m#2", "m#3"]], [-1, 2, -1, -1, 2, 0], 2)
+    assert made == [Notification.from_fields(("ch", "p2", "notify", 7, 3.0, "m#2")),
+                    Notification.from_fields(("ch", "p3", "notify", 7, 4.0, "m#3"))]
+    assert {type(n) for n in made} == {type(Notification.from_fields(tuple(made[0])))}
+    assert made[0].payload is payloads[2]  # the column's own objects
+    assert all(gc.is_tracked(n) is not fast for n in made)
+    assert notification.notifications_from([None] * 6, [-1] * 6, 0) == []
+    with pytest.raises(ValueError):  # a column shorter than the rows asked for
+        notification.notifications_from(["ch", payloads, "notify", 7, times, ["m#2"]],
+                                        [-1, 2, -1, -1, 2, 0], 2)
+
+
+@accelerated
+def test_take_leaks_nothing_and_refuses_what_it_cannot_build():
+    from instances._hotpath import take
+    payload = "a taken payload %d" % os.getpid()
+    column = [payload, payload]
+    before = sys.getrefcount(payload)
+    out = []
+    take(out, (payload, column, "k", 1, 1.0, None), (-1, 0, -1, -1, -1, -1), 2,
+         notification._Made)
+    assert len(out) == 2 and sys.getrefcount(payload) == before + 4
+    del out
+    assert sys.getrefcount(payload) == before
+    out = []
+    with pytest.raises(ValueError, match="column 1 has 2 values, row 2 wanted"):
+        take(out, ("ch", column, "k", 1, 1.0, None), (-1, 1, -1, -1, -1, -1), 2,
+             notification._Made)
+    assert len(out) == 1
+    del out
+    assert sys.getrefcount(payload) == before
+    sources, offsets = ("ch", column, "k", 1, 1.0, None), (-1, 0, -1, -1, -1, -1)
+    with pytest.raises(TypeError, match="column 0 is not a list or a tuple"):
+        take([], sources, (0,) + offsets[1:], 1, notification._Made)
+    with pytest.raises(TypeError, match="tuples of 6"):
+        take([], list(sources), offsets, 1, notification._Made)
+    with pytest.raises(TypeError, match="subtype of tuple"):
+        take([], sources, offsets, 1, tuple)
+    with pytest.raises(ValueError, match="must not be negative"):
+        take([], sources, offsets, -1, notification._Made)
+    with pytest.raises(TypeError, match="out must be a list"):
+        take((), sources, offsets, 1, notification._Made)
