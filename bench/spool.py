@@ -285,7 +285,31 @@ calls. It swung from 27 to 90 ms on a quiet machine; with that work paused 0.5 m
 2 ms (`instances.spool.offload.paced`) it measured 5.6, 6.3, 6.7 and 13.2 ms quiet and
 12.4, 20.1 and 33.0 ms with two busy loops on the two CPUs (`.ci/under-load -n 2 --
 python -m gevent.monkey --module bench.spool hub --files 100000 --seconds 5`), the rest
-under load being a pool thread descheduled while it holds the GIL."""
+under load being a pool thread descheduled while it holds the GIL.
+
+The fifth round (2026-12-02, the next session). The read-through cache kept only 2 files:
+a drain of 100,000 writes 14 or 15, the reader behind the writer, so 13 were read back and
+decoded (364 instructions per notification in `str.split` alone); it keeps 16 now, its
+16 MiB bound unchanged, and every file of that burst is served from memory. Three more
+functions of the hot path's C part (`instances/_hotpath.c`): `columns` (a read's fields
+as six lists for the group commit, instead of `zip(*items)`), `of_types` (the type checks
+of the columns and of `all_notifications`, one pass instead of `list(map(type, ...))` and
+counts) and `take` (a chunk's Notifications read from the columns in place, no slices and
+no zip). The whole drain: spool 15,460 -> 13,494 instructions per notification, memory
+queue 10,362 (0.77x). What callgrind does not count is the kernel: `perf stat` of whole
+contender processes gives the spool 80-90 ms more system time than the memory queue per
+100,000 (the file's 14 MB into the page cache and out again at the unlink, the renames, the
+pool threads' futex wake-ups), about 0.8 us per notification, as much as the memory queue
+spends in all. So the spool's CPU per notification is 0.55-0.75x the memory queue's where
+its instructions are 0.77x, and with the first notification handled 15-50 ms after the
+first was received (two or three threadpool calls while the hub reads), its drain rate is
+0.55-0.70x. The machine's two modes move both queues together but not in step within one
+interleaved round (the memory queue ran at 0.84 and at 1.59 us per notification within
+five runs): the median moves around the 0.6x bar from run to run. Tried and measured again
+without effect: a switch interval of 1 and 0.2 ms; glibc's malloc kept from returning
+memory (`GLIBC_TUNABLES` mmap and trim thresholds). Pinned to one CPU (`taskset`), the
+spool's CPU per notification was steadier (1.35-1.74 us against 1.33-2.95 unpinned): the
+pool threads and the hub on two CPUs cost cross-CPU wake-ups."""
 
 
 def _n(value):
