@@ -24,6 +24,11 @@ being handed out. A file the queue's :class:`~instances.spool.readthrough.ReadTh
 kept is renamed all the same, then handed out from the kept messages when it has the size
 written (its first delivery: only such names are kept), else read.
 
+A file the queue's own group commit wrote while a getter waited with nothing to claim is
+written straight into ``pending/<owner>/`` and taken here at once (:meth:`Claims.idle`,
+:meth:`Claims.take_written`): claimed at birth, with no listing and no rename, and left by a
+crash or a stop exactly as a claimed file is.
+
 Bookkeeping in runs: the messages ready to hand out are kept as runs of one claimed file
 (``[claim, first, end]``), a chunk handed out is one :class:`_Chunk` per file it spans, and
 ``done_many`` settles a run of a file at once (a slice of its outcome bytes): profiling the
@@ -120,6 +125,8 @@ class Claims:
         self._handed_out = {}  # id(item) -> (item, claim, index), handed out one by one
         self._held = {}  # greenlet -> deque of the _Chunks handed out to it
         self._listing = None  # an Event while a greenlet lists incoming/
+        #: Files the queue's writer put straight into this reader's claims.
+        self.direct = 0
 
     def __len__(self):
         """Messages claimed and decoded but not handed out yet."""
@@ -144,6 +151,25 @@ class Claims:
         while not self._ready:
             if not self._claim_some():
                 return False
+        return True
+
+    def idle(self):
+        """Whether nothing is ready, known or being listed: a reader that waits now waits
+        for a new file (its own queue's writer may put one straight into its claims:
+        :meth:`take_written`)."""
+        return not (self.closed or self._ready or self._known or self._listing is not None)
+
+    def take_written(self, name, size, batch):
+        """The file ``name`` (``size`` bytes, its messages ``batch`` as decoding it gives
+        them) was just written straight into ``pending/<owner>/`` for this reader, claimed
+        at birth: its messages become ready, as a claim's of ``incoming/`` would. After
+        :meth:`close` it goes to ``incoming/`` instead (in the threadpool), unclaimed."""
+        if self.closed:
+            offload.call(_give_back, os.path.join(self.pending_dir, name),
+                         os.path.join(self.incoming, name))
+            return False
+        self.direct += 1
+        self._take_file(name, size, _UNREAD, (size, batch))
         return True
 
     def _hand_out(self):

@@ -163,6 +163,9 @@ class FileQueue:
         pending = os.path.join(self.directory, "pending", self.owner)
         layout.make_dir(pending, mode)
         self.writer = SpoolWriter(self.directory, self.owner, self.fsync, file_mode)
+        #: Where the group commit writes a file for this queue's waiting reader.
+        self._pending = os.path.join("pending", self.owner)
+        self.writer.add_target(self._pending)
         self._out = None
         if output is not None:
             layout.make_dirs(output.directory, mode)
@@ -294,7 +297,9 @@ class FileQueue:
 
     def _commit_groups(self):
         """The group writer: each group in turn as ONE columns file, in the threadpool;
-        its messages kept in the read-through cache for this queue's reader."""
+        its messages kept in the read-through cache for this queue's reader, or, when a
+        getter waits with nothing to claim, the file written straight into its claims
+        (``pending/<owner>/``: claimed at birth, see :mod:`instances.spool.claims`)."""
         backlog = self._backlog
         try:
             while self._groups:
@@ -305,9 +310,13 @@ class FileQueue:
                     columns = codec.joined_columns(group.parts, count)
                     data = codec.encode_joined(columns, count, group.base, joined=False)
                     size = sum(map(len, data))
+                    direct = self.waiting and self._claims.idle()
                     batch = codec.written_batch(columns, count, group.base) \
-                        if self.reading and self.readthrough.fits(size, count) else None
-                    name = self.writer.write(self._checked(data, size), count=count)
+                        if direct or (self.reading and self.readthrough.fits(size, count)) \
+                        else None
+                    direct = direct and batch is not None
+                    name = self.writer.write(self._checked(data, size), count=count,
+                                             target=self._pending if direct else "incoming")
                 except Exception as error:
                     self._group_failed = True
                     backlog.left(1, count, group.estimate)
@@ -316,10 +325,13 @@ class FileQueue:
                               count, error, extra={"action": "spool.group_failed",
                                                        "directory": self.directory})
                     continue
-                if batch is not None and not self.closed:
-                    self.readthrough.keep(name, size, batch)  # before a reader wakes
                 backlog.bytes += size - group.estimate
                 self._row_bytes = size / count
+                if direct:
+                    if self._claims.take_written(name, size, batch):
+                        self._wakeup.set()
+                elif batch is not None and not self.closed:
+                    self.readthrough.keep(name, size, batch)  # before a reader wakes
                 backlog.entered(0, 0, 0)  # wake the readers and put listeners
         finally:
             self._committer = None

@@ -119,9 +119,11 @@ class SpoolWriter:
     def _count(self):
         return _count(self.tmp_dir) + _count(os.path.join(self.directory, "incoming"))
 
-    def write(self, data, limit=None, wait=10.0, block=True, timeout=None, count=1):
+    def write(self, data, limit=None, wait=10.0, block=True, timeout=None, count=1,
+              target="incoming"):
         """Enqueue ``data`` (bytes, or a list of bytes-like parts written one after the
-        other; ``count`` messages) into ``incoming/``; return the new file's base name.
+        other; ``count`` messages) into ``incoming/`` (or ``target``, a directory of the
+        spool: a :meth:`add_target`); return the new file's base name.
 
         With ``limit``, wait while the queue holds more than ``limit`` files, re-checking
         every ``wait`` seconds (blocks the calling greenlet). Raises
@@ -129,7 +131,7 @@ class SpoolWriter:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            base = offload.call(self._write_once, data, limit, count)
+            base = offload.call(self._write_once, data, limit, count, target)
             if base is not None:
                 return base
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -137,15 +139,23 @@ class SpoolWriter:
                 raise Full()
             gevent.sleep(wait if remaining is None else min(wait, remaining))
 
-    def _write_once(self, data, limit, count):
+    def _write_once(self, data, limit, count, target="incoming"):
         """One try of :meth:`write` (in the threadpool): the base name, or None when the
         queue is over ``limit`` (the reservation given back)."""
         fd, tmp_path, base = self.reserve(count)
         if limit is not None and self._count() > limit:
             self.discard(fd, tmp_path)
             return None
-        self._commit(fd, tmp_path, data, "incoming", base)
+        self._commit(fd, tmp_path, data, target, base)
         return base
+
+    def add_target(self, target):
+        """Let :meth:`write` put files into ``target`` (a directory of the spool, relative)
+        too: in durable mode its fd is opened here, on the caller's thread, as
+        ``incoming/``'s is (commits in the threadpool only read the dict)."""
+        if self.fsync and target not in self._dir_fds:
+            self._dir_fds[target] = os.open(os.path.join(self.directory, target),
+                                            os.O_RDONLY | os.O_DIRECTORY)
 
     def close(self):
         fds, self._dir_fds = self._dir_fds, {}
