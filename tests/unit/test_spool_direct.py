@@ -121,10 +121,10 @@ import os, sys
 import gevent
 from instances.notification import Notification
 from instances.spool import FileQueue
+from supervisor.testing import wait_for
 queue = FileQueue(sys.argv[1])
 reader = gevent.spawn(queue.get_chunk, True, 10)
-while not queue.waiting:
-    gevent.sleep(0.001)
+wait_for(lambda: queue.waiting, 5, message="the reader waits")
 queue.put_batch([Notification("ch", "d%d" % i, "notify", 1, 1.0) for i in range(3)], False)
 chunk = reader.get(timeout=10)
 assert queue._claims.direct == 1 and len(chunk) == 3, (queue._claims.direct, chunk)
