@@ -112,6 +112,18 @@ exit:
     return rv;
 }
 
+/* Whether ``cls`` is a proper subtype of tuple (what fill, rows and take build); else a
+ * TypeError naming the function ``fn``. */
+static int
+tuple_subtype(PyObject *cls, const char *fn)
+{
+    if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)
+            && (PyTypeObject *)cls != &PyTuple_Type)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s(): cls must be a subtype of tuple", fn);
+    return 0;
+}
+
 static PyObject *
 hotpath_fill(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -129,11 +141,7 @@ hotpath_fill(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "fill(): out and notifies must be lists");
         return NULL;
     }
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)
-            || (PyTypeObject *)cls == &PyTuple_Type) {
-        PyErr_SetString(PyExc_TypeError, "fill(): cls must be a subtype of tuple");
-        return NULL;
-    }
+    if (!tuple_subtype(cls, "fill")) return NULL;
     n = PyList_GET_SIZE(notifies);
     for (i = 0; i < n && i < PyList_GET_SIZE(notifies); i++) {
         PyObject *notify = PyList_GET_ITEM(notifies, i);
@@ -169,11 +177,7 @@ hotpath_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rows(): out must be a list");
         return NULL;
     }
-    if (!PyType_Check(args[2]) || !PyType_IsSubtype(cls, &PyTuple_Type)
-            || cls == &PyTuple_Type) {
-        PyErr_SetString(PyExc_TypeError, "rows(): cls must be a subtype of tuple");
-        return NULL;
-    }
+    if (!tuple_subtype(args[2], "rows")) return NULL;
     if (!(it = PyObject_GetIter(args[1]))) return NULL;
     while ((row = PyIter_Next(it))) {
         int atomic = 1;
@@ -315,11 +319,7 @@ hotpath_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "take(): sources and offsets must be tuples of 6");
         return NULL;
     }
-    if (!PyType_Check(args[4]) || !PyType_IsSubtype(cls, &PyTuple_Type)
-            || cls == &PyTuple_Type) {
-        PyErr_SetString(PyExc_TypeError, "take(): cls must be a subtype of tuple");
-        return NULL;
-    }
+    if (!tuple_subtype(args[4], "take")) return NULL;
     count = PyLong_AsSsize_t(args[3]);
     if (count == -1 && PyErr_Occurred()) return NULL;
     if (count < 0) {
