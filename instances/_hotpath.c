@@ -216,6 +216,44 @@ hotpath_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* columns(items): the six fields of the Notifications in the list ``items`` as six lists
  * (list(zip(*items)) with lists for tuples): a spool's group commit writes a read's
  * fields column by column. Each item must be a tuple of six fields. */
+/* Whether every item of the list ``list`` is an exact str, int, float, bool or None: a
+ * list of such values cannot be part of a reference cycle, so the cyclic collector need
+ * not walk it (CPython untracks tuples and dicts of them by itself, never lists). */
+static int
+atomic_items(PyObject *list)
+{
+    Py_ssize_t j, n = PyList_GET_SIZE(list);
+
+    for (j = 0; j < n; j++) {
+        PyObject *value = PyList_GET_ITEM(list, j);
+        PyTypeObject *kind = Py_TYPE(value);
+        if (value != Py_None && kind != &PyUnicode_Type && kind != &PyFloat_Type &&
+                kind != &PyLong_Type && kind != &PyBool_Type)
+            return 0;
+    }
+    return 1;
+}
+
+static void
+untrack_atomic(PyObject *list)
+{
+    if (PyObject_GC_IsTracked(list) && atomic_items(list)) PyObject_GC_UnTrack(list);
+}
+
+/* untracked(values): the list ``values``, no longer tracked by the cyclic collector when
+ * its items are all atomic (str, int, float, bool, None). */
+static PyObject *
+hotpath_untracked(PyObject *module, PyObject *values)
+{
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "untracked(): values must be a list");
+        return NULL;
+    }
+    untrack_atomic(values);
+    Py_INCREF(values);
+    return values;
+}
+
 static PyObject *
 hotpath_columns(PyObject *module, PyObject *items)
 {
@@ -251,6 +289,7 @@ hotpath_columns(PyObject *module, PyObject *items)
             PyList_SET_ITEM(cols[i], j, field);
         }
     }
+    for (i = 0; i < 6; i++) untrack_atomic(cols[i]);
     return result;
 }
 
@@ -373,6 +412,8 @@ static PyMethodDef hotpath_methods[] = {
      "rows(out, rows, cls): append one cls per row of six fields."},
     {"columns", (PyCFunction)hotpath_columns, METH_O,
      "columns(items): the six fields of the tuples in the list items, as six lists."},
+    {"untracked", (PyCFunction)hotpath_untracked, METH_O,
+     "untracked(values): the list values, untracked by the cyclic GC if its items are atomic."},
     {"take", (PyCFunction)(void (*)(void))hotpath_take, METH_FASTCALL,
      "take(out, sources, offsets, count, cls): append count cls built from columns."},
     {"of_types", (PyCFunction)(void (*)(void))hotpath_of_types, METH_FASTCALL,

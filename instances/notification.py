@@ -122,8 +122,9 @@ try:  # the C part of the hot path (setup.py builds it where a C compiler is at 
     from instances._hotpath import of_types as _of_types
     from instances._hotpath import rows as _rows
     from instances._hotpath import take as _take
+    from instances._hotpath import untracked as _untracked
 except ImportError:  # the same in Python: correct, and about a tenth slower on the drain
-    _fill = _rows = _columns = _of_types = _take = None
+    _fill = _rows = _columns = _of_types = _take = _untracked = None
 
 #: True where :meth:`Notification.from_notifies` runs in C (``instances/_hotpath.c``); the
 #: Notifications are the same either way (tested), only the cost differs: the C part
@@ -161,13 +162,29 @@ def notifications_from(sources, offsets, count):
 def fields_of(notifications):
     """The six fields of the list ``notifications`` (tuples of six) as six sequences, in
     order: ``list(zip(*notifications, strict=True))``, lists in one C call where the C
-    part is built (a spool's group commit writes a read's fields column by column); a
-    ValueError for an item that is not a tuple of six."""
+    part is built (a spool's group commit writes a read's fields column by column; a list
+    of atomic values only is :func:`untracked`); a ValueError for an item that is not a
+    tuple of six."""
     if not notifications:
         return [()] * len(_FIELDS)
     if _columns is None or type(notifications) is not list:
         return list(zip(*notifications, strict=True))
     return _columns(notifications)
+
+
+def untracked(values):
+    """The list ``values`` itself, no longer tracked by the cyclic collector when its
+    items are all atomic (exact ``str``, ``int``, ``float``, ``bool`` or None: no cycle
+    can go through it) and the C part is built; unchanged otherwise.
+
+    Why: a spool's columns (a file's payloads and times, thousands of values in a list)
+    wait for the group commit's write or for the handler, and every pass of the cyclic
+    collector walked each of them: the collector was a sixth of the CPU time the spool's
+    drain costs over the memory queue's (perf, bench/profiles/spool-instructions.txt).
+    CPython leaves tuples and dicts of such values out of its passes by itself, never a
+    list. Only for lists that are not changed afterwards: a container appended to one
+    later is not seen by the collector (a cycle through it would never be freed)."""
+    return values if _untracked is None else _untracked(values)
 
 
 def of_types(values, types):

@@ -62,6 +62,7 @@ from instances.notification import (
     fields_of,
     notifications_from,
     of_types,
+    untracked,
 )
 from instances.spool import names
 
@@ -195,7 +196,9 @@ def _column(pieces):
             type(first) is str or first is None or
             all(of_types(piece, (type(first),)) for piece in pieces)):
         return {"same": first}
-    return pieces[0] if len(pieces) == 1 else list(itertools.chain.from_iterable(pieces))
+    if len(pieces) == 1:
+        return pieces[0]
+    return untracked(list(itertools.chain.from_iterable(pieces)))
 
 
 def all_notifications(items):
@@ -434,9 +437,10 @@ class Columns(collections.abc.Sequence):
     tracked by the cyclic collector at all.
 
     Why: a claimed file's messages wait for the handler as columns (strings and floats in
-    a few lists, which the cyclic GC does not walk one by one) and become Notifications a
-    chunk at a time (:meth:`instances.spool.FileQueue.get_chunk`), so only a chunk's worth
-    of tracked tuples is alive at once. Decoded whole, a file of 10,000 waited as 10,000
+    a few lists, :func:`~instances.notification.untracked`: the cyclic GC does not walk
+    them) and become Notifications a chunk at a time
+    (:meth:`instances.spool.FileQueue.get_chunk`), so only a chunk's worth of tracked
+    tuples is alive at once. Decoded whole, a file of 10,000 waited as 10,000
     tracked tuples: the cyclic GC walking them again and again was the spool's largest
     cost per notification (callgrind, bench/profiles/spool-instructions.txt). Each
     slice builds new objects: equal, not identical, to an earlier slice's."""
@@ -444,6 +448,9 @@ class Columns(collections.abc.Sequence):
     __slots__ = ("_columns", "_count")
 
     def __init__(self, columns, count):
+        for column in columns:  # checked values, never changed: out of the GC's passes
+            if type(column) is list:
+                untracked(column)
         self._columns, self._count = columns, count
 
     def __len__(self):

@@ -162,6 +162,50 @@ class _Text(str):
 
 
 @pytest.mark.parametrize("fast", [True, False])
+def test_untracked_takes_lists_of_atomic_values_out_of_the_collectors_passes(monkeypatch,
+                                                                              fast):
+    if fast and not notification.ACCELERATED:
+        pytest.skip("C part not built")
+    if not fast:
+        monkeypatch.setattr(notification, "_untracked", None)
+    atomic = ["a", 1, 2.5, True, None, ""]
+    assert gc.is_tracked(atomic)
+    assert notification.untracked(atomic) is atomic and atomic == ["a", 1, 2.5, True, None, ""]
+    assert gc.is_tracked(atomic) is not fast
+    for odd in ([], ("a",), {}, Notification("ch", "x"), _Text("sub"), object()):
+        kept = ["a", odd]  # a container (a cycle could go through it) or a subclass
+        assert notification.untracked(kept) is kept and gc.is_tracked(kept)
+    empty = []
+    notification.untracked(empty)
+    assert gc.is_tracked(empty) is not fast  # nothing in it: no cycle either
+
+
+@accelerated
+def test_an_untracked_list_is_still_freed_and_untracked_leaks_nothing():
+    from instances._hotpath import untracked
+    payload = "an untracked payload %d" % os.getpid()
+    values = [payload] * 3
+    before = sys.getrefcount(values), sys.getrefcount(payload)
+    assert untracked(values) is values
+    assert (sys.getrefcount(values), sys.getrefcount(payload)) == before
+    del values
+    assert sys.getrefcount(payload) == before[1] - 3  # freed by its reference count
+    with pytest.raises(TypeError, match="must be a list"):
+        untracked(("a",))
+
+
+@accelerated
+def test_columns_of_atomic_fields_are_untracked_and_others_are_not():
+    from instances._hotpath import columns
+    got = columns([("ch", "p", "notify", 1, 1.0, None), ("ch", "q", "notify", 2, 2.0, None)])
+    assert not any(gc.is_tracked(column) for column in got)
+    assert gc.is_tracked(got)  # the list of the six columns itself
+    odd = columns([("ch", _Text("sub"), "notify", 1, 1.0, None)])
+    assert gc.is_tracked(odd[1]) and not gc.is_tracked(odd[0])
+
+
+
+@pytest.mark.parametrize("fast", [True, False])
 def test_of_types_compares_exact_types(monkeypatch, fast):
     if fast and not notification.ACCELERATED:
         pytest.skip("C part not built")

@@ -1,11 +1,12 @@
 """The spool's read-through cache (instances.spool.readthrough): a file this queue's group
 commit wrote, claimed by its own reader for a first delivery, is handed out from the kept
 columns, exactly as reading it from disk would give it; anything else is read."""
+import gc
 import os
 
 import pytest
 
-from instances.notification import Notification
+from instances.notification import ACCELERATED, Notification
 from instances.queues import Empty
 from instances.spool import FileQueue, OutputQueue, codec, names
 from instances.spool.readthrough import ReadThrough
@@ -85,6 +86,18 @@ def test_a_written_batch_is_what_decoding_its_file_gives(parts):
     assert [n.id for n in kept] == [n.id or "base#%d" % i for i, n in enumerate(
         [n for part in parts for n in part])]
     assert codec.encode_joined(columns, count, "base") == data  # columns not changed
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="C part not built")
+def test_the_columns_a_batch_waits_as_are_out_of_the_collectors_passes():
+    parts = [_notes("p", 3), _notes("q", 2)]
+    columns = codec.joined_columns([codec.columns_of(part) for part in parts], 5)
+    assert type(columns[1]) is list and not gc.is_tracked(columns[1])  # joined payloads
+    data = codec.encode_joined(columns, 5, "base")
+    for batch in (codec.written_batch(columns, 5, "base"), codec.decode(data, "base")):
+        lists = [column for column in batch._columns if type(column) is list]
+        assert lists and not any(gc.is_tracked(column) for column in lists)
+        assert [n.payload for n in batch] == ["p0", "p1", "p2", "q0", "q1"]
 
 
 @pytest.mark.parametrize("odd", [
