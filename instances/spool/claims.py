@@ -4,7 +4,7 @@ file once every message has an outcome.
 
 Life of a claimed file (every arrow one atomic ``rename`` or an ``unlink``)::
 
-    incoming/X ──claim──▶ pending/<owner>/X ──every message done──▶ deleted
+    incoming/X ──claim──▶ pending/<owner>/X ──every message done──▶ deleted (just after)
                             │  │  └──close, none in a handler──▶ incoming/X (attempts unchanged;
                             │  │     a batch with some outcomes: only its messages without one,
                             │  │     each as incoming/X_<index>)
@@ -40,14 +40,16 @@ index it builds the first time it is asked.
 Concurrency: one Claims belongs to one :class:`~instances.spool.FileQueue` and its hub
 thread; every method runs on the caller's greenlet. Only :meth:`Claims.next_item` yields
 (while ``incoming/`` is listed, and to fsync in durable mode) and, in durable mode,
-outcomes that write a file (a failure, a release after close).
+outcomes that write a file (a failure, a release after close). The unlink of a file whose
+messages are all settled is left to a greenlet of its own (:meth:`Claims.flush_deletes`
+waits for it), so ``done`` never waits for the threadpool.
 """
 import collections
 import itertools
 import logging
 import os
 
-from gevent import getcurrent
+from gevent import get_hub, getcurrent, spawn
 from gevent.event import Event
 
 from instances.spool import codec, errors, layout, names, offload
@@ -125,6 +127,8 @@ class Claims:
         self._handed_out = {}  # id(item) -> (item, claim, index), handed out one by one
         self._held = {}  # greenlet -> deque of the _Chunks handed out to it
         self._listing = None  # an Event while a greenlet lists incoming/
+        self._settled = []  # paths of files all of whose messages are settled, to delete
+        self._deleter = None  # the greenlet deleting them
         #: Files the queue's writer put straight into this reader's claims.
         self.direct = 0
 
@@ -357,8 +361,44 @@ class Claims:
             self._release(claim)
 
     def _delete(self, path):
-        """Delete the claimed file ``path`` (in the threadpool: the caller waits)."""
-        offload.call(_unlink_all, [path])
+        """Delete the claimed file ``path``, all of whose messages are settled: in the
+        threadpool, by a greenlet of its own (:meth:`_delete_settled`), so the processor
+        that settled it goes on with the next file at once (it waited for the unlink's
+        round trip through the threadpool, 7 to 60 ms while the hub reads a burst: a stall
+        of the drain per file). A crash before the unlink leaves the file in
+        ``pending/<owner>/``: delivered again (at least once), never lost;
+        :meth:`flush_deletes` (a clean stop) waits for the unlinks."""
+        self._settled.append(path)
+        if self._deleter is None:
+            self._deleter = spawn(self._delete_settled)
+
+    def _delete_settled(self):
+        """Unlink the settled files, those that gathered meanwhile in one threadpool call;
+        a failure is logged (the file stays: delivered again after a restart)."""
+        try:
+            while self._settled:
+                paths, self._settled = self._settled, []
+                try:
+                    offload.call(_unlink_all, paths)
+                except OSError as error:
+                    log.error("spool %s: deleting %d settled file(s) failed (%s): they stay "
+                              "in pending/ and are delivered again after a restart",
+                              self.pending_dir, len(paths), error,
+                              extra={"action": "spool.delete_failed"})
+        finally:
+            self._deleter = None
+
+    def flush_deletes(self):
+        """Wait until the settled files are deleted. On the hub (a link callback closing
+        the queue), which cannot wait, what was not handed to the threadpool yet is
+        unlinked inline, and an unlink already in the threadpool ends on its own."""
+        if getcurrent() is get_hub():
+            paths, self._settled = self._settled, []
+            _unlink_all(paths)
+            return
+        deleter = self._deleter
+        if deleter is not None and getcurrent() is not deleter:
+            deleter.join()
 
     def _claim_some(self):
         """Claim the oldest file of ``incoming/`` (its rename and read in ONE threadpool

@@ -432,7 +432,8 @@ class FileQueue:
         """The memory queue's ``done_many`` (offered with ``get_chunk``): the ``count``
         oldest messages handed out to the CALLING greenlet in chunks that have no outcome
         yet are done (a processor settles its own chunk: what failed or went back has its
-        outcome already). Never yields but to delete a file whose messages are all done."""
+        outcome already). Never yields: a file whose messages are all done is deleted by a
+        greenlet of the queue."""
         self._claims.done_many(count)
 
     def _wait_ready(self, block, timeout):
@@ -481,7 +482,8 @@ class FileQueue:
     def done(self, item):
         """``item`` was handled. With an output queue, it is sent on first (may block the
         calling greenlet on back-pressure); the file is deleted once all its messages
-        have an outcome."""
+        have an outcome (just after, by a greenlet of the queue: :meth:`close` waits for
+        it)."""
         self.forward(item, item)
 
     def forward(self, item, output):
@@ -652,6 +654,7 @@ class FileQueue:
         self.closed = True
         self._wakeup.set()
         self._claims.close()
+        self._claims.flush_deletes()  # a clean stop never delivers a settled file again
         self.readthrough.clear()
         try:
             os.rmdir(self._claims.pending_dir)  # empty: nothing of ours left to judge

@@ -146,7 +146,8 @@ def test_piper_runs_with_every_mentat_option(tmp_path):
         # (re-checking every queue_out_wait), its message still claimed, its handler done.
         wait_for(lambda: len(printed) >= 3, 20, message=log())
         assert stats(str(dst))["incoming"] == 2
-        assert sum(stats(str(src))["pending"].values()) == 1
+        wait_for(lambda: sum(stats(str(src))["pending"].values()) == 1, 10,
+                 message="the files forwarded are deleted, the third waits: " + log())
         assert printed[:3] == ids[:3]
         got = []
         wait_for(lambda: got.extend(m["id"] for m in drain(dst)) or len(got) == 5, 30,

@@ -90,7 +90,8 @@ def test_children_consume_the_shared_spool_with_the_specs_handler(tmp_path, out,
     wait_for(lambda: pool.stats()["processed"] == 40, 5)  # counted from the children's beats
     assert pool.stop(10) is True
     assert pool.exit == "normal" and not any(_alive(pid) for pid in pids)
-    assert not any(stats(str(tmp_path / "spool"))["pending"].values())
+    wait_for(lambda: not any(stats(str(tmp_path / "spool"))["pending"].values()), 10,
+             message="the settled files are deleted")
 
 
 @pytest.mark.timeout(60)

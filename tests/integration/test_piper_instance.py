@@ -262,4 +262,5 @@ def test_handler_result_that_is_not_json_fails_that_message_alone(
     wait_for(lambda: len(os.listdir(tmp_path / "in" / "errors")) == 4, 10)
     status = sup.status()["piper"]
     assert (status["state"], status["restarts"], status["failed"]) == ("running", 0, 2)
-    assert not any(stats(str(tmp_path / "in"))["pending"].values())
+    wait_for(lambda: not any(stats(str(tmp_path / "in"))["pending"].values()), 10,
+             message="the settled files are deleted")

@@ -8,6 +8,7 @@ import sys
 import time
 
 import gevent
+import gevent.event
 import pytest
 
 from instances.exceptions import InvalidConfigurationException
@@ -38,6 +39,16 @@ def drain(queue):
             return items
         items.append(item)
         queue.done(item)
+
+
+def pending_once_deleted(directory, queue, count=0):
+    """The names in ``queue``'s ``pending/<owner>/`` once ``count`` are left: the files
+    all of whose messages are settled are unlinked by a greenlet of the queue, after the
+    outcome returned (at most 10 s)."""
+    sub = "pending/" + queue.owner
+    wait_for(lambda: len(listing(directory, sub)) == count, 10,
+             message="the settled files are deleted")
+    return listing(directory, sub)
 
 
 def dead_pid():
@@ -72,7 +83,7 @@ def test_messages_come_out_in_enqueue_order_across_singles_and_batches(tmp_path)
             expected.append(str(i))
     assert [item["n"] for item in drain(queue)] == expected
     assert listing(tmp_path, "incoming") == []
-    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert pending_once_deleted(tmp_path, queue) == []
 
 
 @pytest.mark.timeout(10)
@@ -88,7 +99,7 @@ def test_batch_is_one_file_and_each_message_keeps_its_own_id(tmp_path):
         queue.done(item)
     assert listing(tmp_path, "pending/" + queue.owner) == [name]  # one still open
     queue.done(items[2])
-    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert pending_once_deleted(tmp_path, queue) == []
 
 
 @pytest.mark.timeout(10)
@@ -113,7 +124,7 @@ def test_failed_message_of_a_batch_goes_alone_to_errors_with_meta(tmp_path):
     queue.done(first)
     queue.failed(bad, ValueError("boom"), "Traceback ...\nValueError: boom\n")
     queue.done(last)
-    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert pending_once_deleted(tmp_path, queue) == []
     base = ids[0].split("#")[0]
     assert listing(tmp_path, "errors") == [base + "_1", base + "_1.meta"]
     with open(os.path.join(str(tmp_path), "errors", base + "_1")) as f:
@@ -201,6 +212,7 @@ def test_a_recovered_batch_comes_back_split_so_a_poison_message_goes_to_errors_a
     assert [queue.attempts(i) for i in items] == [2, 2, 2]
     queue.done(items[0])
     queue.done(items[2])  # message 1 killed its consumer again: it alone goes to errors/
+    pending_once_deleted(tmp_path, queue, 1)  # the crash came after 0 and 2 were deleted
     os.rename(os.path.join(str(tmp_path), "pending", queue.owner), os.path.join(str(tmp_path), "pending", owner))
     FileQueue(tmp_path, max_attempts=2)
     errors = listing(tmp_path, "errors")
@@ -517,7 +529,7 @@ def test_close_wakes_getters_and_gives_unhandled_claims_back(tmp_path):
     assert len(listing(tmp_path, "pending/" + queue.owner)) == 2  # messages in handlers
     queue.done(first)
     queue.failed(second, "x", None)
-    assert len(listing(tmp_path, "pending/" + queue.owner)) == 1
+    assert len(pending_once_deleted(tmp_path, queue, 1)) == 1
     queue.done(third)
     assert len(listing(tmp_path, "incoming")) == 1  # what is left of the batch, given back
     assert [i["n"] for i in drain(FileQueue(tmp_path))] == [3]  # the done one is not
@@ -664,6 +676,7 @@ def test_closing_one_queue_object_does_not_break_another_of_the_same_process(tmp
     inspector.close()
     consumer.put({"n": 1})
     consumer.done(consumer.get(block=False))
+    pending_once_deleted(tmp_path, consumer)
     os.rmdir(os.path.join(str(tmp_path), "pending", consumer.owner))  # an operator tidying up
     consumer.put({"n": 2})
     assert consumer.get(block=False)["n"] == 2  # claimed although its pending dir had gone
@@ -935,12 +948,12 @@ def test_chunks_settle_at_once_what_did_not_fail_or_go_back(tmp_path):
     assert queue.attempts(chunk[2]) == 1
     queue.failed(chunk[2], "bad", None)  # p4 alone to errors/
     queue.done_many(3)  # p1, p3, p5: every message of the file has its outcome
-    assert listing(tmp_path, "pending/" + queue.owner) == []  # the p file is deleted
+    assert pending_once_deleted(tmp_path, queue) == []  # the p file is deleted
     assert [n.payload for n in queue.get_chunk(False)] == ["q0", "q1"]
     with pytest.raises(ValueError):
         queue.release(chunk[0])  # done already
     queue.done_many(2)
-    assert listing(tmp_path, "pending/" + queue.owner) == []
+    assert pending_once_deleted(tmp_path, queue) == []
     assert queue.error_count() == 1 and len(listing(tmp_path, "errors")) == 2  # + .meta
     with pytest.raises(Empty):
         queue.get_chunk(False)
@@ -963,7 +976,7 @@ def test_a_claimed_batch_is_handed_out_in_chunks_of_at_most_chunk_max(tmp_path):
     with pytest.raises(ValueError):
         queue.release(second[1])  # settled when it went back: the new one is held now
     queue.done_many(3)
-    assert listing(tmp_path, "pending/" + queue.owner) == []  # every message settled
+    assert pending_once_deleted(tmp_path, queue) == []  # every message settled
 
 
 def _notes_with_ids(prefix, indexes, ids):
@@ -1049,3 +1062,76 @@ def test_without_group_hold_the_open_group_is_written_at_once(tmp_path):
     wait_for(lambda: len(listing(tmp_path, "incoming")) == 1, 10)
     queue.put_batch(_notes("c", 2), False)
     wait_for(lambda: len(listing(tmp_path, "incoming")) == 2, 10)  # not held
+
+
+# -- the unlink of a settled file runs beside the processor --------------------------------
+
+@pytest.mark.timeout(10)
+def test_the_last_outcome_of_a_file_does_not_wait_for_its_unlink(tmp_path):
+    """The processor that settles a file's last message goes on at once: the unlink runs
+    in the threadpool for a greenlet of the queue (a round trip of 7 to 60 ms while the
+    hub reads a burst, per file, was a stall of the drain)."""
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notes("p", 3))
+    chunk = queue.get_chunk(False)
+    (name,) = listing(tmp_path, "pending/" + queue.owner)
+    others = []
+    gevent.spawn(others.append, "ran")  # runs at this greenlet's first yield
+    queue.done_many(3)
+    assert others == []  # done_many did not yield
+    assert listing(tmp_path, "pending/" + queue.owner) == [name]
+    assert pending_once_deleted(tmp_path, queue) == []
+    assert len(chunk) == 3 and queue.qsize() == 0
+    queue.close()
+    with pytest.raises(Empty):
+        FileQueue(tmp_path).get(block=False)  # deleted: not delivered again
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("on_hub", [False, True], ids=["greenlet", "hub"])
+def test_a_clean_close_deletes_the_settled_files_first(tmp_path, on_hub):
+    """A stop right after the last outcome: the files settled are deleted before the
+    queue removes its pending directory, so the next process delivers none of them again;
+    on the hub (a link callback closing the queue) the unlinks run inline."""
+    queue = FileQueue(tmp_path)
+    for prefix in ("p", "q"):
+        queue.put_batch(_notes(prefix, 2))
+    for _ in range(2):
+        queue.done_many(len(queue.get_chunk(False)))
+    if on_hub:
+        closed = gevent.event.Event()
+        gevent.get_hub().loop.run_callback(lambda: (queue.close(), closed.set()))
+        assert closed.wait(5)
+    else:
+        queue.close()
+    assert not os.path.exists(os.path.join(str(tmp_path), "pending", queue.owner))
+    again = FileQueue(tmp_path)
+    again.requeue_pending_of_dead_owners()
+    with pytest.raises(Empty):
+        again.get(block=False)
+
+
+@pytest.mark.timeout(10)
+def test_a_settled_file_that_cannot_be_deleted_is_logged_and_stays(tmp_path, monkeypatch,
+                                                                   caplog):
+    """The unlink fails (a read-only mount, say): an error names the spool and what it
+    means, the file stays in pending/<owner>/ (delivered again after a restart: at least
+    once), and the queue goes on."""
+    from instances.spool import claims
+
+    def refused(paths):
+        raise PermissionError(13, "Permission denied", paths[0])
+
+    queue = FileQueue(tmp_path)
+    queue.put_batch(_notes("p", 2))
+    monkeypatch.setattr(claims, "_unlink_all", refused)
+    with caplog.at_level("ERROR", logger="instances.spool.claims"):
+        queue.done_many(len(queue.get_chunk(False)))
+        wait_for(lambda: caplog.records, 5, message="the failure is logged")
+    (record,) = caplog.records
+    assert record.action == "spool.delete_failed"
+    assert "deleting 1 settled file(s) failed" in record.getMessage()
+    assert "delivered again after a restart" in record.getMessage()
+    assert len(listing(tmp_path, "pending/" + queue.owner)) == 1
+    queue.put_batch(_notes("q", 1))
+    assert [n.payload for n in queue.get_chunk(False)] == ["q0"]

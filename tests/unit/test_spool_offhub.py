@@ -251,7 +251,8 @@ def test_done_many_settles_only_the_calling_greenlets_chunk(tmp_path):
         queue.attempts(mine[1])
     theirs.done_many(2)  # the first file is done
     assert len(os.listdir(tmp_path / "incoming")) == 1
-    assert os.listdir(tmp_path / "pending" / queue.owner) == []
+    wait_for(lambda: os.listdir(tmp_path / "pending" / queue.owner) == [], 10,
+             message="the settled file is deleted")
 
 
 @pytest.mark.timeout(10)
@@ -265,7 +266,8 @@ def test_a_released_item_of_a_chunk_is_not_settled_by_that_chunk(tmp_path):
     queue.done_many(3)  # only two are still mine (logged, nothing else settled)
     assert queue.attempts(again.chunk[0]) == 1  # the other greenlet's: still handed out
     again.done_many(1)
-    assert os.listdir(tmp_path / "pending" / queue.owner) == []
+    wait_for(lambda: os.listdir(tmp_path / "pending" / queue.owner) == [], 10,
+             message="the settled file is deleted")
 
 
 @pytest.mark.timeout(10)

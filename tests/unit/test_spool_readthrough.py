@@ -130,7 +130,8 @@ def test_a_claimed_file_this_queue_wrote_yields_what_reading_it_from_disk_gives(
     assert fields_and_types(got) == fields_and_types(on_disk[:])
     assert [n.id for n in got] == [v or i for v, i in zip([n.id for n in batch], ids,
                                                           strict=True)]
-    assert listing(tmp_path, "pending/" + queue.owner) == []  # done: the file is deleted
+    wait_for(lambda: listing(tmp_path, "pending/" + queue.owner) == [], 10,
+             message="done: the file is deleted")
 
 
 @pytest.mark.timeout(10)
