@@ -213,9 +213,6 @@ hotpath_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* columns(items): the six fields of the Notifications in the list ``items`` as six lists
- * (list(zip(*items)) with lists for tuples): a spool's group commit writes a read's
- * fields column by column. Each item must be a tuple of six fields. */
 /* Whether every item of the list ``list`` is an exact str, int, float, bool or None: a
  * list of such values cannot be part of a reference cycle, so the cyclic collector need
  * not walk it (CPython untracks tuples and dicts of them by itself, never lists). */
@@ -241,12 +238,13 @@ untrack_atomic(PyObject *list)
 }
 
 /* untracked(values): the list ``values``, no longer tracked by the cyclic collector when
- * its items are all atomic (str, int, float, bool, None). */
+ * its items are all atomic (str, int, float, bool, None). An exact list only: an instance
+ * of a subclass may hold other objects in its attributes. */
 static PyObject *
 hotpath_untracked(PyObject *module, PyObject *values)
 {
-    if (!PyList_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "untracked(): values must be a list");
+    if (!PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "untracked(): values must be a list (no subclass)");
         return NULL;
     }
     untrack_atomic(values);
@@ -254,6 +252,10 @@ hotpath_untracked(PyObject *module, PyObject *values)
     return values;
 }
 
+/* columns(items): the six fields of the Notifications in the list ``items`` as six lists
+ * (list(zip(*items)) with lists for tuples): a spool's group commit writes a read's
+ * fields column by column. Each item must be a tuple of six fields; a column of
+ * atomic values only is left out of the cyclic collector's passes (untracked). */
 static PyObject *
 hotpath_columns(PyObject *module, PyObject *items)
 {

@@ -173,9 +173,10 @@ def fields_of(notifications):
 
 
 def untracked(values):
-    """The list ``values`` itself, no longer tracked by the cyclic collector when its
-    items are all atomic (exact ``str``, ``int``, ``float``, ``bool`` or None: no cycle
-    can go through it) and the C part is built; unchanged otherwise.
+    """The list ``values`` itself (a ``list``, no subclass: TypeError where the C part
+    is built), no longer tracked by the cyclic collector when its items are all atomic
+    (exact ``str``, ``int``, ``float``, ``bool`` or None: no cycle can go through it) and
+    the C part is built; unchanged otherwise.
 
     Why: a spool's columns (a file's payloads and times, thousands of values in a list)
     wait for the group commit's write or for the handler, and every pass of the cyclic
