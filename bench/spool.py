@@ -13,7 +13,7 @@
 2. **Drain** (issue 13 item 4): 100,000 notifications committed in one transaction,
    drained by pgvisor with a memory queue, a spool with fsync off and a spool with fsync
    on (``bench.contender_pgvisor``, the same contender ``make bench`` runs), interleaved,
-   5 repetitions; ratios of medians to the memory queue. ``--profile`` also writes a
+   9 repetitions; ratios of medians to the memory queue. ``--profile`` also writes a
    pyinstrument profile of one drain of each spool mode to ``bench/profiles/``.
 
 The section is appended to ``bench/RESULTS.md`` (replacing an older one), or written to
@@ -34,7 +34,7 @@ GEVENT = [sys.executable, "-m", "gevent.monkey", "--module"]
 SPOOL_BASE = os.environ.get("PGVISOR_BENCH_SPOOL_DIR", "/var/tmp")
 
 SIZES = {
-    "full": dict(files=100_000, hub_seconds=5.0, reps=5, drain=100_000),
+    "full": dict(files=100_000, hub_seconds=5.0, reps=9, drain=100_000),
     "smoke": dict(files=2_000, hub_seconds=0.5, reps=1, drain=2_000),
 }
 #: The hub stall a 100,000-file backlog may cause at worst (issue 16 item 2).
@@ -319,7 +319,33 @@ rename before the handler, and the first notification is handled 4-16 ms after r
 instead of 15-50 ms. In the runs of this round the drain with fsync off gave 0.62x, 0.60x,
 0.55x and 0.45x of the memory queue, fsync on 0.59x, 0.61x, 0.45x and 0.49x: the spool's
 CPU per notification ran at 1.9-2.6 us where the memory queue's ran at 0.9-1.5 us, and
-which of them the host slows down in a round decides the median more than the code."""
+which of them the host slows down in a round decides the median more than the code.
+
+The sixth round (2026-12-02, late), from what callgrind's counts do not show: perf's
+samples of whole contender processes (`perf record -e cpu-clock`, drains of 300,000; this
+VM has no hardware counters). (1) The cyclic collector's functions (visit_decref,
+visit_reachable, list_traverse, ...) took 392 samples in the spool's drain against 177 in
+the memory queue's, a sixth of what the spool cost over it: its passes walked the lists of
+a group's columns, thousands of payloads and times, a cache miss each, which callgrind
+counts as a few instructions. Such lists (of exact str, int, float, bool and None) are now
+untracked (`instances.notification.untracked`, in `_hotpath.c`): 234 samples against 180.
+(2) The processor that settled a file's last message waited for the unlink's round trip
+through the threadpool (7 to 60 ms while the hub reads): a stall of the drain per file,
+which made the worst runs' wall time about twice their CPU time. A greenlet of the queue
+unlinks now (docs/spool.rst). Interleaved, 5 runs each of the old and the new tree: fsync
+off 0.60x -> 0.72x of the memory queue, fsync on 0.68x -> 0.67x, and the spool's drain is
+CPU-bound again (CPU per notification times rate about 1). Instructions per notification
+of the whole drain: memory 10,358, spool 13,136, spool-fsync 13,029 (0.79x, unchanged:
+the collector's walks were cache misses, the unlink a wait); the spool's own cost without
+Postgres (measure 1): 2,547 over the memory queue's 9,230. Measured and without effect:
+every eighth backlog read of the notifier waiting on its socket (0.70x against 0.69x, 10
+runs each), group files of up to 30,000 or 100,000 notifications instead of 10,000 (0.67x
+and 0.68x against 0.70x, 8 runs each), chunks of 150 instead of 500. The drain now runs 9
+repetitions (5 before): a round's median swung by 0.1 from one round to the next. What is
+left: the spool's CPU per notification is 1.3-1.5x the memory queue's (3.5-3.9 against
+2.4-2.7 us this round), from the instructions a durable copy needs (0.79x) and from its
+data waiting longer for the handler (colder caches); and the host: in one round where the
+memory queue ran at 1.9 us per notification, the spool still needed 4.2 (0.46x)."""
 
 
 def _n(value):
