@@ -65,10 +65,15 @@ def test_a_gap_names_the_blocking_call_and_the_hubs_python_stack():
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self"), reason="Linux /proc only")
 @pytest.mark.timeout(10)
 def test_a_gap_names_what_another_thread_runs():
+    import gevent.monkey
+
     started = []
+    go = gevent.monkey.get_original("_thread", "allocate_lock")()
+    go.acquire()
 
     def spin():
         started.append(True)
+        go.acquire()  # a real lock: the GIL stays free until the hub's thread sleeps
         until = time.thread_time() + 0.15
         while time.thread_time() < until:
             pass
@@ -77,6 +82,11 @@ def test_a_gap_names_what_another_thread_runs():
     _ticked(beat)
     spinning = gevent.get_hub().threadpool.spawn(spin)
     wait_for(lambda: started, 5, message="the pool's thread never started")
+    # Spinning from here only: had it spun while the hub waited for it to start, the hub
+    # would have been late already (the GIL), and the sampler, busy with that earlier gap
+    # (each of its system calls waits a switch interval for the GIL), could miss this one.
+    _ticked(beat)
+    go.release()
     _unpatched_sleep(0.1)  # the sampler contends for the GIL with the spinning thread alone
     spinning.get()
     _ticked(beat)
