@@ -32,9 +32,12 @@ burst, where the writer is several files ahead, the newest would be pushed out b
 reader comes to them (measured: no file of a burst was used so). An entry leaves when its
 file is claimed (whether the claim uses it or not, or loses the rename), when a claim of a
 later name shows another consumer took it (any entry older than the name claimed), and
-when the queue closes. An entry whose file is claimed elsewhere thus leaves at this
-queue's next claim; a file of our name that comes back (given back whole by another
-consumer, unchanged) may be served again only while its entry is there.
+when the queue closes or the file's write fails. An entry whose file is claimed
+elsewhere thus leaves at this queue's next claim; a file of our name that comes back
+(given back whole by another consumer, unchanged) may be served again only while its
+entry is there. The group writer keeps a file's batch under its name before it writes it:
+renamed into ``incoming/``, the file may be claimed before the writer's greenlet resumes
+(kept after the write, about half the files of a durable drain were read back).
 
 Concurrency: one ReadThrough belongs to one FileQueue and its hub thread (the group
 writer keeps, a getter takes); never yields.
@@ -70,10 +73,10 @@ class ReadThrough:
             self._bytes + size + self.per_message * count <= self.max_bytes)
 
     def keep(self, name, size, batch):
-        """The file ``name`` of ``size`` bytes was just written into ``incoming/``; a
-        claim of it for its first delivery may use ``batch`` (its messages as decoding it
-        gives them). Kept only if it :meth:`fits`: the files kept already are older, so
-        claimed sooner (FIFO)."""
+        """The file ``name`` of ``size`` bytes is being written into ``incoming/`` (kept
+        before its rename makes it claimable); a claim of it for its first delivery may
+        use ``batch`` (its messages as decoding it gives them). Kept only if it
+        :meth:`fits`: the files kept already are older, so claimed sooner (FIFO)."""
         if self.fits(size, len(batch)):
             self._kept[name] = (size, batch, size + self.per_message * len(batch))
             self._bytes += self._kept[name][2]
@@ -93,6 +96,12 @@ class ReadThrough:
             return None
         self._bytes -= entry[2]
         return entry[:2]
+
+    def discard(self, name):
+        """Forget the file ``name`` (its write failed, or it got another name)."""
+        entry = self._kept.pop(name, None)
+        if entry is not None:
+            self._bytes -= entry[2]
 
     def clear(self):
         self._kept.clear()

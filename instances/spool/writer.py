@@ -48,15 +48,18 @@ class SpoolWriter:
                 self._dir_fds[target] = os.open(os.path.join(directory, target),
                                                 os.O_RDONLY | os.O_DIRECTORY)
 
-    def reserve(self, count=1):
+    def reserve(self, count=1, base=None):
         """Create an empty, exclusively owned file in ``tmp/`` for ``count`` messages:
-        ``(fd, tmp_path, base)``."""
+        ``(fd, tmp_path, base)``; named ``base`` when given (a :func:`names.new_base`
+        made earlier) and free, else a fresh name."""
         while True:
-            base = names.new_base(count)
+            if base is None:
+                base = names.new_base(count)
             path = os.path.join(self.tmp_dir, names.tmp_name(base, self.owner))
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, self.file_mode)
             except FileExistsError:  # pragma: no cover  (random part collided)
+                base = None
                 continue
             if self.file_mode & 0o077:
                 os.fchmod(fd, self.file_mode)  # the umask may have cut group/other bits
@@ -120,10 +123,11 @@ class SpoolWriter:
         return _count(self.tmp_dir) + _count(os.path.join(self.directory, "incoming"))
 
     def write(self, data, limit=None, wait=10.0, block=True, timeout=None, count=1,
-              target="incoming"):
+              target="incoming", base=None):
         """Enqueue ``data`` (bytes, or a list of bytes-like parts written one after the
         other; ``count`` messages) into ``incoming/`` (or ``target``, a directory of the
-        spool: a :meth:`add_target`); return the new file's base name.
+        spool: a :meth:`add_target`); return the new file's base name: ``base`` when
+        given and free (see :meth:`reserve`).
 
         With ``limit``, wait while the queue holds more than ``limit`` files, re-checking
         every ``wait`` seconds (blocks the calling greenlet). Raises
@@ -131,18 +135,18 @@ class SpoolWriter:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            base = offload.call(self._write_once, data, limit, count, target)
-            if base is not None:
-                return base
+            name = offload.call(self._write_once, data, limit, count, target, base)
+            if name is not None:
+                return name
             remaining = None if deadline is None else deadline - time.monotonic()
             if not block or (remaining is not None and remaining <= 0):
                 raise Full()
             gevent.sleep(wait if remaining is None else min(wait, remaining))
 
-    def _write_once(self, data, limit, count, target="incoming"):
+    def _write_once(self, data, limit, count, target="incoming", base=None):
         """One try of :meth:`write` (in the threadpool): the base name, or None when the
         queue is over ``limit`` (the reservation given back)."""
-        fd, tmp_path, base = self.reserve(count)
+        fd, tmp_path, base = self.reserve(count, base)
         if limit is not None and self._count() > limit:
             self.discard(fd, tmp_path)
             return None

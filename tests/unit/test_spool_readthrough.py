@@ -4,11 +4,12 @@ columns, exactly as reading it from disk would give it; anything else is read.""
 import gc
 import os
 
+import gevent.monkey
 import pytest
 
 from instances.notification import ACCELERATED, Notification
 from instances.queues import Empty
-from instances.spool import FileQueue, OutputQueue, codec, names
+from instances.spool import FileQueue, OutputQueue, claims, codec, names
 from instances.spool.readthrough import ReadThrough
 from supervisor.testing import wait_for
 
@@ -345,4 +346,50 @@ def test_a_burst_of_several_group_files_is_all_served_from_the_cache(tmp_path):
     assert [n.payload for n in got] == ["f%02d-%d" % (f, i) for f in range(12)
                                         for i in range(1000)]
     assert (queue.readthrough.hits, queue.readthrough.misses) == (12, 0)
+    queue.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
+def test_a_file_claimed_before_its_writer_resumes_is_served_from_the_cache(
+        tmp_path, monkeypatch, fsync):
+    """The rename into incoming/ makes a file claimable while the group writer still
+    waits for its threadpool call (the directory's fsync, the hub seeing the call end):
+    here the call returns only once the reader has claimed the file."""
+    queue = reading(FileQueue(tmp_path, fsync=fsync))
+    commit, claim_file = queue.writer._commit, claims._claim_file
+    claimed = gevent.monkey.get_original("threading", "Event")()  # set in a pool thread
+
+    def claim_then_tell(*args, **kwargs):
+        try:
+            return claim_file(*args, **kwargs)
+        finally:
+            claimed.set()
+
+    def commit_then_wait_for_the_claim(fd, tmp, data, target, name):
+        done = commit(fd, tmp, data, target, name)
+        assert claimed.wait(10), "the reader claims the file"
+        return done
+
+    monkeypatch.setattr(claims, "_claim_file", claim_then_tell)
+    monkeypatch.setattr(queue.writer, "_commit", commit_then_wait_for_the_claim)
+    name, ids = written(queue, _notes("p", 50))
+    got = take_all(queue)
+    assert [n.id for n in got] == ids and [n.payload for n in got][-1] == "p49"
+    assert (queue.readthrough.hits, queue.readthrough.misses) == (1, 0)
+    assert len(queue.readthrough) == 0
+    queue.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_group_whose_write_fails_leaves_nothing_kept(tmp_path, monkeypatch):
+    queue = reading(FileQueue(tmp_path))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(queue.writer, "_commit", full_disk)
+    queue.put_batch(_notes("p", 3), False)
+    wait_for(lambda: queue._committer is None, 5, message="the group writer gives up")
+    assert len(queue.readthrough) == 0 and queue.readthrough.bytes == 0
     queue.close()
