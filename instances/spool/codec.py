@@ -192,13 +192,18 @@ def _column(pieces):
     True``; a str or None equals only its own kind), else the values one after the other
     (a list or a tuple: the encoder writes it as a list)."""
     first = pieces[0][0]
-    if all(piece.count(first) == len(piece) for piece in pieces) and (
+    # A piece's last value first: a column of payloads or times differs there at once (a
+    # count would compare every value of the first piece).
+    if all(piece[-1] == first and piece.count(first) == len(piece) for piece in pieces) and (
             type(first) is str or first is None or
             all(of_types(piece, (type(first),)) for piece in pieces)):
         return {"same": first}
     if len(pieces) == 1:
         return pieces[0]
-    return untracked(list(itertools.chain.from_iterable(pieces)))
+    joined = []
+    for piece in pieces:  # list.extend copies a list's slots (a chain went value by value)
+        joined.extend(piece)
+    return untracked(joined)
 
 
 def all_notifications(items):
