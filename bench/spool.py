@@ -345,7 +345,23 @@ repetitions (5 before): a round's median swung by 0.1 from one round to the next
 left: the spool's CPU per notification is 1.3-1.5x the memory queue's (3.5-3.9 against
 2.4-2.7 us this round), from the instructions a durable copy needs (0.79x) and from its
 data waiting longer for the handler (colder caches); and the host: in one round where the
-memory queue ran at 1.9 us per notification, the spool still needed 4.2 (0.46x)."""
+memory queue ran at 1.9 us per notification, the spool still needed 4.2 (0.46x).
+
+Seventh round (2026-12-03), `perf record -e cpu-clock` of drains of 100,000 and 300,000
+(per thread; `perf report --tid`): the spool's extra CPU is about 80% the hub's thread and
+20% the threadpool's (the writes into the page cache, the renames, the unlinks); of the
+hub thread's extra a quarter is the kernel (thread wake-ups and switches around the
+threadpool calls, page faults of the memory a burst holds) and the rest the second
+Notification each message becomes (built with its id from the columns: allocation, id,
+deallocation, about 800 of the 2,449 instructions the spool's pipeline costs over the
+memory queue's) and the columns' joins and copies. In durable mode 5 and 6 of the 11
+files of two drains were read back and decoded (the read-through cache's entry was made
+after the write, and the file, renamed into incoming/ and then the directory fsync-ed, was
+claimed first): the entry is now made before the write (11 of 11 served from memory).
+Three rounds of this command on one host, one after the other, before that change: 0.61x
+/ 0.49x, 0.67x / 0.60x, 0.75x / 0.67x (fsync off / on): the memory queue's CPU per
+notification moved between 1.3 and 1.6 us from round to round, the spool's between 2.2
+and 2.6, so a round where the host is fast puts the durable spool on its bar."""
 
 
 def _n(value):
