@@ -20,7 +20,9 @@ METHOD = """\
   `gc.freeze()`, and the young generation's threshold at 2,000); pgvisor with a spool queue
   (`queue={{"spool": DIR, "fsync": ...}}` through the real `Instance`, spool on {spool}).
 - **Runs**: figures and contenders interleaved (A B C D E, A B C D E, ...), {reps}
-  repetition(s); median, min and max over the repetitions; "vs raw" is the ratio of medians
+  repetition(s), {drain_reps} of the drain (a fifth of a second a run, on a machine whose
+  CPU time per notification moves by half from one minute to the next); median, min and
+  max over the repetitions; "vs raw" is the ratio of medians
   (rates: higher is better; latencies: lower is better).
 - **Drain**: {drain:,} notifications committed in ONE transaction while the contender
   listens; rate = count / (first received -> last handled). **End-to-end**: {stream:,}
