@@ -341,7 +341,7 @@ class FileQueue:
                 if direct:
                     if self._claims.take_written(name, size, batch):
                         self._wakeup.set()
-                elif early is not None and name != early:  # that name was taken: another
+                elif early is not None and name != early:  # taken in tmp/: a fresh name
                     self.readthrough.discard(early)
                     if not self.closed:
                         self.readthrough.keep(name, size, batch)
