@@ -280,9 +280,8 @@ def orchestrate(argv):
         "contender process's CPU time (every thread) from the first handled notification to "
         "the last, per notification (what the machine's load does not change)." % (
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began)), time.time() - began,
-            server.split(" on ")[0], os.getloadavg()[0], size["batch_reps"], size["reps"], BATCH,
-            BATCH,
-            WORKERS, KEYS),
+            server.split(" on ")[0], os.getloadavg()[0], size["batch_reps"], size["reps"],
+            BATCH, BATCH, WORKERS, KEYS),
         "", rows, "", verdicts])
     print(text)
     print("\n%d failure(s)" % len(failures))

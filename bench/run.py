@@ -135,15 +135,11 @@ class Bench:
         """Every figure, contenders interleaved within each repetition."""
         chosen = [f for f in FIGURES if f[0] in self.size["figures"]]
         results = {f[0]: {c[0]: [] for c in contenders} for f in chosen}
-        # The drain figure runs more repetitions (``drain_reps``): a run takes a fifth of a
-        # second, and this shared machine's CPU time per notification moves by half from
-        # one minute to the next (a median of 5 gave the memory queue 1.02x, 0.91x and
-        # 0.71x of raw psycopg2 in three rounds).
-        reps = max(self.size["reps"], self.size.get("drain_reps", 0))
-        for rep in range(reps):
+        # The drain figure runs ``drain_reps`` repetitions, the others ``reps`` (why: README).
+        size = self.size
+        for rep in range(max(size["reps"], size["drain_reps"])):
             for figure in chosen:
-                if rep >= (self.size.get("drain_reps", self.size["reps"]) if figure[0] == "drain"
-                           else self.size["reps"]):
+                if rep >= size["drain_reps" if figure[0] == "drain" else "reps"]:
                     continue
                 for label, command, spool in contenders:
                     try:
